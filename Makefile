@@ -1,0 +1,49 @@
+# One-command set-up for a fresh Debian/Ubuntu machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?=
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah
+APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap python3-venv
+
+.PHONY: run test check lint typecheck install system-deps bench clean
+
+run: install
+	$(BIN)/ipfsreg serve $(if $(DATA),--data $(DATA),)
+
+test: install system-deps lint typecheck
+	$(BIN)/pytest -q
+
+check: lint typecheck
+	$(BIN)/pytest -q -m "not interop"
+
+lint: install
+	$(BIN)/ruff check ipfsreg tests interop bench
+	$(BIN)/ruff format --check ipfsreg tests interop bench
+
+typecheck: install
+	$(BIN)/mypy
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null || $(MAKE) system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+# The interop tests drive real Debian tools. Installed with apt when running as root (CI) or with sudo.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+bench: install system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,418 @@
+"""The data dir's one LevelDB database: content-addressed blocks plus the keyspaces of higher layers.
+
+Blocks are keyed by multihash (not CID), so CIDv0 and CIDv1 of the same bytes share one entry,
+as in Kubo's blockstore. Other layers (registry tags, indexes, upload sessions) get named
+keyspaces in the same database so that a blob's blocks and the index entry that makes it
+visible can be committed in one atomic WriteBatch.
+
+Integrity: every block's hash is checked on put. Every read is checked against LevelDB's own
+CRC32C (``verify_checksums``), which catches torn or bit-rotted table files; with
+``verify_reads=True`` every read is also re-hashed against its CID. Either failure raises
+:class:`BlockCorrupted`, never returns the bad bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import plyvel
+
+from ipfsreg.cid import CID, CIDError, multihash_matches
+
+_BLOCK: Final = b"b/"
+_KEYSPACE: Final = b"k/"
+_STATS_KEY: Final = b"s/blocks"
+_STATS: Final = struct.Struct(">QQ")  # block count, total bytes
+
+MAX_BLOCK_SIZE: Final = 4 * 1024 * 1024
+DB_DIRNAME: Final = "leveldb"
+LOCK_FILENAME: Final = "repo.lock"
+
+
+class BlockstoreError(Exception):
+    """Base class of every error raised by the storage layer."""
+
+
+class BlockNotFound(BlockstoreError, KeyError):
+    def __init__(self, cid: CID) -> None:
+        super().__init__(f"block {cid} not found")
+        self.cid = cid
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidBlock(BlockstoreError):
+    """Refused on put: the bytes do not hash to the CID, or the block is too large."""
+
+
+class BlockCorrupted(BlockstoreError):
+    """Stored data failed its checksum or hash check; the bytes are not returned."""
+
+
+class DataDirLocked(BlockstoreError):
+    """Another process holds the data dir."""
+
+    def __init__(self, data_dir: Path, pid: int | None, command: str | None) -> None:
+        who = f"process {pid}" if pid else "another process"
+        if command:
+            who += f" ({command})"
+        super().__init__(f"data dir {data_dir} is in use by {who}; stop it or use its API")
+        self.data_dir = data_dir
+        self.pid = pid
+        self.command = command
+
+
+def _block_key(cid: CID) -> bytes:
+    return _BLOCK + cid.multihash
+
+
+class _DirLock:
+    """An exclusive flock on ``<data_dir>/repo.lock`` that records the holder's pid and command."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILENAME
+        self._fd: int | None = None
+        self._data_dir = data_dir
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid, command = self.holder()
+            raise DataDirLocked(self._data_dir, pid, command) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def holder(self) -> tuple[int | None, str | None]:
+        try:
+            pid = int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None, None
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            command = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+        except OSError:
+            command = None
+        return pid, command or None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class Datastore:
+    """A data dir's LevelDB: ``blocks`` plus named keyspaces, written atomically via ``batch()``."""
+
+    def __init__(self, db: Any, lock: _DirLock | None, *, verify_reads: bool) -> None:
+        self._db = db
+        self._lock = lock
+        self.verify_reads = verify_reads
+        self.blocks = Blockstore(self)
+        count, size = self._read_stats()
+        self._block_count = count
+        self._block_bytes = size
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], *, verify_reads: bool = False) -> Datastore:
+        """Open (creating if needed) the database in ``data_dir``, taking its lock."""
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = _DirLock(path)
+        lock.acquire()
+        try:
+            db = plyvel.DB(
+                str(path / DB_DIRNAME),
+                create_if_missing=True,
+                paranoid_checks=True,
+                write_buffer_size=64 * 1024 * 1024,
+                max_file_size=64 * 1024 * 1024,
+                lru_cache_size=32 * 1024 * 1024,
+                bloom_filter_bits=10,
+            )
+        except plyvel.CorruptionError as exc:
+            lock.release()
+            raise BlockCorrupted(f"LevelDB in {path} is corrupted: {exc}") from exc
+        except plyvel.IOError as exc:
+            lock.release()
+            raise BlockstoreError(f"cannot open LevelDB in {path}: {exc}") from exc
+        except BaseException:
+            lock.release()
+            raise
+        return cls(db, lock, verify_reads=verify_reads)
+
+    def close(self) -> None:
+        if self._db is not None and not self._db.closed:
+            self._db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._db.closed)
+
+    def __enter__(self) -> Datastore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- raw access used by Blockstore, Keyspace and WriteBatch ---------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self._db.get(key, verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise BlockCorrupted(f"LevelDB checksum failure reading {key!r}: {exc}") from exc
+        return value
+
+    def _read_stats(self) -> tuple[int, int]:
+        raw = self._get(_STATS_KEY)
+        if raw is None:
+            return 0, 0
+        count, size = _STATS.unpack(raw)
+        return int(count), int(size)
+
+    def keyspace(self, name: str) -> Keyspace:
+        if "/" in name or not name:
+            raise ValueError(f"invalid keyspace name {name!r}")
+        return Keyspace(self, _KEYSPACE + name.encode() + b"/")
+
+    def batch(self, *, sync: bool = False) -> WriteBatch:
+        """An atomic batch. ``sync=True`` makes it (and everything written before it) durable."""
+        return WriteBatch(self, sync=sync)
+
+    def compact(self) -> None:
+        self._db.compact_range()
+
+    @property
+    def block_count(self) -> int:
+        return self._block_count
+
+    @property
+    def block_bytes(self) -> int:
+        return self._block_bytes
+
+
+class Blockstore:
+    """Content-addressed blocks. Single operations are atomic; use ``Datastore.batch`` for groups."""
+
+    def __init__(self, store: Datastore) -> None:
+        self._store = store
+
+    def put(self, cid: CID, data: bytes, *, verify: bool = True) -> None:
+        with self._store.batch() as batch:
+            batch.put_block(cid, data, verify=verify)
+
+    def put_many(self, blocks: Iterable[tuple[CID, bytes]], *, sync: bool = False) -> None:
+        with self._store.batch(sync=sync) as batch:
+            for cid, data in blocks:
+                batch.put_block(cid, data)
+
+    def get(self, cid: CID) -> bytes:
+        data = self.get_or_none(cid)
+        if data is None:
+            raise BlockNotFound(cid)
+        return data
+
+    def get_or_none(self, cid: CID) -> bytes | None:
+        data = self._store._get(_block_key(cid))
+        if data is not None and self._store.verify_reads and not cid.verify(data):
+            raise BlockCorrupted(f"block {cid} does not match its hash")
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return self._store._get(_block_key(cid)) is not None
+
+    def size(self, cid: CID) -> int | None:
+        data = self._store._get(_block_key(cid))
+        return None if data is None else len(data)
+
+    def delete(self, cid: CID) -> bool:
+        """Delete a block; return whether it was present."""
+        with self._store.batch() as batch:
+            present = self.has(cid)
+            batch.delete_block(cid)
+        return present
+
+    def iter_multihashes(self) -> Iterator[bytes]:
+        """Every stored block's multihash, in key order."""
+        for key in self._store._db.iterator(prefix=_BLOCK, include_value=False):
+            yield key[len(_BLOCK) :]
+
+    def iter_cids(self) -> Iterator[CID]:
+        """Every stored block as a CIDv1 raw (the codec is not stored, as in Kubo)."""
+        from ipfsreg.cid import RAW
+
+        for mh in self.iter_multihashes():
+            yield CID(1, RAW, mh)
+
+    def verify_all(self) -> Iterator[bytes]:
+        """Re-hash every block; yield the multihash of each one that fails."""
+        for key, value in self._store._db.iterator(prefix=_BLOCK, verify_checksums=True):
+            mh = key[len(_BLOCK) :]
+            try:
+                ok = multihash_matches(mh, value)
+            except CIDError:
+                ok = False
+            if not ok:
+                yield mh
+
+    @property
+    def count(self) -> int:
+        return self._store.block_count
+
+    @property
+    def total_size(self) -> int:
+        return self._store.block_bytes
+
+
+class Keyspace:
+    """A named key range of the datastore for a higher layer's own records."""
+
+    def __init__(self, store: Datastore, prefix: bytes) -> None:
+        self._store = store
+        self.prefix = prefix
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store._get(self.prefix + key)
+
+    def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
+        with self._store.batch(sync=sync) as batch:
+            batch.put(self, key, value)
+
+    def delete(self, key: bytes, *, sync: bool = False) -> None:
+        with self._store.batch(sync=sync) as batch:
+            batch.delete(self, key)
+
+    def items(
+        self, prefix: bytes = b"", *, start: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs whose key starts with ``prefix``, in order; ``start`` is exclusive."""
+        full = self.prefix + prefix
+        first = full if start is None else max(full, self.prefix + start)
+        kwargs: dict[str, Any] = {
+            "start": first,
+            "include_start": start is None or (first == full and self.prefix + start < full),
+            "stop": _prefix_end(full),
+            "reverse": reverse,
+            "verify_checksums": True,
+        }
+        n = len(self.prefix)
+        try:
+            for key, value in self._store._db.iterator(**kwargs):
+                yield key[n:], value
+        except plyvel.CorruptionError as exc:
+            raise BlockCorrupted(f"LevelDB checksum failure in keyspace {self.prefix!r}: {exc}") from exc
+
+    def keys(self, prefix: bytes = b"") -> Iterator[bytes]:
+        for key, _ in self.items(prefix):
+            yield key
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes((trimmed[-1] + 1,))
+
+
+class WriteBatch:
+    """An atomic group of block and keyspace writes; committed on ``commit()`` or clean ``with`` exit.
+
+    Block statistics are settled at commit time, synchronously, so concurrent batches that
+    store the same block count it once.
+    """
+
+    def __init__(self, store: Datastore, *, sync: bool) -> None:
+        self._store = store
+        self._sync = sync
+        self._ops: dict[bytes, bytes | None] = {}
+        self._done = False
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def put_block(self, cid: CID, data: bytes, *, verify: bool = True) -> None:
+        if len(data) > MAX_BLOCK_SIZE:
+            raise InvalidBlock(f"block {cid} is {len(data)} bytes, over the {MAX_BLOCK_SIZE} byte limit")
+        if verify:
+            try:
+                ok = cid.verify(data)
+            except CIDError as exc:
+                raise InvalidBlock(f"cannot verify block {cid}: {exc}") from exc
+            if not ok:
+                raise InvalidBlock(f"data does not match CID {cid}")
+        self._ops[_block_key(cid)] = bytes(data)
+
+    def delete_block(self, cid: CID) -> None:
+        self._ops[_block_key(cid)] = None
+
+    def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None:
+        self._ops[keyspace.prefix + key] = value
+
+    def delete(self, keyspace: Keyspace, key: bytes) -> None:
+        self._ops[keyspace.prefix + key] = None
+
+    def discard(self) -> None:
+        self._ops.clear()
+        self._done = True
+
+    def commit(self) -> None:
+        if self._done:
+            raise BlockstoreError("batch already committed or discarded")
+        self._done = True
+        if not self._ops:
+            return
+        store = self._store
+        count, size = store.block_count, store.block_bytes
+        stats_changed = False
+        wb = store._db.write_batch(sync=self._sync)
+        for key, value in self._ops.items():
+            if key.startswith(_BLOCK):
+                old = store._db.get(key)
+                if value is None:
+                    if old is not None:
+                        count, size, stats_changed = count - 1, size - len(old), True
+                    wb.delete(key)
+                    continue
+                if old is None:
+                    count, size, stats_changed = count + 1, size + len(value), True
+                else:
+                    continue  # already stored: content addressing makes the rewrite a no-op
+                wb.put(key, value)
+            elif value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
+        if stats_changed:
+            wb.put(_STATS_KEY, _STATS.pack(count, size))
+        wb.write()
+        store._block_count, store._block_bytes = count, size
+        self._ops.clear()
