@@ -1,0 +1,1 @@
+"""One handler module per route family, as in distribution's registry/handlers."""

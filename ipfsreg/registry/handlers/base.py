@@ -1,0 +1,113 @@
+"""Shared handler context and helpers: responses, streamed request bodies, pagination; ``GET /v2/``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+from quart import Request, Response
+
+from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.settings import RegistrySettings
+from ipfsreg.registry.storage import RegistryStore
+
+API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@dataclass
+class Context:
+    store: RegistryStore
+    settings: RegistrySettings
+
+
+def make_response(
+    status: int,
+    headers: dict[str, str] | None = None,
+    body: bytes | AsyncIterator[bytes] = b"",
+    *,
+    content_length: int | None = None,
+) -> Response:
+    response = Response(body, status=status, headers=headers or {})
+    if content_length is not None:
+        response.content_length = content_length
+    elif isinstance(body, bytes):
+        response.content_length = len(body)
+    response.timeout = None
+    return response
+
+
+def json_response(
+    obj: Any,
+    status: int = 200,
+    *,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = json.dumps(obj).encode()
+    all_headers = {"Content-Type": content_type, **(headers or {})}
+    return make_response(status, all_headers, body)
+
+
+def error_response(error: RegistryError, *, head: bool = False) -> Response:
+    headers = {"Content-Type": "application/json", **error.headers}
+    body = error.body()
+    if head:
+        return make_response(error.status, headers, b"", content_length=len(body))
+    return make_response(error.status, headers, body)
+
+
+async def body_chunks(request: Request, read_timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``."""
+    iterator = request.body.__aiter__()
+    while True:
+        with trio.move_on_after(read_timeout) as scope:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+        if scope.cancelled_caught:
+            raise RegistryError("BLOB_UPLOAD_INVALID", {"reason": "timed out reading the request body"})
+        yield chunk
+
+
+async def read_body(request: Request, limit: int, read_timeout: float, *, code: str) -> bytes:
+    """Read a whole (small) body, refusing more than ``limit`` bytes with ``code`` and status 413."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RegistryError(code, {"reason": f"body larger than {limit} bytes"}, status=413)
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in body_chunks(request, read_timeout):
+        total += len(chunk)
+        if total > limit:
+            raise RegistryError(code, {"reason": f"body larger than {limit} bytes"}, status=413)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def page_size(request: Request, cap: int) -> int:
+    """The ``n`` query parameter, capped at ``cap`` (the default when absent)."""
+    raw = request.args.get("n")
+    if raw is None or raw == "":
+        return cap
+    try:
+        n = int(raw)
+    except ValueError:
+        raise RegistryError("PAGINATION_NUMBER_INVALID", {"n": raw[:50]}) from None
+    if n < 0:
+        raise RegistryError("PAGINATION_NUMBER_INVALID", {"n": raw[:50]})
+    return min(n, cap)
+
+
+def check_delete_enabled(ctx: Context) -> None:
+    if not ctx.settings.delete_enabled:
+        raise RegistryError("UNSUPPORTED", {"reason": "deletes are disabled on this registry"})
+
+
+async def get_base(ctx: Context, request: Request) -> Response:
+    """``GET /v2/``: the API version check."""
+    if request.method == "HEAD":
+        return make_response(200, {"Content-Type": "application/json"}, b"", content_length=2)
+    return json_response({})

@@ -1,0 +1,49 @@
+"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with Range) streamed from the blob's DAG, and DELETE."""
+
+from __future__ import annotations
+
+from quart import Request, Response
+
+from ipfsreg.registry.digests import parse_digest
+from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response
+from ipfsreg.registry.ranges import RangeNotSatisfiable, parse_range
+from ipfsreg.registry.storage import BlobInfo
+
+
+def blob_headers(info: BlobInfo) -> dict[str, str]:
+    return {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(info.digest),
+        "ETag": f'"{info.digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+        "X-Ipfs-Path": f"/ipfs/{info.cid}",
+    }
+
+
+async def get_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    digest = parse_digest(reference)
+    info = ctx.store.stat_blob(name, digest)
+    headers = blob_headers(info)
+    offset, length, status = 0, info.size, 200
+    range_header = request.headers.get("Range")
+    if range_header:
+        try:
+            ranged = parse_range(range_header, info.size)
+        except RangeNotSatisfiable:
+            headers["Content-Range"] = f"bytes */{info.size}"
+            return make_response(416, headers, b"")
+        if ranged is not None:
+            offset, length = ranged
+            status = 206
+            headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
+    if request.method == "HEAD" or length == 0:
+        return make_response(status, headers, b"", content_length=length)
+    return make_response(status, headers, ctx.store.read(info.cid, offset, length), content_length=length)
+
+
+async def delete_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    check_delete_enabled(ctx)
+    digest = parse_digest(reference)
+    ctx.store.delete_blob(name, digest)
+    return make_response(202, {"Docker-Content-Digest": str(digest)})

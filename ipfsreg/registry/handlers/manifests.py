@@ -1,0 +1,90 @@
+"""``/v2/<name>/manifests/<reference>``: GET/HEAD with Accept negotiation, PUT with validation, DELETE."""
+
+from __future__ import annotations
+
+from quart import Request, Response
+
+from ipfsreg.registry.digests import Digest, is_digest_like, parse_digest
+from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response, read_body
+from ipfsreg.registry.manifest import INDEX_TYPES, accepts, parse_manifest, pick_platform
+from ipfsreg.registry.names import is_valid_tag
+from ipfsreg.registry.storage import ManifestInfo
+
+
+def _reference(reference: str) -> str | Digest:
+    """A digest, or a tag (checked against the tag grammar)."""
+    if ":" in reference or is_digest_like(reference):
+        return parse_digest(reference)
+    if not is_valid_tag(reference):
+        raise RegistryError("MANIFEST_INVALID", {"reason": f"invalid tag {reference[:150]!r}"})
+    return reference
+
+
+def _manifest_headers(info: ManifestInfo) -> dict[str, str]:
+    return {
+        "Content-Type": info.media_type,
+        "Docker-Content-Digest": str(info.digest),
+        "ETag": f'"{info.digest}"',
+        "X-Ipfs-Path": f"/ipfs/{info.cid}",
+    }
+
+
+async def get_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    try:
+        ref = _reference(reference)
+    except RegistryError as exc:
+        if exc.code == "MANIFEST_INVALID":
+            raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
+        raise
+    info = ctx.store.resolve(name, ref)
+    accept = ", ".join(request.headers.getlist("Accept"))
+    body: bytes | None = None
+    if info.media_type in INDEX_TYPES and not accepts(accept, info.media_type):
+        # A client that cannot read an index gets the linux/amd64 image, as distribution does.
+        body = await ctx.store.read_all(info.cid)
+        child = pick_platform(parse_manifest(body, info.media_type).manifests)
+        child_info = ctx.store.manifest_info(name, child.digest) if child is not None else None
+        if child_info is None or not accepts(accept, child_info.media_type):
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                {"reference": reference[:150], "reason": f"{info.media_type} not in Accept"},
+            )
+        info, body = child_info, None
+    headers = _manifest_headers(info)
+    if request.method == "HEAD":
+        return make_response(200, headers, b"", content_length=info.size)
+    if body is None:
+        body = await ctx.store.read_all(info.cid)
+    return make_response(200, headers, body)
+
+
+async def put_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    ref = _reference(reference)
+    body = await read_body(
+        request, ctx.settings.max_manifest_bytes, ctx.settings.read_timeout, code="MANIFEST_INVALID"
+    )
+    digest, parsed = await ctx.store.put_manifest(
+        name,
+        body,
+        request.headers.get("Content-Type"),
+        tag=ref if isinstance(ref, str) else None,
+        digest=ref if isinstance(ref, Digest) else None,
+    )
+    headers = {
+        "Location": f"/v2/{name}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+    }
+    if parsed.subject is not None:
+        headers["OCI-Subject"] = str(parsed.subject.digest)
+    return make_response(201, headers)
+
+
+async def delete_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    check_delete_enabled(ctx)
+    ref = _reference(reference)
+    if isinstance(ref, Digest):
+        ctx.store.delete_manifest(name, ref)
+    else:
+        ctx.store.delete_tag(name, ref)
+    return make_response(202)

@@ -1,0 +1,127 @@
+"""``/v2/<name>/blobs/uploads/``: start (monolithic, session, mount), PATCH, PUT, status, cancel."""
+
+from __future__ import annotations
+
+from quart import Request, Response
+
+from ipfsreg.registry.digests import parse_digest
+from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.handlers.base import Context, body_chunks, make_response
+from ipfsreg.registry.names import is_valid_name
+from ipfsreg.registry.ranges import parse_content_range, upload_range
+from ipfsreg.registry.storage import BlobInfo, Upload
+
+
+def _session_headers(name: str, upload: Upload) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload.uuid}",
+        "Range": upload_range(upload.offset),
+        "Docker-Upload-UUID": upload.uuid,
+    }
+
+
+def _created(name: str, info: BlobInfo) -> Response:
+    return make_response(
+        201,
+        {
+            "Location": f"/v2/{name}/blobs/{info.digest}",
+            "Docker-Content-Digest": str(info.digest),
+            "X-Ipfs-Path": f"/ipfs/{info.cid}",
+        },
+    )
+
+
+def _check_content_range(request: Request, name: str, upload: Upload) -> int | None:
+    """Check a chunk's Content-Range against the session; return the chunk's declared length."""
+    header = request.headers.get("Content-Range")
+    if not header:
+        return None
+    try:
+        start, end = parse_content_range(header)
+    except RegistryError as exc:
+        exc.headers.update(_session_headers(name, upload))
+        raise
+    declared = end - start + 1
+    length = request.content_length
+    if start != upload.offset or (length is not None and length != declared):
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            {"reason": f"chunk range {start}-{end} does not continue the upload at {upload.offset}"},
+            status=416,
+            headers=_session_headers(name, upload),
+        )
+    return declared
+
+
+async def _append(ctx: Context, request: Request, name: str, upload: Upload, declared: int | None) -> None:
+    appended = await ctx.store.append(
+        upload, body_chunks(request, ctx.settings.read_timeout), max_bytes=ctx.settings.max_chunk_bytes
+    )
+    if declared is not None and appended != declared:
+        ctx.store.discard_chunk(upload)
+        raise RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            {"reason": f"Content-Range declared {declared} bytes, body had {appended}"},
+        )
+
+
+async def post_upload(ctx: Context, request: Request, name: str) -> Response:
+    store = ctx.store
+    mount = request.args.get("mount")
+    if mount:
+        digest = parse_digest(mount)
+        from_repo = request.args.get("from") or None
+        if from_repo is None or is_valid_name(from_repo):
+            info = store.mount_blob(name, digest, from_repo)
+            if info is not None:
+                return _created(name, info)
+    digest_param = request.args.get("digest")
+    if digest_param is not None:
+        digest = parse_digest(digest_param)
+        scratch = store.scratch_upload(name)
+        await _append(ctx, request, name, scratch, None)
+        info = await store.finish_upload(scratch, digest)
+        return _created(name, info)
+    upload = store.new_upload(name)
+    headers = _session_headers(name, upload)
+    return make_response(202, headers)
+
+
+async def patch_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    upload = await ctx.store.lock_upload(name, upload_id)
+    try:
+        declared = _check_content_range(request, name, upload)
+        await _append(ctx, request, name, upload, declared)
+        ctx.store.save_upload(upload)
+        return make_response(202, _session_headers(name, upload))
+    finally:
+        upload.lock.release()
+
+
+async def put_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    digest_param = request.args.get("digest")
+    upload = await ctx.store.lock_upload(name, upload_id)
+    try:
+        if not digest_param:
+            raise RegistryError("DIGEST_INVALID", {"reason": "the digest query parameter is required"})
+        digest = parse_digest(digest_param)
+        declared = _check_content_range(request, name, upload)
+        await _append(ctx, request, name, upload, declared)
+        info = await ctx.store.finish_upload(upload, digest)
+        return _created(name, info)
+    finally:
+        upload.lock.release()
+
+
+async def get_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    upload = await ctx.store.get_upload(name, upload_id)
+    return make_response(204, _session_headers(name, upload))
+
+
+async def delete_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    upload = await ctx.store.lock_upload(name, upload_id)
+    try:
+        ctx.store.cancel_upload(upload)
+    finally:
+        upload.lock.release()
+    return make_response(204)

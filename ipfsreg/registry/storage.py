@@ -1,0 +1,566 @@
+"""Registry storage: blobs as UnixFS DAGs in the blockstore plus the registry's LevelDB indexes.
+
+Keyspaces (all in the node's one LevelDB, so a blob's last blocks and the index entries that
+make it visible commit in one atomic batch):
+
+- ``reg.blobs``      ``<digest>`` -> varint(size) + root CID bytes       (global digest -> DAG index)
+- ``reg.repoblobs``  ``<repo>\\0<digest>`` -> b""                         (repository membership of blobs)
+- ``reg.manifests``  ``<repo>\\0<digest>`` -> JSON {mediaType, size, subject, children}
+- ``reg.tags``       ``<repo>\\0<tag>`` -> ``<digest>``
+- ``reg.referrers``  ``<repo>\\0<subject digest>\\0<digest>`` -> JSON descriptor
+- ``reg.repos``      ``<repo>`` -> b""                                    (catalog)
+- ``reg.uploads``    ``<uuid>`` -> len(meta) + JSON meta + importer snapshot
+
+Uploads stream through the sha256 hasher and the UnixFS importer in worker threads (hashlib and
+the importer release the GIL on large buffers); the resulting blocks are written on the trio
+thread in batches of ``flush_bytes``. At the end of every chunk the importer's snapshot is
+stored in the same batch as its last blocks, so a session resumes after a restart by restoring
+the importer and re-hashing the bytes already stored (``written_subtrees`` + ``buffered``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import trio
+
+from ipfsreg.blockstore import Datastore, WriteBatch
+from ipfsreg.cid import CID, decode_varint, encode_varint
+from ipfsreg.registry.digests import Digest, Hasher, new_hasher, parse_digest
+from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.manifest import ParsedManifest, parse_manifest, referrer_descriptor
+from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource, read_file
+from ipfsreg.unixfs.importer import Block, FileImporter, ImportOptions, import_bytes
+
+_SEP: Final = b"\0"
+_UPLOAD_HEADER: Final = struct.Struct(">I")
+# Bytes gathered from the request body before one worker-thread hand-off.
+_PIECE_BYTES: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: Digest
+    cid: CID
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: Digest
+    cid: CID
+    size: int
+    media_type: str
+    subject: str | None = None
+    children: tuple[str, ...] = ()
+
+
+@dataclass
+class Upload:
+    """An upload session; ``offset`` is the number of bytes received and stored so far."""
+
+    uuid: str
+    repo: str
+    importer: FileImporter
+    hasher: Hasher
+    offset: int
+    started: float
+    updated: float
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    pending: list[Block] = field(default_factory=list)
+    pending_bytes: int = 0
+    broken: bool = False
+
+
+def _blob_value(info: BlobInfo) -> bytes:
+    return encode_varint(info.size) + info.cid.to_bytes()
+
+
+def _decode_blob_value(digest: Digest, raw: bytes) -> BlobInfo:
+    size, pos = decode_varint(raw)
+    return BlobInfo(digest, CID.decode(raw[pos:]), size)
+
+
+def _rkey(repo: str, *parts: str) -> bytes:
+    return _SEP.join([repo.encode(), *(p.encode() for p in parts)])
+
+
+class RegistryStore:
+    """Everything the HTTP handlers need from storage, over one :class:`Datastore`."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        block_source: BlockSource | None = None,
+        import_options: ImportOptions | None = None,
+        flush_bytes: int = 4 * 1024 * 1024,
+        upload_ttl: float = 24 * 3600.0,
+        max_blob_bytes: int = 0,
+    ) -> None:
+        self.datastore = datastore
+        self.local_source: BlockSource = LocalBlockSource(datastore.blocks)
+        self.block_source: BlockSource = block_source if block_source is not None else self.local_source
+        self.import_options = import_options if import_options is not None else ImportOptions()
+        self.flush_bytes = flush_bytes
+        self.upload_ttl = upload_ttl
+        self.max_blob_bytes = max_blob_bytes
+        self.blobs = datastore.keyspace("reg.blobs")
+        self.repo_blobs = datastore.keyspace("reg.repoblobs")
+        self.manifests = datastore.keyspace("reg.manifests")
+        self.tags = datastore.keyspace("reg.tags")
+        self.referrers = datastore.keyspace("reg.referrers")
+        self.repos = datastore.keyspace("reg.repos")
+        self.uploads = datastore.keyspace("reg.uploads")
+        self._live: dict[str, Upload] = {}
+
+    # --- blobs ---------------------------------------------------------------------------
+
+    def blob_info(self, digest: Digest) -> BlobInfo | None:
+        """The global digest -> DAG entry, whatever repository holds it."""
+        raw = self.blobs.get(digest.key())
+        return None if raw is None else _decode_blob_value(digest, raw)
+
+    def repo_has_blob(self, repo: str, digest: Digest) -> bool:
+        return self.repo_blobs.get(_rkey(repo, str(digest))) is not None
+
+    def stat_blob(self, repo: str, digest: Digest) -> BlobInfo:
+        info = self.blob_info(digest) if self.repo_has_blob(repo, digest) else None
+        if info is None:
+            raise RegistryError("BLOB_UNKNOWN", {"digest": str(digest)})
+        return info
+
+    def read(self, cid: CID, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        return read_file(self.block_source, cid, offset, length)
+
+    async def read_all(self, cid: CID) -> bytes:
+        parts = [chunk async for chunk in self.read(cid)]
+        return b"".join(parts)
+
+    def delete_blob(self, repo: str, digest: Digest) -> None:
+        """Remove the blob from ``repo``; its blocks stay for other blobs, repos and GC."""
+        if not self.repo_has_blob(repo, digest):
+            raise RegistryError("BLOB_UNKNOWN", {"digest": str(digest)})
+        self.repo_blobs.delete(_rkey(repo, str(digest)))
+
+    def mount_blob(self, repo: str, digest: Digest, from_repo: str | None) -> BlobInfo | None:
+        """Link an existing blob into ``repo``; None when it cannot be mounted.
+
+        With ``from_repo`` the blob must belong to that repository; without it any stored blob
+        with this digest is mounted (the spec's automatic content discovery).
+        """
+        if from_repo is not None and not self.repo_has_blob(from_repo, digest):
+            return None
+        info = self.blob_info(digest)
+        if info is None:
+            return None
+        with self.datastore.batch() as batch:
+            self._link_blob(batch, repo, info)
+        return info
+
+    def _link_blob(self, batch: WriteBatch, repo: str, info: BlobInfo) -> None:
+        batch.put(self.repo_blobs, _rkey(repo, str(info.digest)), b"")
+        batch.put(self.repos, repo.encode(), b"")
+
+    # --- uploads -------------------------------------------------------------------------
+
+    def new_upload(self, repo: str) -> Upload:
+        """Start an upload session, persisted at once so it survives a restart."""
+        now = time.time()
+        upload = Upload(
+            uuid=str(uuidlib.uuid4()),
+            repo=repo,
+            importer=FileImporter(self.import_options),
+            hasher=new_hasher("sha256"),
+            offset=0,
+            started=now,
+            updated=now,
+        )
+        with self.datastore.batch() as batch:
+            batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+        self._live[upload.uuid] = upload
+        return upload
+
+    def scratch_upload(self, repo: str) -> Upload:
+        """An unpersisted upload for a monolithic POST ?digest= (it finishes in one request)."""
+        now = time.time()
+        return Upload(
+            uuid="",
+            repo=repo,
+            importer=FileImporter(self.import_options),
+            hasher=new_hasher("sha256"),
+            offset=0,
+            started=now,
+            updated=now,
+        )
+
+    def _upload_record(self, upload: Upload) -> bytes:
+        meta = json.dumps(
+            {
+                "repo": upload.repo,
+                "offset": upload.offset,
+                "started": upload.started,
+                "updated": upload.updated,
+            }
+        ).encode()
+        return _UPLOAD_HEADER.pack(len(meta)) + meta + upload.importer.snapshot()
+
+    async def get_upload(self, repo: str, upload_id: str) -> Upload:
+        """The live session, restored from LevelDB (re-hashing its stored bytes) if needed."""
+        upload = self._live.get(upload_id)
+        if upload is not None and not upload.broken:
+            if upload.repo != repo:
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id})
+            if self._expired(upload.updated):
+                self.cancel_upload(upload)
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
+            return upload
+        raw = self.uploads.get(upload_id.encode()) if upload_id else None
+        if raw is None:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id[:100]})
+        (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+        meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
+        if meta["repo"] != repo:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id})
+        if self._expired(float(meta["updated"])):
+            with self.datastore.batch() as batch:
+                batch.delete(self.uploads, upload_id.encode())
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
+        importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
+        hasher = new_hasher("sha256")
+        rehashed = await self._rehash(importer, hasher)
+        if rehashed != int(meta["offset"]):
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID",
+                {
+                    "uuid": upload_id,
+                    "reason": f"stored upload holds {rehashed} bytes, expected {meta['offset']}",
+                },
+            )
+        restored = Upload(
+            uuid=upload_id,
+            repo=repo,
+            importer=importer,
+            hasher=hasher,
+            offset=int(meta["offset"]),
+            started=float(meta["started"]),
+            updated=float(meta["updated"]),
+        )
+        if upload is not None:
+            restored.lock = upload.lock  # keep waiters of a broken session serialised
+        self._live[upload_id] = restored
+        return restored
+
+    async def lock_upload(self, repo: str, upload_id: str) -> Upload:
+        """Acquire the session's lock (caller releases ``upload.lock``); retried if it broke meanwhile."""
+        while True:
+            upload = await self.get_upload(repo, upload_id)
+            await upload.lock.acquire()
+            if not upload.broken:
+                return upload
+            upload.lock.release()
+            if self._live.get(upload_id) is None and self.uploads.get(upload_id.encode()) is None:
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id[:100]})
+
+    async def _rehash(self, importer: FileImporter, hasher: Hasher) -> int:
+        total = 0
+        for cid, _ in importer.written_subtrees():
+            async for chunk in read_file(self.local_source, cid):
+                hasher.update(chunk)
+                total += len(chunk)
+        tail = importer.buffered()
+        hasher.update(tail)
+        return total + len(tail)
+
+    def _expired(self, updated: float) -> bool:
+        return self.upload_ttl > 0 and time.time() - updated > self.upload_ttl
+
+    def cancel_upload(self, upload: Upload) -> None:
+        self._live.pop(upload.uuid, None)
+        upload.broken = True
+        if upload.uuid:
+            with self.datastore.batch() as batch:
+                batch.delete(self.uploads, upload.uuid.encode())
+
+    def purge_expired_uploads(self) -> int:
+        """Drop every session idle for longer than the TTL; return how many."""
+        expired: list[bytes] = []
+        for key, raw in self.uploads.items():
+            (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+            meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
+            if self._expired(float(meta["updated"])):
+                expired.append(key)
+        if expired:
+            with self.datastore.batch() as batch:
+                for key in expired:
+                    batch.delete(self.uploads, key)
+            for key in expired:
+                self._live.pop(key.decode(), None)
+        return len(expired)
+
+    def iter_uploads(self) -> Iterator[str]:
+        for key, _ in self.uploads.items():
+            yield key.decode()
+
+    async def append(self, upload: Upload, body: AsyncIterator[bytes], *, max_bytes: int = 0) -> int:
+        """Stream ``body`` into the session; return the bytes appended.
+
+        On any failure the session's in-memory state is dropped, so the next request resumes
+        from the last persisted chunk; the stored data is never half-updated.
+        """
+        appended = 0
+        piece: list[bytes] = []
+        piece_len = 0
+        try:
+            async for data in body:
+                if not data:
+                    continue
+                appended += len(data)
+                if max_bytes and appended > max_bytes:
+                    raise RegistryError(
+                        "SIZE_INVALID", {"reason": f"chunk larger than {max_bytes} bytes"}, status=413
+                    )
+                if self.max_blob_bytes and upload.offset + appended > self.max_blob_bytes:
+                    raise RegistryError(
+                        "SIZE_INVALID",
+                        {"reason": f"blob larger than {self.max_blob_bytes} bytes"},
+                        status=413,
+                    )
+                piece.append(data)
+                piece_len += len(data)
+                if piece_len >= _PIECE_BYTES:
+                    await self._ingest(upload, b"".join(piece))
+                    piece, piece_len = [], 0
+            if piece:
+                await self._ingest(upload, b"".join(piece))
+        except BaseException:
+            self.discard_chunk(upload)
+            raise
+        upload.offset += appended
+        upload.updated = time.time()
+        return appended
+
+    async def _ingest(self, upload: Upload, data: bytes) -> None:
+        def work() -> list[Block]:
+            upload.hasher.update(data)
+            return upload.importer.write(data)
+
+        blocks = await trio.to_thread.run_sync(work) if len(data) >= 65536 else work()
+        for block in blocks:
+            upload.pending.append(block)
+            upload.pending_bytes += len(block.data)
+        if upload.pending_bytes >= self.flush_bytes:
+            self._flush(upload)
+
+    def _flush(self, upload: Upload, batch: WriteBatch | None = None) -> None:
+        if batch is None:
+            with self.datastore.batch() as own:
+                self._put_pending(upload, own)
+        else:
+            self._put_pending(upload, batch)
+
+    @staticmethod
+    def _put_pending(upload: Upload, batch: WriteBatch) -> None:
+        for block in upload.pending:
+            batch.put_block(block.cid, block.data, verify=False)
+        upload.pending = []
+        upload.pending_bytes = 0
+
+    def discard_chunk(self, upload: Upload) -> None:
+        """Forget the in-memory progress of a failed chunk; the session resumes from its last save."""
+        upload.broken = True
+        upload.pending = []
+        upload.pending_bytes = 0
+        if self._live.get(upload.uuid) is upload:
+            del self._live[upload.uuid]
+
+    def save_upload(self, upload: Upload) -> None:
+        """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk)."""
+        try:
+            with self.datastore.batch() as batch:
+                self._flush(upload, batch)
+                batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+        except BaseException:
+            self.discard_chunk(upload)
+            raise
+
+    async def finish_upload(self, upload: Upload, digest: Digest) -> BlobInfo:
+        """Complete the DAG, check the digest and make the blob visible in one atomic batch."""
+        try:
+            blocks, result = await trio.to_thread.run_sync(upload.importer.finish)
+            upload.pending.extend(blocks)
+            if digest.algorithm == "sha256":
+                actual = upload.hasher.hexdigest()
+            else:
+                # Other algorithms are checked by re-reading the stored DAG (rare: sha512).
+                self._flush(upload)
+                hasher = new_hasher(digest.algorithm)
+                async for chunk in read_file(self.local_source, result.cid):
+                    hasher.update(chunk)
+                actual = hasher.hexdigest()
+        except BaseException:
+            self.discard_chunk(upload)
+            raise
+        if actual != digest.hex:
+            self.cancel_upload(upload)
+            raise RegistryError(
+                "DIGEST_INVALID", {"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
+            )
+        existing = self.blob_info(digest)
+        info = existing if existing is not None else BlobInfo(digest, result.cid, result.size)
+        if info.size != upload.offset:
+            self.cancel_upload(upload)
+            raise RegistryError("SIZE_INVALID", {"digest": str(digest), "size": upload.offset})
+        try:
+            with self.datastore.batch(sync=True) as batch:
+                self._flush(upload, batch)
+                if existing is None:
+                    batch.put(self.blobs, digest.key(), _blob_value(info))
+                self._link_blob(batch, upload.repo, info)
+                if upload.uuid:
+                    batch.delete(self.uploads, upload.uuid.encode())
+        finally:
+            self._live.pop(upload.uuid, None)
+            upload.broken = True
+        return info
+
+    # --- manifests -----------------------------------------------------------------------
+
+    def manifest_info(self, repo: str, digest: Digest) -> ManifestInfo | None:
+        raw = self.manifests.get(_rkey(repo, str(digest)))
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        blob = self.blob_info(digest)
+        if blob is None:
+            return None
+        return ManifestInfo(
+            digest,
+            blob.cid,
+            blob.size,
+            meta["mediaType"],
+            meta.get("subject"),
+            tuple(meta.get("children", ())),
+        )
+
+    def resolve_tag(self, repo: str, tag: str) -> Digest | None:
+        raw = self.tags.get(_rkey(repo, tag))
+        return None if raw is None else parse_digest(raw.decode())
+
+    def resolve(self, repo: str, reference: str | Digest) -> ManifestInfo:
+        """Manifest by tag or digest in ``repo``, or MANIFEST_UNKNOWN."""
+        digest = reference if isinstance(reference, Digest) else self.resolve_tag(repo, reference)
+        info = self.manifest_info(repo, digest) if digest is not None else None
+        if info is None:
+            raise RegistryError("MANIFEST_UNKNOWN", {"reference": str(reference)})
+        return info
+
+    def _import_bytes(self, data: bytes) -> tuple[list[Block], CID, int]:
+        blocks, result = import_bytes(data, self.import_options)
+        return blocks, result.cid, result.size
+
+    async def put_manifest(
+        self, repo: str, body: bytes, content_type: str | None, *, tag: str | None, digest: Digest | None
+    ) -> tuple[Digest, ParsedManifest]:
+        """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch."""
+        parsed = parse_manifest(body, content_type)
+        algorithm = digest.algorithm if digest is not None else "sha256"
+        hasher = new_hasher(algorithm)
+        hasher.update(body)
+        actual = Digest(algorithm, hasher.hexdigest())
+        if digest is not None and actual != digest:
+            raise RegistryError("DIGEST_INVALID", {"digest": str(digest), "actual": str(actual)})
+        for blob in parsed.blobs:
+            if not self.repo_has_blob(repo, blob.digest):
+                raise RegistryError("MANIFEST_BLOB_UNKNOWN", {"digest": str(blob.digest)})
+        for child in parsed.manifests:
+            if self.manifests.get(_rkey(repo, str(child.digest))) is None:
+                raise RegistryError("MANIFEST_BLOB_UNKNOWN", {"digest": str(child.digest)})
+        existing = self.blob_info(actual)
+        blocks: list[Block] = []
+        if existing is None:
+            blocks, cid, size = await trio.to_thread.run_sync(self._import_bytes, body)
+            stored = BlobInfo(actual, cid, size)
+        else:
+            stored = existing
+        meta: dict[str, Any] = {"mediaType": parsed.media_type, "size": len(body)}
+        if parsed.subject is not None:
+            meta["subject"] = str(parsed.subject.digest)
+        if parsed.manifests:
+            meta["children"] = [str(c.digest) for c in parsed.manifests]
+        with self.datastore.batch(sync=True) as batch:
+            for block in blocks:
+                batch.put_block(block.cid, block.data, verify=False)
+            if existing is None:
+                batch.put(self.blobs, actual.key(), _blob_value(stored))
+            batch.put(self.manifests, _rkey(repo, str(actual)), json.dumps(meta).encode())
+            if tag is not None:
+                batch.put(self.tags, _rkey(repo, tag), actual.key())
+            if parsed.subject is not None:
+                descriptor = referrer_descriptor(parsed, actual, len(body))
+                batch.put(
+                    self.referrers,
+                    _rkey(repo, str(parsed.subject.digest), str(actual)),
+                    json.dumps(descriptor).encode(),
+                )
+            batch.put(self.repos, repo.encode(), b"")
+        return actual, parsed
+
+    def delete_manifest(self, repo: str, digest: Digest) -> None:
+        """Delete a manifest by digest with every tag pointing to it and its referrers entry."""
+        info = self.manifest_info(repo, digest)
+        if info is None:
+            raise RegistryError("MANIFEST_UNKNOWN", {"digest": str(digest)})
+        with self.datastore.batch(sync=True) as batch:
+            batch.delete(self.manifests, _rkey(repo, str(digest)))
+            for key, value in self.tags.items(_rkey(repo, "")):
+                if value == digest.key():
+                    batch.delete(self.tags, key)
+            if info.subject is not None:
+                batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
+
+    def delete_tag(self, repo: str, tag: str) -> None:
+        if self.tags.get(_rkey(repo, tag)) is None:
+            raise RegistryError("MANIFEST_UNKNOWN", {"tag": tag})
+        with self.datastore.batch(sync=True) as batch:
+            batch.delete(self.tags, _rkey(repo, tag))
+
+    # --- listings ------------------------------------------------------------------------
+
+    def repo_exists(self, repo: str) -> bool:
+        return self.repos.get(repo.encode()) is not None
+
+    def list_tags(self, repo: str, *, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` tags after ``last`` in lexical order, and whether more follow."""
+        prefix = _rkey(repo, "")
+        start = prefix + last.encode() if last else None
+        out: list[str] = []
+        for key, _ in self.tags.items(prefix, start=start):
+            if len(out) == limit:
+                return out, True
+            out.append(key[len(prefix) :].decode())
+        return out, False
+
+    def list_repos(self, *, last: str | None, limit: int) -> tuple[list[str], bool]:
+        start = last.encode() if last else None
+        out: list[str] = []
+        for key, _ in self.repos.items(start=start):
+            if len(out) == limit:
+                return out, True
+            out.append(key.decode())
+        return out, False
+
+    def list_referrers(self, repo: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+        prefix = _rkey(repo, str(subject), "")
+        out: list[dict[str, Any]] = []
+        for _, value in self.referrers.items(prefix):
+            descriptor = json.loads(value)
+            if artifact_type is None or descriptor.get("artifactType") == artifact_type:
+                out.append(descriptor)
+        return out
