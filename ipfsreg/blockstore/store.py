@@ -29,6 +29,7 @@ _BLOCK: Final = b"b/"
 _KEYSPACE: Final = b"k/"
 _STATS_KEY: Final = b"s/blocks"
 _STATS: Final = struct.Struct(">QQ")  # block count, total bytes
+_FLUSH_KEY: Final = b"s/flush"
 
 MAX_BLOCK_SIZE: Final = 4 * 1024 * 1024
 DB_DIRNAME: Final = "leveldb"
@@ -192,6 +193,10 @@ class Datastore:
     def batch(self, *, sync: bool = False) -> WriteBatch:
         """An atomic batch. ``sync=True`` makes it (and everything written before it) durable."""
         return WriteBatch(self, sync=sync)
+
+    def flush(self) -> None:
+        """Make every write so far durable (LevelDB's log is ordered, so one synced write suffices)."""
+        self._db.put(_FLUSH_KEY, b"", sync=True)
 
     def compact(self) -> None:
         self._db.compact_range()

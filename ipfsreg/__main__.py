@@ -1,0 +1,5 @@
+import sys
+
+from ipfsreg.cli import main
+
+sys.exit(main())

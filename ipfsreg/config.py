@@ -1,0 +1,275 @@
+"""The one typed configuration object: defaults < TOML file < environment (IPFSREG_*) < command-line flags.
+
+Each layer declares its own settings as a frozen dataclass (``ipfsreg/node/settings.py``,
+``ipfsreg/registry/settings.py``, ...); :class:`Config` composes them as TOML sections. Field
+metadata ``help`` documents every option, and ``ipfsreg config show`` prints the effective values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import platformdirs
+
+ENV_PREFIX: Final = "IPFSREG_"
+CONFIG_FILENAME: Final = "config.toml"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names its source."""
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ipfsreg", appauthor=False))
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    verify_reads: bool = field(
+        default=False,
+        metadata={"help": "re-hash every block read against its CID (LevelDB checksums are always verified)"},
+    )
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    chunk_size: int = field(default=262144, metadata={"help": "UnixFS chunk size in bytes (1 .. 1048576)"})
+    cid_version: int = field(
+        default=0, metadata={"help": "0: CIDv0 with dag-pb leaves; 1: CIDv1 with raw leaves"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_size <= 1024 * 1024:
+            raise ConfigError(f"import.chunk_size must be within 1..1048576, got {self.chunk_size}")
+        if self.cid_version not in (0, 1):
+            raise ConfigError(f"import.cid_version must be 0 or 1, got {self.cid_version}")
+
+
+_LAYER_SECTIONS: Final = (
+    ("node", "ipfsreg.node.settings", "NodeSettings"),
+    ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
+)
+
+
+def _section_types() -> dict[str, type[Any]]:
+    """TOML section name -> settings dataclass, for every layer present in this build."""
+    sections: dict[str, type[Any]] = {"storage": StorageSettings, "import": ImportSettings}
+    for name, module, attr in _LAYER_SECTIONS:
+        try:
+            sections[name] = getattr(importlib.import_module(module), attr)
+        except ImportError:  # a layer still being built is simply absent
+            continue
+    return sections
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir, metadata={"help": "data directory"})
+    log_level: str = field(default="info", metadata={"help": "one of " + ", ".join(LOG_LEVELS)})
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+    def section(self, name: str) -> Any:
+        return self.sections[name]
+
+    @property
+    def storage(self) -> StorageSettings:
+        result: StorageSettings = self.sections["storage"]
+        return result
+
+    @property
+    def importer(self) -> ImportSettings:
+        result: ImportSettings = self.sections["import"]
+        return result
+
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Check or convert ``value`` (from TOML or an environment string) to ``annotation``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value == "" and len(args) < 2):
+            return None
+        return _convert(value, args[0], where)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, item_type, where) for item in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value).expanduser()
+    raise ConfigError(f"{where}: unsupported option type {annotation!r}")
+
+
+def _fields(cls: type[Any]) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+def _build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
+    known = _fields(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown option {name!r} (known: {', '.join(sorted(known))})")
+        kwargs[name] = _convert(value, known[name][1], f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_config(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective config.
+
+    ``overrides`` are command-line values keyed ``"section.option"`` (or ``"log_level"``); ``None``
+    values mean "not given". The config file is ``config_file`` if given, else
+    ``<data_dir>/config.toml`` when it exists.
+    """
+    env = os.environ if environ is None else environ
+    sections = _section_types()
+    layered: dict[str, dict[str, Any]] = {name: {} for name in [*sections, ""]}
+
+    # data_dir decides where the default config file lives, so resolve it first.
+    resolved_dir = data_dir if data_dir is not None else env.get(ENV_PREFIX + "DATA_DIR")
+    file_data: dict[str, Any] = {}
+    path = Path(config_file) if config_file is not None else None
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+    if path is None:
+        candidate = Path(resolved_dir).expanduser() if resolved_dir else default_data_dir()
+        candidate = candidate / CONFIG_FILENAME
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            file_data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    for key, value in file_data.items():
+        if isinstance(value, dict):
+            if key not in sections:
+                raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(sorted(sections))})")
+            layered[key].update(value)
+        else:
+            layered[""][key] = value
+
+    # Environment: IPFSREG_<SECTION>_<OPTION> and IPFSREG_DATA_DIR / IPFSREG_LOG_LEVEL.
+    for section, cls in sections.items():
+        for name in _fields(cls):
+            var = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
+            if var in env:
+                layered[section][name] = env[var]
+    for name in ("data_dir", "log_level"):
+        if ENV_PREFIX + name.upper() in env:
+            layered[""][name] = env[ENV_PREFIX + name.upper()]
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section and section not in sections:
+            raise ConfigError(f"unknown option {key!r}")
+        layered[section][name] = value
+    if data_dir is not None:
+        layered[""]["data_dir"] = data_dir
+
+    where = str(path) if path else "config"
+    built = {name: _build(cls, layered[name], f"{where} [{name}]") for name, cls in sections.items()}
+    top = dict(layered[""])
+    unknown = set(top) - {"data_dir", "log_level"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level option(s) {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {"sections": built}
+    if "data_dir" in top:
+        kwargs["data_dir"] = _convert(top["data_dir"], Path, "data_dir")
+    if "log_level" in top:
+        kwargs["log_level"] = _convert(top["log_level"], str, "log_level").lower()
+    return Config(**kwargs)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_toml(config: Config, *, with_help: bool = True) -> str:
+    """The effective config as TOML (loadable by :func:`load_config`); ``None`` values are commented out."""
+    lines: list[str] = []
+
+    def emit(obj: Any, fields: dict[str, tuple[dataclasses.Field[Any], Any]]) -> None:
+        for name, (f, _) in fields.items():
+            if with_help and f.metadata.get("help"):
+                lines.append(f"# {f.metadata['help']}")
+            value = getattr(obj, name)
+            if value is None:
+                lines.append(f"# {name} =")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+
+    top = {k: v for k, v in _fields(Config).items() if k != "sections"}
+    emit(config, top)
+    for name, settings in config.sections.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        emit(settings, _fields(type(settings)))
+    return "\n".join(lines) + "\n"

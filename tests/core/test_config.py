@@ -1,0 +1,80 @@
+"""Config layering: defaults < TOML file < IPFSREG_* environment < flags, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ipfsreg.config import ConfigError, load_config, render_toml
+
+
+def test_defaults_without_file_or_environment(tmp_path: Path) -> None:
+    config = load_config(data_dir=tmp_path, environ={})
+    assert config.data_dir == tmp_path
+    assert config.log_level == "info"
+    assert config.importer.chunk_size == 262144
+    assert config.importer.cid_version == 0
+    assert config.storage.verify_reads is False
+
+
+def test_file_then_environment_then_flags_override_in_order(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        'log_level = "debug"\n[import]\nchunk_size = 1024\ncid_version = 1\n'
+    )
+    config = load_config(data_dir=tmp_path, environ={})
+    assert (config.log_level, config.importer.chunk_size, config.importer.cid_version) == ("debug", 1024, 1)
+    env = {"IPFSREG_IMPORT_CHUNK_SIZE": "2048", "IPFSREG_LOG_LEVEL": "warning"}
+    config = load_config(data_dir=tmp_path, environ=env)
+    assert (config.log_level, config.importer.chunk_size, config.importer.cid_version) == ("warning", 2048, 1)
+    config = load_config(
+        data_dir=tmp_path, environ=env, overrides={"import.chunk_size": 4096, "log_level": None}
+    )
+    assert (config.log_level, config.importer.chunk_size) == ("warning", 4096)
+
+
+def test_data_dir_from_environment_locates_its_config_file(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("[storage]\nverify_reads = true\n")
+    config = load_config(environ={"IPFSREG_DATA_DIR": str(tmp_path)})
+    assert config.data_dir == tmp_path
+    assert config.storage.verify_reads is True
+
+
+def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(data_dir=tmp_path, config_file=tmp_path / "missing.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nosuch]\nx = 1\n", "unknown section"),
+        ("[import]\nchunksize = 1\n", "unknown option 'chunksize'"),
+        ('[import]\nchunk_size = "big"\n', "expected an integer"),
+        ("[import]\nchunk_size = 2000000\n", "chunk_size must be within"),
+        ("[import]\ncid_version = 2\n", "cid_version must be 0 or 1"),
+        ("[storage]\nverify_reads = 3\n", "expected true or false"),
+        ('log_level = "loud"\n', "log_level must be one of"),
+        ("bogus = 1\n", "unknown top-level"),
+        ("[import\n", "config file"),
+    ],
+)
+def test_bad_config_files_give_specific_errors(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(data_dir=tmp_path, environ={})
+
+
+def test_bad_environment_value_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[import\]\.chunk_size"):
+        load_config(data_dir=tmp_path, environ={"IPFSREG_IMPORT_CHUNK_SIZE": "lots"})
+
+
+def test_rendered_config_loads_back_to_the_same_values(tmp_path: Path) -> None:
+    config = load_config(data_dir=tmp_path, environ={}, overrides={"import.cid_version": 1})
+    rendered = render_toml(config)
+    assert "[import]" in rendered
+    assert "# UnixFS chunk size" in rendered
+    (tmp_path / "copy.toml").write_text(rendered)
+    again = load_config(config_file=tmp_path / "copy.toml", environ={})
+    assert again == config
