@@ -16,6 +16,7 @@ from typing import IO, Final
 
 MIB: Final = 1024 * 1024
 _WRITE_CHUNK: Final = 4 * MIB
+SAMPLE_INTERVAL: Final = 0.01
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class ChildRun:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int  # ru_maxrss from wait4: anonymous and file-backed (e.g. LevelDB's mmapped tables)
+    peak_anon_rss_bytes: int  # max RssAnon sampled every SAMPLE_INTERVAL: the process's own heap
 
     def check(self) -> ChildRun:
         if self.returncode != 0:
@@ -58,8 +60,11 @@ def run_measured(
     proc = subprocess.Popen(
         list(args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
+    sampler = _AnonSampler(proc.pid)
+    sampler.start()
     # communicate() would reap the child with waitpid and lose its rusage: read the pipes, then wait4.
     stdout, stderr = _drain(proc)
+    sampler.stop()
     _, status, rusage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -70,7 +75,30 @@ def run_measured(
         stderr=stderr.decode("utf-8", "replace"),
         seconds=seconds,
         peak_rss_bytes=rusage.ru_maxrss * 1024,  # Linux reports KiB
+        peak_anon_rss_bytes=sampler.peak,
     )
+
+
+class _AnonSampler(threading.Thread):
+    """Polls a live process's RssAnon and keeps the maximum (until stopped or the process is a zombie)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name=f"rss-sampler-{pid}", daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            value = _status_field(self.pid, "RssAnon:")
+            if value is None:
+                return
+            self.peak = max(self.peak, value)
+            self._stop_event.wait(SAMPLE_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
@@ -94,16 +122,32 @@ def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
     return chunks["out"], chunks["err"]
 
 
+def _status_field(pid: int, field: str) -> int | None:
+    """A ``kB`` field of /proc/PID/status in bytes; None once the process is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def peak_rss_of(pid: int) -> int:
     """Peak resident set size (VmHWM) of a live process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    value = _status_field(pid, "VmHWM:")
+    if value is None:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return value
 
 
 def ipfsreg_command() -> list[str]:
-    """How to run the ipfsreg CLI: the console script beside this interpreter, else ``python -m ipfsreg``."""
+    """How to run the ipfsreg CLI: $BENCH_IPFSREG_CMD (split on spaces) if set, else the console script
+    beside this interpreter, else ``python -m ipfsreg``."""
+    override = os.environ.get("BENCH_IPFSREG_CMD")
+    if override:
+        return override.split()
     script = Path(sys.executable).with_name("ipfsreg")
     if script.exists():
         return [str(script)]

