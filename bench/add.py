@@ -147,7 +147,7 @@ def main() -> None:
             print(
                 f"ipfsreg peak RSS {mib(big.ipfsreg_rss):.1f} MiB at {mib(big.size):.0f} MiB vs"
                 f" {mib(small.ipfsreg_rss):.1f} MiB at {mib(small.size):.0f} MiB:"
-                f" ratio {big.ipfsreg_rss / small.ipfsreg_rss:.2f} for {big.size / small.size:.0f}x the bytes;"
+                f" ratio {big.ipfsreg_rss / small.ipfsreg_rss:.2f} for {big.size // small.size}x the bytes;"
                 "\n"
                 f"anonymous (heap) peak {mib(big.ipfsreg_anon_rss):.1f}"
                 f" vs {mib(small.ipfsreg_anon_rss):.1f} MiB:"
