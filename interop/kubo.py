@@ -280,20 +280,24 @@ class KuboPeer:
         self._spawn_child()
         try:
             ready = self._wait_reply(0, start_timeout, "start")
-        except KuboError as exc:
+            if not ready.get("ok"):
+                raise KuboStartError(f"Kubo did not start: {ready.get('error')}\n{self._tail()}")
+            info = ready["result"]
+            self.peer_id = info["peer_id"]
+            self.addrs = list(info["addrs"])
+            self.startup_seconds = float(info["startup_seconds"])
+            loopback = [a for a in self.addrs if a.startswith("/ip4/127.0.0.1/tcp/")]
+            if not loopback:
+                raise KuboStartError(f"Kubo listens on {self.addrs}, not on 127.0.0.1 TCP\n{self._tail()}")
+        except BaseException as exc:
+            self._closed = True
             self._kill()
-            raise KuboStartError(str(exc)) from exc
-        if not ready.get("ok"):
-            self._kill()
-            raise KuboStartError(f"Kubo did not start: {ready.get('error')}\n{self._tail()}")
-        info = ready["result"]
-        self.peer_id = info["peer_id"]
-        self.addrs = list(info["addrs"])
-        self.startup_seconds = float(info["startup_seconds"])
-        loopback = [a for a in self.addrs if a.startswith("/ip4/127.0.0.1/tcp/")]
-        if not loopback:
-            self._kill()
-            raise KuboStartError(f"Kubo listens on {self.addrs}, not on 127.0.0.1 TCP\n{self._tail()}")
+            self._reader.join(CLOSE_TIMEOUT)
+            with contextlib.suppress(OSError):
+                self._replies.close()
+            if isinstance(exc, KuboError) and not isinstance(exc, KuboStartError):
+                raise KuboStartError(str(exc)) from exc
+            raise
         self.multiaddr = f"{loopback[0]}/p2p/{self.peer_id}"
 
     @classmethod

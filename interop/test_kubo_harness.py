@@ -18,6 +18,7 @@ from interop.kubo import (
     KuboCallError,
     KuboClosed,
     KuboPeer,
+    KuboStartError,
     KuboTimeout,
     KuboUnsupportedOption,
     _with_p2p,
@@ -247,3 +248,16 @@ def test_kubo_hash_on_read_rejects_an_injected_block_that_does_not_match_its_cid
     kubo.inject_blocks([(claimed.multihash, b"what the block holds")])
     with pytest.raises(KuboCallError, match="Download returned status"):
         kubo.download(str(claimed), tmp_path / "out", timeout=30)
+
+
+def test_start_that_times_out_raises_start_error_and_kills_the_child(tmp_path: Path) -> None:
+    with pytest.raises(KuboStartError, match="did not answer within"):
+        KuboPeer.start(tmp_path / "slow", start_timeout=0.001)
+
+
+def test_start_on_an_unusable_repo_path_raises_start_error_with_the_reason(tmp_path: Path) -> None:
+    workdir = tmp_path / "broken"
+    workdir.mkdir()
+    (workdir / "repo").write_bytes(b"a file where the repo directory should be")
+    with pytest.raises(KuboStartError, match="Kubo did not start: NotADirectoryError"):
+        KuboPeer.start(workdir)
