@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import trio
 
 from ipfsreg import __version__
-from ipfsreg.blockstore import BlockstoreError, Datastore
+from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CIDError
+from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
-from ipfsreg.ops import OpsError, add_path, cat, get, path_size
+from ipfsreg.ops import READ_SIZE, OpsError, path_size
 from ipfsreg.unixfs.errors import UnixFSError
-from ipfsreg.unixfs.exporter import LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    p = command("serve", cmd_serve, "run the registry, the control API and the IPFS node")
+    p.add_argument("--registry-listen", metavar="HOST:PORT", default=None, help="default 0.0.0.0:5000")
+    p.add_argument("--api-listen", metavar="HOST:PORT", default=None, help="default 127.0.0.1:0 (loopback)")
+
     p = command("add", cmd_add, "import a file or directory tree; prints the root CID last")
     p.add_argument("path", type=Path)
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
@@ -81,21 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cid_path", metavar="CID[/path]")
     p.add_argument("-o", "--output", type=Path, default=None, help="destination (default: the CID)")
 
+    p = command("export", cmd_export, "write the DAG under CID as a CAR v1 file")
+    p.add_argument("cid_path", metavar="CID[/path]")
+    p.add_argument("-o", "--output", type=Path, required=True, help="CAR file to write ('-' for stdout)")
+
+    p = command("import", cmd_import, "verify and store every block of a CAR v1 file; prints its roots")
+    p.add_argument("car", type=Path, help="CAR file ('-' for stdin)")
+
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
     return parser
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def open_store(config: Config) -> Iterator[Datastore]:
-    store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @contextlib.contextmanager
@@ -128,45 +131,80 @@ def _import_options(args: argparse.Namespace, config: Config) -> ImportOptions:
         raise CommandError(str(exc)) from None
 
 
+def _out_stream(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdout.buffer)
+    return path.open("wb")
+
+
+def _in_stream(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _file_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    while chunk := fh.read(READ_SIZE):
+        yield chunk
+
+
 # --- commands --------------------------------------------------------------------------------
+# Each command runs against the data dir itself, or, when `ipfsreg serve` owns it, against that
+# server's control API (see ipfsreg/control.py).
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from ipfsreg.app import banner, run_server
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    trio.run(lambda: run_server(config, on_started=lambda info: print(banner(info), flush=True)))
+    return 0
 
 
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
     options = _import_options(args, config)
     path: Path = args.path
-    with open_store(config) as store, progress_bar(path_size(path) if path.exists() else None, "add") as bar:
-        result = add_path(store, path, options, recursive=args.recursive, progress=bar)
-    if args.quiet:
-        print(result.cid)
-    else:
+    total = path_size(path) if path.exists() else None
+    with backend_for(config) as backend, progress_bar(total, "add") as bar:
+        result = backend.add(path, options, recursive=args.recursive, progress=bar)
+    if not args.quiet:
         print(f"added {result.cid} {path.name or path} ({result.size} bytes)", file=sys.stderr)
-        print(result.cid)
+    print(result.cid)
     return 0
 
 
 def cmd_cat(args: argparse.Namespace, config: Config) -> int:
-    async def run(store: Datastore) -> None:
-        out = sys.stdout.buffer
-        source = LocalBlockSource(store.blocks)
-        async for chunk in cat(source, args.cid_path, offset=args.offset, length=args.length):
-            out.write(chunk)
-        out.flush()
-
-    with open_store(config) as store:
-        trio.run(run, store)
+    out = sys.stdout.buffer
+    with backend_for(config) as backend:
+        backend.cat(args.cid_path, out, offset=args.offset, length=args.length)
+    out.flush()
     return 0
 
 
 def cmd_get(args: argparse.Namespace, config: Config) -> int:
     dest: Path = args.output or Path(args.cid_path.strip("/").split("/")[-1])
-
-    async def run(store: Datastore) -> None:
-        with progress_bar(None, "get") as bar:
-            await get(LocalBlockSource(store.blocks), args.cid_path, dest, bar)
-
-    with open_store(config) as store:
-        trio.run(run, store)
+    with backend_for(config) as backend, progress_bar(None, "get") as bar:
+        backend.get(args.cid_path, dest, progress=bar)
     print(f"saved {args.cid_path} to {dest}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend, _out_stream(args.output) as out, progress_bar(None, "export") as bar:
+        backend.export(args.cid_path, out, progress=bar)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend, _in_stream(args.car) as fh:
+        roots = backend.import_car(_file_chunks(fh))
+    for root in roots:
+        print(root)
     return 0
 
 
@@ -183,10 +221,19 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+# Flags that set config options: (section.option, argparse attribute).
+_FLAG_OPTIONS = (
+    ("registry.listen", "registry_listen"),
+    ("api.listen", "api_listen"),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"log_level": args.log_level}
+    for option, attr in _FLAG_OPTIONS:
+        overrides[option] = getattr(args, attr, None)
     try:
         config = load_config(data_dir=args.data, config_file=args.config, overrides=overrides)
     except ConfigError as exc:
@@ -194,7 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
-    except (CommandError, OpsError, ConfigError, BlockstoreError, UnixFSError, CIDError) as exc:
+    except (
+        CommandError,
+        ControlApiError,
+        OpsError,
+        ConfigError,
+        BlockstoreError,
+        UnixFSError,
+        CIDError,
+    ) as exc:
         _fail(str(exc))
     except BrokenPipeError:
         return 0

@@ -56,6 +56,7 @@ class ImportSettings:
 
 
 _LAYER_SECTIONS: Final = (
+    ("api", "ipfsreg.control", "ApiSettings"),
     ("node", "ipfsreg.node.settings", "NodeSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
 )

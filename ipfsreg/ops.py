@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from ipfsreg.blockstore import Datastore, WriteBatch
 from ipfsreg.cid import CID
@@ -24,16 +24,12 @@ from ipfsreg.unixfs.exporter import (
     resolve_path,
     stat,
 )
-from ipfsreg.unixfs.importer import Block, FileImporter, ImportOptions, ImportResult
+from ipfsreg.unixfs.importer import Block, ImportOptions, ImportResult
 
 READ_SIZE: Final = 1024 * 1024
 BATCH_BYTES: Final = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
-
-
-class Readable(Protocol):
-    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class OpsError(Exception):
@@ -65,25 +61,6 @@ class BlockSink:
         self._batch.discard()
 
 
-def import_stream(
-    stream: Readable,
-    options: ImportOptions,
-    consume: Callable[[list[Block]], None],
-    progress: Progress | None = None,
-) -> ImportResult:
-    """Chunk and hash ``stream`` into a UnixFS file, handing finished blocks to ``consume``."""
-    importer = FileImporter(options)
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    while n := stream.readinto(view):
-        consume(importer.write(view[:n]))
-        if progress is not None:
-            progress(n)
-    blocks, result = importer.finish()
-    consume(blocks)
-    return result
-
-
 def path_size(path: Path) -> int:
     """Total bytes of the regular files under ``path`` (for progress bars)."""
     if path.is_file():
@@ -110,26 +87,49 @@ def add_path(
     if path.is_dir() and not recursive:
         raise OpsError(f"{path} is a directory: use -r to add a tree")
     sink = BlockSink(store)
+    groups = ImportGroups(path, options, progress)
     try:
-        if path.is_dir():
-            tree = import_tree(path, options)
-            for block in tree:
-                sink.add((block,))
-                if progress is not None:
-                    progress(len(block.data))  # block bytes: close to, not exactly, the file bytes
-            assert tree.result is not None
-            result = tree.result
-        else:
-            try:
-                with path.open("rb") as fh:
-                    result = import_stream(fh, options, sink.add, progress)
-            except OSError as exc:
-                raise OpsError(f"cannot read {path}: {exc.strerror}") from exc
+        for group in groups:
+            sink.add(group)
     except BaseException:
         sink.discard()
         raise
     sink.close()
-    return result
+    return groups.result()
+
+
+class ImportGroups:
+    """Import a file or tree lazily: iterate for groups of about READ_SIZE bytes of blocks
+    (children before parents, the root last), then ``result()`` gives the root."""
+
+    def __init__(self, path: Path, options: ImportOptions, progress: Progress | None = None) -> None:
+        self._path = path
+        self._options = options
+        self._progress = progress
+        self._result: ImportResult | None = None
+
+    def __iter__(self) -> Iterator[list[Block]]:
+        tree = import_tree(self._path, self._options)
+        group: list[Block] = []
+        size = 0
+        for block in tree:
+            group.append(block)
+            size += len(block.data)
+            if size >= READ_SIZE:
+                if self._progress is not None:
+                    self._progress(size)  # block bytes: close to, not exactly, the file bytes
+                yield group
+                group, size = [], 0
+        if group:
+            if self._progress is not None:
+                self._progress(size)
+            yield group
+        self._result = tree.result
+
+    def result(self) -> ImportResult:
+        if self._result is None:
+            raise OpsError(f"importing {self._path} did not complete")
+        return self._result
 
 
 def parse_cid_path(text: str) -> tuple[CID, str]:

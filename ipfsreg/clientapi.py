@@ -1,0 +1,205 @@
+"""Where CLI commands run: on the data dir itself, or through a running server's control API.
+
+:func:`backend_for` opens the data dir when no server holds it (:class:`LocalBackend`), and
+otherwise talks to the server named in ``<data dir>/api`` (:class:`RemoteBackend`), so `ipfsreg
+add` / `cat` / `get` / `export` / `import` behave the same whether or not `ipfsreg serve` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Protocol
+
+import httpx
+import trio
+
+from ipfsreg.blockstore import DataDirLocked, Datastore
+from ipfsreg.cid import CID
+from ipfsreg.config import Config
+from ipfsreg.control import PREFIX, read_api_file
+from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
+from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
+from ipfsreg.unixfs.exporter import LocalBlockSource
+from ipfsreg.unixfs.importer import ImportOptions, ImportResult
+
+Progress = Callable[[int], None]
+_TIMEOUT: Final = httpx.Timeout(30.0, read=None, write=None)
+
+
+class ControlApiError(Exception):
+    """The running server refused or failed a request; the message is the server's."""
+
+
+class Backend(Protocol):
+    def add(
+        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+    ) -> ImportResult: ...
+
+    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None: ...
+
+    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None: ...
+
+    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None: ...
+
+    def import_car(self, chunks: Iterable[bytes]) -> list[CID]: ...
+
+
+class LocalBackend:
+    """Runs commands directly on an opened data dir."""
+
+    def __init__(self, store: Datastore) -> None:
+        self.store = store
+        self.source = LocalBlockSource(store.blocks)
+
+    def add(
+        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+    ) -> ImportResult:
+        return add_path(self.store, path, options, recursive=recursive, progress=progress)
+
+    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None:
+        async def run() -> None:
+            async for chunk in cat(self.source, cid_path, offset=offset, length=length):
+                out.write(chunk)
+
+        trio.run(run)
+
+    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None:
+        trio.run(get, self.source, cid_path, dest, progress)
+
+    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+        async def run() -> None:
+            root = await resolve(self.source, cid_path)
+            async for chunk in export_car(self.source, [root]):
+                out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+
+        trio.run(run)
+
+    def import_car(self, chunks: Iterable[bytes]) -> list[CID]:
+        roots = trio.run(import_car, chunks, self.store)
+        self.store.flush()
+        return roots
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    response.read()
+    try:
+        message = json.loads(response.text)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or response.reason_phrase
+    raise ControlApiError(str(message))
+
+
+class RemoteBackend:
+    """Runs commands through a running server's control API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/") + PREFIX
+        self.client = httpx.Client(timeout=_TIMEOUT)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def request_json(self, method: str, route: str, **kwargs: Any) -> Any:
+        response = self.client.request(method, self.url + route, **kwargs)
+        _raise_for(response)
+        return response.json()
+
+    def add(
+        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+    ) -> ImportResult:
+        if path.is_dir() and not recursive:
+            raise OpsError(f"{path} is a directory: use -r to add a tree")
+        groups = ImportGroups(path, options, progress)
+
+        def body() -> Iterator[bytes]:
+            # The importer runs here, in the client; the server verifies every block it receives.
+            yield car_header([])
+            for group in groups:
+                yield b"".join(car_section(block.cid, block.data) for block in group)
+
+        self.request_json("POST", "/blocks", content=body())
+        return groups.result()
+
+    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None:
+        params: dict[str, Any] = {"arg": cid_path, "offset": offset}
+        if length is not None:
+            params["length"] = length
+        with self.client.stream("GET", self.url + "/cat", params=params) as response:
+            _raise_for(response)
+            for chunk in response.iter_bytes(READ_SIZE):
+                out.write(chunk)
+
+    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None:
+        async def run() -> None:
+            async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
+                await get(RemoteBlockSource(client, self.url), cid_path, dest, progress)
+
+        trio.run(run)
+
+    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+        root, path = parse_cid_path(cid_path)
+        if path:
+            raise ControlApiError("export takes a CID, not a path inside one")
+        with self.client.stream("GET", self.url + "/export", params={"arg": str(root)}) as response:
+            _raise_for(response)
+            for chunk in response.iter_bytes(READ_SIZE):
+                out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+
+    def import_car(self, chunks: Iterable[bytes]) -> list[CID]:
+        result = self.request_json("POST", "/import", content=chunks)
+        return [CID.parse(text) for text in result["roots"]]
+
+
+class RemoteBlockSource:
+    """An exporter BlockSource over the control API (the server fetches missing blocks from peers)."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.client = client
+        self.url = url
+        self._hints: list[CID] = []
+
+    async def get(self, cid: CID) -> bytes:
+        if self._hints:
+            hints, self._hints = self._hints, []
+            await self.client.post(self.url + "/prefetch", params=[("arg", str(c)) for c in hints])
+        response = await self.client.get(self.url + "/block", params={"arg": str(cid)})
+        if response.status_code >= 400:
+            _raise_for(response)
+        return response.content
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        self._hints.extend(cids)
+
+
+@contextlib.contextmanager
+def backend_for(config: Config) -> Iterator[Backend]:
+    """The data dir opened directly, or the running server that owns it."""
+    try:
+        store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
+    except DataDirLocked:
+        url = read_api_file(config.data_dir)
+        if url is None:
+            raise
+        remote = RemoteBackend(url)
+        try:
+            yield remote
+        except httpx.TransportError as exc:
+            raise ControlApiError(
+                f"cannot reach the server at {url} that owns {config.data_dir}: {exc}"
+            ) from exc
+        finally:
+            remote.close()
+        return
+    try:
+        yield LocalBackend(store)
+    finally:
+        store.close()

@@ -1,0 +1,309 @@
+"""The local control API: while `ipfsreg serve` owns a data dir, the other CLI commands talk to it here.
+
+It listens on loopback only (an ephemeral port by default) and writes its URL to ``<data dir>/api``,
+as Kubo does. Routes (all under ``/api/v0``):
+
+    POST /blocks                 body: a CAR v1 stream (roots may be empty: an importing client learns its
+                                 root only at the end); blocks verified and stored as they arrive
+    POST /import                 body: a CAR v1 file; verified whole before anything is stored -> roots
+    GET  /cat?arg=CID[/path]&offset=&length=    file bytes, streamed (missing blocks fetched from peers)
+    GET  /block?arg=CID          one block's bytes (fetched from peers when missing)
+    POST /prefetch?arg=CID...    hint that these blocks will be read soon
+    GET  /export?arg=CID         a CAR v1 stream of the DAG
+    GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
+
+Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
+from ipfsreg.cid import CID, CIDError
+from ipfsreg.ops import OpsError, cat, parse_cid_path
+from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
+from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
+from ipfsreg.unixfs.exporter import BlockSource
+
+API_FILENAME: Final = "api"
+PREFIX: Final = "/api/v0"
+BLOCK_BATCH_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: str = field(
+        default="127.0.0.1:0",
+        metadata={"help": "HOST:PORT of the local control API used by CLI commands (port 0: any free port)"},
+    )
+
+
+class NodeControl(Protocol):
+    """What the control API needs of the p2p node (absent when the node is not running)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    def listen_addrs(self) -> list[str]: ...
+
+    def peer_list(self) -> list[dict[str, Any]]: ...
+
+    async def connect(self, multiaddr: str) -> None: ...
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def _error(status: int, message: str, kind: str) -> Response:
+    body = json.dumps({"error": message, "type": kind}) + "\n"
+    return Response(body, status=status, content_type="application/json")
+
+
+def _json(value: Any) -> Response:
+    return Response(json.dumps(value) + "\n", content_type="application/json")
+
+
+def _arg_cid(text: str | None) -> CID:
+    if not text:
+        raise ApiError(400, "missing argument 'arg'", "bad-request")
+    try:
+        return CID.parse(text)
+    except CIDError as exc:
+        raise ApiError(400, str(exc), "bad-request") from None
+
+
+def _int_arg(name: str) -> int | None:
+    text = request.args.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, got {text!r}", "bad-request") from None
+    if value < 0:
+        raise ApiError(400, f"{name} must be >= 0, got {value}", "bad-request")
+    return value
+
+
+async def store_block_stream(store: Datastore, chunks: AsyncIterator[bytes]) -> tuple[int, int]:
+    """Store CAR-framed blocks as they arrive, each verified; return (blocks, bytes)."""
+    reader = CarReader()
+    count = size = 0
+    batch = store.batch()
+    pending = 0
+    try:
+        async for chunk in chunks:
+            for event in reader.feed(chunk):
+                if isinstance(event, CarBlock):
+                    batch.put_block(event.cid, event.data, verify=False)  # CarReader verified it
+                    count += 1
+                    size += len(event.data)
+                    pending += len(event.data)
+            if pending >= BLOCK_BATCH_BYTES:
+                batch.commit()
+                batch = store.batch()
+                pending = 0
+        reader.close()
+    except BaseException:
+        batch.discard()
+        raise
+    batch.commit()
+    store.flush()
+    return count, size
+
+
+def create_control_app(
+    store: Datastore,
+    source: BlockSource,
+    *,
+    node: NodeControl | None = None,
+    spool_dir: Path | None = None,
+) -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
+
+    def need_node() -> NodeControl:
+        if node is None:
+            raise ApiError(503, "the p2p node is not running in this server", "no-node")
+        return node
+
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        return _error(exc.status, str(exc), exc.kind)
+
+    @app.errorhandler(BlockNotFound)
+    async def _not_found(exc: BlockNotFound) -> Response:
+        return _error(404, str(exc), "not-found")
+
+    @app.errorhandler(PathNotFound)
+    async def _path_not_found(exc: PathNotFound) -> Response:
+        return _error(404, str(exc), "not-found")
+
+    @app.errorhandler(CarError)
+    async def _car_error(exc: CarError) -> Response:
+        return _error(400, str(exc), "bad-car")
+
+    @app.errorhandler(InvalidBlock)
+    async def _invalid_block(exc: InvalidBlock) -> Response:
+        return _error(400, str(exc), "invalid-block")
+
+    @app.errorhandler(UnixFSError)
+    async def _unixfs_error(exc: UnixFSError) -> Response:
+        return _error(422, str(exc), "unixfs")
+
+    @app.errorhandler(OpsError)
+    async def _ops_error(exc: OpsError) -> Response:
+        return _error(422, str(exc), "bad-request")
+
+    @app.errorhandler(CIDError)
+    async def _cid_error(exc: CIDError) -> Response:
+        return _error(400, str(exc), "bad-request")
+
+    @app.errorhandler(BlockstoreError)
+    async def _store_error(exc: BlockstoreError) -> Response:
+        return _error(500, str(exc), "storage")
+
+    @app.post(f"{PREFIX}/blocks")
+    async def post_blocks() -> Response:
+        count, size = await store_block_stream(store, _body(request))
+        return _json({"blocks": count, "bytes": size})
+
+    @app.post(f"{PREFIX}/import")
+    async def post_import() -> Response:
+        roots = await import_car(_body(request), store, spool_dir=spool_dir)
+        store.flush()
+        return _json({"roots": [str(r) for r in roots]})
+
+    @app.get(f"{PREFIX}/cat")
+    async def get_cat() -> Response:
+        arg = request.args.get("arg") or ""
+        try:
+            parse_cid_path(arg)
+        except CIDError as exc:
+            raise ApiError(400, str(exc), "bad-request") from None
+        offset = _int_arg("offset") or 0
+        length = _int_arg("length")
+        chunks = cat(source, arg, offset=offset, length=length)
+        # Pull the first chunk before answering, so a bad path or missing root becomes an error status.
+        first = await anext(chunks, b"")
+
+        async def stream() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return Response(stream(), content_type="application/octet-stream")
+
+    @app.get(f"{PREFIX}/block")
+    async def get_block() -> Response:
+        cid = _arg_cid(request.args.get("arg"))
+        return Response(await source.get(cid), content_type="application/octet-stream")
+
+    @app.post(f"{PREFIX}/prefetch")
+    async def post_prefetch() -> Response:
+        cids = [_arg_cid(text) for text in request.args.getlist("arg")]
+        source.prefetch(cids)
+        return _json({"prefetching": len(cids)})
+
+    @app.get(f"{PREFIX}/export")
+    async def get_export() -> Response:
+        roots = [_arg_cid(text) for text in request.args.getlist("arg")]
+        if not roots:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        return Response(export_car(source, roots), content_type="application/vnd.ipld.car")
+
+    @app.get(f"{PREFIX}/id")
+    async def get_id() -> Response:
+        n = need_node()
+        return _json({"id": n.peer_id, "addrs": n.listen_addrs()})
+
+    @app.get(f"{PREFIX}/peers")
+    async def get_peers() -> Response:
+        return _json({"peers": need_node().peer_list()})
+
+    @app.post(f"{PREFIX}/connect")
+    async def post_connect() -> Response:
+        addr = request.args.get("arg")
+        if not addr:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        await need_node().connect(addr)
+        return _json({"connected": addr})
+
+    @app.get(f"{PREFIX}/stats")
+    async def get_stats() -> Response:
+        return _json({"blocks": store.blocks.count, "bytes": store.blocks.total_size})
+
+    return app
+
+
+async def _body(req: Any) -> AsyncIterator[bytes]:
+    async for chunk in req.body:
+        yield chunk
+
+
+def write_api_file(data_dir: Path, url: str) -> Path:
+    path = data_dir / API_FILENAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(url + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_api_file(data_dir: Path) -> str | None:
+    try:
+        text = (data_dir / API_FILENAME).read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def remove_api_file(data_dir: Path, url: str) -> None:
+    """Remove the api file if it still names this server (a newer server may have replaced it)."""
+    if read_api_file(data_dir) == url:
+        (data_dir / API_FILENAME).unlink(missing_ok=True)
+
+
+async def serve_control(
+    app: QuartTrio,
+    settings: ApiSettings,
+    data_dir: Path,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
+) -> None:
+    """Serve the control API on loopback and advertise it in ``<data_dir>/api`` while it runs."""
+    config = HypercornConfig()
+    config.bind = [settings.listen]
+    config.accesslog = None
+    config.include_server_header = False
+    kwargs: dict[str, Any] = {}
+    if shutdown_trigger is not None:
+        kwargs["shutdown_trigger"] = shutdown_trigger
+    url: str | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(functools.partial(serve, app, config, **kwargs))
+            url = binds[0]
+            write_api_file(data_dir, url)
+            task_status.started(url)
+    finally:
+        if url is not None:
+            remove_api_file(data_dir, url)
