@@ -174,7 +174,11 @@ class CarReader:
                 break
             section = bytes(buf[start:end])
             if self.header is None:
-                self.header = _parse_header(section)
+                try:
+                    self.header = _parse_header(section)
+                except CarError:
+                    self._failed = True
+                    raise
                 events.append(self.header)
             else:
                 events.append(self._block(section))
