@@ -16,10 +16,10 @@ from typing import Any, BinaryIO, Final, Protocol
 import httpx
 import trio
 
+from ipfsreg.apifile import PREFIX, read_api_file
 from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
-from ipfsreg.control import PREFIX, read_api_file
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
 from ipfsreg.unixfs.exporter import LocalBlockSource

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ipfsreg.apifile import PREFIX, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.ops import OpsError, cat, parse_cid_path
@@ -38,8 +38,6 @@ from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
 
-API_FILENAME: Final = "api"
-PREFIX: Final = "/api/v0"
 BLOCK_BATCH_BYTES: Final = 8 * 1024 * 1024
 
 
@@ -257,28 +255,6 @@ def create_control_app(
 async def _body(req: Any) -> AsyncIterator[bytes]:
     async for chunk in req.body:
         yield chunk
-
-
-def write_api_file(data_dir: Path, url: str) -> Path:
-    path = data_dir / API_FILENAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(url + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_api_file(data_dir: Path) -> str | None:
-    try:
-        text = (data_dir / API_FILENAME).read_text().strip()
-    except OSError:
-        return None
-    return text or None
-
-
-def remove_api_file(data_dir: Path, url: str) -> None:
-    """Remove the api file if it still names this server (a newer server may have replaced it)."""
-    if read_api_file(data_dir) == url:
-        (data_dir / API_FILENAME).unlink(missing_ok=True)
 
 
 async def serve_control(
