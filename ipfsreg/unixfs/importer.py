@@ -110,7 +110,8 @@ class FileImporter:
         self._max_links = options.max_links
         self._raw = options.use_raw_leaves
         self._version = options.cid_version
-        self._buf = bytearray()
+        self._buf = bytearray(options.chunk_size)  # the partial chunk lives in _buf[:_fill]
+        self._fill = 0
         self._levels: list[list[_Link]] = [[]]
         self._written = 0
         self._finished = False
@@ -133,20 +134,23 @@ class FileImporter:
         self._written += n
         size = self._chunk
         pos = 0
-        if self._buf:
-            need = size - len(self._buf)
-            if n < need:
-                self._buf += view
+        if self._fill:
+            # Complete the partial chunk in the fixed buffer (no reallocation, one copy in).
+            take = min(size - self._fill, n)
+            self._buf[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            pos = take
+            if self._fill < size:
                 return out
-            self._buf += view[:need]
-            pos = need
-            self._leaf(bytes(self._buf), out)
-            self._buf.clear()
+            self._leaf(self._buf, out)
+            self._fill = 0
         while n - pos >= size:
             self._leaf(view[pos : pos + size], out)
             pos += size
         if pos < n:
-            self._buf += view[pos:]
+            rest = n - pos
+            self._buf[:rest] = view[pos:]
+            self._fill = rest
         return out
 
     def finish(self) -> tuple[list[Block], ImportResult]:
@@ -155,9 +159,9 @@ class FileImporter:
             raise UnixFSError("finish called twice")
         self._finished = True
         out: list[Block] = []
-        if self._buf:
-            self._leaf(bytes(self._buf), out)
-            self._buf.clear()
+        if self._fill:
+            self._leaf(memoryview(self._buf)[: self._fill], out)
+            self._fill = 0
         if self._written == 0:
             self._leaf(b"", out)
         levels = self._levels
@@ -179,7 +183,7 @@ class FileImporter:
 
     # --- building -----------------------------------------------------------------------
 
-    def _leaf(self, chunk: bytes | memoryview, out: list[Block]) -> None:
+    def _leaf(self, chunk: bytes | bytearray | memoryview, out: list[Block]) -> None:
         if self._raw:
             block = bytes(chunk)
             cid = CID(1, RAW, _SHA256_PREFIX + hashlib.sha256(block).digest())
@@ -214,7 +218,7 @@ class FileImporter:
 
     def buffered(self) -> bytes:
         """The bytes of the partial chunk not yet emitted as a leaf."""
-        return bytes(self._buf)
+        return bytes(self._buf[: self._fill])
 
     def written_subtrees(self) -> list[tuple[CID, int]]:
         """Roots of the complete subtrees holding every written byte but the buffered ones, in byte order."""
@@ -240,7 +244,7 @@ class FileImporter:
             parts.append(uvarint(len(level)))
             for _cid, cid_bytes, tsize, size in level:
                 parts += [uvarint(len(cid_bytes)), cid_bytes, uvarint(tsize), uvarint(size)]
-        parts += [uvarint(len(self._buf)), bytes(self._buf)]
+        parts += [uvarint(self._fill), self.buffered()]
         return b"".join(parts)
 
     @classmethod
@@ -286,7 +290,8 @@ class FileImporter:
         importer = cls(options)
         importer._levels = levels
         importer._written = written
-        importer._buf = bytearray(pending)
+        importer._buf[:length] = pending
+        importer._fill = length
         return importer
 
 
