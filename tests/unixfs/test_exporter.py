@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from unixfs_support import MemorySource, deterministic_bytes
 
 from ipfsreg.blockstore import BlockNotFound, Datastore
@@ -13,7 +15,7 @@ from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.dagpb import PBLink
 from ipfsreg.unixfs.data import DataType, UnixFSData
 from ipfsreg.unixfs.directory import build_directory, symlink_block
-from ipfsreg.unixfs.errors import InvalidNode, NotADirectory, NotAFile, PathNotFound
+from ipfsreg.unixfs.errors import InvalidNode, NotADirectory, NotAFile, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import (
     LocalBlockSource,
     list_directory,
@@ -241,3 +243,21 @@ async def test_local_block_source_reads_the_datastore(tmp_path: Path) -> None:
         source = LocalBlockSource(store.blocks)
         assert b"".join([c async for c in read_file(source, result.cid, 5, 500)]) == DATA[5:505]
         source.prefetch([result.cid])
+
+
+@settings(max_examples=150, deadline=None)
+@given(block_index=st.integers(0, 10_000), byte_index=st.integers(0, 10_000), xor=st.integers(1, 255))
+async def test_a_corrupted_block_never_escapes_the_error_types(
+    block_index: int, byte_index: int, xor: int
+) -> None:
+    blocks, result = import_bytes(DATA, OPTS)
+    target = blocks[block_index % len(blocks)]
+    data = bytearray(target.data)
+    data[byte_index % len(data)] ^= xor
+    source = MemorySource(blocks)
+    source.add(target.cid, bytes(data))  # a lying source: the bytes no longer match the CID
+    try:
+        out = await read(source, result.cid)
+    except (UnixFSError, BlockNotFound):
+        return
+    assert len(out) == len(DATA)
