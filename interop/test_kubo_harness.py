@@ -261,3 +261,20 @@ def test_start_on_an_unusable_repo_path_raises_start_error_with_the_reason(tmp_p
     (workdir / "repo").write_bytes(b"a file where the repo directory should be")
     with pytest.raises(KuboStartError, match="Kubo did not start: NotADirectoryError"):
         KuboPeer.start(workdir)
+
+
+async def test_kubo_dials_an_in_process_py_libp2p_host_served_by_the_trio_loop(kubo: KuboPeer) -> None:
+    # The shape of every ipfsreg<->Kubo test: the ipfsreg side lives on this trio loop, Kubo in its child.
+    import multiaddr
+    from libp2p import new_host
+
+    host = new_host()
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        listen = str(host.get_addrs()[0])
+        if "/p2p/" not in listen:
+            listen += f"/p2p/{host.get_id().to_base58()}"
+        with trio.fail_after(60):
+            await kubo.aconnect(listen)
+            assert listen in await kubo.apeers()
+        assert str(host.get_id()) != kubo.peer_id
+        assert kubo.peer_id in [peer.to_base58() for peer in host.get_connected_peers()]
