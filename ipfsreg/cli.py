@@ -162,6 +162,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in config.warnings:
+        logging.getLogger("ipfsreg").warning("%s", warning)
     trio.run(lambda: run_server(config, on_started=lambda info: print(banner(info), flush=True)))
     return 0
 

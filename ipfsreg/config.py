@@ -78,6 +78,7 @@ class Config:
     data_dir: Path = field(default_factory=default_data_dir, metadata={"help": "data directory"})
     log_level: str = field(default="info", metadata={"help": "one of " + ", ".join(LOG_LEVELS)})
     sections: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"help": ""})
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -193,13 +194,21 @@ def load_config(
         candidate = Path(resolved_dir).expanduser() if resolved_dir else default_data_dir()
         candidate = candidate / CONFIG_FILENAME
         path = candidate if candidate.exists() else None
+    warnings: list[str] = []
     if path is not None:
         try:
-            file_data = tomllib.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        if path.suffix in (".yml", ".yaml"):
+            file_data, warnings = _from_distribution_yaml(text, path)
+        else:
+            try:
+                file_data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path}: {exc}") from None
     for key, value in file_data.items():
         if isinstance(value, dict):
             if key not in sections:
@@ -234,7 +243,7 @@ def load_config(
     unknown = set(top) - {"data_dir", "log_level"}
     if unknown:
         raise ConfigError(f"{where}: unknown top-level option(s) {', '.join(sorted(unknown))}")
-    kwargs: dict[str, Any] = {"sections": built}
+    kwargs: dict[str, Any] = {"sections": built, "warnings": tuple(warnings)}
     if "data_dir" in top:
         kwargs["data_dir"] = _convert(top["data_dir"], Path, "data_dir")
     if "log_level" in top:
@@ -267,10 +276,73 @@ def render_toml(config: Config, *, with_help: bool = True) -> str:
             else:
                 lines.append(f"{name} = {_toml_value(value)}")
 
-    top = {k: v for k, v in _fields(Config).items() if k != "sections"}
+    top = {k: v for k, v in _fields(Config).items() if k not in ("sections", "warnings")}
     emit(config, top)
     for name, settings in config.sections.items():
         lines.append("")
         lines.append(f"[{name}]")
         emit(settings, _fields(type(settings)))
     return "\n".join(lines) + "\n"
+
+
+# --- distribution (docker registry) config.yml ------------------------------------------------
+
+# distribution key -> ipfsreg option ("section.option", or a top-level option).
+DISTRIBUTION_KEYS: Final = {
+    "http.addr": "registry.listen",
+    "http.tls.certificate": "registry.tls_cert",
+    "http.tls.key": "registry.tls_key",
+    "auth.htpasswd.path": "registry.htpasswd",
+    "auth.htpasswd.realm": "registry.auth_realm",
+    "log.level": "log_level",
+    "storage.delete.enabled": "registry.delete_enabled",
+    "proxy.remoteurl": "registry.upstream",
+    "proxy.username": "registry.upstream_username",
+    "proxy.password": "registry.upstream_password",
+}
+# Keys that describe distribution's own storage or process and have no meaning here.
+_DISTRIBUTION_NOT_APPLICABLE: Final = ("version",)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _from_distribution_yaml(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Read the keys of distribution's config.yml that apply; report every other key."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    sections = _section_types()
+    data: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in sorted(_flatten(raw).items()):
+        target = DISTRIBUTION_KEYS.get(key)
+        if target is None:
+            if key not in _DISTRIBUTION_NOT_APPLICABLE:
+                ignored.append(key)
+            continue
+        section, _, option = target.rpartition(".")
+        if section and (section not in sections or option not in _fields(sections[section])):
+            ignored.append(f"{key} (not supported by this build)")
+            continue
+        if target == "registry.listen" and isinstance(value, str) and value.startswith(":"):
+            value = "0.0.0.0" + value  # distribution's ":5000" means every interface
+        if target == "log_level" and isinstance(value, str):
+            value = {"warn": "warning", "panic": "critical", "fatal": "critical"}.get(value, value)
+        if section:
+            data.setdefault(section, {})[option] = value
+        else:
+            data[option] = value
+    warnings = [f"{path}: distribution config key {key} is not used by ipfsreg" for key in ignored]
+    return data, warnings

@@ -78,3 +78,46 @@ def test_rendered_config_loads_back_to_the_same_values(tmp_path: Path) -> None:
     (tmp_path / "copy.toml").write_text(rendered)
     again = load_config(config_file=tmp_path / "copy.toml", environ={})
     assert again == config
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  fields:
+    service: registry
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: false
+http:
+  addr: :5001
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
+
+def test_distribution_config_yml_applies_known_keys_and_reports_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(DISTRIBUTION_CONFIG)
+    config = load_config(data_dir=tmp_path, config_file=path, environ={})
+    registry = config.section("registry")
+    assert registry.listen == "0.0.0.0:5001"
+    assert registry.delete_enabled is False
+    assert config.log_level == "warning"
+    reported = "\n".join(config.warnings)
+    for key in (
+        "storage.filesystem.rootdirectory",
+        "http.headers.X-Content-Type-Options",
+        "log.fields.service",
+    ):
+        assert key in reported
+    assert "version" not in reported
+
+
+def test_distribution_config_with_bad_yaml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("http: [unclosed\n")
+    with pytest.raises(ConfigError, match="config.yml"):
+        load_config(data_dir=tmp_path, config_file=path, environ={})
