@@ -119,5 +119,5 @@ def test_distribution_config_yml_applies_known_keys_and_reports_the_rest(tmp_pat
 def test_distribution_config_with_bad_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "config.yml"
     path.write_text("http: [unclosed\n")
-    with pytest.raises(ConfigError, match="config.yml"):
+    with pytest.raises(ConfigError, match=r"config\.yml"):
         load_config(data_dir=tmp_path, config_file=path, environ={})
