@@ -19,6 +19,10 @@ class RegistrySettings:
     max_blob_bytes: int = field(
         default=0, metadata={"help": "largest blob accepted, in bytes; 0 = unlimited"}
     )
+    automatic_crossmount: bool = field(
+        default=True,
+        metadata={"help": "mount a blob on POST ?mount= without ?from= when any repository holds it"},
+    )
     delete_enabled: bool = field(default=True, metadata={"help": "allow DELETE of blobs, manifests and tags"})
     upload_session_ttl: float = field(
         default=24 * 3600.0,

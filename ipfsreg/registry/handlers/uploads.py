@@ -71,7 +71,8 @@ async def post_upload(ctx: Context, request: Request, name: str) -> Response:
     if mount:
         digest = parse_digest(mount)
         from_repo = request.args.get("from") or None
-        if from_repo is None or is_valid_name(from_repo):
+        allowed = ctx.settings.automatic_crossmount if from_repo is None else is_valid_name(from_repo)
+        if allowed:
             info = store.mount_blob(name, digest, from_repo)
             if info is not None:
                 return _created(name, info)
