@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipfsreg.cid import CID, RAW
@@ -61,6 +61,7 @@ nodes = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(nodes)
 def test_round_trip(node: PBNode) -> None:
     encoded = dagpb.encode(node)
@@ -68,6 +69,7 @@ def test_round_trip(node: PBNode) -> None:
     assert dagpb.encode(dagpb.decode(encoded)) == encoded
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_invalid_node(data: bytes) -> None:
     try:

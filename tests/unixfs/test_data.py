@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipfsreg.unixfs.data import HASH_MURMUR3, DataType, UnixFSData, UnixTime, decode
@@ -60,11 +60,13 @@ values = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(values)
 def test_round_trip(value: UnixFSData) -> None:
     assert decode(value.encode()) == value
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=100))
 def test_arbitrary_bytes_decode_or_raise_invalid_node(data: bytes) -> None:
     try:

@@ -261,3 +261,22 @@ async def test_a_corrupted_block_never_escapes_the_error_types(
     except (UnixFSError, BlockNotFound):
         return
     assert len(out) == len(DATA)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(0, 3000),
+    chunk=st.integers(1, 64),
+    max_links=st.integers(2, 6),
+    raw=st.booleans(),
+    offset=st.integers(0, 3100),
+    length=st.one_of(st.none(), st.integers(0, 3100)),
+)
+async def test_any_range_of_any_dag_shape_reads_the_same_bytes_as_slicing(
+    size: int, chunk: int, max_links: int, raw: bool, offset: int, length: int | None
+) -> None:
+    data = DATA[:size] if size <= len(DATA) else DATA * 2
+    data = data[:size]
+    blocks, result = import_bytes(data, ImportOptions(chunk_size=chunk, max_links=max_links, raw_leaves=raw))
+    expected = data[offset:] if length is None else data[offset : offset + length]
+    assert await read(MemorySource(blocks), result.cid, offset, length) == expected

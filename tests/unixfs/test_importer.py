@@ -33,7 +33,7 @@ def feed(importer: FileImporter, data: bytes, cuts: list[int]) -> list[Block]:
     return blocks
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(cuts=split_points(len(DATA)), options=st.sampled_from([SMALL, SMALL_V1]))
 def test_any_split_of_the_input_gives_the_same_blocks(cuts: list[int], options: ImportOptions) -> None:
     expected, expected_result = import_bytes(DATA, options)
@@ -44,7 +44,7 @@ def test_any_split_of_the_input_gives_the_same_blocks(cuts: list[int], options: 
     assert result == expected_result
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(cuts=split_points(len(DATA)), stop=st.integers(0, len(DATA)))
 def test_snapshot_and_restore_mid_stream_gives_the_same_root(cuts: list[int], stop: int) -> None:
     expected, expected_result = import_bytes(DATA, SMALL)
