@@ -136,9 +136,11 @@ class Datastore:
                 str(path / DB_DIRNAME),
                 create_if_missing=True,
                 paranoid_checks=True,
-                write_buffer_size=64 * 1024 * 1024,
-                max_file_size=64 * 1024 * 1024,
-                lru_cache_size=32 * 1024 * 1024,
+                # Sized for a flat, modest RSS: blocks are large values, so the memtable fills
+                # quickly anyway and a bigger block cache buys little over the OS page cache.
+                write_buffer_size=16 * 1024 * 1024,
+                max_file_size=32 * 1024 * 1024,
+                lru_cache_size=8 * 1024 * 1024,
                 bloom_filter_bits=10,
             )
         except plyvel.CorruptionError as exc:
