@@ -16,6 +16,7 @@ from typing import Final, Literal, Protocol
 from ipfsreg.blockstore import Blockstore
 from ipfsreg.cid import CID, DAG_PB, IDENTITY, RAW, CIDError, split_multihash
 from ipfsreg.unixfs import dagpb
+from ipfsreg.unixfs._pb import read_uvarint
 from ipfsreg.unixfs.data import DataType, UnixFSData
 from ipfsreg.unixfs.data import decode as decode_unixfs
 from ipfsreg.unixfs.errors import InvalidNode, NotADirectory, NotAFile, PathNotFound
@@ -89,6 +90,29 @@ def decode_unixfs_node(cid: CID, block: bytes) -> tuple[dagpb.PBNode, UnixFSData
     return node, decode_unixfs(node.data)
 
 
+def _kubo_leaf_data(block: bytes) -> bytes | None:
+    """Fast path for the common dag-pb leaf ``{Data: {Type: File, Data, filesize}}``: its bytes, copied once.
+
+    Returns None for any other layout, which then goes through the strict generic decoders.
+    """
+    if len(block) < 8 or block[0] != 0x0A:
+        return None
+    try:
+        inner, start = read_uvarint(block, 1, "leaf")
+        if start + inner != len(block) or block[start : start + 3] != b"\x08\x02\x12":
+            return None
+        size, data_start = read_uvarint(block, start + 3, "leaf")
+        data_end = data_start + size
+        if block[data_end : data_end + 1] != b"\x18":
+            return None
+        filesize, end = read_uvarint(block, data_end + 1, "leaf")
+    except InvalidNode:
+        return None
+    if end != len(block) or filesize != size:
+        return None
+    return block[data_start:data_end]
+
+
 def _file_layout(cid: CID, node: dagpb.PBNode, fs: UnixFSData) -> tuple[bytes, int]:
     """Check a file node's sizes; return (inline data, total content size)."""
     inline = fs.data or b""
@@ -121,10 +145,14 @@ async def read_file(
     while stack:
         node_cid, start, expected, depth = stack.pop()
         block = await load_block(source, node_cid)
+        children: list[tuple[CID, int, int | None, int]] = []
+        leaf = None if node_cid.codec == RAW else _kubo_leaf_data(block)
         if node_cid.codec == RAW:
             content: bytes = block
-            children: list[tuple[CID, int, int | None, int]] = []
             total = len(block)
+        elif leaf is not None and node_cid.codec == DAG_PB:
+            content = leaf
+            total = len(leaf)
         else:
             node, fs = decode_unixfs_node(node_cid, block)
             if fs.type not in (DataType.FILE, DataType.RAW):
@@ -132,7 +160,6 @@ async def read_file(
                     raise NotAFile(f"{node_cid} is a UnixFS {fs.type.name.lower()}, not a file")
                 raise InvalidNode(f"UnixFS {fs.type.name.lower()} {node_cid} inside a file")
             content, total = _file_layout(node_cid, node, fs)
-            children = []
             if node.links:
                 if depth >= MAX_DEPTH:
                     raise InvalidNode(f"file DAG deeper than {MAX_DEPTH} levels at {node_cid}")

@@ -280,3 +280,17 @@ async def test_any_range_of_any_dag_shape_reads_the_same_bytes_as_slicing(
     blocks, result = import_bytes(data, ImportOptions(chunk_size=chunk, max_links=max_links, raw_leaves=raw))
     expected = data[offset:] if length is None else data[offset : offset + length]
     assert await read(MemorySource(blocks), result.cid, offset, length) == expected
+
+
+async def test_leaf_whose_filesize_disagrees_with_its_data_is_invalid() -> None:
+    leaf = pb_block([], UnixFSData(DataType.FILE, data=b"abc", filesize=4))
+    with pytest.raises(InvalidNode, match="filesize 4"):
+        await read(MemorySource([leaf]), leaf.cid)
+
+
+async def test_leaf_with_extra_fields_reads_through_the_strict_decoder() -> None:
+    leaf = pb_block([], UnixFSData(DataType.FILE, data=b"abc", filesize=3, mode=0o644))
+    assert await read(MemorySource([leaf]), leaf.cid) == b"abc"
+    bad = Block(leaf.cid, leaf.data + b"\x0a\x00")  # a second Data field
+    with pytest.raises(InvalidNode, match="duplicate Data"):
+        await read(MemorySource([bad]), bad.cid)
