@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("add", cmd_add, "import a file or directory tree; prints the root CID last")
     p.add_argument("path", type=Path)
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
+    p.add_argument("-H", "--hidden", action="store_true", help="include files whose names start with '.'")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=None)
     p.add_argument("--chunk-size", type=int, default=None, help="chunk size in bytes (default 262144)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the root CID")
@@ -173,7 +174,7 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
     path: Path = args.path
     total = path_size(path) if path.exists() else None
     with backend_for(config) as backend, progress_bar(total, "add") as bar:
-        result = backend.add(path, options, recursive=args.recursive, progress=bar)
+        result = backend.add(path, options, recursive=args.recursive, hidden=args.hidden, progress=bar)
     if not args.quiet:
         print(f"added {result.cid} {path.name or path} ({result.size} bytes)", file=sys.stderr)
     print(result.cid)

@@ -35,7 +35,13 @@ class ControlApiError(Exception):
 
 class Backend(Protocol):
     def add(
-        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+        self,
+        path: Path,
+        options: ImportOptions,
+        *,
+        recursive: bool,
+        hidden: bool = False,
+        progress: Progress | None = None,
     ) -> ImportResult: ...
 
     def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None: ...
@@ -55,9 +61,15 @@ class LocalBackend:
         self.source = LocalBlockSource(store.blocks)
 
     def add(
-        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+        self,
+        path: Path,
+        options: ImportOptions,
+        *,
+        recursive: bool,
+        hidden: bool = False,
+        progress: Progress | None = None,
     ) -> ImportResult:
-        return add_path(self.store, path, options, recursive=recursive, progress=progress)
+        return add_path(self.store, path, options, recursive=recursive, hidden=hidden, progress=progress)
 
     def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None:
         async def run() -> None:
@@ -112,11 +124,17 @@ class RemoteBackend:
         return response.json()
 
     def add(
-        self, path: Path, options: ImportOptions, *, recursive: bool, progress: Progress | None
+        self,
+        path: Path,
+        options: ImportOptions,
+        *,
+        recursive: bool,
+        hidden: bool = False,
+        progress: Progress | None = None,
     ) -> ImportResult:
         if path.is_dir() and not recursive:
             raise OpsError(f"{path} is a directory: use -r to add a tree")
-        groups = ImportGroups(path, options, progress)
+        groups = ImportGroups(path, options, progress, hidden=hidden)
 
         def body() -> Iterator[bytes]:
             # The importer runs here, in the client; the server verifies every block it receives.

@@ -79,6 +79,7 @@ def add_path(
     options: ImportOptions,
     *,
     recursive: bool = False,
+    hidden: bool = False,
     progress: Progress | None = None,
 ) -> ImportResult:
     """Import a file (or, with ``recursive``, a directory tree as ``ipfs add -r`` does) into ``store``."""
@@ -87,7 +88,7 @@ def add_path(
     if path.is_dir() and not recursive:
         raise OpsError(f"{path} is a directory: use -r to add a tree")
     sink = BlockSink(store)
-    groups = ImportGroups(path, options, progress)
+    groups = ImportGroups(path, options, progress, hidden=hidden)
     try:
         for group in groups:
             sink.add(group)
@@ -102,14 +103,17 @@ class ImportGroups:
     """Import a file or tree lazily: iterate for groups of about READ_SIZE bytes of blocks
     (children before parents, the root last), then ``result()`` gives the root."""
 
-    def __init__(self, path: Path, options: ImportOptions, progress: Progress | None = None) -> None:
+    def __init__(
+        self, path: Path, options: ImportOptions, progress: Progress | None = None, *, hidden: bool = False
+    ) -> None:
         self._path = path
+        self._hidden = hidden
         self._options = options
         self._progress = progress
         self._result: ImportResult | None = None
 
     def __iter__(self) -> Iterator[list[Block]]:
-        tree = import_tree(self._path, self._options)
+        tree = import_tree(self._path, self._options, include_hidden=self._hidden)
         group: list[Block] = []
         size = 0
         for block in tree:
