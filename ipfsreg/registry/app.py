@@ -70,6 +70,9 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
             message = await receive()
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
+                app = self.app
+                if isinstance(app, RegistryApp) and len(body._data) > app.peak_body_buffered:
+                    app.peak_body_buffered = len(body._data)
                 if not message.get("more_body", False):
                     body.set_complete()
                 elif isinstance(body, StreamingBody):
@@ -82,6 +85,8 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
 class RegistryApp(QuartTrio):
     asgi_http_class = BackpressureHTTPConnection
     request_class = StreamingRequest
+    peak_body_buffered = 0
+    """The most request-body bytes ever buffered unread (bounded by backpressure)."""
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -130,7 +135,7 @@ def create_app(
     *,
     block_source: BlockSource | None = None,
     import_options: ImportOptions | None = None,
-) -> QuartTrio:
+) -> RegistryApp:
     """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks)."""
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
@@ -144,6 +149,7 @@ def create_app(
     )
     ctx = Context(store, settings)
     app = RegistryApp(__name__)
+    app.peak_body_buffered = 0
     app.config.update(
         MAX_CONTENT_LENGTH=None,
         BODY_TIMEOUT=None,

@@ -14,7 +14,7 @@ import httpx
 import trio
 
 from ipfsreg.blockstore import Datastore
-from ipfsreg.registry.app import create_app, registry_store, serve_registry
+from ipfsreg.registry.app import RegistryApp, create_app, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
 
@@ -35,6 +35,7 @@ def sha256(data: bytes) -> str:
 class Server:
     url: str
     client: httpx.AsyncClient
+    app: RegistryApp
     store: RegistryStore
     datastore: Datastore
     settings: RegistrySettings
@@ -96,7 +97,7 @@ async def running_registry(data_dir: Path, settings: RegistrySettings | None = N
             binds = await nursery.start(serve_registry, app, settings)
             url = binds[0]
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                yield Server(url, client, registry_store(app), datastore, settings)
+                yield Server(url, client, app, registry_store(app), datastore, settings)
             nursery.cancel_scope.cancel()
     finally:
         datastore.close()

@@ -6,8 +6,11 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+import trio
 from registry_helpers import Server, make_settings, running_registry, sha256
 
+from ipfsreg.registry.storage import RegistryStore, Upload
 from ipfsreg.unixfs.importer import import_bytes
 
 
@@ -255,3 +258,26 @@ async def test_blob_upload_expired_session_is_unknown(tmp_path: Path) -> None:
         resp = await server.client.get(location)
         assert resp.status_code == 404
         assert resp.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+
+
+async def test_blob_upload_body_is_read_with_backpressure_not_buffered_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow storage path must make the server stop reading the socket, not buffer the body."""
+    original = RegistryStore._ingest
+
+    async def slow_ingest(self: RegistryStore, upload: Upload, data: bytes) -> None:
+        await trio.sleep(0.005)
+        await original(self, upload, data)
+
+    monkeypatch.setattr(RegistryStore, "_ingest", slow_ingest)
+    high_water = 128 * 1024
+    async with running_registry(tmp_path, make_settings(body_buffer_bytes=high_water)) as server:
+        data = os.urandom(12 * 1024 * 1024)
+        location = await _start(server)
+        resp = await server.client.patch(location, content=_stream(data, 64 * 1024))
+        assert resp.status_code == 202
+        resp = await server.client.put(location, params={"digest": sha256(data)})
+        assert resp.status_code == 201
+        # One receive (at most 64 KiB) or chunk can land on top of a buffer at the high-water mark.
+        assert 0 < server.app.peak_body_buffered <= high_water + 64 * 1024
