@@ -1,0 +1,339 @@
+"""Bitswap client: wants, sessions and peer scoring; fetches blocks from connected peers.
+
+A fetch of one CID is driven by one task: it asks the session's known-good peers for the block
+directly (want-block), otherwise discovers who has it by sending want-have to every connected
+peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE or a peer that stays silent
+for ``want_timeout`` moves the want to another peer; after ``fetch_timeout`` the caller gets
+BlockFetchTimeout naming the CID. On receipt the block's CID is rebuilt from its bytes, so a block
+is only ever accepted for the CID it really has; it is stored, cancels go to the other peers asked,
+and a peer that sends a block we never asked it for is dropped and banned for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import trio
+from libp2p.peer.id import ID
+
+from ipfsreg.blockstore import Blockstore
+from ipfsreg.cid import CID
+from ipfsreg.node.bitswap.message import Message, PresenceType, WantEntry, WantType, cancels
+from ipfsreg.node.bitswap.network import BitswapNetwork
+from ipfsreg.node.errors import BlockFetchTimeout, ProtocolViolation
+from ipfsreg.node.settings import NodeSettings
+
+logger = logging.getLogger(__name__)
+
+BAN_SECONDS = 300.0
+RECENT_WANTS = 8192  # finished wants remembered, so late duplicates are not taken as unrequested
+
+
+class _Event(Enum):
+    HAVE = "have"
+    DONT_HAVE = "dont_have"
+    BLOCK = "block"
+    PEER = "peer"  # a peer connected: worth asking it too
+
+
+@dataclass
+class ClientStats:
+    blocks_received: int = 0
+    block_bytes_received: int = 0
+    duplicate_blocks: int = 0
+    fetch_timeouts: int = 0
+    peers_penalised: int = 0
+
+
+@dataclass
+class _Want:
+    cid: CID
+    key: bytes
+    events: trio.MemorySendChannel[tuple[_Event, ID]]
+    inbox: trio.MemoryReceiveChannel[tuple[_Event, ID]]
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    asked: set[ID] = field(default_factory=set)  # peers sent any want for it (may send the block)
+    failed: bool = False
+
+
+@dataclass
+class _PeerScore:
+    blocks: int = 0
+    in_flight: int = 0
+    timeouts: int = 0
+
+
+class Session:
+    """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first."""
+
+    def __init__(self, client: BitswapClient) -> None:
+        self._client = client
+        self.peers: dict[ID, _PeerScore] = {}
+
+    def note_have(self, peer: ID) -> None:
+        self.peers.setdefault(peer, _PeerScore())
+
+    def best_peer(self, exclude: set[ID]) -> ID | None:
+        """The connected session peer with the fewest wants in flight (ties: most blocks delivered)."""
+        best: ID | None = None
+        best_key: tuple[int, int, int] | None = None
+        for peer, score in self.peers.items():
+            if peer in exclude or not self._client.usable(peer):
+                continue
+            key = (score.in_flight, score.timeouts, -score.blocks)
+            if best_key is None or key < best_key:
+                best, best_key = peer, key
+        return best
+
+    async def fetch(self, cid: CID) -> bytes:
+        return await self._client.fetch(cid, session=self)
+
+
+class BitswapClient:
+    def __init__(
+        self,
+        blockstore: Blockstore,
+        network: BitswapNetwork,
+        settings: NodeSettings,
+        *,
+        on_blocks_stored: Callable[[list[CID]], None] | None = None,
+    ) -> None:
+        self.blockstore = blockstore
+        self.network = network
+        self.settings = settings
+        self.stats = ClientStats()
+        self.on_blocks_stored = on_blocks_stored
+        self._wants: dict[bytes, _Want] = {}
+        self._recent: OrderedDict[bytes, set[ID]] = OrderedDict()
+        self._banned: dict[ID, float] = {}
+
+    def new_session(self) -> Session:
+        return Session(self)
+
+    # --- peers -------------------------------------------------------------------------------
+
+    def usable(self, peer: ID) -> bool:
+        return self.network.is_connected(peer) and not self.is_banned(peer)
+
+    def is_banned(self, peer: ID) -> bool:
+        until = self._banned.get(peer)
+        if until is None:
+            return False
+        if trio.current_time() >= until:
+            del self._banned[peer]
+            return False
+        return True
+
+    def candidate_peers(self) -> list[ID]:
+        return [p for p in self.network.connected_peers() if not self.is_banned(p)]
+
+    def peer_connected(self, peer: ID) -> None:
+        if self.is_banned(peer):
+            return
+        for want in self._wants.values():
+            _offer(want, _Event.PEER, peer)
+
+    async def penalise(self, peer: ID, reason: Exception) -> None:
+        """Ban ``peer`` for a while and drop its connection."""
+        logger.warning("bitswap: dropping peer %s: %s", peer, reason)
+        self.stats.peers_penalised += 1
+        self._banned[peer] = trio.current_time() + BAN_SECONDS
+        await self.network.disconnect(peer)
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def receive(self, peer: ID, message: Message) -> None:
+        """Handle the blocks and presences of a message; ProtocolViolation on an unrequested block."""
+        stored: list[CID] = []
+        violation: ProtocolViolation | None = None
+        for block in message.blocks:
+            cid = block.cid()  # hashes the bytes: the CID the data really has
+            key = cid.to_bytes()
+            want = self._wants.get(key)
+            if want is not None and peer in want.asked and not want.done.is_set():
+                self.blockstore.put(cid, block.data, verify=False)  # just hashed above
+                self.stats.blocks_received += 1
+                self.stats.block_bytes_received += len(block.data)
+                want.data = block.data
+                want.done.set()
+                stored.append(cid)
+                _offer(want, _Event.BLOCK, peer)
+                self._finish(want, sender=peer)
+            elif (want is not None and peer in want.asked) or peer in self._recent.get(key, ()):
+                self.stats.duplicate_blocks += 1
+            else:
+                violation = ProtocolViolation(f"peer {peer} sent block {cid}, which we never asked it for")
+        for presence in message.presences:
+            want = self._wants.get(presence.cid.to_bytes())
+            if want is not None and not want.done.is_set():
+                kind = _Event.HAVE if presence.type == PresenceType.HAVE else _Event.DONT_HAVE
+                _offer(want, kind, peer)
+        if stored and self.on_blocks_stored is not None:
+            self.on_blocks_stored(stored)
+        if violation is not None:
+            raise violation
+
+    def _finish(self, want: _Want, *, sender: ID | None) -> None:
+        """Forget an active want, cancelling it at every other peer we asked."""
+        if self._wants.get(want.key) is want:
+            del self._wants[want.key]
+        self._recent[want.key] = set(want.asked)
+        while len(self._recent) > RECENT_WANTS:
+            self._recent.popitem(last=False)
+        for peer in want.asked:
+            if peer != sender and self.network.is_connected(peer):
+                self.network.queue_wants(peer, cancels([want.cid]))
+        want.events.close()
+
+    # --- fetching ----------------------------------------------------------------------------
+
+    async def fetch(self, cid: CID, *, session: Session | None = None) -> bytes:
+        """The block ``cid``: from the blockstore, else from peers (stored before returning)."""
+        local = self.blockstore.get_or_none(cid)
+        if local is not None:
+            return local
+        timeout = self.settings.fetch_timeout
+        deadline = trio.current_time() + timeout
+        key = cid.to_bytes()
+        while True:
+            want = self._wants.get(key)
+            if want is None:
+                return await self._drive(cid, key, session or Session(self), deadline)
+            # Someone else is already fetching it: wait for them.
+            with trio.move_on_at(deadline):
+                await want.done.wait()
+            if want.data is not None:
+                return want.data
+            if trio.current_time() >= deadline:
+                self.stats.fetch_timeouts += 1
+                raise BlockFetchTimeout(cid, timeout)
+            local = self.blockstore.get_or_none(cid)
+            if local is not None:
+                return local
+
+    async def _drive(self, cid: CID, key: bytes, session: Session, deadline: float) -> bytes:
+        send, recv = trio.open_memory_channel[tuple[_Event, ID]](1000)
+        want = _Want(cid, key, send, recv)
+        self._wants[key] = want
+        try:
+            with trio.move_on_at(deadline):
+                await self._pursue(want, session)
+            if want.data is None:
+                self.stats.fetch_timeouts += 1
+                detail = "no connected peers" if not self.candidate_peers() else ""
+                raise BlockFetchTimeout(cid, self.settings.fetch_timeout, detail)
+            return want.data
+        finally:
+            if want.data is None:
+                want.failed = True
+                self._finish(want, sender=None)
+                want.done.set()
+
+    async def _pursue(self, want: _Want, session: Session) -> None:
+        """Ask peers until the block arrives (returns) or the caller's deadline cancels us."""
+        settings = self.settings
+        dont_have: set[ID] = set()  # said DONT_HAVE or timed out on want-block
+        haves: list[ID] = []  # said HAVE, not yet asked for the block
+        asked_have: set[ID] = set()
+        while not want.done.is_set():
+            target = None
+            while haves and target is None:
+                peer = haves.pop(0)
+                if peer not in dont_have and self.usable(peer):
+                    target = peer
+            if target is None:
+                target = session.best_peer(exclude=dont_have)
+            if target is not None:
+                await self._want_block(want, session, target, dont_have, haves, asked_have)
+                continue
+            # Discovery: who has it?
+            fresh = [p for p in self.candidate_peers() if p not in asked_have and p not in dont_have]
+            have_capable = [p for p in fresh if self.network.supports_have(p)]
+            for peer in fresh:
+                if peer not in have_capable:  # 1.0.0 peers only understand want-block
+                    haves.append(peer)
+            if have_capable:
+                for peer in have_capable:
+                    asked_have.add(peer)
+                    want.asked.add(peer)
+                    self.network.queue_wants(peer, [_want_entry(want.cid, WantType.HAVE)])
+            if haves:
+                continue
+            # Wait for presences, a block, or a new peer; re-ask everyone after a quiet period.
+            with trio.move_on_after(settings.want_timeout) as quiet:
+                while True:
+                    try:
+                        event, peer = await want.inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                    if event is _Event.BLOCK:
+                        return
+                    if event is _Event.HAVE:
+                        session.note_have(peer)
+                        haves.append(peer)
+                        break
+                    if event is _Event.DONT_HAVE:
+                        dont_have.add(peer)
+                        continue
+                    if event is _Event.PEER:
+                        break
+            if quiet.cancelled_caught:
+                # Nobody answered: forget who refused, peers may have fetched it meanwhile.
+                asked_have.clear()
+                dont_have.clear()
+
+    async def _want_block(
+        self,
+        want: _Want,
+        session: Session,
+        target: ID,
+        dont_have: set[ID],
+        haves: list[ID],
+        asked_have: set[ID],
+    ) -> None:
+        """Ask ``target`` for the block and wait for it, a DONT_HAVE, or the per-peer timeout."""
+        score = session.peers.setdefault(target, _PeerScore())
+        want.asked.add(target)
+        score.in_flight += 1
+        try:
+            self.network.queue_wants(target, [_want_entry(want.cid, WantType.BLOCK)])
+            with trio.move_on_after(self.settings.want_timeout) as waited:
+                while True:
+                    event, peer = await want.inbox.receive()
+                    if event is _Event.BLOCK:
+                        session.peers.setdefault(peer, _PeerScore()).blocks += 1
+                        return
+                    if event is _Event.HAVE:
+                        session.note_have(peer)
+                        if peer != target:
+                            haves.append(peer)
+                    elif event is _Event.DONT_HAVE:
+                        dont_have.add(peer)
+                        if peer == target:
+                            return
+            if waited.cancelled_caught:
+                score.timeouts += 1
+                dont_have.add(target)
+                self.network.queue_wants(target, cancels([want.cid]))
+        except trio.EndOfChannel:
+            return
+        finally:
+            score.in_flight -= 1
+
+    def wanted(self) -> list[CID]:
+        return [w.cid for w in self._wants.values()]
+
+
+def _want_entry(cid: CID, want_type: WantType) -> WantEntry:
+    return WantEntry(cid, 1, False, want_type, True)
+
+
+def _offer(want: _Want, event: _Event, peer: ID) -> None:
+    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        want.events.send_nowait((event, peer))

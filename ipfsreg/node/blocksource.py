@@ -1,0 +1,117 @@
+"""NetworkBlockSource: the exporter's BlockSource over the blockstore, fetching missing blocks by bitswap.
+
+``get`` reads the blockstore first and otherwise fetches, verifies (the CID is rebuilt from the
+bytes) and stores the block. ``prefetch`` hints come from the exporter in depth-first order; the
+newest hint is read next, so hints go on the front of a stack and up to ``want_window`` of them are
+fetched in parallel, ahead of the reader, into the blockstore (never held in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import trio
+
+from ipfsreg.blockstore import Blockstore
+from ipfsreg.cid import CID
+from ipfsreg.node.bitswap.client import BitswapClient, Session
+from ipfsreg.node.errors import BitswapError, NodeError
+
+logger = logging.getLogger(__name__)
+
+
+class NetworkBlockSource:
+    """Use as ``async with node.block_source() as source:``; ``get`` also works outside the block."""
+
+    def __init__(self, blockstore: Blockstore, client: BitswapClient, *, window: int | None = None) -> None:
+        self.blockstore = blockstore
+        self.client = client
+        self.window = max(1, window if window is not None else client.settings.want_window)
+        self.session: Session = client.new_session()
+        self.fetched = 0  # blocks that came from the network through this source
+        self._pending: deque[CID] = deque()  # hints not yet started, next-read first
+        self._ahead: OrderedDict[CID, None] = OrderedDict()  # started by the prefetcher, not yet read
+        self._in_flight: dict[CID, trio.Event] = {}
+        self._errors: dict[CID, BitswapError] = {}
+        self._lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> NetworkBlockSource:
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._nursery.start_soon(self._prefetcher)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        self._nursery = None
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    # --- BlockSource -------------------------------------------------------------------------
+
+    async def get(self, cid: CID) -> bytes:
+        self._consumed(cid)
+        data = self.blockstore.get_or_none(cid)
+        if data is not None:
+            return data
+        event = self._in_flight.get(cid)
+        if event is not None:
+            await event.wait()
+            error = self._errors.pop(cid, None)
+            if error is not None:
+                raise error
+            data = self.blockstore.get_or_none(cid)
+            if data is not None:
+                return data
+        data = await self.session.fetch(cid)
+        self.fetched += 1
+        return data
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        if self._nursery is None:
+            raise NodeError("NetworkBlockSource.prefetch needs `async with` (it owns the fetch tasks)")
+        self._pending.extendleft(reversed(cids))
+        self._lot.unpark_all()
+
+    # --- window ------------------------------------------------------------------------------
+
+    def _consumed(self, cid: CID) -> None:
+        if cid not in self._ahead:
+            return
+        # Blocks started before this one were for earlier reads (or skipped ones): free their slots.
+        while self._ahead:
+            oldest, _ = self._ahead.popitem(last=False)
+            if oldest == cid:
+                break
+        self._lot.unpark_all()
+
+    async def _prefetcher(self) -> None:
+        assert self._nursery is not None
+        while True:
+            while not self._pending or len(self._ahead) >= self.window:
+                await self._lot.park()
+            cid = self._pending.popleft()
+            if cid in self._in_flight or cid in self._ahead or self.blockstore.has(cid):
+                continue
+            self._ahead[cid] = None
+            event = trio.Event()
+            self._in_flight[cid] = event
+            self._nursery.start_soon(self._fetch_ahead, cid, event)
+
+    async def _fetch_ahead(self, cid: CID, event: trio.Event) -> None:
+        try:
+            await self.session.fetch(cid)
+            self.fetched += 1
+        except BitswapError as exc:
+            self._errors[cid] = exc
+            logger.debug("prefetch of %s failed: %s", cid, exc)
+        finally:
+            del self._in_flight[cid]
+            event.set()

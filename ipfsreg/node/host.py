@@ -1,0 +1,138 @@
+"""The libp2p host on trio (TCP + Noise + Yamux, identify, ping) and the keeper of configured peerings."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from multiaddr import Multiaddr
+
+from ipfsreg.node.errors import NodeError
+from ipfsreg.node.identity import Identity
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+
+
+def parse_multiaddr(text: str) -> Multiaddr:
+    try:
+        return Multiaddr(text)
+    except Exception as exc:
+        raise NodeError(f"invalid multiaddr {text!r}: {exc}") from None
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """A dialable peer address: a multiaddr ending in /p2p/<peer id>."""
+    addr = parse_multiaddr(text)
+    try:
+        return info_from_p2p_addr(addr)
+    except Exception as exc:
+        raise NodeError(f"multiaddr {text!r} does not name a peer (/p2p/<id>): {exc}") from None
+
+
+def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
+    """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers)."""
+    listen_addrs = [parse_multiaddr(a) for a in listen]
+    noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=identity.key_pair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen_addrs,
+        enable_mDNS=False,
+        bootstrap=None,
+    )
+
+
+def with_peer_id(addr: Multiaddr | str, peer_id: ID | str) -> str:
+    text = str(addr)
+    suffix = f"/p2p/{peer_id}"
+    return text if text.endswith(suffix) else text + suffix
+
+
+def host_listen_addrs(host: IHost) -> list[str]:
+    """The addresses the host listens on, each with /p2p/<id>."""
+    return [with_peer_id(a, host.get_id()) for a in host.get_addrs()]
+
+
+async def connect(host: IHost, addr: str, *, dial_timeout: float = CONNECT_TIMEOUT) -> ID:
+    """Dial ``addr`` (must end in /p2p/<id>) and return the peer ID; NodeError if it fails."""
+    info = parse_peer_addr(addr)
+    if info.peer_id == host.get_id():
+        raise NodeError(f"refusing to connect to ourselves ({addr})")
+    try:
+        with trio.fail_after(dial_timeout):
+            await host.connect(info)
+    except trio.TooSlowError:
+        raise NodeError(f"connecting to {addr} timed out after {dial_timeout:g}s") from None
+    except Exception as exc:
+        raise NodeError(f"cannot connect to {addr}: {exc}") from None
+    return info.peer_id
+
+
+def is_connected(host: IHost, peer_id: ID) -> bool:
+    return bool(host.get_network().connections.get(peer_id))
+
+
+class Peering:
+    """Keeps connections to configured peers up, redialling with exponential backoff and jitter."""
+
+    def __init__(self, host: IHost, addrs: Sequence[str], *, max_backoff: float = 60.0) -> None:
+        self._host = host
+        self._max_backoff = max_backoff
+        self._addrs: list[str] = []
+        self._nursery: trio.Nursery | None = None
+        for addr in addrs:
+            parse_peer_addr(addr)  # fail early on a bad configured address
+            self._addrs.append(addr)
+
+    @property
+    def addrs(self) -> list[str]:
+        return list(self._addrs)
+
+    def add(self, addr: str) -> None:
+        """Keep ``addr`` connected from now on (also while running)."""
+        parse_peer_addr(addr)
+        if addr in self._addrs:
+            return
+        self._addrs.append(addr)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._keep, addr)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for addr in self._addrs:
+                nursery.start_soon(self._keep, addr)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _keep(self, addr: str) -> None:
+        info = parse_peer_addr(addr)
+        backoff = 0.5
+        while True:
+            if is_connected(self._host, info.peer_id):
+                backoff = 0.5
+                await trio.sleep(1.0)
+                continue
+            try:
+                await connect(self._host, addr)
+                logger.info("peering: connected to %s", addr)
+                backoff = 0.5
+            except NodeError as exc:
+                logger.info("peering: %s; retrying in %.1fs", exc, backoff)
+                await trio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self._max_backoff)
