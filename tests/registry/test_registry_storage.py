@@ -1,0 +1,123 @@
+"""Storage behaviour seen through the API: reads via the block source, aborted chunks, concurrent chunks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+from registry_helpers import Server, make_settings, sha256
+
+from ipfsreg.blockstore import Datastore
+from ipfsreg.cid import CID
+from ipfsreg.registry.app import create_app, registry_store, serve_registry
+from ipfsreg.unixfs.exporter import LocalBlockSource
+
+
+class CountingSource:
+    """A BlockSource standing in for the node's network-backed one: counts what it serves."""
+
+    def __init__(self, datastore: Datastore) -> None:
+        self.inner = LocalBlockSource(datastore.blocks)
+        self.gets: list[CID] = []
+        self.prefetched: list[CID] = []
+
+    async def get(self, cid: CID) -> bytes:
+        self.gets.append(cid)
+        return await self.inner.get(cid)
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        self.prefetched.extend(cids)
+
+
+@asynccontextmanager
+async def _serve_with_source(data_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, CountingSource]]:
+    settings = make_settings()
+    with Datastore.open(data_dir) as datastore:
+        source = CountingSource(datastore)
+        app = create_app(datastore, settings, block_source=source)
+        assert registry_store(app).block_source is source
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve_registry, app, settings)
+            async with httpx.AsyncClient(base_url=binds[0]) as client:
+                yield client, source
+            nursery.cancel_scope.cancel()
+
+
+async def test_blob_get_reads_through_the_given_block_source(tmp_path: Path) -> None:
+    data = os.urandom(800_000)
+    async with _serve_with_source(tmp_path) as (client, source):
+        resp = await client.post("/v2/app/blobs/uploads/", params={"digest": sha256(data)}, content=data)
+        assert resp.status_code == 201
+        assert source.gets == []  # uploads hash as they go and never read back through the source
+        resp = await client.get(f"/v2/app/blobs/{sha256(data)}")
+        assert resp.content == data
+        root = resp.headers["X-Ipfs-Path"].removeprefix("/ipfs/")
+        assert str(source.gets[0]) == root
+        assert len(source.gets) == 5  # the root and four 256 KiB leaves
+        assert source.prefetched == source.gets[1:]
+
+
+async def test_blob_upload_aborted_chunk_leaves_session_at_last_complete_chunk(registry: Server) -> None:
+    data = os.urandom(1_000_000)
+    resp = await registry.client.post("/v2/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    first = data[:400_000]
+    resp = await registry.client.patch(location, content=first, headers={"Content-Range": "0-399999"})
+    assert resp.status_code == 202
+    host, port = registry.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 600000\r\n"
+        "Content-Range: 400000-999999\r\n\r\n"
+    ).encode()
+    await stream.send_all(head + data[400_000:700_000])
+    await stream.aclose()  # the client goes away halfway through the chunk
+    status = await registry.client.get(location)
+    assert status.headers["Range"] == "0-399999"
+    resp = await registry.client.patch(
+        location, content=data[400_000:], headers={"Content-Range": "400000-999999"}
+    )
+    assert resp.status_code == 202
+    resp = await registry.client.put(location, params={"digest": sha256(data)})
+    assert resp.status_code == 201
+    assert (await registry.client.get(f"/v2/app/blobs/{sha256(data)}")).content == data
+
+
+async def test_concurrent_chunks_for_the_same_offset_accept_exactly_one(registry: Server) -> None:
+    resp = await registry.client.post("/v2/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    outcomes: dict[int, bytes] = {}
+
+    async def send(payload: bytes) -> None:
+        r = await registry.client.patch(location, content=payload, headers={"Content-Range": "0-299999"})
+        outcomes[r.status_code] = payload
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, os.urandom(300_000))
+        nursery.start_soon(send, os.urandom(300_000))
+    assert sorted(outcomes) == [202, 416]
+    status = await registry.client.get(location)
+    assert status.headers["Range"] == "0-299999"
+    resp = await registry.client.put(location, params={"digest": sha256(outcomes[202])})
+    assert resp.status_code == 201
+
+
+async def test_upload_survives_datastore_reopen_midway_through_leaves(tmp_path: Path) -> None:
+    from registry_helpers import running_registry
+
+    data = os.urandom(5 * 262_144 + 1000)
+    cut = 3 * 262_144 + 17
+    async with running_registry(tmp_path) as server:
+        resp = await server.client.post("/v2/app/blobs/uploads/")
+        location = resp.headers["Location"]
+        assert (await server.client.patch(location, content=data[:cut])).status_code == 202
+    async with running_registry(tmp_path) as server:
+        assert list(server.store.iter_uploads()) == [location.rsplit("/", 1)[1]]
+        resp = await server.client.put(location, params={"digest": sha256(data)}, content=data[cut:])
+        assert resp.status_code == 201
+        assert list(server.store.iter_uploads()) == []
+        assert (await server.client.get(f"/v2/app/blobs/{sha256(data)}")).content == data
