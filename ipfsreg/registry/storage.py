@@ -42,6 +42,8 @@ _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
 # Bytes gathered from the request body before one worker-thread hand-off.
 _PIECE_BYTES: Final = 1024 * 1024
+# Idle sessions leave memory after this many seconds; their saved state restores them on demand.
+LIVE_IDLE_SECONDS: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,25 @@ class RegistryStore:
 
     # --- uploads -------------------------------------------------------------------------
 
+    def evict_idle_uploads(self, idle_seconds: float = LIVE_IDLE_SECONDS) -> int:
+        """Drop idle, unlocked sessions from memory (their state is saved); return how many."""
+        now = time.time()
+        idle = [
+            key
+            for key, upload in self._live.items()
+            if not upload.lock.locked() and not upload.pending and now - upload.updated > idle_seconds
+        ]
+        for key in idle:
+            del self._live[key]
+        return len(idle)
+
+    @property
+    def live_uploads(self) -> int:
+        return len(self._live)
+
     def new_upload(self, repo: str) -> Upload:
         """Start an upload session, persisted at once so it survives a restart."""
+        self.evict_idle_uploads()
         now = time.time()
         upload = Upload(
             uuid=str(uuidlib.uuid4()),

@@ -121,3 +121,17 @@ async def test_upload_survives_datastore_reopen_midway_through_leaves(tmp_path: 
         assert resp.status_code == 201
         assert list(server.store.iter_uploads()) == []
         assert (await server.client.get(f"/v2/app/blobs/{sha256(data)}")).content == data
+
+
+async def test_idle_upload_sessions_leave_memory_and_resume_from_saved_state(registry: Server) -> None:
+    data = os.urandom(300_000)
+    resp = await registry.client.post("/v2/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    assert (await registry.client.patch(location, content=data[:100_000])).status_code == 202
+    assert registry.store.live_uploads == 1
+    assert registry.store.evict_idle_uploads(idle_seconds=0) == 1
+    assert registry.store.live_uploads == 0
+    status = await registry.client.get(location)
+    assert status.headers["Range"] == "0-99999"
+    resp = await registry.client.put(location, params={"digest": sha256(data)}, content=data[100_000:])
+    assert resp.status_code == 201
