@@ -220,6 +220,12 @@ async def test_blob_upload_chunk_over_limit_returns_413_size_invalid(tmp_path: P
         assert resp.json()["errors"][0]["code"] == "SIZE_INVALID"
         status = await server.client.get(location)
         assert status.headers["Range"] == "0-0"
+        # Without a Content-Length (chunked transfer) the limit is enforced while streaming.
+        resp = await server.client.patch(location, content=_stream(b"x" * 5000, 500))
+        assert resp.status_code == 413
+        assert resp.json()["errors"][0]["code"] == "SIZE_INVALID"
+        assert (await server.client.get(location)).headers["Range"] == "0-0"
+        assert (await server.client.patch(location, content=b"y" * 1000)).status_code == 202
 
 
 async def test_blob_over_max_blob_size_returns_413(tmp_path: Path) -> None:

@@ -54,6 +54,9 @@ def _check_content_range(request: Request, name: str, upload: Upload) -> int | N
 
 
 async def _append(ctx: Context, request: Request, name: str, upload: Upload, declared: int | None) -> None:
+    limit = ctx.settings.max_chunk_bytes
+    if limit and request.content_length is not None and request.content_length > limit:
+        raise RegistryError("SIZE_INVALID", {"reason": f"chunk larger than {limit} bytes"}, status=413)
     appended = await ctx.store.append(
         upload, body_chunks(request, ctx.settings.read_timeout), max_bytes=ctx.settings.max_chunk_bytes
     )
