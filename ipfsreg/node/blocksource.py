@@ -43,7 +43,7 @@ class NetworkBlockSource:
 
     async def __aenter__(self) -> NetworkBlockSource:
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
-        self._nursery.start_soon(self._prefetcher)
+        self._nursery.start_soon(self._prefetcher, self._nursery)
         return self
 
     async def __aexit__(
@@ -52,7 +52,9 @@ class NetworkBlockSource:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         self._nursery = None
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        # The body's own exception is not the nursery's: keep it out so callers see it unwrapped.
+        await self._stack.__aexit__(None, None, None)
+        return None
 
     # --- BlockSource -------------------------------------------------------------------------
 
@@ -70,9 +72,15 @@ class NetworkBlockSource:
             data = self.blockstore.get_or_none(cid)
             if data is not None:
                 return data
-        data = await self.session.fetch(cid)
-        self.fetched += 1
-        return data
+        event = trio.Event()
+        self._in_flight[cid] = event  # the prefetcher leaves it to us
+        try:
+            data = await self.session.fetch(cid)
+            self.fetched += 1
+            return data
+        finally:
+            del self._in_flight[cid]
+            event.set()
 
     def prefetch(self, cids: Sequence[CID]) -> None:
         if self._nursery is None:
@@ -92,8 +100,7 @@ class NetworkBlockSource:
                 break
         self._lot.unpark_all()
 
-    async def _prefetcher(self) -> None:
-        assert self._nursery is not None
+    async def _prefetcher(self, nursery: trio.Nursery) -> None:
         while True:
             while not self._pending or len(self._ahead) >= self.window:
                 await self._lot.park()
@@ -103,7 +110,7 @@ class NetworkBlockSource:
             self._ahead[cid] = None
             event = trio.Event()
             self._in_flight[cid] = event
-            self._nursery.start_soon(self._fetch_ahead, cid, event)
+            nursery.start_soon(self._fetch_ahead, cid, event)
 
     async def _fetch_ahead(self, cid: CID, event: trio.Event) -> None:
         try:

@@ -11,6 +11,7 @@ from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -47,14 +48,27 @@ def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
     """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers)."""
     listen_addrs = [parse_multiaddr(a) for a in listen]
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=identity.key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
         enable_mDNS=False,
         bootstrap=None,
+        # No auto-dialling of peerstore entries: we connect to configured and requested peers only.
+        connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
     )
+    # py-libp2p's AutoConnector dials peerstore entries to reach a connection target even with
+    # min_connections=0; ipfsreg connects only to configured and requested peers (loopback tests,
+    # banned peers stay away), so it is switched off here.
+    auto_connector = getattr(host.get_network(), "auto_connector", None)
+    if auto_connector is not None:
+        auto_connector.maybe_connect = _no_auto_connect
+    return host
+
+
+async def _no_auto_connect() -> None:
+    return None
 
 
 def with_peer_id(addr: Multiaddr | str, peer_id: ID | str) -> str:

@@ -70,7 +70,7 @@ class Node:
         self.network.on_message = self._on_message
         self.network.on_violation = self.client.penalise
         self.network.on_peer_connected = self.client.peer_connected
-        self.network.on_peer_disconnected = self.server.peer_disconnected
+        self.network.on_peer_disconnected = self._on_peer_disconnected
         self._running = False
 
     @property
@@ -162,6 +162,10 @@ class Node:
         self.server.receive_wantlist(peer, message)
         if message.blocks or message.presences:
             await self.client.receive(peer, message)
+
+    def _on_peer_disconnected(self, peer: ID) -> None:
+        self.server.peer_disconnected(peer)
+        self.client.peer_disconnected(peer)
 
     def _require_running(self) -> None:
         if not self._running:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +41,13 @@ async def read_all(node: Node, cid: CID) -> bytes:
         async for chunk in read_file(source, cid):
             out += chunk
     return bytes(out)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (state changed by other tasks, no event to wait on); TooSlowError after 5 s."""
+    with trio.fail_after(5.0):
+        while not condition():  # noqa: ASYNC110 - polling node state from a test is the point
+            await trio.sleep(0.01)
 
 
 class Nodes:

@@ -139,11 +139,18 @@ class BitswapClient:
         for want in self._wants.values():
             _offer(want, _Event.PEER, peer)
 
+    def peer_disconnected(self, peer: ID) -> None:
+        """Wants waiting on ``peer`` move on at once instead of waiting out the want timeout."""
+        for want in self._wants.values():
+            if peer in want.asked:
+                _offer(want, _Event.DONT_HAVE, peer)
+
     async def penalise(self, peer: ID, reason: Exception) -> None:
         """Ban ``peer`` for a while and drop its connection."""
         logger.warning("bitswap: dropping peer %s: %s", peer, reason)
         self.stats.peers_penalised += 1
         self._banned[peer] = trio.current_time() + BAN_SECONDS
+        self.peer_disconnected(peer)
         await self.network.disconnect(peer)
 
     # --- receiving ---------------------------------------------------------------------------

@@ -165,7 +165,9 @@ def encode_message(message: Message, protocol: str = PROTOCOL_1_2_0) -> bytes:
             parts += [_K_BLOCKS, encode_varint(len(block.data)), block.data]
     else:
         for block in message.blocks:
-            head = _len_field(_K_BYTES1, block.prefix) + _K_BYTES2 + encode_varint(len(block.data))
+            head = _len_field(_K_BYTES1, block.prefix)
+            if block.data:  # proto3 leaves empty bytes out
+                head += _K_BYTES2 + encode_varint(len(block.data))
             parts += [_K_PAYLOAD, encode_varint(len(head) + len(block.data)), head, block.data]
         for presence in message.presences:
             cid = presence.cid.to_bytes()

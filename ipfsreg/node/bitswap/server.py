@@ -1,9 +1,9 @@
 """Bitswap server (decision engine): answers peers' wants from the blockstore, fairly.
 
 Each peer has a ledger (its wantlist) and a queue of wants not yet answered. Peers with queued
-work wait in a round-robin; a worker takes the next peer, answers at most one message's worth
-(about ``target_message_size`` bytes) of its queue, then puts it at the back. A peer that wants
-thousands of blocks therefore gets one message per turn like everyone else. Cancels remove the
+work wait in a round-robin; a worker takes the next peer, answers one message's worth of its
+queue (blocks are added until ``target_message_size`` is reached), then puts it at the back. A
+peer that wants thousands of blocks therefore gets one message per turn like everyone else. Cancels remove the
 want from the ledger, so a cancelled want still in the queue is skipped. Wants for blocks we do
 not have stay in the ledger and are answered when the block arrives (``notify_new_blocks``).
 """
@@ -161,7 +161,8 @@ class BitswapServer:
                     data = None  # too big to send: as good as not having it
                 if data is not None:
                     block_size = encoded_block_size(cid, len(data))
-                    if message.blocks and size + block_size > settings.target_message_size:
+                    # Fill up to the target, overshooting by at most this block, never past the limit.
+                    if message.blocks and size + block_size > settings.max_message_size - 1024:
                         break
                     message.blocks.append(Block.of(cid, data))
                     size += block_size

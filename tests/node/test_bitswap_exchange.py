@@ -1,0 +1,267 @@
+"""Bitswap server and client behaviour between in-process ipfsreg nodes on loopback."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.lowlevel
+from libp2p.peer.id import ID
+
+from ipfsreg.cid import CID, RAW
+from ipfsreg.node.bitswap.message import (
+    Block,
+    BlockPresence,
+    Message,
+    PresenceType,
+    WantEntry,
+    WantType,
+    cancels,
+)
+from ipfsreg.node.errors import BlockFetchTimeout, NodeError
+from ipfsreg.node.node import Node
+from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, wait_until
+from ipfsreg.unixfs.importer import ImportOptions
+
+
+class Probe:
+    """A node whose incoming bitswap messages are recorded instead of handled."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.send_channel, self.receive_channel = trio.open_memory_channel[tuple[ID, Message]](10_000)
+
+        async def record(peer: ID, message: Message) -> None:
+            await self.send_channel.send((peer, message))
+
+        node.network.on_message = record
+
+    async def send(self, to: Node, message: Message) -> None:
+        await self.node.network.send(to.identity.peer_id, message)
+
+    async def next_message(self) -> Message:
+        with trio.fail_after(5):
+            return (await self.receive_channel.receive())[1]
+
+    async def assert_silent_for(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            peer, message = await self.receive_channel.receive()
+            raise AssertionError(f"unexpected message from {peer}: {message}")
+
+
+def _raw_block(node: Node, data: bytes) -> CID:
+    cid = CID.hash(data, codec=RAW, version=1)
+    node.datastore.blocks.put(cid, data)
+    return cid
+
+
+async def _probe_of(nodes: Nodes, server: Node) -> Probe:
+    probe = Probe(await nodes.start())
+    await probe.node.connect(server.listen_addrs()[0])
+    return probe
+
+
+async def test_node_b_fetches_file_added_on_node_a_with_identical_bytes(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start()
+    data = random_bytes(3 * 1024 * 1024 + 17)
+    cid = add_bytes(a, data)
+    await b.connect(a.listen_addrs()[0])
+    assert await read_all(b, cid) == data
+    assert b.stats().blocks_received == a.stats().blocks_sent == 14  # 13 leaves + root
+    assert b.datastore.blocks.has(cid)
+
+
+async def test_fetch_dag_makes_every_block_of_a_cidv1_raw_leaves_dag_local(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start()
+    cid = add_bytes(a, random_bytes(1_000_000, seed=3), ImportOptions(cid_version=1, raw_leaves=True))
+    await b.connect(a.listen_addrs()[0])
+    assert await b.fetch_dag(cid) == 5
+    assert await b.fetch_dag(cid) == 0  # all local now
+    assert sorted(b.datastore.blocks.iter_multihashes()) == sorted(a.datastore.blocks.iter_multihashes())
+
+
+async def test_server_answers_want_have_with_have_and_dont_have_when_asked(nodes: Nodes) -> None:
+    server = await nodes.start()
+    present = _raw_block(server, b"present")
+    absent = CID.hash(b"absent", codec=RAW, version=1)
+    probe = await _probe_of(nodes, server)
+    await probe.send(
+        server,
+        Message(
+            wantlist=[
+                WantEntry(present, want_type=WantType.HAVE, send_dont_have=True),
+                WantEntry(absent, want_type=WantType.HAVE, send_dont_have=True),
+            ]
+        ),
+    )
+    reply = await probe.next_message()
+    assert reply.presences == [
+        BlockPresence(present, PresenceType.HAVE),
+        BlockPresence(absent, PresenceType.DONT_HAVE),
+    ]
+    assert reply.blocks == []
+
+
+async def test_server_answers_want_block_with_the_block_and_keeps_quiet_without_send_dont_have(
+    nodes: Nodes,
+) -> None:
+    server = await nodes.start()
+    present = _raw_block(server, b"present")
+    absent = CID.hash(b"absent", codec=RAW, version=1)
+    probe = await _probe_of(nodes, server)
+    await probe.send(server, Message(wantlist=[WantEntry(absent), WantEntry(present)]))
+    reply = await probe.next_message()
+    assert reply.blocks == [Block.of(present, b"present")]
+    assert reply.presences == []
+    await probe.assert_silent_for(0.3)
+    assert server.server.wantlist_of(probe.node.identity.peer_id) == [WantEntry(absent)]
+
+
+async def test_server_sends_a_wanted_block_when_it_arrives_later(nodes: Nodes) -> None:
+    server = await nodes.start()
+    probe = await _probe_of(nodes, server)
+    later = CID.hash(b"later", codec=RAW, version=1)
+    await probe.send(server, Message(wantlist=[WantEntry(later)]))
+    await probe.assert_silent_for(0.2)
+    server.datastore.blocks.put(later, b"later")
+    server.notify_new_blocks([later])
+    assert (await probe.next_message()).blocks == [Block.of(later, b"later")]
+
+
+async def test_server_honours_cancel_of_a_pending_want(nodes: Nodes) -> None:
+    server = await nodes.start()
+    probe = await _probe_of(nodes, server)
+    later = CID.hash(b"later", codec=RAW, version=1)
+    await probe.send(server, Message(wantlist=[WantEntry(later)]))
+    await wait_until(lambda: server.server.wantlist_of(probe.node.identity.peer_id))
+    await probe.send(server, Message(wantlist=cancels([later])))
+    await wait_until(lambda: not server.server.wantlist_of(probe.node.identity.peer_id))
+    server.datastore.blocks.put(later, b"later")
+    server.notify_new_blocks([later])
+    await probe.assert_silent_for(0.3)
+
+
+async def test_full_wantlist_replaces_the_previous_one(nodes: Nodes) -> None:
+    server = await nodes.start()
+    probe = await _probe_of(nodes, server)
+    one, two = (CID.hash(x, codec=RAW, version=1) for x in (b"one", b"two"))
+    peer = probe.node.identity.peer_id
+    await probe.send(server, Message(wantlist=[WantEntry(one)]))
+    await probe.send(server, Message(wantlist=[WantEntry(two)], full=True))
+    await wait_until(lambda: server.server.wantlist_of(peer) == [WantEntry(two)])
+
+
+async def test_greedy_peer_cannot_starve_a_modest_one(nodes: Nodes) -> None:
+    server = await nodes.start(server_workers=1, target_message_size=64 * 1024)
+    greedy_cids = [_raw_block(server, random_bytes(64 * 1024, seed=i)) for i in range(200)]
+    modest_cids = [_raw_block(server, random_bytes(64 * 1024, seed=1000 + i)) for i in range(3)]
+    greedy = await _probe_of(nodes, server)
+    modest = await _probe_of(nodes, server)
+    await greedy.send(server, Message(wantlist=[WantEntry(c) for c in greedy_cids]))
+    with trio.fail_after(5):
+        while server.stats().blocks_sent == 0:
+            await trio.lowlevel.checkpoint()
+    await modest.send(server, Message(wantlist=[WantEntry(c) for c in modest_cids]))
+    received = 0
+    while received < 3:
+        received += len((await modest.next_message()).blocks)
+    # Round-robin: the modest peer was served within a few turns, long before the greedy one finished.
+    assert server.stats().blocks_sent < 3 + 3 * 3 + 10 < len(greedy_cids)
+
+
+async def test_message_size_stays_under_target_plus_one_block(nodes: Nodes) -> None:
+    server = await nodes.start(target_message_size=300 * 1024)
+    cids = [_raw_block(server, random_bytes(200 * 1024, seed=i)) for i in range(4)]
+    probe = await _probe_of(nodes, server)
+    await probe.send(server, Message(wantlist=[WantEntry(c) for c in cids]))
+    sizes = []
+    while sum(sizes) < 4:
+        sizes.append(len((await probe.next_message()).blocks))
+    assert sizes == [2, 2]
+
+
+async def test_fetch_of_a_block_no_peer_has_fails_naming_the_cid(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start(fetch_timeout=1.0, want_timeout=0.3)
+    await b.connect(a.listen_addrs()[0])
+    missing = CID.hash(b"nobody has this", codec=RAW, version=1)
+    with pytest.raises(BlockFetchTimeout, match=str(missing)) as caught:
+        await b.client.fetch(missing)
+    assert caught.value.cid == missing
+    assert b.client.wanted() == []
+    assert b.stats().fetch_timeouts == 1
+
+
+async def test_fetch_with_no_connected_peer_fails_saying_so(nodes: Nodes) -> None:
+    lonely = await nodes.start(fetch_timeout=0.5)
+    missing = CID.hash(b"x", codec=RAW, version=1)
+    with pytest.raises(BlockFetchTimeout, match="no connected peers"):
+        async with lonely.block_source() as source:
+            await source.get(missing)
+
+
+async def test_fetch_moves_on_from_a_peer_that_says_dont_have(nodes: Nodes) -> None:
+    empty = await nodes.start()
+    holder = await nodes.start()
+    fetcher = await nodes.start(want_timeout=30.0, fetch_timeout=30.0)
+    data = random_bytes(600_000, seed=9)
+    cid = add_bytes(holder, data)
+    await fetcher.connect(empty.listen_addrs()[0])
+    await fetcher.connect(holder.listen_addrs()[0])
+    with trio.fail_after(10):  # far below want_timeout: DONT_HAVE, not a timeout, moved it on
+        assert await read_all(fetcher, cid) == data
+    assert empty.stats().blocks_sent == 0
+
+
+async def test_peer_sending_an_unrequested_block_is_dropped_and_banned(nodes: Nodes) -> None:
+    victim = await nodes.start()
+    attacker = await _probe_of(nodes, victim)
+    junk = b"nobody asked for this"
+    await attacker.send(victim, Message(blocks=[Block.of(CID.hash(junk, codec=RAW, version=1), junk)]))
+    await wait_until(lambda: victim.stats().peers_penalised != 0)
+    assert not victim.datastore.blocks.has(CID.hash(junk, codec=RAW, version=1))
+    assert victim.client.is_banned(attacker.node.identity.peer_id)
+    await wait_until(lambda: not victim.network.is_connected(attacker.node.identity.peer_id))
+
+
+async def test_two_readers_of_the_same_block_share_one_fetch(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start()
+    cid = _raw_block(a, b"shared")
+    await b.connect(a.listen_addrs()[0])
+    results: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(lambda: _append(results, b.client.fetch(cid)))
+    assert results == [b"shared"] * 3
+    assert b.stats().blocks_received == 1
+
+
+async def _append(results: list[bytes], fetch: object) -> None:
+    results.append(await fetch)  # type: ignore[misc]
+
+
+async def test_prefetch_outside_async_with_is_refused(nodes: Nodes) -> None:
+    node = await nodes.start()
+    with pytest.raises(NodeError, match="async with"):
+        node.block_source().prefetch([CID.hash(b"x", codec=RAW, version=1)])
+
+
+async def test_connect_to_a_bad_multiaddr_raises_node_error(nodes: Nodes) -> None:
+    node = await nodes.start()
+    with pytest.raises(NodeError, match="does not name a peer"):
+        await node.connect("/ip4/127.0.0.1/tcp/1")
+    with pytest.raises(NodeError, match="invalid multiaddr"):
+        await node.connect("not a multiaddr")
+    with pytest.raises(NodeError, match=r"cannot connect|timed out"):
+        await node.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{(await nodes.start()).peer_id}")
+
+
+async def test_peers_lists_connected_peers_and_stats_count_them(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start()
+    assert await b.connect(a.listen_addrs()[0]) == a.peer_id
+    assert [p.peer_id for p in b.peers()] == [a.peer_id]
+    assert b.stats().connected_peers == 1
+    assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in a.listen_addrs())
