@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
-from ipfsreg.cid import CID
+from ipfsreg.cid import CID, encode_varint
 from ipfsreg.gateway.errors import ContentNotFound, GatewayError, RangeNotSatisfiable
 from ipfsreg.gateway.request import RAW_TYPE, GatewayRequest, ResponseFormat, parse_request
 from ipfsreg.gateway.traversal import Emitter, ResolvedPath, resolve_content_path, scope_blocks
@@ -26,7 +26,7 @@ from ipfsreg.unixfs.car import car_header, car_section
 from ipfsreg.unixfs.exporter import BlockSource, decode_unixfs_node
 
 IMMUTABLE: Final = "public, max-age=29030400, immutable"
-CAR_FLUSH_BYTES: Final = 64 * 1024
+CAR_FLUSH_BYTES: Final = 64 * 1024  # small sections are batched up to this size per write
 
 
 @dataclass
@@ -50,10 +50,17 @@ async def car_stream(
         source, resolved.terminal, resolved.terminal_block, request.scope, request.entity_bytes, emitter
     )
     async for cid, block in blocks:
-        buffer += car_section(cid, block)
-        if len(buffer) >= CAR_FLUSH_BYTES:
+        if len(block) < CAR_FLUSH_BYTES:
+            buffer += car_section(cid, block)
+            if len(buffer) < CAR_FLUSH_BYTES:
+                continue
             yield bytes(buffer)
-            buffer.clear()
+        else:  # a large block (a file chunk) goes out as is, after its section prefix: no copy
+            cid_bytes = cid.to_bytes()
+            buffer += encode_varint(len(cid_bytes) + len(block)) + cid_bytes
+            yield bytes(buffer)
+            yield block
+        buffer.clear()
     if buffer:
         yield bytes(buffer)
 

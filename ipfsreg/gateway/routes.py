@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from quart import Quart, Response, request
@@ -19,8 +19,15 @@ log = logging.getLogger(__name__)
 GATEWAY_METHODS: Final = ["GET", "HEAD"]
 
 
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
 def _to_quart(response: GatewayResponse, head: bool) -> Response:
-    body = b"" if head else response.body
+    body: bytes | AsyncIterator[bytes] = b"" if head else response.body
+    if head and response.content_length is None and response.status == 200:
+        body = _no_body()  # a HEAD of a streamed response: no Content-Length, as its GET has none
     quart_response = Response(body, status=response.status, headers=response.headers)
     if response.content_length is not None:
         quart_response.content_length = response.content_length

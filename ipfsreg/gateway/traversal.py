@@ -39,6 +39,12 @@ class ResolvedPath:
     """The root and the CID each path segment resolved to (``X-Ipfs-Roots``)."""
 
 
+def has_pb_links(block: bytes) -> bool:
+    """Whether a dag-pb block has links: canonical dag-pb puts Links (field 2, tag 0x12) before Data,
+    and the strict decoder refuses any other order, so a block not starting with 0x12 has none."""
+    return block[:1] == b"\x12"
+
+
 def is_identity(cid: CID) -> bool:
     return cid.multihash[:1] == b"\x00" and cid.hash_code == IDENTITY
 
@@ -60,6 +66,8 @@ def _cbor_links(value: Any, out: list[CID]) -> None:
 def block_links(cid: CID, block: bytes) -> list[CID]:
     """The CIDs a block links to, in order: dag-pb links, dag-cbor tag-42 links; none for other codecs."""
     if cid.codec == DAG_PB:
+        if not has_pb_links(block):
+            return []
         return [link.cid for link in dagpb.decode(block).links]
     if cid.codec == DAG_CBOR:
         try:
@@ -196,8 +204,8 @@ async def _walk_file(
             data = await load_block(source, current)
         if emitter.admit(current):
             yield current, data
-        if current.codec != DAG_PB:
-            continue
+        if current.codec != DAG_PB or not has_pb_links(data):
+            continue  # a leaf: the fast path for the bulk of a file's blocks
         node, fs = decode_unixfs_node(current, data)
         if fs.type not in (DataType.FILE, DataType.RAW):
             raise InvalidNode(f"UnixFS {fs.type.name.lower()} {current} inside a file")

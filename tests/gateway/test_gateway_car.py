@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
-from gateway_support import Fixture, dfs, file_blocks_for_range, parse_car_verified
+from gateway_support import (
+    Fixture,
+    MemorySource,
+    dfs,
+    file_blocks_for_range,
+    gateway_app,
+    parse_car_verified,
+    serve_app,
+)
 
 from ipfsreg.cid import CID
 from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.data import decode as decode_unixfs
 from ipfsreg.unixfs.hamt import parse_shard
+from ipfsreg.unixfs.importer import import_bytes
 
 CAR = "application/vnd.ipld.car"
 
@@ -183,6 +194,26 @@ async def test_car_head_has_headers_and_no_body(client: httpx.AsyncClient, tree:
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith(CAR)
     assert resp.content == b""
+    assert "Content-Length" not in resp.headers  # the GET streams without a length
+
+
+async def test_car_of_a_file_with_kubo_default_chunks_streams_every_block_verified() -> None:
+    source = MemorySource()
+    data = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(20_000))  # 640000 bytes
+    blocks, result = import_bytes(data)
+    source.add(blocks)
+    async with serve_app(gateway_app(source)) as client:
+        resp = await client.get(f"/ipfs/{result.cid}", params={"format": "car", "dag-scope": "entity"})
+        assert resp.status_code == 200
+        _, car_blocks = parse_car_verified(resp.content)
+        ranged = await client.get(f"/ipfs/{result.cid}", params={"format": "car", "entity-bytes": "-1:*"})
+        _, last = parse_car_verified(ranged.content)
+    assert [b.cid for b in car_blocks] == dfs(source, result.cid)
+    assert len(car_blocks) == 4  # root + 3 leaves of up to 256 KiB
+    leaves = car_blocks[1:]
+    content = b"".join(decode_unixfs(dagpb.decode(b.data).data or b"").data or b"" for b in leaves)
+    assert content == data
+    assert [b.cid for b in last] == [result.cid, car_blocks[-1].cid]
 
 
 async def test_car_probe_identity_cid_has_no_blocks(client: httpx.AsyncClient) -> None:
