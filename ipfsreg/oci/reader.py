@@ -9,13 +9,21 @@ Block fetch failures (``BlockNotFound``, a bitswap timeout) propagate unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ipfsreg.cid import CID
 from ipfsreg.oci.errors import LayoutError, ReferenceNotFound
-from ipfsreg.oci.layout import BLOBS_DIR, DIGEST_RE, INDEX_FILE, OCI_LAYOUT_FILE, REF_NAME_ANNOTATION
+from ipfsreg.oci.layout import (
+    BLOBS_DIR,
+    DIGEST_RE,
+    INDEX_FILE,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_LAYOUT_FILE,
+    REF_NAME_ANNOTATION,
+)
 from ipfsreg.unixfs import exporter
 from ipfsreg.unixfs.errors import NotADirectory, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
@@ -23,6 +31,7 @@ from ipfsreg.unixfs.exporter import BlockSource
 MAX_OCI_LAYOUT_BYTES: Final = 64 * 1024
 MAX_INDEX_BYTES: Final = 4 * 1024 * 1024
 LATEST: Final = "latest"
+OCI_MANIFEST_MEDIA_TYPE: Final = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +194,63 @@ async def resolve_reference(source: BlockSource, layout: ImageLayout, reference:
     descriptor = find_manifest(layout, reference)
     cid = await blob_cid(source, layout, descriptor.digest)
     return ResolvedReference(descriptor.digest, cid, descriptor)
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutManifest:
+    digest: str
+    media_type: str
+    body: bytes
+    cid: CID
+
+
+def _digest_matches(digest: str, body: bytes) -> bool:
+    algorithm, hexpart = digest.split(":", 1)
+    return hashlib.new(algorithm, body).hexdigest() == hexpart
+
+
+def manifest_media_type(body: bytes, digest: str) -> str:
+    """A manifest's own ``mediaType``; OCI lets it be left out, then its shape decides (index or image)."""
+    doc = _json_object(body, f"manifest {digest}")
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    if declared is not None:
+        raise LayoutError(f"manifest {digest} has a non-string mediaType")
+    return OCI_INDEX_MEDIA_TYPE if "manifests" in doc else OCI_MANIFEST_MEDIA_TYPE
+
+
+async def read_manifest(
+    source: BlockSource, layout: ImageLayout, reference: str, *, max_bytes: int = MAX_INDEX_BYTES
+) -> LayoutManifest:
+    """The bytes and media type of the manifest a tag or digest names, checked against its digest.
+
+    The layout maps digests to CIDs, and nothing but this check ties the bytes under
+    ``blobs/sha256/<hex>`` to ``<hex>``: a layout from an untrusted peer could lie. (Blob readers
+    must hash what they stream for the same reason.)
+    """
+    resolved = await resolve_reference(source, layout, reference)
+    body = await _read_blob_bytes(source, resolved, max_bytes)
+    if not _digest_matches(resolved.digest, body):
+        raise LayoutError(f"the bytes under {blob_path(resolved.digest)} do not match {resolved.digest}")
+    if resolved.descriptor is not None:
+        if resolved.descriptor.size != len(body):
+            raise LayoutError(
+                f"manifest {resolved.digest} is {len(body)} bytes, index.json says {resolved.descriptor.size}"
+            )
+        media_type = resolved.descriptor.media_type
+    else:
+        media_type = manifest_media_type(body, resolved.digest)
+    return LayoutManifest(resolved.digest, media_type, body, resolved.cid)
+
+
+async def _read_blob_bytes(source: BlockSource, resolved: ResolvedReference, limit: int) -> bytes:
+    try:
+        info = await exporter.stat(source, resolved.cid)
+        if info.type not in ("file", "raw"):
+            raise LayoutError(f"{blob_path(resolved.digest)} is a {info.type}, not a file")
+        if info.size > limit:
+            raise LayoutError(f"manifest {resolved.digest} is {info.size} bytes, over the {limit} byte limit")
+        return b"".join([chunk async for chunk in exporter.read_file(source, resolved.cid)])
+    except UnixFSError as exc:
+        raise LayoutError(f"cannot read {blob_path(resolved.digest)}: {exc}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from oci_support import (
     DOCKER_LAYER,
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
     ImageStore,
     digest_of,
 )
@@ -18,7 +21,7 @@ from oci_support import (
 from ipfsreg.cid import CID
 from ipfsreg.oci import LayoutError, ReferenceNotFound, build_image_layout, build_layout, read_image_layout
 from ipfsreg.oci.layout import OCI_LAYOUT_BYTES, LayoutResult, index_json_bytes
-from ipfsreg.oci.reader import blob_cid, find_manifest, resolve_reference
+from ipfsreg.oci.reader import blob_cid, find_manifest, manifest_media_type, read_manifest, resolve_reference
 from ipfsreg.unixfs import exporter
 from ipfsreg.unixfs.directory import build_directory, import_tree
 from ipfsreg.unixfs.importer import ImportOptions, import_bytes
@@ -259,3 +262,40 @@ async def test_malformed_oci_layout_or_index_json_raises_layout_error(
     store.source.add([directory])
     with pytest.raises(LayoutError, match=message):
         await read_image_layout(store.source, directory.cid)
+
+
+async def test_read_manifest_by_tag_and_child_digest_gives_bytes_and_media_type() -> None:
+    store = ImageStore()
+    amd = store.image([b"amd"])
+    arm = store.image([b"arm"], arch="arm64")
+    index = store.index([(amd, "amd64"), (arm, "arm64")])
+    result = stored(store, build_image_layout(index, "multi", store.blobs, store.data))
+    layout = await read_image_layout(store.source, result.root)
+    top = await read_manifest(store.source, layout, "multi")
+    assert (top.digest, top.media_type, top.body, top.cid) == (
+        index.digest,
+        index.media_type,
+        store.data[index.digest],
+        index.cid,
+    )
+    child = await read_manifest(store.source, layout, arm.digest)
+    assert (child.media_type, child.body) == (arm.media_type, store.data[arm.digest])
+
+
+def test_manifest_media_type_without_a_field_comes_from_the_shape() -> None:
+    assert manifest_media_type(b'{"schemaVersion":2,"manifests":[]}', "d") == OCI_INDEX
+    assert manifest_media_type(b'{"schemaVersion":2,"config":{}}', "d") == OCI_MANIFEST
+    with pytest.raises(LayoutError):
+        manifest_media_type(b'{"mediaType":7}', "d")
+
+
+async def test_read_manifest_refuses_bytes_that_do_not_match_the_digest() -> None:
+    store = ImageStore()
+    manifest = store.image([b"layer"])
+    impostor = store.add(b'{"schemaVersion":2,"mediaType":"x"}', manifest.media_type)
+    lying = dict(store.blobs)
+    lying[manifest.digest] = replace(manifest, cid=impostor.cid, dag_size=impostor.dag_size)
+    result = stored(store, build_image_layout(manifest, "v1", lying, store.data))
+    layout = await read_image_layout(store.source, result.root)
+    with pytest.raises(LayoutError, match="do not match"):
+        await read_manifest(store.source, layout, "v1")
