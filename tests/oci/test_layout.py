@@ -19,7 +19,14 @@ from oci_support import (
 )
 
 from ipfsreg.cid import CID
-from ipfsreg.oci import LayoutError, ReferenceNotFound, build_image_layout, build_layout, read_image_layout
+from ipfsreg.oci import (
+    LayoutError,
+    ReferenceNotFound,
+    build_image_layout,
+    build_layout,
+    layout_blob,
+    read_image_layout,
+)
 from ipfsreg.oci.layout import OCI_LAYOUT_BYTES, LayoutResult, index_json_bytes
 from ipfsreg.oci.reader import blob_cid, find_manifest, manifest_media_type, read_manifest, resolve_reference
 from ipfsreg.unixfs import exporter
@@ -299,3 +306,25 @@ async def test_read_manifest_refuses_bytes_that_do_not_match_the_digest() -> Non
     layout = await read_image_layout(store.source, result.root)
     with pytest.raises(LayoutError, match="do not match"):
         await read_manifest(store.source, layout, "v1")
+
+
+async def test_layout_blob_reads_the_dag_size_from_the_root_block() -> None:
+    for options in (ImportOptions(), ImportOptions(cid_version=1)):
+        store = ImageStore(options=options)
+        for data in (b"", b"small", b"q" * 700_000):
+            expected = store.add(data, "application/octet-stream")
+            got = await layout_blob(
+                store.source, expected.digest, expected.media_type, len(data), expected.cid
+            )
+            assert got == expected
+
+
+async def test_layout_blob_refuses_a_wrong_size_or_a_directory() -> None:
+    store = ImageStore()
+    blob = store.add(b"bytes", "x")
+    with pytest.raises(LayoutError, match="expected"):
+        await layout_blob(store.source, blob.digest, "x", 6, blob.cid)
+    directory = build_directory({"f": (blob.cid, blob.dag_size)})
+    store.source.add([directory])
+    with pytest.raises(LayoutError, match="not a file"):
+        await layout_blob(store.source, blob.digest, "x", 5, directory.cid)
