@@ -3,5 +3,6 @@
 from ipfsreg.gateway.errors import GatewayError
 from ipfsreg.gateway.handler import GatewayResponse, handle_request
 from ipfsreg.gateway.routes import register_gateway
+from ipfsreg.gateway.settings import GatewaySettings
 
-__all__ = ["GatewayError", "GatewayResponse", "handle_request", "register_gateway"]
+__all__ = ["GatewayError", "GatewayResponse", "GatewaySettings", "handle_request", "register_gateway"]

@@ -18,7 +18,13 @@ from typing import Final
 from urllib.parse import quote
 
 from ipfsreg.cid import CID, encode_varint
-from ipfsreg.gateway.errors import ContentNotFound, GatewayError, RangeNotSatisfiable
+from ipfsreg.gateway.errors import (
+    BadRequest,
+    ContentNotFound,
+    GatewayError,
+    NotAcceptable,
+    RangeNotSatisfiable,
+)
 from ipfsreg.gateway.request import RAW_TYPE, GatewayRequest, ResponseFormat, parse_request
 from ipfsreg.gateway.traversal import Emitter, ResolvedPath, resolve_content_path, scope_blocks
 from ipfsreg.unixfs import exporter
@@ -133,13 +139,20 @@ async def handle_request(
     path: str,
     query: Mapping[str, str],
     headers: Mapping[str, str],
+    *,
+    deserialized: bool = True,
 ) -> GatewayResponse:
     """The response to ``GET|HEAD /ipfs/<path>``; GatewayError for refused requests.
 
     ``path`` is the percent-encoded part after ``/ipfs/``; ``headers`` must be looked up with
     lower-case names. Not-found errors of the source propagate (the caller maps them to 404).
+    With ``deserialized`` false the gateway is strictly trustless: only raw blocks and CARs.
     """
     request = parse_request(path, query, headers)
+    if not deserialized and request.format not in (ResponseFormat.RAW, ResponseFormat.CAR):
+        if not headers.get("accept"):
+            raise BadRequest("this gateway is trustless: ask for application/vnd.ipld.raw or .car")
+        raise NotAcceptable("this gateway only serves application/vnd.ipld.raw and application/vnd.ipld.car")
     resolved = await resolve_content_path(source, request.root, request.segments)
     terminal = resolved.terminal
     out = _base_headers(request, resolved)

@@ -11,12 +11,14 @@ from quart import Quart, Response, request
 from ipfsreg.blockstore import BlockNotFound
 from ipfsreg.gateway.errors import BadRequest, GatewayError
 from ipfsreg.gateway.handler import GatewayResponse, error_body, handle_request
+from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
 
 log = logging.getLogger(__name__)
 
 GATEWAY_METHODS: Final = ["GET", "HEAD"]
+DEFAULT_SETTINGS: Final = GatewaySettings()
 
 
 async def _no_body() -> AsyncIterator[bytes]:
@@ -47,15 +49,19 @@ def register_gateway(
     app: Quart,
     source_factory: Callable[[], BlockSource],
     *,
+    settings: GatewaySettings = DEFAULT_SETTINGS,
     not_found: tuple[type[BaseException], ...] = (BlockNotFound,),
 ) -> None:
-    """Add the trustless gateway routes under ``/ipfs/`` to ``app``.
+    """Add the trustless gateway routes under ``/ipfs/`` to ``app`` (nothing if ``settings.enabled`` is off).
 
     ``source_factory`` is called once per request for the BlockSource to read (local blocks, or one
     that fetches missing blocks from peers). Exceptions of the ``not_found`` types raised before the
     response starts (root or path blocks unavailable) become 404; pass the node's fetch-timeout error
     here too so "no peer has it" is a 404 as well.
     """
+
+    if not settings.enabled:
+        return
 
     async def gateway(path: str = "") -> Response:
         head = request.method == "HEAD"
@@ -67,7 +73,12 @@ def register_gateway(
         headers = {key.lower(): value for key, value in request.headers.items()}
         try:
             response = await handle_request(
-                source_factory(), request.method, encoded[len("/ipfs/") :], query, headers
+                source_factory(),
+                request.method,
+                encoded[len("/ipfs/") :],
+                query,
+                headers,
+                deserialized=settings.deserialized,
             )
         except GatewayError as exc:
             return _error(exc, head)

@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_support import Fixture, serve_app
+from quart_trio import QuartTrio
 
 from ipfsreg.blockstore import Datastore
 from ipfsreg.cid import CID
-from ipfsreg.gateway import register_gateway
+from ipfsreg.gateway import GatewaySettings, register_gateway
 from ipfsreg.registry.app import create_app
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.unixfs.exporter import LocalBlockSource
@@ -240,3 +241,24 @@ async def test_gateway_mounts_on_the_registry_app_beside_v2(tmp_path: Path) -> N
             ).status_code == 404
     finally:
         datastore.close()
+
+
+async def test_trustless_only_gateway_refuses_deserialized_responses(tree: Fixture) -> None:
+    app = QuartTrio(__name__)
+    register_gateway(app, lambda: tree.source, settings=GatewaySettings(deserialized=False))
+    async with serve_app(app) as client:
+        assert (await client.get(f"/ipfs/{tree.a_txt}", headers={"Accept": ""})).status_code == 400
+        assert (await client.get(f"/ipfs/{tree.a_txt}")).status_code == 406  # httpx sends */*
+        assert (await client.get(f"/ipfs/{tree.a_txt}", headers={"Accept": "text/html"})).status_code == 406
+        raw = await client.get(f"/ipfs/{tree.a_txt}", headers={"Accept": RAW})
+        assert raw.status_code == 200 and tree.a_txt.verify(raw.content)
+        car = await client.get(f"/ipfs/{tree.a_txt}", params={"format": "car"})
+        assert car.status_code == 200
+
+
+async def test_disabled_gateway_adds_no_routes(tree: Fixture) -> None:
+    app = QuartTrio(__name__)
+    register_gateway(app, lambda: tree.source, settings=GatewaySettings(enabled=False))
+    async with serve_app(app) as client:
+        assert (await client.get(f"/ipfs/{tree.a_txt}", params={"format": "raw"})).status_code == 404
+        assert "ipfs_gateway" not in {rule.endpoint for rule in app.url_map.iter_rules()}
