@@ -513,6 +513,8 @@ class RegistryStore:
             meta["subject"] = str(parsed.subject.digest)
         if parsed.manifests:
             meta["children"] = [str(c.digest) for c in parsed.manifests]
+        if parsed.blobs:
+            meta["blobs"] = [str(b.digest) for b in parsed.blobs]
         with self.datastore.batch(sync=True) as batch:
             for block in blocks:
                 batch.put_block(block.cid, block.data, verify=False)
@@ -549,6 +551,49 @@ class RegistryStore:
             raise RegistryError("MANIFEST_UNKNOWN", {"tag": tag})
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
+
+    # --- garbage collection support -----------------------------------------------------
+
+    def _referenced_digests(self) -> set[bytes]:
+        """Digests some repository holds, or some stored manifest references (kept even if unlinked)."""
+        referenced: set[bytes] = set()
+        for key, _ in self.repo_blobs.items():
+            referenced.add(key.rsplit(_SEP, 1)[1])
+        for key, raw in self.manifests.items():
+            referenced.add(key.rsplit(_SEP, 1)[1])
+            meta = json.loads(raw)
+            referenced.update(d.encode() for d in (*meta.get("blobs", ()), *meta.get("children", ())))
+        return referenced
+
+    def live_roots(self) -> Iterator[CID]:
+        """DAG roots garbage collection must keep (with everything below them).
+
+        Every blob and manifest some repository holds, every blob a stored manifest references
+        (a client may delete a layer before its manifest), and the written subtrees of every
+        unfinished upload session (their remaining bytes live in the session's snapshot).
+        """
+        referenced = self._referenced_digests()
+        for key, raw in self.blobs.items():
+            if key in referenced:
+                yield _decode_blob_value(parse_digest(key.decode()), raw).cid
+        for _, raw in self.uploads.items():
+            (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+            importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
+            for cid, _ in importer.written_subtrees():
+                yield cid
+
+    def unreferenced_blobs(self) -> list[BlobInfo]:
+        """Indexed blobs no repository holds any more (candidates for garbage collection)."""
+        referenced = self._referenced_digests()
+        return [
+            _decode_blob_value(parse_digest(key.decode()), raw)
+            for key, raw in self.blobs.items()
+            if key not in referenced
+        ]
+
+    def forget_blob(self, batch: WriteBatch, digest: Digest) -> None:
+        """Drop a blob's digest index entry in ``batch`` (GC does so with the blocks it deletes)."""
+        batch.delete(self.blobs, digest.key())
 
     # --- listings ------------------------------------------------------------------------
 

@@ -135,3 +135,34 @@ async def test_idle_upload_sessions_leave_memory_and_resume_from_saved_state(reg
     assert status.headers["Range"] == "0-99999"
     resp = await registry.client.put(location, params={"digest": sha256(data)}, content=data[100_000:])
     assert resp.status_code == 201
+
+
+async def test_gc_support_lists_live_roots_and_unreferenced_blobs(registry: Server) -> None:
+    store = registry.store
+    digest, manifest = await registry.push_image("app", "v1", layers=[b"kept layer"])
+    dropped = await registry.push_blob("app", b"deleted blob")
+    assert (await registry.client.delete(f"/v2/app/blobs/{dropped}")).status_code == 202
+    resp = await registry.client.post("/v2/app/blobs/uploads/")
+    partial = os.urandom(600_000)
+    assert (await registry.client.patch(resp.headers["Location"], content=partial)).status_code == 202
+
+    roots = {str(cid) for cid in store.live_roots()}
+    for ref in [digest, manifest["config"]["digest"], manifest["layers"][0]["digest"]]:
+        path = (await registry.client.head(f"/v2/app/blobs/{ref}")).headers.get("X-Ipfs-Path") or (
+            await registry.client.head(f"/v2/app/manifests/{ref}")
+        ).headers["X-Ipfs-Path"]
+        assert path.removeprefix("/ipfs/") in roots
+    upload = next(iter(store._live.values()))
+    assert {str(cid) for cid, _ in upload.importer.written_subtrees()} <= roots
+    unreferenced = store.unreferenced_blobs()
+    assert [str(info.digest) for info in unreferenced] == [dropped]
+    assert str(unreferenced[0].cid) not in roots
+    with registry.datastore.batch() as batch:
+        store.forget_blob(batch, unreferenced[0].digest)
+    assert store.unreferenced_blobs() == []
+    # A layer deleted from the repository while its manifest still names it stays live.
+    layer = manifest["layers"][0]["digest"]
+    assert (await registry.client.delete(f"/v2/app/blobs/{layer}")).status_code == 202
+    assert store.unreferenced_blobs() == []
+    assert (await registry.client.delete(f"/v2/app/manifests/{digest}")).status_code == 202
+    assert sorted(str(info.digest) for info in store.unreferenced_blobs()) == sorted([layer, digest])
