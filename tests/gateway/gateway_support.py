@@ -14,7 +14,7 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from ipfsreg.blockstore import BlockNotFound
-from ipfsreg.cid import CID
+from ipfsreg.cid import CID, RAW
 from ipfsreg.gateway import register_gateway
 from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.car import CarBlock, CarReader
@@ -125,12 +125,18 @@ def dfs(source: MemorySource, cid: CID, *, dups: bool = False) -> list[CID]:
     return out
 
 
-def file_blocks_for_range(source: MemorySource, root: CID, lo: int, hi: int) -> list[CID]:
-    """The blocks of a file DAG whose content overlaps bytes [lo, hi), depth-first."""
+def file_blocks_for_range(
+    source: MemorySource, root: CID, lo: int, hi: int, *, dups: bool = False
+) -> list[CID]:
+    """The blocks of a file DAG whose content overlaps bytes [lo, hi), depth-first (each once unless dups)."""
     out: list[CID] = []
 
     def visit(node: CID, start: int) -> int:
         block = source.blocks[node.multihash]
+        if node.codec == RAW:
+            if start < hi and start + len(block) > lo:
+                out.append(node)
+            return len(block)
         pb = dagpb.decode(block)
         fs = decode_unixfs(pb.data or b"")
         size = len(fs.data or b"") + sum(fs.blocksizes)
@@ -142,7 +148,7 @@ def file_blocks_for_range(source: MemorySource, root: CID, lo: int, hi: int) -> 
         return size
 
     visit(root, 0)
-    return out
+    return out if dups else list(dict.fromkeys(out))
 
 
 def parse_car_verified(data: bytes) -> tuple[tuple[CID, ...], list[CarBlock]]:
