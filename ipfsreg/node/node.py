@@ -70,6 +70,7 @@ class Node:
         self.network.on_message = self._on_message
         self.network.on_violation = self.client.penalise
         self.network.on_peer_connected = self.client.peer_connected
+        self.network.refuse = self.client.is_banned
         self.network.on_peer_disconnected = self._on_peer_disconnected
         self._running = False
 

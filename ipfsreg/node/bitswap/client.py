@@ -326,6 +326,8 @@ class BitswapClient:
                             return
             if waited.cancelled_caught:
                 score.timeouts += 1
+                # An unresponsive peer leaves the session; a later HAVE brings it back.
+                session.peers.pop(target, None)
                 dont_have.add(target)
                 self.network.queue_wants(target, cancels([want.cid]))
         except trio.EndOfChannel:

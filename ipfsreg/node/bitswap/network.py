@@ -105,6 +105,7 @@ class BitswapNetwork:
         self.on_violation: ViolationHandler | None = None
         self.on_peer_connected: PeerEvent | None = None
         self.on_peer_disconnected: PeerEvent | None = None
+        self.refuse: Callable[[ID], bool] | None = None  # peers to drop as soon as they connect
         self._senders: dict[ID, _Sender] = {}
         self._nursery: trio.Nursery | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[bool, ID]](10_000)
@@ -122,7 +123,10 @@ class BitswapNetwork:
             try:
                 async for up, peer in self._events_recv:
                     if up:
-                        if self.on_peer_connected is not None:
+                        if self.refuse is not None and self.refuse(peer):
+                            logger.info("bitswap: dropping a connection from banned peer %s", peer)
+                            await self.disconnect(peer)
+                        elif self.on_peer_connected is not None:
                             self.on_peer_connected(peer)
                     elif not self.is_connected(peer):
                         self._senders.pop(peer, None)
