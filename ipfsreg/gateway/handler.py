@@ -1,10 +1,11 @@
 """Answers one gateway request over a BlockSource: status, headers and a streamed body, independent of Quart.
 
 :func:`handle_request` resolves the content path before anything is sent (so a missing root or path
-entry is a 404 with a plain-text body), then returns a :class:`GatewayResponse` whose body is an async
-iterator: a CAR is produced block by block as the DAG is walked, a file streams through the ranged
-exporter. A block that goes missing after the headers are sent ends the stream with an error, which
-truncates the response (the spec's "incomplete CAR" for streaming gateways).
+entry is a 404 with a plain-text body), then returns a :class:`GatewayResponse` whose streamed body is
+a :data:`BodyStream` factory, run later with a BlockSource owned by the sender for as long as the
+stream lasts: a CAR is produced block by block as the DAG is walked, a file streams through the
+ranged exporter. A block that goes missing after the headers are sent ends the stream with an error,
+which truncates the response (the spec's "incomplete CAR" for streaming gateways).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import mimetypes
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
@@ -35,12 +36,16 @@ IMMUTABLE: Final = "public, max-age=29030400, immutable"
 CAR_FLUSH_BYTES: Final = 64 * 1024  # small sections are batched up to this size per write
 
 
+BodyStream = Callable[[BlockSource], AsyncIterator[bytes]]
+"""A streamed body: called with a (freshly opened) BlockSource by whoever sends the response."""
+
+
 @dataclass
 class GatewayResponse:
     status: int
     headers: dict[str, str]
-    body: bytes | AsyncIterator[bytes] = b""
-    content_length: int | None = None  # None with an iterator body: streamed without a length
+    body: bytes | BodyStream = b""
+    content_length: int | None = None  # None for a stream: sent without a length (chunked)
 
 
 async def car_stream(
@@ -184,7 +189,7 @@ async def handle_request(
             return GatewayResponse(304, out)
         if head:
             return GatewayResponse(200, out)
-        return GatewayResponse(200, out, car_stream(source, request, resolved))
+        return GatewayResponse(200, out, lambda src: car_stream(src, request, resolved))
     return await _deserialized(source, request, resolved, out, headers, query, head, path.endswith("/"))
 
 
@@ -220,11 +225,10 @@ async def _deserialized(
     if info.type not in ("file", "raw"):
         raise ContentNotFound(f"{terminal} is a UnixFS {info.type} node, which has no content")
     name = query.get("filename") or (request.segments[-1] if request.segments else "")
-    return _file_response(source, terminal, info.size, name, out, headers, query, head)
+    return _file_response(terminal, info.size, name, out, headers, query, head)
 
 
 def _file_response(
-    source: BlockSource,
     cid: CID,
     size: int,
     name: str,
@@ -253,7 +257,7 @@ def _file_response(
         out["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
     if head or length == 0:
         return GatewayResponse(status, out, b"", length)
-    return GatewayResponse(status, out, exporter.read_file(source, cid, offset, length), length)
+    return GatewayResponse(status, out, lambda src: exporter.read_file(src, cid, offset, length), length)
 
 
 async def _directory(
@@ -269,7 +273,7 @@ async def _directory(
         if index is not None:
             info = await exporter.stat(source, index)
             if info.type in ("file", "raw"):
-                return _file_response(source, index, info.size, "index.html", out, headers, {}, head)
+                return _file_response(index, info.size, "index.html", out, headers, {}, head)
     entries = await exporter.list_directory(source, cid)
     base = request.content_path.rstrip("/")
     if request.format is ResponseFormat.JSON_LISTING:

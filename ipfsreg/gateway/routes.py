@@ -1,16 +1,28 @@
-"""Mounts the trustless gateway on an existing Quart app: ``GET|HEAD /ipfs/<cid>[/path]`` only."""
+"""Mounts the trustless gateway on an existing QuartTrio app: ``GET|HEAD /ipfs/<cid>[/path]`` only.
+
+A BlockSource may be a plain object or an async context manager that must be entered before use
+(the node's bitswap-backed source owns a nursery of prefetch tasks). The path is resolved inside the
+view with one opened source; a streamed body runs in a producer task in the app's nursery with a
+source of its own, handing chunks to the response through a small channel. That keeps every
+nursery and cancel scope inside one task, never suspended across a ``yield`` of the response body.
+When the client goes away the producer is cancelled and its source closed.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Final
 
-from quart import Quart, Response, request
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from ipfsreg.blockstore import BlockNotFound
 from ipfsreg.gateway.errors import BadRequest, GatewayError
-from ipfsreg.gateway.handler import GatewayResponse, error_body, handle_request
+from ipfsreg.gateway.handler import BodyStream, GatewayResponse, error_body, handle_request
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
@@ -19,6 +31,64 @@ log = logging.getLogger(__name__)
 
 GATEWAY_METHODS: Final = ["GET", "HEAD"]
 DEFAULT_SETTINGS: Final = GatewaySettings()
+STREAM_BUFFER_CHUNKS: Final = 4  # chunks (up to a block each) produced ahead of the socket
+
+SourceFactory = Callable[[], BlockSource | AbstractAsyncContextManager[BlockSource]]
+
+
+@asynccontextmanager
+async def open_source(factory: SourceFactory) -> AsyncIterator[BlockSource]:
+    """The factory's source, entered if it is an async context manager."""
+    made = factory()
+    if isinstance(made, AbstractAsyncContextManager):
+        async with made as source:
+            yield source
+    else:
+        yield made
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+def stream_body(nursery: trio.Nursery, factory: SourceFactory, body: BodyStream) -> AsyncIterator[bytes]:
+    """Run ``body`` in a task of ``nursery`` with its own source; iterate the result to get its chunks.
+
+    Nothing starts until the first iteration. An exception in the producer is re-raised to the
+    iterator (the response is cut short); closing the iterator cancels the producer.
+    """
+
+    async def chunks() -> AsyncIterator[bytes]:
+        send, receive = trio.open_memory_channel[bytes | _Failed](STREAM_BUFFER_CHUNKS)
+        scope = trio.CancelScope()
+
+        async def produce() -> None:
+            with scope:
+                async with send:
+                    try:
+                        async with open_source(factory) as source:
+                            async for chunk in body(source):
+                                await send.send(chunk)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the response is gone
+                    except Exception as exc:
+                        try:
+                            await send.send(_Failed(exc))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+
+        async with receive:
+            nursery.start_soon(produce)
+            try:
+                async for item in receive:
+                    if isinstance(item, _Failed):
+                        raise item.error
+                    yield item
+            finally:
+                scope.cancel()
+
+    return chunks()
 
 
 async def _no_body() -> AsyncIterator[bytes]:
@@ -26,42 +96,47 @@ async def _no_body() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-def _to_quart(response: GatewayResponse, head: bool) -> Response:
-    body: bytes | AsyncIterator[bytes] = b"" if head else response.body
-    if head and response.content_length is None and response.status == 200:
-        body = _no_body()  # a HEAD of a streamed response: no Content-Length, as its GET has none
-    quart_response = Response(body, status=response.status, headers=response.headers)
-    if response.content_length is not None:
-        quart_response.content_length = response.content_length
-    elif isinstance(body, bytes) and not head:
-        quart_response.content_length = len(body)
-    quart_response.timeout = None  # CAR and file bodies stream for as long as they take
-    return quart_response
-
-
 def _error(error: GatewayError, head: bool) -> Response:
     body = error_body(error)
     headers = {"Content-Type": "text/plain; charset=utf-8", **error.headers}
-    return _to_quart(GatewayResponse(error.status, headers, body, len(body)), head)
+    response = Response(b"" if head else body, status=error.status, headers=headers)
+    response.content_length = len(body)
+    return response
 
 
 def register_gateway(
-    app: Quart,
-    source_factory: Callable[[], BlockSource],
+    app: QuartTrio,
+    source_factory: SourceFactory,
     *,
     settings: GatewaySettings = DEFAULT_SETTINGS,
     not_found: tuple[type[BaseException], ...] = (BlockNotFound,),
 ) -> None:
-    """Add the trustless gateway routes under ``/ipfs/`` to ``app`` (nothing if ``settings.enabled`` is off).
+    """Add the gateway routes under ``/ipfs/`` to ``app`` (nothing if ``settings.enabled`` is off).
 
-    ``source_factory`` is called once per request for the BlockSource to read (local blocks, or one
-    that fetches missing blocks from peers). Exceptions of the ``not_found`` types raised before the
-    response starts (root or path blocks unavailable) become 404; pass the node's fetch-timeout error
-    here too so "no peer has it" is a 404 as well.
+    ``source_factory`` is called for each request (twice for a streamed one: once to resolve the path,
+    once for the body's producer task) and may return a BlockSource or an async context manager of one.
+    Exceptions of the ``not_found`` types raised before the response starts (root or path blocks
+    unavailable) become 404; pass the node's fetch-timeout error too so "no peer has it" is a 404.
     """
-
     if not settings.enabled:
         return
+
+    def to_quart(response: GatewayResponse, head: bool) -> Response:
+        body: bytes | AsyncIterator[bytes]
+        if head:
+            # a HEAD of a streamed response has no Content-Length, as its GET has none
+            body = _no_body() if response.content_length is None and response.status == 200 else b""
+        elif isinstance(response.body, bytes):
+            body = response.body
+        else:
+            body = stream_body(app.nursery, source_factory, response.body)
+        quart_response = Response(body, status=response.status, headers=response.headers)
+        if response.content_length is not None:
+            quart_response.content_length = response.content_length
+        elif isinstance(body, bytes) and not head:
+            quart_response.content_length = len(body)
+        quart_response.timeout = None  # CAR and file bodies stream for as long as they take
+        return quart_response
 
     async def gateway(path: str = "") -> Response:
         head = request.method == "HEAD"
@@ -72,14 +147,15 @@ def register_gateway(
         query = {key: request.args.get(key, "") for key in request.args}
         headers = {key.lower(): value for key, value in request.headers.items()}
         try:
-            response = await handle_request(
-                source_factory(),
-                request.method,
-                encoded[len("/ipfs/") :],
-                query,
-                headers,
-                deserialized=settings.deserialized,
-            )
+            async with open_source(source_factory) as source:
+                response = await handle_request(
+                    source,
+                    request.method,
+                    encoded[len("/ipfs/") :],
+                    query,
+                    headers,
+                    deserialized=settings.deserialized,
+                )
         except GatewayError as exc:
             return _error(exc, head)
         except not_found as exc:
@@ -87,7 +163,7 @@ def register_gateway(
         except UnixFSError as exc:
             log.info("gateway: malformed DAG for %s: %s", encoded, exc)
             return _error(GatewayError(f"cannot process the DAG: {exc}", status=502), head)
-        return _to_quart(response, head)
+        return to_quart(response, head)
 
     app.add_url_rule("/ipfs/", "ipfs_gateway_root", gateway, methods=GATEWAY_METHODS)
     app.add_url_rule("/ipfs/<path:path>", "ipfs_gateway", gateway, methods=GATEWAY_METHODS)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
 import httpx
 import pytest
+import trio
 from gateway_support import (
     Fixture,
     MemorySource,
@@ -15,8 +18,10 @@ from gateway_support import (
     parse_car_verified,
     serve_app,
 )
+from quart_trio import QuartTrio
 
 from ipfsreg.cid import CID
+from ipfsreg.gateway import register_gateway
 from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.data import decode as decode_unixfs
 from ipfsreg.unixfs.hamt import parse_shard
@@ -234,3 +239,75 @@ async def test_car_missing_child_block_truncates_the_stream(client: httpx.AsyncC
             assert resp.status_code == 200
             async for _ in resp.aiter_bytes():
                 pass
+
+
+class EnteredSource:
+    """Like the node's bitswap source: must be entered (it owns a nursery) before prefetch works."""
+
+    def __init__(self, inner: MemorySource, opened: list[int]) -> None:
+        self.inner = inner
+        self.opened = opened
+        self.closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> EnteredSource:
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._nursery.start_soon(trio.sleep_forever)
+        self.opened[0] += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        self._nursery = None
+        self.opened[0] -= 1
+        try:
+            await self._stack.__aexit__(None, None, None)
+        finally:
+            self.closed.set()
+
+    async def get(self, cid: CID) -> bytes:
+        return await self.inner.get(cid)
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        if self._nursery is None:
+            raise RuntimeError("prefetch outside `async with`")
+
+
+async def test_car_streams_from_a_source_that_must_be_entered_and_closes_it(tree: Fixture) -> None:
+    opened = [0]
+    app = QuartTrio(__name__)
+    register_gateway(app, lambda: EnteredSource(tree.source, opened))
+    async with serve_app(app) as client:
+        _, cids = await get_car(client, f"/ipfs/{tree.root}")
+        assert cids == dfs(tree.source, tree.root)
+        listing = await client.get(f"/ipfs/{tree.hamt}/", headers={"Accept": "application/json"})
+        assert listing.status_code == 200
+        assert opened == [0]
+
+
+async def test_client_leaving_mid_stream_cancels_the_producer_and_closes_its_source() -> None:
+    source = MemorySource()
+    blocks, result = import_bytes(bytes(range(256)) * 20_000)  # 5 MB: more than the socket buffers
+    source.add(blocks)
+    opened = [0]
+    made: list[EnteredSource] = []
+
+    def factory() -> EnteredSource:
+        made.append(EnteredSource(source, opened))
+        return made[-1]
+
+    app = QuartTrio(__name__)
+    register_gateway(app, factory)
+    async with serve_app(app) as client:
+        async with client.stream(
+            "GET", f"/ipfs/{result.cid}", params={"format": "car", "car-dups": "y"}
+        ) as resp:
+            async for _ in resp.aiter_raw():
+                break
+        with trio.fail_after(30):  # a hang guard, not a timing threshold
+            for entered in made:
+                await entered.closed.wait()
+        assert len(made) == 2  # one to resolve the path, one for the producer
+        assert opened == [0]
