@@ -1,4 +1,4 @@
-"""The one place that builds a running ipfsreg: datastore, registry and control API on one trio loop.
+"""The one place that builds a running ipfsreg: datastore, IPFS node, registry + gateway and control API.
 
 :func:`run_server` owns a single nursery holding every long-running task; SIGINT/SIGTERM cancel it
 cleanly (in-flight requests get ``shutdown_grace`` seconds), and the datastore is closed last.
@@ -15,12 +15,17 @@ from typing import Any, Final
 
 import trio
 
-from ipfsreg.blockstore import Datastore
+from ipfsreg.blockstore import BlockNotFound, Datastore
 from ipfsreg.config import Config
 from ipfsreg.control import ApiSettings, create_control_app, serve_control
+from ipfsreg.gateway.routes import register_gateway
+from ipfsreg.gateway.settings import GatewaySettings
+from ipfsreg.node.errors import BlockFetchTimeout
+from ipfsreg.node.identity import load_or_create_identity
+from ipfsreg.node.node import Node
+from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import create_app, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions
 
 log = logging.getLogger("ipfsreg")
@@ -57,27 +62,42 @@ async def run_server(
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
 ) -> None:
-    """Run the registry and the control API until cancelled or signalled."""
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
+    gateway_settings: GatewaySettings = config.section("gateway")
+    node_settings: NodeSettings = config.section("node")
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
-        source: BlockSource = LocalBlockSource(store.blocks)
+        identity = load_or_create_identity(config.data_dir)
+        node = Node(store, node_settings, identity)
         import_options = ImportOptions(
             chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
         )
-        registry = create_app(store, registry_settings, block_source=source, import_options=import_options)
-        control = create_control_app(store, source, spool_dir=config.data_dir)
         shutdown = trio.Event()
 
         async def shutdown_trigger() -> None:
             await shutdown.wait()
 
-        info = ServerInfo()
+        info = ServerInfo(peer_id=node.peer_id)
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
-            async with trio.open_nursery() as servers:
+            await nursery.start(node.run)
+            info.p2p_addrs = node.listen_addrs()
+            # One bitswap session shared by the registry and the control API; the gateway opens one
+            # per request.
+            async with node.block_source() as source, trio.open_nursery() as servers:
+                registry = create_app(
+                    store, registry_settings, block_source=source, import_options=import_options
+                )
+                register_gateway(
+                    registry,
+                    node.block_source,
+                    settings=gateway_settings,
+                    not_found=(BlockNotFound, BlockFetchTimeout),
+                )
+                control = create_control_app(store, source, node=node, spool_dir=config.data_dir)
                 info.registry_urls = await servers.start(
                     _serve_registry, registry, registry_settings, shutdown_trigger
                 )
@@ -87,7 +107,7 @@ async def run_server(
                 if on_started is not None:
                     on_started(info)
                 task_status.started(info)
-            nursery.cancel_scope.cancel()  # every server has stopped: end the signal watcher too
+            nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
+from ipfsreg.node.errors import NodeError
 from ipfsreg.ops import READ_SIZE, OpsError, path_size
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
@@ -69,6 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", cmd_serve, "run the registry, the control API and the IPFS node")
     p.add_argument("--registry-listen", metavar="HOST:PORT", default=None, help="default 0.0.0.0:5000")
     p.add_argument("--api-listen", metavar="HOST:PORT", default=None, help="default 127.0.0.1:0 (loopback)")
+    p.add_argument(
+        "--p2p-listen",
+        metavar="MULTIADDR",
+        action="append",
+        default=None,
+        help="default /ip4/0.0.0.0/tcp/4001",
+    )
+    p.add_argument(
+        "--peer",
+        dest="peer_list",
+        metavar="MULTIADDR",
+        action="append",
+        default=None,
+        help="peer to stay connected to (repeatable)",
+    )
+
+    p = command("id", cmd_id, "print this node's peer ID and listen multiaddrs")
+    p.add_argument("--json", action="store_true", help='print {"id": ..., "addrs": [...]}')
+
+    p = command("peers", cmd_peers, "list the running node's connected peers")
+    p.add_argument("--json", action="store_true")
+
+    p = command("connect", cmd_connect, "connect the running node to a peer")
+    p.add_argument("multiaddr", help="/ip4/.../tcp/.../p2p/<peer id>")
 
     p = command("add", cmd_add, "import a file or directory tree; prints the root CID last")
     p.add_argument("path", type=Path)
@@ -82,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cid_path", metavar="CID[/path]")
     p.add_argument("--offset", type=_nonnegative, default=0)
     p.add_argument("--length", type=_nonnegative, default=None)
+    p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
     p = command("get", cmd_get, "write the file or directory tree at CID[/path]")
     p.add_argument("cid_path", metavar="CID[/path]")
     p.add_argument("-o", "--output", type=Path, default=None, help="destination (default: the CID)")
+    p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
     p = command("export", cmd_export, "write the DAG under CID as a CAR v1 file")
     p.add_argument("cid_path", metavar="CID[/path]")
@@ -184,7 +212,7 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
 def cmd_cat(args: argparse.Namespace, config: Config) -> int:
     out = sys.stdout.buffer
     with backend_for(config) as backend:
-        backend.cat(args.cid_path, out, offset=args.offset, length=args.length)
+        backend.cat(args.cid_path, out, offset=args.offset, length=args.length, peers=args.peer)
     out.flush()
     return 0
 
@@ -192,7 +220,7 @@ def cmd_cat(args: argparse.Namespace, config: Config) -> int:
 def cmd_get(args: argparse.Namespace, config: Config) -> int:
     dest: Path = args.output or Path(args.cid_path.strip("/").split("/")[-1])
     with backend_for(config) as backend, progress_bar(None, "get") as bar:
-        backend.get(args.cid_path, dest, progress=bar)
+        backend.get(args.cid_path, dest, progress=bar, peers=args.peer)
     print(f"saved {args.cid_path} to {dest}", file=sys.stderr)
     return 0
 
@@ -208,6 +236,38 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
         roots = backend.import_car(_file_chunks(fh))
     for root in roots:
         print(root)
+    return 0
+
+
+def cmd_id(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        peer_id, addrs = backend.identity()
+    if args.json:
+        print(json.dumps({"id": peer_id, "addrs": addrs}))
+    else:
+        print(peer_id)
+        for addr in addrs:
+            print(addr)
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        peers = backend.peers()
+    if args.json:
+        print(json.dumps(peers))
+    else:
+        for peer in peers:
+            addrs = peer["addrs"] or [""]
+            for addr in addrs:
+                print(f"{addr}/p2p/{peer['peer_id']}" if addr else peer["peer_id"])
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        peer_id = backend.connect(args.multiaddr)
+    print(f"connected {peer_id}")
     return 0
 
 
@@ -228,6 +288,8 @@ def _fail(message: str) -> NoReturn:
 _FLAG_OPTIONS = (
     ("registry.listen", "registry_listen"),
     ("api.listen", "api_listen"),
+    ("node.p2p_listen", "p2p_listen"),
+    ("node.peers", "peer_list"),
 )
 
 
@@ -252,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BlockstoreError,
         UnixFSError,
         CIDError,
+        NodeError,
     ) as exc:
         _fail(str(exc))
     except BrokenPipeError:

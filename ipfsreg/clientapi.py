@@ -8,8 +8,9 @@ add` / `cat` / `get` / `export` / `import` behave the same whether or not `ipfsr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Protocol
 
@@ -22,7 +23,7 @@ from ipfsreg.cid import CID
 from ipfsreg.config import Config
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
-from ipfsreg.unixfs.exporter import LocalBlockSource
+from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions, ImportResult
 
 Progress = Callable[[int], None]
@@ -44,20 +45,31 @@ class Backend(Protocol):
         progress: Progress | None = None,
     ) -> ImportResult: ...
 
-    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None: ...
+    def cat(
+        self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None, peers: Sequence[str] = ()
+    ) -> None: ...
 
-    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None: ...
+    def get(
+        self, cid_path: str, dest: Path, *, progress: Progress | None, peers: Sequence[str] = ()
+    ) -> None: ...
 
     def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None: ...
 
     def import_car(self, chunks: Iterable[bytes]) -> list[CID]: ...
 
+    def identity(self) -> tuple[str, list[str]]: ...
+
+    def peers(self) -> list[dict[str, Any]]: ...
+
+    def connect(self, multiaddr: str) -> str: ...
+
 
 class LocalBackend:
     """Runs commands directly on an opened data dir."""
 
-    def __init__(self, store: Datastore) -> None:
+    def __init__(self, store: Datastore, config: Config) -> None:
         self.store = store
+        self.config = config
         self.source = LocalBlockSource(store.blocks)
 
     def add(
@@ -71,15 +83,44 @@ class LocalBackend:
     ) -> ImportResult:
         return add_path(self.store, path, options, recursive=recursive, hidden=hidden, progress=progress)
 
-    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None:
-        async def run() -> None:
-            async for chunk in cat(self.source, cid_path, offset=offset, length=length):
+    def cat(
+        self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None, peers: Sequence[str] = ()
+    ) -> None:
+        async def run(source: BlockSource) -> None:
+            async for chunk in cat(source, cid_path, offset=offset, length=length):
                 out.write(chunk)
 
-        trio.run(run)
+        self._run_with_source(run, peers)
 
-    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None:
-        trio.run(get, self.source, cid_path, dest, progress)
+    def get(self, cid_path: str, dest: Path, *, progress: Progress | None, peers: Sequence[str] = ()) -> None:
+        async def run(source: BlockSource) -> None:
+            await get(source, cid_path, dest, progress)
+
+        self._run_with_source(run, peers)
+
+    def _run_with_source(self, fn: Callable[[BlockSource], Awaitable[None]], peers: Sequence[str]) -> None:
+        """Run ``fn`` on local blocks, or, with ``peers``, through a temporary node connected to them."""
+        if not peers:
+            trio.run(fn, LocalBlockSource(self.store.blocks))
+            return
+
+        async def with_node() -> None:
+            from ipfsreg.node.identity import load_or_create_identity
+            from ipfsreg.node.node import Node
+
+            settings = dataclasses.replace(
+                self.config.section("node"), p2p_listen=["/ip4/127.0.0.1/tcp/0"], peers=[]
+            )
+            node = Node(self.store, settings, load_or_create_identity(self.config.data_dir))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                for addr in peers:
+                    await node.connect(addr)
+                async with node.block_source() as source:
+                    await fn(source)
+                nursery.cancel_scope.cancel()
+
+        trio.run(with_node)
 
     def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
         async def run() -> None:
@@ -95,6 +136,19 @@ class LocalBackend:
         roots = trio.run(import_car, chunks, self.store)
         self.store.flush()
         return roots
+
+    def identity(self) -> tuple[str, list[str]]:
+        from ipfsreg.node.host import with_peer_id
+        from ipfsreg.node.identity import load_or_create_identity
+
+        peer_id = load_or_create_identity(self.config.data_dir).peer_id_str
+        return peer_id, [with_peer_id(addr, peer_id) for addr in self.config.section("node").p2p_listen]
+
+    def peers(self) -> list[dict[str, Any]]:
+        raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
+
+    def connect(self, multiaddr: str) -> str:
+        raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -145,7 +199,10 @@ class RemoteBackend:
         self.request_json("POST", "/blocks", content=body())
         return groups.result()
 
-    def cat(self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None) -> None:
+    def cat(
+        self, cid_path: str, out: BinaryIO, *, offset: int, length: int | None, peers: Sequence[str] = ()
+    ) -> None:
+        self._connect_all(peers)
         params: dict[str, Any] = {"arg": cid_path, "offset": offset}
         if length is not None:
             params["length"] = length
@@ -154,7 +211,9 @@ class RemoteBackend:
             for chunk in response.iter_bytes(READ_SIZE):
                 out.write(chunk)
 
-    def get(self, cid_path: str, dest: Path, *, progress: Progress | None) -> None:
+    def get(self, cid_path: str, dest: Path, *, progress: Progress | None, peers: Sequence[str] = ()) -> None:
+        self._connect_all(peers)
+
         async def run() -> None:
             async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
                 await get(RemoteBlockSource(client, self.url), cid_path, dest, progress)
@@ -175,6 +234,20 @@ class RemoteBackend:
     def import_car(self, chunks: Iterable[bytes]) -> list[CID]:
         result = self.request_json("POST", "/import", content=chunks)
         return [CID.parse(text) for text in result["roots"]]
+
+    def identity(self) -> tuple[str, list[str]]:
+        result = self.request_json("GET", "/id")
+        return str(result["id"]), [str(a) for a in result["addrs"]]
+
+    def peers(self) -> list[dict[str, Any]]:
+        return list(self.request_json("GET", "/peers")["peers"])
+
+    def connect(self, multiaddr: str) -> str:
+        return str(self.request_json("POST", "/connect", params={"arg": multiaddr})["peer_id"])
+
+    def _connect_all(self, peers: Sequence[str]) -> None:
+        for addr in peers:
+            self.connect(addr)
 
 
 class RemoteBlockSource:
@@ -218,6 +291,6 @@ def backend_for(config: Config) -> Iterator[Backend]:
             remote.close()
         return
     try:
-        yield LocalBackend(store)
+        yield LocalBackend(store, config)
     finally:
         store.close()

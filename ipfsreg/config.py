@@ -59,6 +59,7 @@ _LAYER_SECTIONS: Final = (
     ("api", "ipfsreg.control", "ApiSettings"),
     ("node", "ipfsreg.node.settings", "NodeSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
+    ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
 )
 
 

@@ -17,9 +17,10 @@ Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -33,6 +34,7 @@ from quart_trio import QuartTrio
 from ipfsreg.apifile import PREFIX, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError
+from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.ops import OpsError, cat, parse_cid_path
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
@@ -57,9 +59,9 @@ class NodeControl(Protocol):
 
     def listen_addrs(self) -> list[str]: ...
 
-    def peer_list(self) -> list[dict[str, Any]]: ...
+    def peers(self) -> Sequence[Any]: ...  # dataclasses with peer_id and addrs
 
-    async def connect(self, multiaddr: str) -> None: ...
+    async def connect(self, multiaddr: str) -> str: ...
 
 
 class ApiError(Exception):
@@ -150,6 +152,10 @@ def create_control_app(
     async def _not_found(exc: BlockNotFound) -> Response:
         return _error(404, str(exc), "not-found")
 
+    @app.errorhandler(BlockFetchTimeout)
+    async def _fetch_timeout(exc: BlockFetchTimeout) -> Response:
+        return _error(404, str(exc), "not-found")
+
     @app.errorhandler(PathNotFound)
     async def _path_not_found(exc: PathNotFound) -> Response:
         return _error(404, str(exc), "not-found")
@@ -235,15 +241,18 @@ def create_control_app(
 
     @app.get(f"{PREFIX}/peers")
     async def get_peers() -> Response:
-        return _json({"peers": need_node().peer_list()})
+        return _json({"peers": [dataclasses.asdict(peer) for peer in need_node().peers()]})
 
     @app.post(f"{PREFIX}/connect")
     async def post_connect() -> Response:
         addr = request.args.get("arg")
         if not addr:
             raise ApiError(400, "missing argument 'arg'", "bad-request")
-        await need_node().connect(addr)
-        return _json({"connected": addr})
+        try:
+            peer = await need_node().connect(addr)
+        except NodeError as exc:
+            raise ApiError(502, str(exc), "connect-failed") from None
+        return _json({"connected": addr, "peer_id": peer})
 
     @app.get(f"{PREFIX}/stats")
     async def get_stats() -> Response:

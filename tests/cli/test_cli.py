@@ -14,6 +14,7 @@ import trio
 
 from ipfsreg.app import ServerInfo, run_server
 from ipfsreg.config import load_config
+from ipfsreg.node.identity import Identity
 
 KUBO_HELLO_WORLD = "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"
 
@@ -174,7 +175,13 @@ def test_bad_config_file_is_reported_without_traceback(tmp_path: Path) -> None:
 async def server(tmp_path: Path) -> AsyncIterator[tuple[Path, ServerInfo]]:
     data = tmp_path / "served"
     config = load_config(
-        data_dir=data, environ={}, overrides={"registry.listen": "127.0.0.1:0", "api.listen": "127.0.0.1:0"}
+        data_dir=data,
+        environ={},
+        overrides={
+            "registry.listen": "127.0.0.1:0",
+            "api.listen": "127.0.0.1:0",
+            "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
+        },
     )
     async with trio.open_nursery() as nursery:
         info: ServerInfo = await nursery.start(
@@ -227,3 +234,72 @@ async def test_corrupted_car_through_the_server_is_refused(
     # Nothing was stored: cat of the root fails as not found.
     out = await aipfsreg("cat", f"{cid}/a/hello.txt", data=data)
     assert out.returncode == 1
+
+
+async def test_id_peers_and_connect_act_on_the_running_node(
+    server: tuple[Path, ServerInfo], tmp_path: Path
+) -> None:
+    import json
+
+    data, info = server
+    shown = await aipfsreg("id", "--json", data=data)
+    assert shown.returncode == 0, shown.stderr
+    ident = json.loads(shown.stdout)
+    assert ident["id"] == info.peer_id
+    assert ident["addrs"] == info.p2p_addrs
+    assert all(addr.startswith("/ip4/127.0.0.1/tcp/") for addr in ident["addrs"])
+
+    # A second node (a separate data dir served by its own process) connects to the first.
+    other = tmp_path / "other"
+    config = load_config(
+        data_dir=other,
+        environ={},
+        overrides={
+            "registry.listen": "127.0.0.1:0",
+            "api.listen": "127.0.0.1:0",
+            "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
+        },
+    )
+    async with trio.open_nursery() as nursery:
+        other_info: ServerInfo = await nursery.start(
+            lambda task_status: run_server(config, task_status=task_status, handle_signals=False)
+        )
+        connected = await aipfsreg("connect", other_info.p2p_addrs[0], data=data)
+        assert connected.returncode == 0, connected.stderr
+        assert connected.stdout.decode().strip() == f"connected {other_info.peer_id}"
+        peers = await aipfsreg("peers", "--json", data=data)
+        assert other_info.peer_id in [p["peer_id"] for p in json.loads(peers.stdout)]
+        stranger = Identity.generate().peer_id_str  # nobody listens for it on port 1
+        bad = await aipfsreg("connect", f"/ip4/127.0.0.1/tcp/1/p2p/{stranger}", data=data)
+        assert bad.returncode == 1
+        assert bad.stderr.startswith(b"ipfsreg: error:")
+        nursery.cancel_scope.cancel()
+
+
+def test_id_without_a_server_prints_the_persistent_identity(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = ipfsreg("id", data=data).stdout.decode().split()
+    second = ipfsreg("id", data=data).stdout.decode().split()
+    assert first == second
+    assert first[0].startswith("12D3KooW")
+    assert first[1] == f"/ip4/0.0.0.0/tcp/4001/p2p/{first[0]}"
+
+
+def test_peers_without_a_server_says_to_start_one(tmp_path: Path) -> None:
+    out = ipfsreg("peers", data=tmp_path / "data")
+    assert out.returncode == 1
+    assert b"start `ipfsreg serve`" in out.stderr
+
+
+async def test_get_with_peer_fetches_missing_blocks_over_bitswap_without_a_server(
+    server: tuple[Path, ServerInfo], tree: Path, tmp_path: Path
+) -> None:
+    data, info = server
+    cid = (await aipfsreg("add", "-r", "-q", tree, data=data)).stdout.decode().strip()
+    empty = tmp_path / "empty-node"
+    dest = tmp_path / "fetched"
+    got = await aipfsreg("get", cid, "-o", dest, "--peer", info.p2p_addrs[0], data=empty)
+    assert got.returncode == 0, got.stderr
+    assert (dest / "a/b/big.bin").read_bytes() == (tree / "a/b/big.bin").read_bytes()
+    # The fetched blocks are now local: cat works with no peer at all.
+    assert (await aipfsreg("cat", f"{cid}/a/hello.txt", data=empty)).stdout == b"hello world"
