@@ -52,6 +52,15 @@ class _Failed:
     error: Exception
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """Sent after the last chunk: a channel that ends without it was cut short (e.g. at shutdown)."""
+
+
+class StreamAborted(Exception):
+    """The producer of a streamed body stopped before the end (it was cancelled)."""
+
+
 def stream_body(nursery: trio.Nursery, factory: SourceFactory, body: BodyStream) -> AsyncIterator[bytes]:
     """Run ``body`` in a task of ``nursery`` with its own source; iterate the result to get its chunks.
 
@@ -60,7 +69,7 @@ def stream_body(nursery: trio.Nursery, factory: SourceFactory, body: BodyStream)
     """
 
     async def chunks() -> AsyncIterator[bytes]:
-        send, receive = trio.open_memory_channel[bytes | _Failed](STREAM_BUFFER_CHUNKS)
+        send, receive = trio.open_memory_channel[bytes | _Failed | _Done](STREAM_BUFFER_CHUNKS)
         scope = trio.CancelScope()
 
         async def produce() -> None:
@@ -70,6 +79,7 @@ def stream_body(nursery: trio.Nursery, factory: SourceFactory, body: BodyStream)
                         async with open_source(factory) as source:
                             async for chunk in body(source):
                                 await send.send(chunk)
+                        await send.send(_Done())
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # the response is gone
                     except Exception as exc:
@@ -84,7 +94,10 @@ def stream_body(nursery: trio.Nursery, factory: SourceFactory, body: BodyStream)
                 async for item in receive:
                     if isinstance(item, _Failed):
                         raise item.error
+                    if isinstance(item, _Done):
+                        return
                     yield item
+                raise StreamAborted("the response body's producer stopped before the end")
             finally:
                 scope.cancel()
 
