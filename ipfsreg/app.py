@@ -20,6 +20,7 @@ from ipfsreg.config import Config
 from ipfsreg.control import ApiSettings, create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
+from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
@@ -98,8 +99,9 @@ async def run_server(
                     not_found=(BlockNotFound, BlockFetchTimeout),
                 )
                 control = create_control_app(store, source, node=node, spool_dir=config.data_dir)
+                observed = ObservedApp(registry, Metrics(store, node), lambda: _health(store))
                 info.registry_urls = await servers.start(
-                    _serve_registry, registry, registry_settings, shutdown_trigger
+                    _serve_registry, observed, registry_settings, shutdown_trigger
                 )
                 info.api_url = await servers.start(
                     _serve_control, control, api_settings, config, shutdown_trigger
@@ -110,6 +112,12 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def _health(store: Datastore) -> str | None:
+    # The node, registry and API share one nursery: if any of them fails, the process stops, so a
+    # server that can answer is healthy when its datastore is open.
+    return "datastore closed" if store.closed else None
 
 
 async def _serve_registry(

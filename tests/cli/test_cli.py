@@ -8,11 +8,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from ipfsreg.app import ServerInfo, run_server
+from ipfsreg.app import ServerInfo
 from ipfsreg.config import load_config
 from ipfsreg.node.identity import Identity
 
@@ -172,24 +173,10 @@ def test_bad_config_file_is_reported_without_traceback(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[Path, ServerInfo]]:
-    data = tmp_path / "served"
-    config = load_config(
-        data_dir=data,
-        environ={},
-        overrides={
-            "registry.listen": "127.0.0.1:0",
-            "api.listen": "127.0.0.1:0",
-            "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
-        },
-    )
-    async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(
-            lambda task_status: run_server(config, task_status=task_status, handle_signals=False)
-        )
-        yield data, info
-        nursery.cancel_scope.cancel()
-    assert not (data / "api").exists(), "the api file must be removed when the server stops"
+async def server(serve_node: Any, tmp_path: Path) -> AsyncIterator[tuple[Path, ServerInfo]]:
+    async with serve_node("served") as info:
+        yield tmp_path / "served", info
+    assert not (tmp_path / "served" / "api").exists(), "the api file must be removed when the server stops"
 
 
 async def test_commands_go_through_the_running_server_that_owns_the_data_dir(
@@ -237,7 +224,7 @@ async def test_corrupted_car_through_the_server_is_refused(
 
 
 async def test_id_peers_and_connect_act_on_the_running_node(
-    server: tuple[Path, ServerInfo], tmp_path: Path
+    server: tuple[Path, ServerInfo], serve_node: Any
 ) -> None:
     import json
 
@@ -249,21 +236,8 @@ async def test_id_peers_and_connect_act_on_the_running_node(
     assert ident["addrs"] == info.p2p_addrs
     assert all(addr.startswith("/ip4/127.0.0.1/tcp/") for addr in ident["addrs"])
 
-    # A second node (a separate data dir served by its own process) connects to the first.
-    other = tmp_path / "other"
-    config = load_config(
-        data_dir=other,
-        environ={},
-        overrides={
-            "registry.listen": "127.0.0.1:0",
-            "api.listen": "127.0.0.1:0",
-            "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
-        },
-    )
-    async with trio.open_nursery() as nursery:
-        other_info: ServerInfo = await nursery.start(
-            lambda task_status: run_server(config, task_status=task_status, handle_signals=False)
-        )
+    # A second node, with a data dir of its own, connects to the first.
+    async with serve_node("other") as other_info:
         connected = await aipfsreg("connect", other_info.p2p_addrs[0], data=data)
         assert connected.returncode == 0, connected.stderr
         assert connected.stdout.decode().strip() == f"connected {other_info.peer_id}"
@@ -273,7 +247,6 @@ async def test_id_peers_and_connect_act_on_the_running_node(
         bad = await aipfsreg("connect", f"/ip4/127.0.0.1/tcp/1/p2p/{stranger}", data=data)
         assert bad.returncode == 1
         assert bad.stderr.startswith(b"ipfsreg: error:")
-        nursery.cancel_scope.cancel()
 
 
 def test_id_without_a_server_prints_the_persistent_identity(tmp_path: Path) -> None:

@@ -1,0 +1,217 @@
+"""Observability on the registry port: Prometheus ``/metrics``, ``/healthz``, one access-log line a request.
+
+:class:`ObservedApp` is ASGI middleware around the registry app, so it sees every request (streamed
+bodies included) and counts the bytes actually sent and received, not the declared lengths. Routes
+are labelled by family (``blobs``, ``manifests``, ``uploads``, ...), never by raw path, to keep the
+metric cardinality bounded. Storage and bitswap figures are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any, Final, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ipfsreg.blockstore import Datastore
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+access_log = logging.getLogger("ipfsreg.access")
+
+_FAMILIES: Final = (
+    (re.compile(r"^/v2/?$"), "base"),
+    (re.compile(r"^/v2/_catalog$"), "catalog"),
+    (re.compile(r"^/v2/.+/blobs/uploads(/.*)?$"), "uploads"),
+    (re.compile(r"^/v2/.+/blobs/[^/]+$"), "blobs"),
+    (re.compile(r"^/v2/.+/manifests/[^/]+$"), "manifests"),
+    (re.compile(r"^/v2/.+/tags/list$"), "tags"),
+    (re.compile(r"^/v2/.+/referrers/[^/]+$"), "referrers"),
+    (re.compile(r"^/ipfs/"), "gateway"),
+    (re.compile(r"^/metrics$"), "metrics"),
+    (re.compile(r"^/healthz$"), "healthz"),
+)
+
+
+def route_family(path: str) -> str:
+    for pattern, name in _FAMILIES:
+        if pattern.match(path):
+            return name
+    return "other"
+
+
+class HasStats(Protocol):
+    """What the collector reads from the node: ``Node.stats()``."""
+
+    def stats(self) -> Any: ...
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: Datastore, node: HasStats | None) -> None:
+        self.store = store
+        self.node = node
+
+    def collect(self) -> Iterator[Any]:
+        if not self.store.closed:
+            yield GaugeMetricFamily(
+                "ipfsreg_blocks_stored", "Blocks in the blockstore", value=self.store.block_count
+            )
+            yield GaugeMetricFamily(
+                "ipfsreg_block_bytes_stored",
+                "Bytes of blocks in the blockstore",
+                value=self.store.block_bytes,
+            )
+        if self.node is None:
+            return
+        stats = self.node.stats()
+        yield GaugeMetricFamily(
+            "ipfsreg_connected_peers", "Connected libp2p peers", value=stats.connected_peers
+        )
+        counters = (
+            ("ipfsreg_bitswap_blocks_sent", "Blocks sent to peers over bitswap", stats.blocks_sent),
+            ("ipfsreg_bitswap_block_bytes_sent", "Block bytes sent over bitswap", stats.block_bytes_sent),
+            ("ipfsreg_bitswap_blocks_received", "Blocks received over bitswap", stats.blocks_received),
+            (
+                "ipfsreg_bitswap_block_bytes_received",
+                "Block bytes received over bitswap",
+                stats.block_bytes_received,
+            ),
+            ("ipfsreg_bitswap_duplicate_blocks", "Blocks received more than once", stats.duplicate_blocks),
+            (
+                "ipfsreg_bitswap_fetch_timeouts",
+                "Block fetches no peer answered in time",
+                stats.fetch_timeouts,
+            ),
+            (
+                "ipfsreg_bitswap_protocol_violations",
+                "Bitswap protocol violations by peers",
+                stats.protocol_violations,
+            ),
+        )
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """The metric set of one server (its own CollectorRegistry, so tests can run several)."""
+
+    def __init__(self, store: Datastore, node: HasStats | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ipfsreg_http_requests",
+            "HTTP requests on the registry port",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ipfsreg_http_request_duration_seconds",
+            "Time from request start to the end of the response body",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.bytes_in = Counter(
+            "ipfsreg_http_request_bytes", "Request body bytes received", ["route"], registry=self.registry
+        )
+        self.bytes_out = Counter(
+            "ipfsreg_http_response_bytes", "Response body bytes sent", ["route"], registry=self.registry
+        )
+        self.registry.register(_StoreCollector(store, node))
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+class ObservedApp:
+    """ASGI middleware: serves /metrics and /healthz, counts and logs every other request."""
+
+    def __init__(self, app: Any, metrics: Metrics, health: Callable[[], str | None]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.health = health  # returns None when healthy, else the reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "")
+        family = route_family(path)
+        started = time.monotonic()
+        state = {"status": 0, "out": 0, "in": 0}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = int(message["status"])
+            elif message["type"] == "http.response.body":
+                state["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            if family == "metrics" and method in ("GET", "HEAD"):
+                await _plain(
+                    counting_send, 200, self.metrics.render(), CONTENT_TYPE_LATEST, head=method == "HEAD"
+                )
+            elif family == "healthz" and method in ("GET", "HEAD"):
+                problem = self.health()
+                body = json.dumps({"status": problem or "ok"}).encode() + b"\n"
+                status = 200 if problem is None else 503
+                await _plain(counting_send, status, body, "application/json", head=method == "HEAD")
+            else:
+                await self.app(scope, counting_receive, counting_send)
+        finally:
+            elapsed = time.monotonic() - started
+            status = state["status"] or 499  # no response started: the client went away or we failed
+            m = self.metrics
+            m.requests.labels(family, method, str(status)).inc()
+            m.latency.labels(family, method).observe(elapsed)
+            m.bytes_in.labels(family).inc(state["in"])
+            m.bytes_out.labels(family).inc(state["out"])
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                '%s "%s %s" %d in=%d out=%d %.3fs',
+                client[0],
+                method,
+                _loggable_path(scope),
+                status,
+                state["in"],
+                state["out"],
+                elapsed,
+            )
+
+
+def _loggable_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    query: bytes = scope.get("query_string", b"")
+    return path + ("?" + query.decode("latin-1") if query else "")
+
+
+async def _plain(send: Send, status: int, body: bytes, content_type: str, *, head: bool = False) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
