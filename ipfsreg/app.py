@@ -20,12 +20,13 @@ from ipfsreg.config import Config
 from ipfsreg.control import ApiSettings, create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
+from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, serve_registry
+from ipfsreg.registry.app import create_app, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -68,6 +69,7 @@ async def run_server(
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
+    gc_settings: GcSettings = config.section("gc")
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
@@ -98,7 +100,12 @@ async def run_server(
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
                 )
-                control = create_control_app(store, source, node=node, spool_dir=config.data_dir)
+                collector = collector_for(store, registry_store(registry))
+                if gc_settings.interval > 0:
+                    nursery.start_soon(collector.run_every, gc_settings.interval)
+                control = create_control_app(
+                    store, source, node=node, collector=collector, spool_dir=config.data_dir
+                )
                 observed = ObservedApp(registry, Metrics(store, node), lambda: _health(store))
                 info.registry_urls = await servers.start(
                     _serve_registry, observed, registry_settings, shutdown_trigger

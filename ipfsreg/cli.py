@@ -19,7 +19,7 @@ import trio
 
 from ipfsreg import __version__
 from ipfsreg.blockstore import BlockstoreError
-from ipfsreg.cid import CIDError
+from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
 from ipfsreg.node.errors import NodeError
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=None)
     p.add_argument("--chunk-size", type=int, default=None, help="chunk size in bytes (default 262144)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the root CID")
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not pin the root (garbage collection may remove it)"
+    )
 
     p = command("cat", cmd_cat, "write the bytes of CID[/path] to stdout")
     p.add_argument("cid_path", metavar="CID[/path]")
@@ -121,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import", cmd_import, "verify and store every block of a CAR v1 file; prints its roots")
     p.add_argument("car", type=Path, help="CAR file ('-' for stdin)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the roots")
+
+    p = command("pin", cmd_pin, "keep DAGs through garbage collection")
+    p.add_argument("action", choices=["add", "rm", "ls"])
+    p.add_argument("cids", metavar="CID", nargs="*")
+
+    p = command("gc", cmd_gc, "remove blocks no tag, manifest, upload, pin or published image reaches")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the removed blocks")
 
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
@@ -203,6 +215,8 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
     total = path_size(path) if path.exists() else None
     with backend_for(config) as backend, progress_bar(total, "add") as bar:
         result = backend.add(path, options, recursive=args.recursive, hidden=args.hidden, progress=bar)
+        if not args.no_pin:
+            backend.pin([result.cid])
     if not args.quiet:
         print(f"added {result.cid} {path.name or path} ({result.size} bytes)", file=sys.stderr)
     print(result.cid)
@@ -233,7 +247,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _in_stream(args.car) as fh:
-        roots = backend.import_car(_file_chunks(fh))
+        roots = backend.import_car(_file_chunks(fh), pin=not args.no_pin)
     for root in roots:
         print(root)
     return 0
@@ -268,6 +282,38 @@ def cmd_connect(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend:
         peer_id = backend.connect(args.multiaddr)
     print(f"connected {peer_id}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace, config: Config) -> int:
+    cids = [CID.parse(text) for text in args.cids]
+    with backend_for(config) as backend:
+        if args.action == "ls":
+            for cid in backend.pins():
+                print(cid)
+        elif not cids:
+            raise CommandError(f"pin {args.action} needs at least one CID")
+        elif args.action == "add":
+            backend.pin(cids)
+        else:
+            for cid in cids:
+                backend.unpin(cid)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        report = backend.gc(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    if args.verbose or args.dry_run:
+        for cid in report["removed"]:
+            print(cid)
+    print(
+        f"{verb} {report['removed_blocks']} blocks ({report['removed_bytes']} bytes) and "
+        f"{report['forgotten_blobs']} unreferenced blobs; {report['marked']} blocks reachable "
+        f"from {report['roots']} roots",
+        file=sys.stderr,
+    )
     return 0
 
 

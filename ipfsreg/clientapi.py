@@ -22,6 +22,7 @@ from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
+from ipfsreg.pins import Pins
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
 from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions, ImportResult
@@ -55,7 +56,15 @@ class Backend(Protocol):
 
     def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None: ...
 
-    def import_car(self, chunks: Iterable[bytes]) -> list[CID]: ...
+    def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]: ...
+
+    def pin(self, cids: Sequence[CID]) -> None: ...
+
+    def unpin(self, cid: CID) -> None: ...
+
+    def pins(self) -> list[CID]: ...
+
+    def gc(self, *, dry_run: bool) -> dict[str, Any]: ...
 
     def identity(self) -> tuple[str, list[str]]: ...
 
@@ -132,10 +141,32 @@ class LocalBackend:
 
         trio.run(run)
 
-    def import_car(self, chunks: Iterable[bytes]) -> list[CID]:
+    def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]:
         roots = trio.run(import_car, chunks, self.store)
+        if pin:
+            self.pin(roots)
         self.store.flush()
         return roots
+
+    def pin(self, cids: Sequence[CID]) -> None:
+        pins = Pins(self.store)
+        with self.store.batch(sync=True) as batch:
+            for cid in cids:
+                pins.add(cid, batch=batch)
+
+    def unpin(self, cid: CID) -> None:
+        if not Pins(self.store).remove(cid):
+            raise OpsError(f"{cid} is not pinned")
+
+    def pins(self) -> list[CID]:
+        return list(Pins(self.store))
+
+    def gc(self, *, dry_run: bool) -> dict[str, Any]:
+        from ipfsreg.gc import collector_for
+        from ipfsreg.registry.storage import RegistryStore
+
+        collector = collector_for(self.store, RegistryStore(self.store))
+        return dataclasses.asdict(trio.run(lambda: collector.run(dry_run=dry_run)))
 
     def identity(self) -> tuple[str, list[str]]:
         from ipfsreg.node.host import with_peer_id
@@ -231,9 +262,23 @@ class RemoteBackend:
                 if progress is not None:
                     progress(len(chunk))
 
-    def import_car(self, chunks: Iterable[bytes]) -> list[CID]:
-        result = self.request_json("POST", "/import", content=chunks)
+    def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]:
+        params = {"pin": "true" if pin else "false"}
+        result = self.request_json("POST", "/import", content=chunks, params=params)
         return [CID.parse(text) for text in result["roots"]]
+
+    def pin(self, cids: Sequence[CID]) -> None:
+        self.request_json("POST", "/pin/add", params=[("arg", str(c)) for c in cids])
+
+    def unpin(self, cid: CID) -> None:
+        self.request_json("POST", "/pin/rm", params={"arg": str(cid)})
+
+    def pins(self) -> list[CID]:
+        return [CID.parse(text) for text in self.request_json("GET", "/pin/ls")["pins"]]
+
+    def gc(self, *, dry_run: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self.request_json("POST", "/gc", params={"dry-run": str(dry_run).lower()})
+        return result
 
     def identity(self) -> tuple[str, list[str]]:
         result = self.request_json("GET", "/id")

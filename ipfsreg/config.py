@@ -60,6 +60,7 @@ _LAYER_SECTIONS: Final = (
     ("node", "ipfsreg.node.settings", "NodeSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
+    ("gc", "ipfsreg.gc", "GcSettings"),
 )
 
 

@@ -10,6 +10,8 @@ as Kubo does. Routes (all under ``/api/v0``):
     GET  /block?arg=CID          one block's bytes (fetched from peers when missing)
     POST /prefetch?arg=CID...    hint that these blocks will be read soon
     GET  /export?arg=CID         a CAR v1 stream of the DAG
+    POST /pin/add?arg=CID, POST /pin/rm?arg=CID, GET /pin/ls
+    POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
 
 Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
@@ -34,8 +36,10 @@ from quart_trio import QuartTrio
 from ipfsreg.apifile import PREFIX, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError
+from ipfsreg.gc import Collector
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.ops import OpsError, cat, parse_cid_path
+from ipfsreg.pins import Pins
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
@@ -89,6 +93,17 @@ def _arg_cid(text: str | None) -> CID:
         raise ApiError(400, str(exc), "bad-request") from None
 
 
+def _bool_arg(name: str, *, default: bool) -> bool:
+    text = request.args.get(name)
+    if text is None or text == "":
+        return default
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false, got {text!r}", "bad-request")
+
+
 def _int_arg(name: str) -> int | None:
     text = request.args.get(name)
     if text is None or text == "":
@@ -134,9 +149,11 @@ def create_control_app(
     source: BlockSource,
     *,
     node: NodeControl | None = None,
+    collector: Collector | None = None,
     spool_dir: Path | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
+    pins = Pins(store)
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
 
     def need_node() -> NodeControl:
@@ -192,8 +209,40 @@ def create_control_app(
     @app.post(f"{PREFIX}/import")
     async def post_import() -> Response:
         roots = await import_car(_body(request), store, spool_dir=spool_dir)
+        if _bool_arg("pin", default=True):
+            with store.batch() as batch:
+                for root in roots:
+                    pins.add(root, batch=batch)
         store.flush()
         return _json({"roots": [str(r) for r in roots]})
+
+    @app.post(f"{PREFIX}/pin/add")
+    async def post_pin() -> Response:
+        cids = [_arg_cid(text) for text in request.args.getlist("arg")]
+        if not cids:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        with store.batch(sync=True) as batch:
+            for cid in cids:
+                pins.add(cid, batch=batch)
+        return _json({"pinned": [str(c) for c in cids]})
+
+    @app.post(f"{PREFIX}/pin/rm")
+    async def post_unpin() -> Response:
+        cid = _arg_cid(request.args.get("arg"))
+        if not pins.remove(cid):
+            raise ApiError(404, f"{cid} is not pinned", "not-pinned")
+        return _json({"unpinned": [str(cid)]})
+
+    @app.get(f"{PREFIX}/pin/ls")
+    async def get_pins() -> Response:
+        return _json({"pins": [str(c) for c in pins]})
+
+    @app.post(f"{PREFIX}/gc")
+    async def post_gc() -> Response:
+        if collector is None:
+            raise ApiError(503, "garbage collection is not available in this server", "no-gc")
+        report = await collector.run(dry_run=_bool_arg("dry-run", default=False))
+        return _json(dataclasses.asdict(report))
 
     @app.get(f"{PREFIX}/cat")
     async def get_cat() -> Response:

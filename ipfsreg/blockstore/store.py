@@ -13,6 +13,7 @@ CRC32C (``verify_checksums``), which catches torn or bit-rotted table files; wit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
@@ -123,6 +124,10 @@ class Datastore:
         count, size = self._read_stats()
         self._block_count = count
         self._block_bytes = size
+        # Garbage collection support: multihashes written while a collection runs (the write
+        # barrier), and blocks that work in progress holds (leases), are never swept.
+        self._write_trackers: list[set[bytes]] = []
+        self._leases: dict[bytes, int] = {}
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, verify_reads: bool = False) -> Datastore:
@@ -187,6 +192,33 @@ class Datastore:
         count, size = _STATS.unpack(raw)
         return int(count), int(size)
 
+    # --- garbage collection support --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def track_writes(self) -> Iterator[set[bytes]]:
+        """Collect the multihash of every block written while the context is open."""
+        written: set[bytes] = set()
+        self._write_trackers.append(written)
+        try:
+            yield written
+        finally:
+            self._write_trackers.remove(written)
+
+    @contextlib.contextmanager
+    def lease(self, cids: Iterable[CID] = ()) -> Iterator[Lease]:
+        """Hold blocks (the CIDs given, plus any added to the lease) against garbage collection."""
+        lease = Lease(self)
+        for cid in cids:
+            lease.add(cid)
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    def leased(self) -> set[bytes]:
+        """Multihashes currently held by leases."""
+        return set(self._leases)
+
     def keyspace(self, name: str) -> Keyspace:
         if "/" in name or not name:
             raise ValueError(f"invalid keyspace name {name!r}")
@@ -210,6 +242,30 @@ class Datastore:
     @property
     def block_bytes(self) -> int:
         return self._block_bytes
+
+
+class Lease:
+    """Blocks held against garbage collection until released (see :meth:`Datastore.lease`)."""
+
+    def __init__(self, store: Datastore) -> None:
+        self._store = store
+        self._held: set[bytes] = set()
+
+    def add(self, cid: CID) -> None:
+        mh = cid.multihash
+        if mh not in self._held:
+            self._held.add(mh)
+            self._store._leases[mh] = self._store._leases.get(mh, 0) + 1
+
+    def release(self) -> None:
+        leases = self._store._leases
+        for mh in self._held:
+            remaining = leases[mh] - 1
+            if remaining:
+                leases[mh] = remaining
+            else:
+                del leases[mh]
+        self._held.clear()
 
 
 class Blockstore:
@@ -421,5 +477,10 @@ class WriteBatch:
         if stats_changed:
             wb.put(_STATS_KEY, _STATS.pack(count, size))
         wb.write()
+        if store._write_trackers:
+            # Re-puts of blocks already stored count too: their writer means to keep them.
+            puts = [k[len(_BLOCK) :] for k, v in self._ops.items() if k.startswith(_BLOCK) and v is not None]
+            for tracker in store._write_trackers:
+                tracker.update(puts)
         store._block_count, store._block_bytes = count, size
         self._ops.clear()
