@@ -68,7 +68,7 @@ async def test_c_gets_blocks_only_b_has_after_a_says_dont_have(nodes: Nodes) -> 
 async def test_c_peered_with_ipfsreg_and_kubo_gets_blocks_from_both(
     kubo: KuboPeer, nodes: Nodes, tmp_path: Path
 ) -> None:
-    data = random_bytes(8_000_000, seed=23)
+    data = random_bytes(20_000_000, seed=23)
     (tmp_path / "f").write_bytes(data)
     cid = CID.parse(await kubo.aadd(tmp_path / "f"))
     a = await nodes.start()

@@ -3,7 +3,8 @@
 ``get`` reads the blockstore first and otherwise fetches, verifies (the CID is rebuilt from the
 bytes) and stores the block. ``prefetch`` hints come from the exporter in depth-first order; the
 newest hint is read next, so hints go on the front of a stack and up to ``want_window`` of them are
-fetched in parallel, ahead of the reader, into the blockstore (never held in memory).
+fetched in parallel, ahead of the reader: each is stored, and its bytes are kept until read (at
+most ``want_window`` blocks), so the reader does not read back what was just written.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class NetworkBlockSource:
         self.fetched = 0  # blocks that came from the network through this source
         self._pending: deque[CID] = deque()  # hints not yet started, next-read first
         self._ahead: OrderedDict[CID, None] = OrderedDict()  # started by the prefetcher, not yet read
+        self._fetched_data: dict[CID, bytes] = {}  # fetched ahead, handed to get() without a re-read
         self._in_flight: dict[CID, trio.Event] = {}
         self._errors: dict[CID, BitswapError] = {}
         self._lot = trio.lowlevel.ParkingLot()
@@ -59,7 +61,10 @@ class NetworkBlockSource:
     # --- BlockSource -------------------------------------------------------------------------
 
     async def get(self, cid: CID) -> bytes:
+        data = self._fetched_data.pop(cid, None)
         self._consumed(cid)
+        if data is not None:
+            return data
         data = self.blockstore.get_or_none(cid)
         if data is not None:
             return data
@@ -96,6 +101,7 @@ class NetworkBlockSource:
         # Blocks started before this one were for earlier reads (or skipped ones): free their slots.
         while self._ahead:
             oldest, _ = self._ahead.popitem(last=False)
+            self._fetched_data.pop(oldest, None)
             if oldest == cid:
                 break
         self._lot.unpark_all()
@@ -114,8 +120,10 @@ class NetworkBlockSource:
 
     async def _fetch_ahead(self, cid: CID, event: trio.Event) -> None:
         try:
-            await self.session.fetch(cid)
+            data = await self.session.fetch(cid)
             self.fetched += 1
+            if cid in self._ahead:  # still wanted: at most `window` blocks are kept like this
+                self._fetched_data[cid] = data
         except BitswapError as exc:
             self._errors[cid] = exc
             logger.debug("prefetch of %s failed: %s", cid, exc)

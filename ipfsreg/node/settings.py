@@ -36,12 +36,16 @@ class NodeSettings:
         metadata={"help": "largest bitswap message sent or accepted, in bytes"},
     )
     target_message_size: int = field(
-        default=1024 * 1024,
+        default=256 * 1024,
         metadata={"help": "bitswap server packs blocks into messages up to about this size"},
     )
     server_workers: int = field(
         default=4,
         metadata={"help": "bitswap server tasks answering peers concurrently (round-robin between peers)"},
+    )
+    server_streams_per_peer: int = field(
+        default=8,
+        metadata={"help": "bitswap server messages in flight to one peer at a time, each on its own stream"},
     )
     max_wants_per_peer: int = field(
         default=8192,

@@ -60,6 +60,7 @@ class _Want:
     data: bytes | None = None
     asked: set[ID] = field(default_factory=set)  # peers sent any want for it (may send the block)
     failed: bool = False
+    session: Session | None = None
 
 
 @dataclass
@@ -72,9 +73,17 @@ class _PeerScore:
 class Session:
     """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first."""
 
+    PROBE_EVERY = 4  # every how many wants also ask peers outside the session (want-have)
+
     def __init__(self, client: BitswapClient) -> None:
         self._client = client
         self.peers: dict[ID, _PeerScore] = {}
+        self._wants = 0
+
+    def should_probe(self) -> bool:
+        """True for the first want and then every PROBE_EVERY-th: keeps discovering more peers."""
+        self._wants += 1
+        return self._wants % self.PROBE_EVERY == 1
 
     def note_have(self, peer: ID) -> None:
         self.peers.setdefault(peer, _PeerScore())
@@ -110,7 +119,7 @@ class BitswapClient:
         self.stats = ClientStats()
         self.on_blocks_stored = on_blocks_stored
         self._wants: dict[bytes, _Want] = {}
-        self._recent: OrderedDict[bytes, set[ID]] = OrderedDict()
+        self._recent: OrderedDict[bytes, _Want] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
 
     def new_session(self) -> Session:
@@ -172,14 +181,27 @@ class BitswapClient:
                 stored.append(cid)
                 _offer(want, _Event.BLOCK, peer)
                 self._finish(want, sender=peer)
-            elif (want is not None and peer in want.asked) or peer in self._recent.get(key, ()):
+            elif (want is not None and peer in want.asked) or peer in _asked(self._recent.get(key)):
                 self.stats.duplicate_blocks += 1
             else:
                 violation = ProtocolViolation(f"peer {peer} sent block {cid}, which we never asked it for")
         for presence in message.presences:
-            want = self._wants.get(presence.cid.to_bytes())
-            if want is not None and not want.done.is_set():
+            key = presence.cid.to_bytes()
+            want = self._wants.get(key)
+            if want is None:
+                # Answered after the block came from elsewhere: still, the session learns who has blocks.
+                recent = self._recent.get(key)
+                if (
+                    presence.type == PresenceType.HAVE
+                    and recent is not None
+                    and recent.session is not None
+                    and peer in recent.asked
+                ):
+                    recent.session.note_have(peer)
+            elif not want.done.is_set():
                 kind = _Event.HAVE if presence.type == PresenceType.HAVE else _Event.DONT_HAVE
+                if kind is _Event.HAVE and want.session is not None and peer in want.asked:
+                    want.session.note_have(peer)
                 _offer(want, kind, peer)
         if stored and self.on_blocks_stored is not None:
             self.on_blocks_stored(stored)
@@ -190,7 +212,7 @@ class BitswapClient:
         """Forget an active want, cancelling it at every other peer we asked."""
         if self._wants.get(want.key) is want:
             del self._wants[want.key]
-        self._recent[want.key] = set(want.asked)
+        self._recent[want.key] = want
         while len(self._recent) > RECENT_WANTS:
             self._recent.popitem(last=False)
         for peer in want.asked:
@@ -226,7 +248,7 @@ class BitswapClient:
 
     async def _drive(self, cid: CID, key: bytes, session: Session, deadline: float) -> bytes:
         send, recv = trio.open_memory_channel[tuple[_Event, ID]](1000)
-        want = _Want(cid, key, send, recv)
+        want = _Want(cid, key, send, recv, session=session)
         self._wants[key] = want
         try:
             with trio.move_on_at(deadline):
@@ -256,6 +278,8 @@ class BitswapClient:
                     target = peer
             if target is None:
                 target = session.best_peer(exclude=dont_have)
+                if target is not None and session.should_probe():
+                    self._probe(want, session, asked_have)
             if target is not None:
                 await self._want_block(want, session, target, dont_have, haves, asked_have)
                 continue
@@ -294,6 +318,14 @@ class BitswapClient:
                 # Nobody answered: forget who refused, peers may have fetched it meanwhile.
                 asked_have.clear()
                 dont_have.clear()
+
+    def _probe(self, want: _Want, session: Session, asked_have: set[ID]) -> None:
+        """Ask connected peers outside the session whether they have the block (want-have)."""
+        for peer in self.candidate_peers():
+            if peer not in session.peers and peer not in want.asked and self.network.supports_have(peer):
+                asked_have.add(peer)
+                want.asked.add(peer)
+                self.network.queue_wants(peer, [_want_entry(want.cid, WantType.HAVE)])
 
     async def _want_block(
         self,
@@ -337,6 +369,10 @@ class BitswapClient:
 
     def wanted(self) -> list[CID]:
         return [w.cid for w in self._wants.values()]
+
+
+def _asked(want: _Want | None) -> set[ID]:
+    return set() if want is None else want.asked
 
 
 def _want_entry(cid: CID, want_type: WantType) -> WantEntry:

@@ -106,7 +106,8 @@ class BitswapNetwork:
         self.on_peer_connected: PeerEvent | None = None
         self.on_peer_disconnected: PeerEvent | None = None
         self.refuse: Callable[[ID], bool] | None = None  # peers to drop as soon as they connect
-        self._senders: dict[ID, _Sender] = {}
+        self._senders: dict[tuple[ID, int], _Sender] = {}
+        self._protocols: dict[ID, str] = {}
         self._nursery: trio.Nursery | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[bool, ID]](10_000)
 
@@ -129,7 +130,7 @@ class BitswapNetwork:
                         elif self.on_peer_connected is not None:
                             self.on_peer_connected(peer)
                     elif not self.is_connected(peer):
-                        self._senders.pop(peer, None)
+                        self._forget(peer)
                         if self.on_peer_disconnected is not None:
                             self.on_peer_disconnected(peer)
             finally:
@@ -147,15 +148,19 @@ class BitswapNetwork:
 
     def protocol_of(self, peer: ID) -> str | None:
         """The bitswap protocol our outgoing stream to ``peer`` negotiated, if one is open."""
-        sender = self._senders.get(peer)
-        return None if sender is None else sender.protocol
+        return self._protocols.get(peer)
 
     def supports_have(self, peer: ID) -> bool:
         """False only for peers known to speak 1.0.0 (which has no HAVE wants or presences)."""
         return self.protocol_of(peer) != PROTOCOL_1_0_0
 
+    def _forget(self, peer: ID) -> None:
+        self._protocols.pop(peer, None)
+        for key in [k for k in self._senders if k[0] == peer]:
+            del self._senders[key]
+
     async def disconnect(self, peer: ID) -> None:
-        self._senders.pop(peer, None)
+        self._forget(peer)
         try:
             await self.host.disconnect(peer)
         except Exception as exc:
@@ -198,9 +203,13 @@ class BitswapNetwork:
 
     # --- outbound ----------------------------------------------------------------------------
 
-    async def send(self, peer: ID, message: Message) -> None:
-        """Send one message on our stream to ``peer``; BitswapError if the peer cannot be reached."""
-        sender = self._senders.setdefault(peer, _Sender())
+    async def send(self, peer: ID, message: Message, *, lane: int = 0) -> None:
+        """Send one message on our stream number ``lane`` to ``peer``; BitswapError if it cannot be reached.
+
+        Lanes are independent long-lived streams: messages on different lanes travel side by side
+        (the server answers one peer on several lanes, as Kubo does with a stream per message).
+        """
+        sender = self._senders.setdefault((peer, lane), _Sender())
         async with sender.lock:
             for attempt in (1, 2):
                 stream = sender.stream
@@ -226,13 +235,14 @@ class BitswapNetwork:
         self.stats.streams_opened += 1
         sender.stream = stream
         sender.protocol = str(stream.get_protocol())
+        self._protocols[peer] = sender.protocol
         return stream
 
     def queue_wants(self, peer: ID, entries: Sequence[WantEntry]) -> None:
         """Queue wantlist entries (wants or cancels) for ``peer``; sent soon, coalesced into one message."""
         if not entries:
             return
-        sender = self._senders.setdefault(peer, _Sender())
+        sender = self._senders.setdefault((peer, 0), _Sender())
         sender.pending.extend(entries)
         if not sender.flush_scheduled and self._nursery is not None:
             sender.flush_scheduled = True

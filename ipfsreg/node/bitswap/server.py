@@ -50,7 +50,7 @@ class _Ledger:
     wants: dict[bytes, WantEntry] = field(default_factory=dict)  # CID bytes -> entry
     queue: deque[bytes] = field(default_factory=deque)  # wants to answer, in arrival order
     queued: set[bytes] = field(default_factory=set)
-    busy: bool = False
+    free_lanes: list[int] = field(default_factory=list)  # outgoing streams not sending right now
     blocks_sent: int = 0
     bytes_sent: int = 0
 
@@ -71,7 +71,7 @@ class BitswapServer:
         """Apply a peer's wantlist changes; ProtocolViolation if its wantlist grows past the limit."""
         if not message.wantlist and not message.full:
             return
-        ledger = self._ledgers.setdefault(peer, _Ledger())
+        ledger = self._ledger(peer)
         if message.full:
             ledger.wants.clear()
         for entry in message.wantlist:
@@ -103,6 +103,14 @@ class BitswapServer:
             if changed:
                 self._mark_ready(peer, ledger)
 
+    def _ledger(self, peer: ID) -> _Ledger:
+        ledger = self._ledgers.get(peer)
+        if ledger is None:
+            # Lane 0 carries the client's wants; answers use lanes 1..N, side by side.
+            lanes = range(max(1, self.settings.server_streams_per_peer), 0, -1)
+            ledger = self._ledgers[peer] = _Ledger(free_lanes=list(lanes))
+        return ledger
+
     def peer_disconnected(self, peer: ID) -> None:
         self._ledgers.pop(peer, None)
 
@@ -111,7 +119,7 @@ class BitswapServer:
         return [] if ledger is None else list(ledger.wants.values())
 
     def _mark_ready(self, peer: ID, ledger: _Ledger) -> None:
-        if ledger.queue and not ledger.busy and peer not in self._ready:
+        if ledger.queue and ledger.free_lanes and peer not in self._ready:
             self._ready.append(peer)
             self._lot.unpark()
 
@@ -129,15 +137,17 @@ class BitswapServer:
                 await self._lot.park()
             peer = self._ready.popleft()
             ledger = self._ledgers.get(peer)
-            if ledger is None or ledger.busy:
+            if ledger is None or not ledger.free_lanes:
                 continue
-            ledger.busy = True
+            lane = ledger.free_lanes.pop()
             try:
                 message = self._next_message(peer, ledger)
+                # More to answer and a free lane: another worker may build the next message meanwhile.
+                self._mark_ready(peer, ledger)
                 if message is not None:
-                    await self._send(peer, ledger, message)
+                    await self._send(peer, ledger, message, lane)
             finally:
-                ledger.busy = False
+                ledger.free_lanes.append(lane)
                 if self._ledgers.get(peer) is ledger:
                     self._mark_ready(peer, ledger)
 
@@ -181,9 +191,9 @@ class BitswapServer:
             ledger.queued.discard(key)
         return None if message.is_empty() else message
 
-    async def _send(self, peer: ID, ledger: _Ledger, message: Message) -> None:
+    async def _send(self, peer: ID, ledger: _Ledger, message: Message, lane: int) -> None:
         try:
-            await self.network.send(peer, message)
+            await self.network.send(peer, message, lane=lane)
         except BitswapError as exc:
             logger.debug("bitswap server: %s", exc)
             return

@@ -1,0 +1,178 @@
+"""Benchmark bitswap transfers of one random file between Kubo and an in-process ipfsreg node.
+
+Measured in the same run, on loopback, each a cold fetch into a fresh store:
+- anchor: Kubo -> Kubo (Kubo A added the file; Kubo B connects to A and downloads it);
+- Kubo -> ipfsreg: an ipfsreg node connected only to Kubo A streams the file to disk in order
+  (NetworkBlockSource: window of wants ahead of the reader, blocks stored, never the whole file);
+- ipfsreg -> Kubo: a fresh Kubo C connected only to the ipfsreg node (which now holds the file) downloads it.
+Prints MB/s, the ratios against the anchor, and the ipfsreg process's peak RSS during each transfer
+(sampled; Kubo runs in child processes and is not counted). Also compares the hand-written bitswap
+codec against the protobuf module on a 1 MiB message (why ipfsreg does not use protobuf).
+
+``BENCH_BITSWAP_MB`` (default 200) sets the file size in MB.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from bench._common import print_table, write_random_file
+from interop.kubo import KuboPeer
+from ipfsreg.blockstore import Datastore
+from ipfsreg.cid import CID, RAW
+from ipfsreg.node.bitswap.message import Block, Message, decode_message, encode_message
+from ipfsreg.node.identity import Identity
+from ipfsreg.node.node import Node
+from ipfsreg.node.settings import NodeSettings
+from ipfsreg.unixfs.exporter import read_file
+
+MB = 1_000_000
+
+
+class RssSampler:
+    """Peak resident set size of this process while running (sampled every 20 ms): total and anonymous.
+
+    The total includes file-backed pages, chiefly LevelDB's mmapped table files (clean, reclaimable
+    page cache that grows with what was read); the anonymous part is the process's own heap.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.peak_anon = 0
+
+    async def run(self) -> None:
+        while True:
+            total, anon = _rss()
+            self.peak = max(self.peak, total)
+            self.peak_anon = max(self.peak_anon, anon)
+            await trio.sleep(0.02)
+
+
+def _rss() -> tuple[int, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["RssAnon"]
+
+
+async def _measured(coro_fn, *args):  # type: ignore[no-untyped-def]
+    sampler = RssSampler()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sampler.run)
+        start = time.perf_counter()
+        result = await coro_fn(*args)
+        seconds = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return seconds, sampler, result
+
+
+async def _kubo_to_ipfsreg(node: Node, cid: CID, dest: Path) -> int:
+    written = 0
+    async with node.block_source() as source:
+        with dest.open("wb") as out:
+            async for chunk in read_file(source, cid):
+                out.write(chunk)
+                written += len(chunk)
+    return written
+
+
+def _mib(sampler: RssSampler) -> list[str]:
+    return [f"{sampler.peak / 2**20:.0f}", f"{sampler.peak_anon / 2**20:.0f}"]
+
+
+def _codec_comparison() -> list[list[object]]:
+    from libp2p.bitswap.pb import bitswap_pb2
+
+    blocks = [os.urandom(256 * 1024) for _ in range(4)]
+    message = Message(blocks=[Block.of(CID.hash(b, codec=RAW, version=1), b) for b in blocks])
+    encoded = encode_message(message)
+    rounds = 200
+
+    start = time.perf_counter()
+    for _ in range(rounds):
+        decode_message(encode_message(message))
+    ours = (time.perf_counter() - start) / rounds
+
+    start = time.perf_counter()
+    for _ in range(rounds):
+        pb = bitswap_pb2.Message()
+        for b in message.blocks:
+            pb.payload.add(prefix=b.prefix, data=b.data)
+        data = pb.SerializeToString()
+        parsed = bitswap_pb2.Message()
+        parsed.ParseFromString(data)
+        _ = [Block(p.prefix, p.data) for p in parsed.payload]
+    theirs = (time.perf_counter() - start) / rounds
+    assert len(encoded) == len(data)
+    return [
+        ["hand-written codec, 1 MiB message encode+decode", f"{ours * 1e6:.0f} us", "1.00"],
+        ["protobuf module, same message", f"{theirs * 1e6:.0f} us", f"{theirs / ours:.2f}"],
+    ]
+
+
+async def _run(size: int, workdir: Path) -> None:
+    path = write_random_file(workdir / "input.bin", size, seed=42)
+    kubo_a = KuboPeer.start(workdir / "kubo-a")
+    kubo_b = KuboPeer.start(workdir / "kubo-b")
+    kubo_c = KuboPeer.start(workdir / "kubo-c")
+    try:
+        cid_text = await kubo_a.aadd(path)
+        cid = CID.parse(cid_text)
+
+        await kubo_b.aconnect(kubo_a.multiaddr)
+        start = time.perf_counter()
+        await kubo_b.adownload(cid_text, workdir / "kubo-b.out")
+        kubo_kubo = time.perf_counter() - start
+
+        settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
+        with Datastore.open(workdir / "ipfsreg") as datastore:
+            node = Node(datastore, settings, Identity.generate())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                await node.connect(kubo_a.multiaddr)
+                baseline = _rss()
+                k2i, k2i_rss, written = await _measured(_kubo_to_ipfsreg, node, cid, workdir / "ipfsreg.out")
+                assert written == size
+                await kubo_c.aconnect(node.listen_addrs()[0])
+                i2k, i2k_rss, _ = await _measured(kubo_c.adownload, cid_text, workdir / "kubo-c.out")
+                assert (workdir / "kubo-c.out").stat().st_size == size
+                nursery.cancel_scope.cancel()
+    finally:
+        for kubo in (kubo_a, kubo_b, kubo_c):
+            kubo.close()
+
+    def rate(seconds: float) -> float:
+        return size / MB / seconds
+
+    base_total, base_anon = baseline
+    print(f"bitswap: {size / MB:.0f} MB random file, CID {cid_text}")
+    print(
+        f"ipfsreg process before the transfers: RSS {base_total / 2**20:.0f} MiB,",
+        f"anon {base_anon / 2**20:.0f} MiB",
+    )
+    print_table(
+        ["transfer", "MB/s", "vs Kubo->Kubo", "ipfsreg peak RSS MiB", "of which anon MiB"],
+        [
+            ["Kubo -> Kubo (anchor)", f"{rate(kubo_kubo):.1f}", "1.00", "-", "-"],
+            ["Kubo -> ipfsreg", f"{rate(k2i):.1f}", f"{kubo_kubo / k2i:.2f}", *_mib(k2i_rss)],
+            ["ipfsreg -> Kubo", f"{rate(i2k):.1f}", f"{kubo_kubo / i2k:.2f}", *_mib(i2k_rss)],
+        ],
+    )
+    print_table(["codec", "time", "ratio"], _codec_comparison())
+
+
+def main() -> None:
+    size = int(float(os.environ.get("BENCH_BITSWAP_MB", "200")) * MB)
+    with tempfile.TemporaryDirectory(prefix="bench-bitswap-") as tmp:
+        trio.run(_run, size, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
