@@ -24,18 +24,29 @@ from ipfsreg.node.errors import BitswapError, NodeError
 
 logger = logging.getLogger(__name__)
 
+UNREAD_EXPIRY = 30.0  # seconds a block fetched ahead waits for its reader before its slot is freed
+
 
 class NetworkBlockSource:
     """Use as ``async with node.block_source() as source:``; ``get`` also works outside the block."""
 
-    def __init__(self, blockstore: Blockstore, client: BitswapClient, *, window: int | None = None) -> None:
+    def __init__(
+        self,
+        blockstore: Blockstore,
+        client: BitswapClient,
+        *,
+        window: int | None = None,
+        unread_expiry: float = UNREAD_EXPIRY,
+    ) -> None:
         self.blockstore = blockstore
         self.client = client
         self.window = max(1, window if window is not None else client.settings.want_window)
+        self.unread_expiry = unread_expiry
         self.session: Session = client.new_session()
         self.fetched = 0  # blocks that came from the network through this source
         self._pending: deque[CID] = deque()  # hints not yet started, next-read first
-        self._ahead: OrderedDict[CID, None] = OrderedDict()  # started by the prefetcher, not yet read
+        # Started by the prefetcher, not yet read -> when it completed (None: still in flight).
+        self._ahead: OrderedDict[CID, float | None] = OrderedDict()
         self._fetched_data: dict[CID, bytes] = {}  # fetched ahead, handed to get() without a re-read
         self._in_flight: dict[CID, trio.Event] = {}
         self._errors: dict[CID, BitswapError] = {}
@@ -62,12 +73,15 @@ class NetworkBlockSource:
 
     async def get(self, cid: CID) -> bytes:
         data = self._fetched_data.pop(cid, None)
+        error = self._errors.pop(cid, None)  # its prefetch already failed during this read
         self._consumed(cid)
         if data is not None:
             return data
         data = self.blockstore.get_or_none(cid)
         if data is not None:
             return data
+        if error is not None:
+            raise error
         event = self._in_flight.get(cid)
         if event is not None:
             await event.wait()
@@ -102,16 +116,37 @@ class NetworkBlockSource:
         while self._ahead:
             oldest, _ = self._ahead.popitem(last=False)
             self._fetched_data.pop(oldest, None)
+            self._errors.pop(oldest, None)
             if oldest == cid:
                 break
         self._lot.unpark_all()
 
+    def _expire_unread(self) -> None:
+        """Forget blocks fetched ahead that nobody read for a while (an abandoned read): free the window."""
+        horizon = trio.current_time() - self.unread_expiry
+        for cid, completed in list(self._ahead.items()):
+            if completed is not None and completed < horizon:
+                del self._ahead[cid]
+                self._fetched_data.pop(cid, None)
+                self._errors.pop(cid, None)
+
     async def _prefetcher(self, nursery: trio.Nursery) -> None:
         while True:
             while not self._pending or len(self._ahead) >= self.window:
-                await self._lot.park()
+                if self._pending:
+                    self._expire_unread()
+                    if len(self._ahead) < self.window:
+                        break
+                with trio.move_on_after(self.unread_expiry):
+                    await self._lot.park()
             cid = self._pending.popleft()
-            if cid in self._in_flight or cid in self._ahead or self.blockstore.has(cid):
+            if cid in self._in_flight or cid in self._ahead:
+                continue
+            local = self.blockstore.get_or_none(cid)
+            if local is not None:
+                # Read it now and hand it over, rather than checking here and reading again in get().
+                self._ahead[cid] = trio.current_time()
+                self._fetched_data[cid] = local
                 continue
             self._ahead[cid] = None
             event = trio.Event()
@@ -123,8 +158,11 @@ class NetworkBlockSource:
             data = await self.session.fetch(cid)
             self.fetched += 1
             if cid in self._ahead:  # still wanted: at most `window` blocks are kept like this
+                self._ahead[cid] = trio.current_time()
                 self._fetched_data[cid] = data
         except BitswapError as exc:
+            if cid in self._ahead:
+                self._ahead[cid] = trio.current_time()
             self._errors[cid] = exc
             logger.debug("prefetch of %s failed: %s", cid, exc)
         finally:

@@ -92,14 +92,19 @@ def test_block_with_other_bytes_gets_the_cid_of_those_bytes_not_the_claimed_one(
     assert forged.cid() == CID.hash(b"not the raw block", codec=RAW, version=1)
 
 
-def test_version_1_0_0_sends_blocks_without_prefix_and_drops_haves_and_presences() -> None:
+def test_version_1_0_0_sends_blocks_without_prefix_wants_blocks_for_haves_and_drops_presences() -> None:
     encoded = encode_message(_sample(), PROTOCOL_1_0_0)
     decoded = decode_message(encoded)
     assert [b.data for b in decoded.blocks] == [b"a dag-pb block", b"a raw block"]
     assert decoded.blocks[0].cid() == V0  # 1.0.0 blocks are CIDv0
     assert decoded.presences == []
-    assert all(e.want_type == WantType.BLOCK for e in decoded.wantlist)
-    assert not any(e.send_dont_have for e in decoded.wantlist)
+    # A HAVE want becomes a want for the block: all a 1.0.0 peer can answer.
+    assert decoded.wantlist == [
+        WantEntry(V0, 5, False, WantType.BLOCK, False),
+        WantEntry(V1, 1, False, WantType.BLOCK, False),
+        WantEntry(V1, 0, True),
+        WantEntry(V0, -3),
+    ]
     pb = bitswap_pb2.Message()
     pb.ParseFromString(encoded)
     assert list(pb.blocks) == [b"a dag-pb block", b"a raw block"] and not pb.payload

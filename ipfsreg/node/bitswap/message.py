@@ -147,14 +147,12 @@ def _encode_entry(entry: WantEntry, legacy: bool) -> bytes:
 def encode_message(message: Message, protocol: str = PROTOCOL_1_2_0) -> bytes:
     """Encode ``message`` for a peer speaking ``protocol``.
 
-    1.0.0 has neither HAVE wants nor presences, and carries blocks without a prefix: those
-    parts are left out (a HAVE want is meaningless to such a peer).
+    1.0.0 has neither HAVE wants nor presences, and carries blocks without a prefix: a HAVE want
+    goes out as a want for the block itself (all such a peer can answer), presences are left out.
     """
     legacy = protocol == PROTOCOL_1_0_0
     parts: list[bytes] = []
     entries = message.wantlist
-    if legacy:
-        entries = [e for e in entries if e.want_type == WantType.BLOCK or e.cancel]
     if entries or message.full:
         wl = [_len_field(_K_ENTRY, _encode_entry(e, legacy)) for e in entries]
         if message.full:

@@ -1,0 +1,86 @@
+"""Identity persistence, peer addresses and the peering keeper."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from ipfsreg.node.errors import NodeError
+from ipfsreg.node.host import parse_peer_addr, with_peer_id
+from ipfsreg.node.identity import IDENTITY_FILE, load_identity, load_or_create_identity
+from ipfsreg.node.testing import Nodes, wait_until
+
+
+def test_identity_is_created_once_with_mode_0600_and_reloaded(tmp_path: Path) -> None:
+    assert load_identity(tmp_path) is None
+    first = load_or_create_identity(tmp_path)
+    second = load_or_create_identity(tmp_path)
+    assert first.peer_id == second.peer_id
+    assert first.peer_id_str.startswith("12D3KooW")  # Ed25519 keys give identity-multihash peer IDs
+    mode = stat.S_IMODE((tmp_path / IDENTITY_FILE).stat().st_mode)
+    assert mode == 0o600
+
+
+def test_identity_is_created_in_a_missing_data_dir(tmp_path: Path) -> None:
+    identity = load_or_create_identity(tmp_path / "new" / "dir")
+    assert load_identity(tmp_path / "new" / "dir") == identity
+
+
+def test_corrupt_identity_file_raises_node_error(tmp_path: Path) -> None:
+    (tmp_path / IDENTITY_FILE).write_bytes(b"not a key")
+    with pytest.raises(NodeError, match="not a libp2p private key"):
+        load_or_create_identity(tmp_path)
+
+
+def test_peer_addr_needs_a_p2p_component() -> None:
+    info = parse_peer_addr("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
+    assert str(info.peer_id) == "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+    with pytest.raises(NodeError):
+        parse_peer_addr("/ip4/127.0.0.1/tcp/4001")
+
+
+def test_with_peer_id_appends_once() -> None:
+    assert with_peer_id("/ip4/1.2.3.4/tcp/1", "X") == "/ip4/1.2.3.4/tcp/1/p2p/X"
+    assert with_peer_id("/ip4/1.2.3.4/tcp/1/p2p/X", "X") == "/ip4/1.2.3.4/tcp/1/p2p/X"
+
+
+async def test_node_listen_addrs_before_running_are_the_configured_ones(tmp_path: Path) -> None:
+    from ipfsreg.blockstore import Datastore
+    from ipfsreg.node.node import Node
+    from ipfsreg.node.settings import NodeSettings
+
+    identity = load_or_create_identity(tmp_path)
+    with Datastore.open(tmp_path / "data") as datastore:
+        node = Node(datastore, NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/4001"]), identity)
+        assert node.listen_addrs() == [f"/ip4/127.0.0.1/tcp/4001/p2p/{identity.peer_id_str}"]
+        with pytest.raises(NodeError, match="not running"):
+            await node.connect(f"/ip4/127.0.0.1/tcp/4002/p2p/{identity.peer_id_str}")
+
+
+async def test_configured_peering_reconnects_after_the_connection_drops(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start(peers=[a.listen_addrs()[0]])
+    await wait_until(lambda: b.stats().connected_peers == 1)
+    await b.network.disconnect(a.identity.peer_id)
+    await wait_until(lambda: b.stats().connected_peers == 0)
+    await wait_until(lambda: b.stats().connected_peers == 1)
+    assert [p.peer_id for p in b.peers()] == [a.peer_id]
+
+
+async def test_keep_connected_adds_a_peering_at_runtime(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start()
+    b.keep_connected(a.listen_addrs()[0])
+    await wait_until(lambda: b.stats().connected_peers == 1)
+
+
+def test_bad_configured_peer_is_refused_at_startup(tmp_path: Path) -> None:
+    from ipfsreg.blockstore import Datastore
+    from ipfsreg.node.identity import Identity
+    from ipfsreg.node.node import Node
+    from ipfsreg.node.settings import NodeSettings
+
+    with Datastore.open(tmp_path) as datastore, pytest.raises(NodeError, match="does not name a peer"):
+        Node(datastore, NodeSettings(peers=["/ip4/127.0.0.1/tcp/4001"]), Identity.generate())

@@ -1,0 +1,59 @@
+"""Older bitswap versions (1.0.0, 1.1.0) and the block/message size limits, between in-process nodes."""
+
+from __future__ import annotations
+
+import pytest
+from libp2p.custom_types import TProtocol
+
+from ipfsreg.cid import CID, RAW
+from ipfsreg.node.bitswap.message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
+from ipfsreg.node.errors import BlockFetchTimeout
+from ipfsreg.node.node import Node
+from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all
+
+
+def _speak_only(node: Node, protocol: str) -> None:
+    for other in PROTOCOLS:
+        if other != protocol:
+            node.host.remove_stream_handler(TProtocol(other))
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0])
+async def test_node_fetches_from_a_peer_that_speaks_only_one_version(nodes: Nodes, protocol: str) -> None:
+    old = await nodes.start()
+    _speak_only(old, protocol)
+    data = random_bytes(1_000_000, seed=5)
+    cid = add_bytes(old, data)  # CIDv0: what 1.0.0 (no prefixes) can carry
+    fetcher = await nodes.start(want_timeout=30.0)
+    await fetcher.connect(old.listen_addrs()[0])
+    assert await read_all(fetcher, cid) == data
+    assert fetcher.network.protocol_of(old.identity.peer_id) == protocol
+
+
+async def test_two_mib_block_travels_and_a_bigger_one_is_not_served(nodes: Nodes) -> None:
+    a = await nodes.start()
+    b = await nodes.start(fetch_timeout=1.0, want_timeout=0.3)
+    biggest = random_bytes(2 * 1024 * 1024, seed=1)
+    too_big = random_bytes(2 * 1024 * 1024 + 1, seed=2)
+    ok_cid, big_cid = CID.hash(biggest, codec=RAW, version=1), CID.hash(too_big, codec=RAW, version=1)
+    a.datastore.blocks.put(ok_cid, biggest)
+    a.datastore.blocks.put(big_cid, too_big)
+    await b.connect(a.listen_addrs()[0])
+    assert await b.client.fetch(ok_cid) == biggest
+    with pytest.raises(BlockFetchTimeout, match=str(big_cid)):
+        await b.client.fetch(big_cid)
+
+
+async def test_messages_stay_under_the_message_limit_with_large_blocks(nodes: Nodes) -> None:
+    a = await nodes.start(target_message_size=8 * 1024 * 1024)  # a target above the limit
+    b = await nodes.start()
+    blocks = [random_bytes(1_500_000, seed=i) for i in range(4)]
+    cids = [CID.hash(x, codec=RAW, version=1) for x in blocks]
+    for cid, x in zip(cids, blocks, strict=True):
+        a.datastore.blocks.put(cid, x)
+    await b.connect(a.listen_addrs()[0])
+    async with b.block_source() as source:
+        source.prefetch(cids)
+        assert [await source.get(c) for c in cids] == blocks
+    assert b.stats().protocol_violations == 0
+    assert a.server.stats.messages_sent >= 2  # 6 MB of blocks cannot fit one 4 MiB message
