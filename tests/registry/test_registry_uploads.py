@@ -287,3 +287,29 @@ async def test_blob_upload_body_is_read_with_backpressure_not_buffered_whole(
         assert resp.status_code == 201
         # One receive (at most 64 KiB) or chunk can land on top of a buffer at the high-water mark.
         assert 0 < server.app.peak_body_buffered <= high_water + 64 * 1024
+
+
+async def test_early_error_on_streamed_body_closes_connection_and_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    # hypercorn blocks for good if body events pile up unread after a response; the server must
+    # read the rest away and tell the client not to reuse the connection.
+    async with running_registry(tmp_path, make_settings(max_chunk_bytes=1000)) as server:
+        location = await _start(server)
+        for _ in range(5):
+            resp = await server.client.patch(location, content=_stream(b"x" * 20_000, 500))
+            assert resp.status_code == 413
+            assert resp.headers["Connection"] == "close"
+            assert (await server.client.get(location)).headers["Range"] == "0-0"
+            resp = await server.client.patch(location, content=b"x" * 5000)
+            assert resp.status_code == 413
+            assert (await server.client.get(location)).status_code == 204
+
+
+async def test_normal_responses_keep_the_connection_alive(registry: Server) -> None:
+    location = await _start(registry)
+    resp = await registry.client.patch(location, content=b"abc")
+    assert resp.status_code == 202
+    assert "close" not in resp.headers.get("Connection", "")
+    resp = await registry.client.get("/v2/")
+    assert "close" not in resp.headers.get("Connection", "")
