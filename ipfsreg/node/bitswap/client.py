@@ -63,6 +63,12 @@ class _Want:
     session: Session | None = None
 
 
+@dataclass(frozen=True)
+class _Finished:
+    asked: set[ID]
+    session: Session | None
+
+
 @dataclass
 class _PeerScore:
     blocks: int = 0
@@ -119,7 +125,7 @@ class BitswapClient:
         self.stats = ClientStats()
         self.on_blocks_stored = on_blocks_stored
         self._wants: dict[bytes, _Want] = {}
-        self._recent: OrderedDict[bytes, _Want] = OrderedDict()  # finished wants, newest last
+        self._recent: OrderedDict[bytes, _Finished] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
 
     def new_session(self) -> Session:
@@ -212,7 +218,7 @@ class BitswapClient:
         """Forget an active want, cancelling it at every other peer we asked."""
         if self._wants.get(want.key) is want:
             del self._wants[want.key]
-        self._recent[want.key] = want
+        self._recent[want.key] = _Finished(want.asked, want.session)  # not the data: only who was asked
         while len(self._recent) > RECENT_WANTS:
             self._recent.popitem(last=False)
         for peer in want.asked:
@@ -371,7 +377,7 @@ class BitswapClient:
         return [w.cid for w in self._wants.values()]
 
 
-def _asked(want: _Want | None) -> set[ID]:
+def _asked(want: _Finished | None) -> set[ID]:
     return set() if want is None else want.asked
 
 
