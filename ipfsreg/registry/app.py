@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
-from ipfsreg.blockstore import Datastore
+from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers import blobs, catalog, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
@@ -28,6 +28,7 @@ from ipfsreg.registry.names import check_name
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -259,6 +260,10 @@ def create_app(
             response = await dispatch(ctx, req, route)
         except RegistryError as exc:
             response = error_response(exc, head=head)
+        except (BlockstoreError, UnixFSError) as exc:
+            # Stored data is damaged or missing (e.g. a block lost outside the registry).
+            log.exception("storage error serving %s %s", req.method, req.path)
+            response = error_response(RegistryError("UNKNOWN", {"reason": str(exc)}, status=500), head=head)
         response.headers.update(API_VERSION_HEADER)
         return response
 

@@ -30,11 +30,12 @@ from typing import Any, Final
 
 import trio
 
-from ipfsreg.blockstore import Datastore, WriteBatch
+from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
 from ipfsreg.cid import CID, decode_varint, encode_varint
 from ipfsreg.registry.digests import Digest, Hasher, new_hasher, parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.manifest import ParsedManifest, parse_manifest, referrer_descriptor
+from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource, read_file
 from ipfsreg.unixfs.importer import Block, FileImporter, ImportOptions, import_bytes
 
@@ -243,17 +244,23 @@ class RegistryStore:
         raw = self.uploads.get(upload_id.encode()) if upload_id else None
         if raw is None:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id[:100]})
-        (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
-        meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
-        if meta["repo"] != repo:
-            raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id})
-        if self._expired(float(meta["updated"])):
-            with self.datastore.batch() as batch:
-                batch.delete(self.uploads, upload_id.encode())
-            raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
-        importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
-        hasher = new_hasher("sha256")
-        rehashed = await self._rehash(importer, hasher)
+        try:
+            (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+            meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
+            if meta["repo"] != repo:
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id})
+            if self._expired(float(meta["updated"])):
+                with self.datastore.batch() as batch:
+                    batch.delete(self.uploads, upload_id.encode())
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
+            importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
+            hasher = new_hasher("sha256")
+            rehashed = await self._rehash(importer, hasher)
+        except (struct.error, ValueError, KeyError, TypeError, UnixFSError, BlockstoreError) as exc:
+            # A damaged record or missing blocks: the session cannot continue, but stays for inspection.
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID", {"uuid": upload_id, "reason": f"cannot resume upload: {exc}"}
+            ) from exc
         if rehashed != int(meta["offset"]):
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",

@@ -166,3 +166,25 @@ async def test_gc_support_lists_live_roots_and_unreferenced_blobs(registry: Serv
     assert store.unreferenced_blobs() == []
     assert (await registry.client.delete(f"/v2/app/manifests/{digest}")).status_code == 202
     assert sorted(str(info.digest) for info in store.unreferenced_blobs()) == sorted([layer, digest])
+
+
+async def test_damaged_upload_record_gives_blob_upload_invalid(registry: Server) -> None:
+    resp = await registry.client.post("/v2/app/blobs/uploads/")
+    location = resp.headers["Location"]
+    uuid = location.rsplit("/", 1)[1]
+    registry.store.evict_idle_uploads(idle_seconds=-1)
+    registry.store.uploads.put(uuid.encode(), b"\x00\x00\x00\x02{}garbage")
+    resp = await registry.client.get(location)
+    assert resp.status_code == 400
+    assert resp.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+
+
+async def test_manifest_with_lost_blocks_answers_500_json(registry: Server) -> None:
+    digest, _ = await registry.push_image("app", "v1")
+    info = registry.store.resolve("app", "v1")
+    registry.datastore.blocks.delete(info.cid)
+    resp = await registry.client.get("/v2/app/manifests/v1")
+    assert resp.status_code == 500
+    assert resp.json()["errors"][0]["code"] == "UNKNOWN"
+    assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert digest
