@@ -299,6 +299,11 @@ def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config.errorlog = log
     config.include_server_header = False
     config.alpn_protocols = ["http/1.1"]
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("registry.tls_cert and registry.tls_key must be given together")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        config.certfile = str(settings.tls_cert)
+        config.keyfile = str(settings.tls_key)
     return config
 
 

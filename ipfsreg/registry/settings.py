@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,35 @@ class RegistrySettings:
     read_timeout: float = field(
         default=300.0, metadata={"help": "seconds without any request bytes before an upload is abandoned"}
     )
+    # --- authentication and TLS (enforced by ipfsreg.auth.AuthApp; see ipfsreg/auth/__init__.py) ---
+    htpasswd: Path | None = field(
+        default=None,
+        metadata={"help": "htpasswd file of bcrypt users; enables authentication (re-read when it changes)"},
+    )
+    auth_realm: str = field(default="ipfsreg", metadata={"help": "realm of the Basic auth challenge"})
+    access: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "access rules USER:TARGET:ACTIONS (e.g. 'bob:team/*:pull'); empty = users may do anything"
+        },
+    )
+    anonymous_pull: bool = field(
+        default=False, metadata={"help": "requests without credentials may pull any repository"}
+    )
+    token_realm: str = field(
+        default="",
+        metadata={"help": "URL of the token service in Bearer challenges; empty = this server's /auth/token"},
+    )
+    token_service: str = field(default="ipfsreg", metadata={"help": "service (audience) of bearer tokens"})
+    token_issuer: str = field(default="ipfsreg", metadata={"help": "issuer of bearer tokens"})
+    token_key: Path | None = field(
+        default=None,
+        metadata={"help": "PEM private key (RSA or EC P-256) signing /auth/token tokens; enables token auth"},
+    )
+    token_rootcertbundle: Path | None = field(
+        default=None,
+        metadata={"help": "PEM public keys or certificates of an external token issuer; enables token auth"},
+    )
+    token_expiration: int = field(default=300, metadata={"help": "seconds a token from /auth/token is valid"})
+    tls_cert: Path | None = field(default=None, metadata={"help": "PEM certificate (chain) for HTTPS"})
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for HTTPS"})
