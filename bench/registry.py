@@ -223,6 +223,9 @@ def main() -> None:
     rounds = int(os.environ.get("BENCH_REGISTRY_ROUNDS", "3"))
     scale = float(os.environ.get("BENCH_REGISTRY_SCALE", "1.0"))
     results = Results()
+    # Both registries share the machine with skopeo (and anything else running): print the load
+    # so a reader can tell a quiet run from a contended one.
+    print(f"cpus: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         root = Path(tmp)
         policy = root / "policy.json"
@@ -249,6 +252,7 @@ def main() -> None:
             ref = statistics.median(results.seconds[("reference", scenario, direction)])
             rates = f"{total / MB / ours:13.1f} {total / MB / ref:15.1f}"
             print(f"{scenario:10} {direction:5} {rates} {ref / ours:7.2f}x")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     peak_total = max(r[0] for r in results.rss)
     peak_anon = max(r[1] for r in results.rss)
     print(
