@@ -17,7 +17,7 @@ from ipfsreg.node.bitswap.message import (
     WantType,
     cancels,
 )
-from ipfsreg.node.errors import BlockFetchTimeout, NodeError
+from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, NodeError
 from ipfsreg.node.node import Node
 from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, wait_until
 from ipfsreg.unixfs.importer import ImportOptions
@@ -265,3 +265,16 @@ async def test_peers_lists_connected_peers_and_stats_count_them(nodes: Nodes) ->
     assert [p.peer_id for p in b.peers()] == [a.peer_id]
     assert b.stats().connected_peers == 1
     assert all(addr.endswith(f"/p2p/{a.peer_id}") for addr in a.listen_addrs())
+
+
+async def test_identity_cid_is_answered_inline_without_peers(nodes: Nodes) -> None:
+    lonely = await nodes.start()
+    inline = CID.v1(RAW, b"\x00\x05hello")
+    assert await lonely.client.fetch(inline) == b"hello"
+
+
+async def test_cid_with_an_unsupported_hash_fails_at_once_instead_of_asking_peers(nodes: Nodes) -> None:
+    lonely = await nodes.start()
+    blake = CID.v1(RAW, b"\xa0\xe4\x02\x20" + bytes(32))  # blake2b-256
+    with trio.fail_after(1), pytest.raises(BitswapError, match="unsupported hash function 0xb220"):
+        await lonely.client.fetch(blake)

@@ -9,7 +9,7 @@ from ipfsreg.cid import CID, RAW
 from ipfsreg.node.bitswap.message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
-from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all
+from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, wait_until
 
 
 def _speak_only(node: Node, protocol: str) -> None:
@@ -57,3 +57,17 @@ async def test_messages_stay_under_the_message_limit_with_large_blocks(nodes: No
         assert [await source.get(c) for c in cids] == blocks
     assert b.stats().protocol_violations == 0
     assert a.server.stats.messages_sent >= 2  # 6 MB of blocks cannot fit one 4 MiB message
+
+
+async def test_peer_without_bitswap_is_skipped_after_refusing_a_stream(nodes: Nodes) -> None:
+    mute = await nodes.start()
+    for protocol in PROTOCOLS:
+        mute.host.remove_stream_handler(TProtocol(protocol))
+    holder = await nodes.start()
+    cid = add_bytes(holder, b"from the holder")
+    fetcher = await nodes.start()
+    await fetcher.connect(mute.listen_addrs()[0])
+    await fetcher.connect(holder.listen_addrs()[0])
+    assert await read_all(fetcher, cid) == b"from the holder"
+    await wait_until(lambda: mute.identity.peer_id not in fetcher.network.connected_peers())
+    assert holder.identity.peer_id in fetcher.network.connected_peers()

@@ -22,10 +22,10 @@ import trio
 from libp2p.peer.id import ID
 
 from ipfsreg.blockstore import Blockstore
-from ipfsreg.cid import CID
+from ipfsreg.cid import CID, IDENTITY, CIDError, multihash
 from ipfsreg.node.bitswap.message import Message, PresenceType, WantEntry, WantType, cancels
 from ipfsreg.node.bitswap.network import BitswapNetwork
-from ipfsreg.node.errors import BlockFetchTimeout, ProtocolViolation
+from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, ProtocolViolation
 from ipfsreg.node.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,14 @@ class BitswapClient:
 
     async def fetch(self, cid: CID, *, session: Session | None = None) -> bytes:
         """The block ``cid``: from the blockstore, else from peers (stored before returning)."""
+        if cid.hash_code == IDENTITY:
+            return cid.digest  # inline: the CID carries its bytes
+        try:
+            multihash(b"", cid.hash_code)
+        except CIDError:
+            raise BitswapError(
+                f"cannot verify {cid}: unsupported hash function 0x{cid.hash_code:x}"
+            ) from None
         local = self.blockstore.get_or_none(cid)
         if local is not None:
             return local

@@ -41,6 +41,7 @@ PeerEvent = Callable[[ID], None]
 OPEN_STREAM_TIMEOUT = 10.0
 WRITE_TIMEOUT = 30.0
 READ_CHUNK = 1 << 20
+NO_BITSWAP_RETRY = 30.0  # seconds before asking again a peer that refused a bitswap stream
 
 
 @dataclass
@@ -108,6 +109,7 @@ class BitswapNetwork:
         self.refuse: Callable[[ID], bool] | None = None  # peers to drop as soon as they connect
         self._senders: dict[tuple[ID, int], _Sender] = {}
         self._protocols: dict[ID, str] = {}
+        self._no_bitswap: dict[ID, float] = {}  # peer -> when opening a bitswap stream to it failed
         self._nursery: trio.Nursery | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[bool, ID]](10_000)
 
@@ -144,7 +146,13 @@ class BitswapNetwork:
         return bool(self.host.get_network().connections.get(peer))
 
     def connected_peers(self) -> list[ID]:
-        return [p for p, conns in self.host.get_network().connections.items() if conns]
+        """Connected peers, less those that recently refused a bitswap stream (they do not speak it)."""
+        horizon = trio.current_time() - NO_BITSWAP_RETRY
+        return [
+            p
+            for p, conns in self.host.get_network().connections.items()
+            if conns and self._no_bitswap.get(p, horizon) <= horizon
+        ]
 
     def protocol_of(self, peer: ID) -> str | None:
         """The bitswap protocol our outgoing stream to ``peer`` negotiated, if one is open."""
@@ -156,6 +164,7 @@ class BitswapNetwork:
 
     def _forget(self, peer: ID) -> None:
         self._protocols.pop(peer, None)
+        self._no_bitswap.pop(peer, None)
         for key in [k for k in self._senders if k[0] == peer]:
             del self._senders[key]
 
@@ -230,8 +239,13 @@ class BitswapNetwork:
                         raise BitswapError(f"cannot send a bitswap message to {peer}: {exc!r}") from None
 
     async def _open(self, peer: ID, sender: _Sender) -> INetStream:
-        with trio.fail_after(OPEN_STREAM_TIMEOUT):
-            stream = await self.host.new_stream(peer, [TProtocol(p) for p in PROTOCOLS])
+        try:
+            with trio.fail_after(OPEN_STREAM_TIMEOUT):
+                stream = await self.host.new_stream(peer, [TProtocol(p) for p in PROTOCOLS])
+        except Exception:
+            self._no_bitswap[peer] = trio.current_time()
+            raise
+        self._no_bitswap.pop(peer, None)
         self.stats.streams_opened += 1
         sender.stream = stream
         sender.protocol = str(stream.get_protocol())
