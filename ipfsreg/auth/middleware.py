@@ -1,0 +1,505 @@
+"""ASGI middleware enforcing authentication and per-repository rights in front of the registry app,
+and the built-in Docker token endpoint (``GET /auth/token``).
+
+Two schemes, chosen by the settings:
+
+- Basic (``registry.htpasswd``): credentials checked against the htpasswd file on every request,
+  rights from :class:`~ipfsreg.auth.policy.Policy`. No credentials: the anonymous rights, else
+  ``401`` with ``WWW-Authenticate: Basic``; wrong credentials: ``401``; a known user lacking the
+  right: ``403 DENIED``.
+- Bearer (``registry.token_key`` and/or ``registry.token_rootcertbundle``): every request carries
+  a JWT whose ``access`` claim lists the rights; a missing, invalid or insufficient token gets
+  ``401`` with ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` (with
+  ``error="insufficient_scope"`` as distribution does, so clients fetch a wider token). With
+  ``token_key`` the registry also serves ``/auth/token``, authenticating against htpasswd and
+  granting the requested scopes cut down to the policy.
+
+A cross-repository mount (``POST .../blobs/uploads/?mount=&from=``) is passed on only when the
+requester may pull ``from``; otherwise the mount parameters are removed and the registry opens
+an ordinary upload session (202), as distribution does. Mounts without ``from`` are removed too:
+they would let anyone who knows a digest link a blob out of a repository they cannot read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qsl
+
+import trio
+
+from ipfsreg.auth.htpasswd import Htpasswd, HtpasswdUnavailable
+from ipfsreg.auth.policy import (
+    ANONYMOUS_PRINCIPAL,
+    PULL,
+    Access,
+    AuthConfigError,
+    Need,
+    Policy,
+    Principal,
+    Resource,
+    is_mount,
+    need_for,
+    parse_scopes,
+    without_mount,
+)
+from ipfsreg.auth.token import (
+    InvalidToken,
+    PublicKey,
+    TokenIssuer,
+    TokenVerifier,
+    load_private_key,
+    load_public_keys,
+)
+from ipfsreg.registry.settings import RegistrySettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH: Final = "/auth/token"
+API_VERSION: Final = (b"docker-distribution-api-version", b"registry/2.0")
+DRAIN_IDLE_SECONDS: Final = 30.0
+
+
+class _Rights(Protocol):
+    """What an authenticated (or anonymous) requester may do."""
+
+    @property
+    def authenticated(self) -> bool: ...
+
+    def allows(self, resource: Resource, action: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _PolicyRights:
+    policy: Policy
+    principal: Principal
+
+    @property
+    def authenticated(self) -> bool:
+        return not self.principal.anonymous
+
+    def allows(self, resource: Resource, action: str) -> bool:
+        return self.policy.allows(self.principal, resource, action)
+
+
+@dataclass(frozen=True)
+class _TokenRights:
+    access: tuple[Access, ...]
+    authenticated: bool = True
+
+    def allows(self, resource: Resource, action: str) -> bool:
+        return any(a.resource == resource and action in a.actions for a in self.access)
+
+
+class _Refused(Exception):
+    """Credentials were presented and are wrong (or cannot be checked)."""
+
+    def __init__(self, reason: str, *, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """``Basic base64(user:password)`` -> (user, password); None when it is not a Basic header.
+
+    Raises :class:`ValueError` for a Basic header that does not decode.
+    """
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError("malformed Basic credentials") from exc
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        raise ValueError("malformed Basic credentials")
+    return user, password
+
+
+def bearer_token(header: str) -> str | None:
+    scheme, _, value = header.strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class AuthApp:
+    """ASGI middleware: ``AuthApp(app, ...)``; build it with :func:`auth_app` from the settings."""
+
+    def __init__(
+        self,
+        app: Any,
+        policy: Policy,
+        *,
+        htpasswd: Htpasswd | None = None,
+        realm: str = "ipfsreg",
+        verifier: TokenVerifier | None = None,
+        issuer: TokenIssuer | None = None,
+        token_realm: str = "",
+        service: str = "ipfsreg",
+    ) -> None:
+        if issuer is not None and (verifier is None or htpasswd is None):
+            raise AuthConfigError("the token endpoint needs a verifier and an htpasswd file")
+        if verifier is None and htpasswd is None:
+            raise AuthConfigError("authentication needs an htpasswd file or token keys")
+        self.app = app
+        self.policy = policy
+        self.htpasswd = htpasswd
+        self.realm = realm
+        self.verifier = verifier
+        self.issuer = issuer
+        self.token_realm = token_realm
+        self.service = service
+
+    @property
+    def bearer(self) -> bool:
+        return self.verifier is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan
+            return
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET").upper()
+        query: bytes = scope.get("query_string", b"")
+        head = method == "HEAD"
+        if path == TOKEN_PATH and self.issuer is not None:
+            await self._token_endpoint(scope, receive, send)
+            return
+        need = need_for(method, path, query)
+        try:
+            rights = await self._authenticate(scope)
+        except _Refused as refused:
+            if refused.status == 401:
+                error = "invalid_token" if self.bearer else None
+                await self._challenge(scope, receive, send, need, refused.reason, error=error)
+            else:
+                await self._respond_error(
+                    receive, send, refused.status, "UNAVAILABLE", refused.reason, {}, head=head
+                )
+            return
+        if need.kind == "name_invalid" or need.kind == "login":
+            if not rights.authenticated:
+                await self._challenge(scope, receive, send, need, "authentication required")
+                return
+            if need.kind == "name_invalid":
+                await self._respond_error(
+                    receive, send, 400, "NAME_INVALID", "invalid repository name", {}, head=head
+                )
+                return
+        else:
+            assert need.resource is not None
+            if not rights.allows(need.resource, need.action):
+                if rights.authenticated and not self.bearer:
+                    detail = {"type": need.resource.type, "name": need.resource.name, "action": need.action}
+                    await self._respond_error(
+                        receive,
+                        send,
+                        403,
+                        "DENIED",
+                        "requested access to the resource is denied",
+                        {},
+                        head=head,
+                        detail=detail,
+                    )
+                else:
+                    error = "insufficient_scope" if self.bearer and rights.authenticated else None
+                    await self._challenge(scope, receive, send, need, "authentication required", error=error)
+                return
+            if is_mount(query) and not (need.mount_from is not None and rights.allows(need.mount_from, PULL)):
+                scope = dict(scope)
+                scope["query_string"] = without_mount(query)
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope) -> _Rights:
+        header = _header(scope, b"authorization")
+        if self.verifier is not None:
+            token = bearer_token(header) if header else None
+            if token is None:
+                # No token (or Basic credentials sent to a token registry): get one first.
+                return _TokenRights((), authenticated=False)
+            try:
+                verified = self.verifier.verify(token)
+            except InvalidToken as exc:
+                raise _Refused(f"invalid token: {exc}") from exc
+            return _TokenRights(verified.access)
+        assert self.htpasswd is not None
+        principal = await self._basic_principal(header)
+        return _PolicyRights(self.policy, principal)
+
+    async def _basic_principal(self, header: str) -> Principal:
+        assert self.htpasswd is not None
+        if not header:
+            return ANONYMOUS_PRINCIPAL
+        try:
+            credentials = basic_credentials(header)
+        except ValueError as exc:
+            raise _Refused(str(exc)) from exc
+        if credentials is None:
+            raise _Refused("unsupported authorization scheme")
+        user, password = credentials
+        try:
+            ok = await self.htpasswd.verify(user, password)
+        except HtpasswdUnavailable as exc:
+            raise _Refused("user database unavailable", status=503) from exc
+        if not ok:
+            raise _Refused("invalid username or password")
+        return Principal(user)
+
+    def _challenge_header(self, scope: Scope, need: Need, error: str | None) -> str:
+        if not self.bearer:
+            return f"Basic realm={_quote(self.realm)}"
+        realm = self.token_realm or _own_url(scope) + TOKEN_PATH
+        parts = [f"realm={_quote(realm)}", f"service={_quote(self.service)}"]
+        scopes = need.challenge_scopes()
+        if scopes:
+            parts.append(f"scope={_quote(' '.join(scopes))}")
+        if error is not None:
+            parts.append(f"error={_quote(error)}")
+        return "Bearer " + ",".join(parts)
+
+    async def _challenge(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        need: Need,
+        message: str,
+        *,
+        error: str | None = None,
+    ) -> None:
+        detail: Any = None
+        if need.resource is not None:
+            detail = [{"Type": need.resource.type, "Name": need.resource.name, "Action": need.action}]
+        await self._respond_error(
+            receive,
+            send,
+            401,
+            "UNAUTHORIZED",
+            message,
+            {"www-authenticate": self._challenge_header(scope, need, error)},
+            head=scope.get("method", "").upper() == "HEAD",
+            detail=detail,
+        )
+
+    async def _respond_error(
+        self,
+        receive: Receive,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str],
+        *,
+        head: bool,
+        detail: Any = None,
+    ) -> None:
+        entry: dict[str, Any] = {"code": code, "message": message}
+        if detail is not None:
+            entry["detail"] = detail
+        body = json.dumps({"errors": [entry]}).encode()
+        await _send_response(receive, send, status, body, "application/json", headers, head=head)
+
+    # --- the token endpoint -------------------------------------------------------------------
+
+    async def _token_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.issuer is not None and self.htpasswd is not None
+        method = scope.get("method", "GET").upper()
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            await _send_json(
+                receive,
+                send,
+                405,
+                _oauth_error("unsupported_method", "use GET"),
+                head=head,
+                headers={"allow": "GET, HEAD"},
+            )
+            return
+        params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        services = {v for k, v in params if k == "service"}
+        if services and services != {self.service}:
+            await _send_json(
+                receive,
+                send,
+                400,
+                _oauth_error("invalid_request", f"unknown service {sorted(services)}"),
+                head=head,
+            )
+            return
+        try:
+            principal = await self._basic_principal(_header(scope, b"authorization"))
+        except _Refused as refused:
+            await _send_json(
+                receive,
+                send,
+                refused.status,
+                _oauth_error(
+                    "invalid_grant" if refused.status == 401 else "temporarily_unavailable", refused.reason
+                ),
+                head=head,
+                headers={"www-authenticate": f"Basic realm={_quote(self.realm)}"}
+                if refused.status == 401
+                else {},
+            )
+            return
+        accounts = {v for k, v in params if k == "account" and v}
+        if accounts and not principal.anonymous and accounts != {principal.name}:
+            await _send_json(
+                receive,
+                send,
+                400,
+                _oauth_error("invalid_request", "account does not match the credentials"),
+                head=head,
+            )
+            return
+        requested = parse_scopes(v for k, v in params if k == "scope")
+        granted = self.policy.grant(principal, requested)
+        issued = self.issuer.issue(principal.name, granted)
+        stamp = datetime.fromtimestamp(issued.issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": stamp,
+        }
+        log.info(
+            "token for %s: %s", principal.name or "anonymous", " ".join(a.scope() for a in granted) or "-"
+        )
+        await _send_json(receive, send, 200, body, head=head)
+
+
+def _oauth_error(error: str, description: str) -> dict[str, str]:
+    return {"error": error, "error_description": description}
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def _own_url(scope: Scope) -> str:
+    """``scheme://host`` this request reached (for the built-in token realm)."""
+    scheme = scope.get("scheme", "http")
+    host = _header(scope, b"host")
+    if not host:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scheme}://{host}"
+
+
+async def _send_json(
+    receive: Receive,
+    send: Send,
+    status: int,
+    doc: Any,
+    *,
+    head: bool,
+    headers: dict[str, str] | None = None,
+) -> None:
+    body = json.dumps(doc).encode()
+    await _send_response(receive, send, status, body, "application/json", headers or {}, head=head)
+
+
+async def _send_response(
+    receive: Receive,
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str],
+    *,
+    head: bool,
+) -> None:
+    """Answer without the app; then read away any request body the client is still sending (the
+    server must not be left with an unread body), closing the connection after it."""
+    raw = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        API_VERSION,
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+    await _drain(receive)
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        with trio.move_on_after(DRAIN_IDLE_SECONDS):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                return
+            continue
+        return
+
+
+def auth_enabled(settings: RegistrySettings) -> bool:
+    return bool(settings.htpasswd or settings.token_key or settings.token_rootcertbundle)
+
+
+def auth_app(app: Any, settings: RegistrySettings) -> Any:
+    """``app`` behind :class:`AuthApp` as ``settings`` ask, or ``app`` itself when auth is off.
+
+    Raises :class:`AuthConfigError` (at startup) for unusable rules, users file or keys, and for
+    access rules or anonymous pull given without any way to authenticate.
+    """
+    if not auth_enabled(settings):
+        if settings.access or settings.anonymous_pull:
+            raise AuthConfigError(
+                "registry.access / registry.anonymous_pull need registry.htpasswd or token keys"
+            )
+        return app
+    policy = Policy.from_settings(settings.access, anonymous_pull=settings.anonymous_pull)
+    htpasswd = Htpasswd(settings.htpasswd) if settings.htpasswd is not None else None
+    issuer: TokenIssuer | None = None
+    keys: list[PublicKey] = []
+    if settings.token_key is not None:
+        if htpasswd is None:
+            raise AuthConfigError("registry.token_key (the /auth/token endpoint) needs registry.htpasswd")
+        private = load_private_key(settings.token_key)
+        issuer = TokenIssuer(
+            private,
+            issuer=settings.token_issuer,
+            service=settings.token_service,
+            expiration=settings.token_expiration,
+        )
+        keys.append(private.public_key())
+    if settings.token_rootcertbundle is not None:
+        keys.extend(load_public_keys(settings.token_rootcertbundle))
+    verifier = (
+        TokenVerifier(keys, issuer=settings.token_issuer, service=settings.token_service) if keys else None
+    )
+    return AuthApp(
+        app,
+        policy,
+        htpasswd=htpasswd,
+        realm=settings.auth_realm,
+        verifier=verifier,
+        issuer=issuer,
+        token_realm=settings.token_realm,
+        service=settings.token_service,
+    )
+
+
+__all__: Sequence[str] = ("AuthApp", "auth_app", "auth_enabled", "basic_credentials", "bearer_token")
