@@ -107,40 +107,54 @@ async def collect_garbage(
         first_roots = [root for source in root_sources for root in source()]
         for root in first_roots:
             await marker.mark(root)
-        # --- from here to the end: synchronous, so no commit interleaves ---------------------
-        final_roots = [root for source in root_sources for root in source()]
-        for root in final_roots:
-            marker.mark_sync(root)
-        report.roots = len({r.multihash for r in final_roots})
-        report.marked = len(marker.marked)
-        keep = marker.marked | written | store.leased()
-        doomed: set[bytes] = set()
-        for mh in store.blocks.iter_multihashes():
-            if mh in keep:
-                if mh not in marker.marked:
-                    report.kept_recent += 1
-                continue
-            doomed.add(mh)
-        for mh in doomed:
-            size = store.blocks.size(CID.v1(RAW, mh)) or 0
-            report.removed_bytes += size
-            if dry_run:
-                report.removed.append(str(CID.v1(RAW, mh)))
-        report.removed_blocks = len(doomed)
-        batch = store.batch(sync=True)
-        try:
-            for mh in doomed:
-                batch.delete_block(CID.v1(RAW, mh))
-            if forget is not None:
-                report.forgotten_blobs = forget(batch, doomed)
-        except BaseException:
-            batch.discard()
-            raise
-        if dry_run:
-            batch.discard()
-        else:
-            batch.commit()
+        # --- from here to the end: synchronous on this thread, and holding the commit lock so no
+        # --- worker thread commits either: no new root can appear between re-mark and sweep.
+        with store.exclusive():
+            _finish(store, root_sources, marker, written, report, forget, dry_run)
     return report
+
+
+def _finish(
+    store: Datastore,
+    root_sources: Sequence[RootSource],
+    marker: _Marker,
+    written: set[bytes],
+    report: GcReport,
+    forget: Forgetter | None,
+    dry_run: bool,
+) -> None:
+    final_roots = [root for source in root_sources for root in source()]
+    for root in final_roots:
+        marker.mark_sync(root)
+    report.roots = len({r.multihash for r in final_roots})
+    report.marked = len(marker.marked)
+    keep = marker.marked | written | store.leased()
+    doomed: set[bytes] = set()
+    for mh in store.blocks.iter_multihashes():
+        if mh in keep:
+            if mh not in marker.marked:
+                report.kept_recent += 1
+            continue
+        doomed.add(mh)
+    for mh in doomed:
+        size = store.blocks.size(CID.v1(RAW, mh)) or 0
+        report.removed_bytes += size
+        if dry_run:
+            report.removed.append(str(CID.v1(RAW, mh)))
+    report.removed_blocks = len(doomed)
+    batch = store.batch(sync=True)
+    try:
+        for mh in doomed:
+            batch.delete_block(CID.v1(RAW, mh))
+        if forget is not None:
+            report.forgotten_blobs = forget(batch, doomed)
+    except BaseException:
+        batch.discard()
+        raise
+    if dry_run:
+        batch.discard()
+    else:
+        batch.commit()
 
 
 def registry_roots(store: Datastore, registry: RegistryStore) -> tuple[list[RootSource], Forgetter]:

@@ -179,3 +179,46 @@ def test_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataDirLocked):
         Datastore.open(tmp_path)
     ds.close()
+
+
+def test_concurrent_commits_from_threads_count_each_block_once(store: Datastore) -> None:
+    import threading
+
+    blocks = [(CID.hash(i.to_bytes(4, "big") * 64), i.to_bytes(4, "big") * 64) for i in range(400)]
+
+    def writer(offset: int) -> None:
+        for start in range(offset, len(blocks), 50):
+            with store.batch() as batch:
+                for cid, data in blocks[start : start + 50]:
+                    batch.put_block(cid, data)
+
+    threads = [threading.Thread(target=writer, args=(0,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.blocks.count == len(blocks)
+    assert store.blocks.total_size == sum(len(d) for _, d in blocks)
+
+
+def test_write_tracking_sees_puts_and_re_puts_but_not_deletes(store: Datastore) -> None:
+    old = CID.hash(b"old")
+    store.blocks.put(old, b"old")
+    with store.track_writes() as written:
+        new = CID.hash(b"new")
+        store.blocks.put(new, b"new")
+        store.blocks.put(old, b"old")
+        store.blocks.delete(CID.hash(b"old"))
+    store.blocks.put(CID.hash(b"after"), b"after")
+    assert written == {new.multihash, old.multihash}
+
+
+def test_leases_nest_and_release(store: Datastore) -> None:
+    a, b = CID.hash(b"a"), CID.hash(b"b")
+    with store.lease([a]) as outer:
+        with store.lease([a, b]):
+            assert store.leased() == {a.multihash, b.multihash}
+        assert store.leased() == {a.multihash}
+        outer.add(b)
+        assert store.leased() == {a.multihash, b.multihash}
+    assert store.leased() == set()
