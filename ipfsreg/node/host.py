@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 from collections.abc import Sequence
 
 import trio
@@ -77,9 +78,37 @@ def with_peer_id(addr: Multiaddr | str, peer_id: ID | str) -> str:
     return text if text.endswith(suffix) else text + suffix
 
 
+def local_ipv4_addresses() -> list[str]:
+    """This machine's IPv4 interface addresses, loopback first."""
+    import psutil
+
+    found = {
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and a.address
+    }
+    return sorted(found, key=lambda ip: (not ip.startswith("127."), ip))
+
+
+def expand_unspecified(addr: str) -> list[str]:
+    """``/ip4/0.0.0.0/...`` (listen on every interface) as one dialable address per interface."""
+    prefix = "/ip4/0.0.0.0/"
+    if not addr.startswith(prefix):
+        return [addr]
+    rest = addr[len(prefix) :]
+    return [f"/ip4/{ip}/{rest}" for ip in local_ipv4_addresses()] or [addr]
+
+
 def host_listen_addrs(host: IHost) -> list[str]:
-    """The addresses the host listens on, each with /p2p/<id>."""
-    return [with_peer_id(a, host.get_id()) for a in host.get_addrs()]
+    """The addresses the host listens on (0.0.0.0 expanded per interface), each with /p2p/<id>."""
+    result: list[str] = []
+    for addr in host.get_addrs():
+        for expanded in expand_unspecified(str(addr)):
+            full = with_peer_id(expanded, host.get_id())
+            if full not in result:
+                result.append(full)
+    return result
 
 
 async def connect(host: IHost, addr: str, *, dial_timeout: float = CONNECT_TIMEOUT) -> ID:

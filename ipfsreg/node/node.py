@@ -27,7 +27,15 @@ from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.bitswap.server import BitswapServer
 from ipfsreg.node.blocksource import NetworkBlockSource
 from ipfsreg.node.errors import NodeError, ProtocolViolation
-from ipfsreg.node.host import Peering, build_host, connect, host_listen_addrs, parse_multiaddr, with_peer_id
+from ipfsreg.node.host import (
+    Peering,
+    build_host,
+    connect,
+    expand_unspecified,
+    host_listen_addrs,
+    parse_multiaddr,
+    with_peer_id,
+)
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.settings import NodeSettings
 
@@ -95,7 +103,11 @@ class Node:
         """Full multiaddrs (with /p2p/<id>) this node listens on; the configured ones before it runs."""
         if self._running:
             return host_listen_addrs(self.host)
-        return [with_peer_id(a, self.peer_id) for a in self.settings.p2p_listen]
+        return [
+            with_peer_id(expanded, self.peer_id)
+            for addr in self.settings.p2p_listen
+            for expanded in expand_unspecified(addr)
+        ]
 
     async def connect(self, multiaddr: str) -> str:
         """Dial a peer (multiaddr ending in /p2p/<id>); returns its peer ID. NodeError on failure."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ipfsreg.node.errors import NodeError
-from ipfsreg.node.host import parse_peer_addr, with_peer_id
+from ipfsreg.node.host import expand_unspecified, parse_peer_addr, with_peer_id
 from ipfsreg.node.identity import IDENTITY_FILE, load_identity, load_or_create_identity
 from ipfsreg.node.testing import Nodes, wait_until
 
@@ -84,3 +84,10 @@ def test_bad_configured_peer_is_refused_at_startup(tmp_path: Path) -> None:
 
     with Datastore.open(tmp_path) as datastore, pytest.raises(NodeError, match="does not name a peer"):
         Node(datastore, NodeSettings(peers=["/ip4/127.0.0.1/tcp/4001"]), Identity.generate())
+
+
+def test_listening_on_every_interface_is_reported_as_dialable_addresses() -> None:
+    expanded = expand_unspecified("/ip4/0.0.0.0/tcp/4001")
+    assert expanded[0] == "/ip4/127.0.0.1/tcp/4001"
+    assert all(a.endswith("/tcp/4001") and "0.0.0.0" not in a for a in expanded)
+    assert expand_unspecified("/ip4/127.0.0.1/tcp/4001") == ["/ip4/127.0.0.1/tcp/4001"]
