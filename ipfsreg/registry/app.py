@@ -21,10 +21,11 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from ipfsreg.blockstore import BlockstoreError, Datastore
+from ipfsreg.gateway.routes import SourceFactory
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.handlers import blobs, catalog, manifests, referrers, tags, uploads
+from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
-from ipfsreg.registry.names import check_name
+from ipfsreg.registry.names import check_name, ipfs_repository_cid
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
@@ -205,6 +206,9 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
         return await get_base(ctx, req)
     if route.kind == "catalog":
         return await catalog.list_catalog(ctx, req)
+    ipfs_root = ipfs_repository_cid(route.name)
+    if ipfs_root is not None:
+        return await ipfs.dispatch(ctx, req, route, ipfs_root)
     check_name(route.name)
     handler = _HANDLERS[(route.kind, method)]
     if route.kind in ("uploads", "tags"):
@@ -218,8 +222,13 @@ def create_app(
     *,
     block_source: BlockSource | None = None,
     import_options: ImportOptions | None = None,
+    source_factory: SourceFactory | None = None,
 ) -> RegistryApp:
-    """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks)."""
+    """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks).
+
+    Pulls by CID (``ipfs/<cid>`` repositories) open a source per request from ``source_factory``
+    (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
+    """
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
     store = RegistryStore(
@@ -230,7 +239,7 @@ def create_app(
         upload_ttl=settings.upload_session_ttl,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    ctx = Context(store, settings)
+    ctx = Context(store, settings, source_factory)
     app = RegistryApp(__name__)
     app.peak_body_buffered = 0
     app.config.update(

@@ -1,10 +1,11 @@
-"""Repository-name and tag grammar of the distribution spec, as pure checks."""
+"""Repository-name and tag grammar of the distribution spec, and ``ipfs/<cid>`` names, as pure checks."""
 
 from __future__ import annotations
 
 import re
 from typing import Final
 
+from ipfsreg.cid import CID, CIDError
 from ipfsreg.registry.errors import RegistryError
 
 _COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -26,3 +27,36 @@ def check_name(name: str) -> str:
 
 def is_valid_tag(tag: str) -> bool:
     return TAG_RE.fullmatch(tag) is not None
+
+
+IPFS_PREFIX: Final = "ipfs/"
+
+
+def ipfs_repository_cid(name: str) -> CID | None:
+    """The CID of an ``ipfs/<cid>`` repository name (an image directory pulled by CID), else None.
+
+    Docker's reference grammar allows lowercase only, so the CID must be CIDv1 in base32; a CIDv0
+    (``Qm...``) or another base gets NAME_INVALID with the name to use instead.
+    """
+    if not name.startswith(IPFS_PREFIX):
+        return None
+    text = name[len(IPFS_PREFIX) :]
+    try:
+        cid = CID.parse(text)
+    except CIDError:
+        raise RegistryError(
+            "NAME_INVALID", {"name": name[:300], "reason": "ipfs/<cid> repositories need a valid CID"}
+        ) from None
+    canonical = ipfs_repository_name(cid)
+    if canonical != name:
+        raise RegistryError(
+            "NAME_INVALID",
+            {"name": name[:300], "reason": f"use the CIDv1 base32 form of the CID: {canonical}"},
+            message="repository names are lowercase: pull an image by CID as ipfs/<CIDv1 base32>",
+        )
+    return cid
+
+
+def ipfs_repository_name(cid: CID) -> str:
+    """``ipfs/<CIDv1 base32>``: the repository that serves the image directory ``cid``."""
+    return IPFS_PREFIX + str(cid.to_v1())

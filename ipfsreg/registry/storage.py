@@ -10,6 +10,9 @@ make it visible commit in one atomic batch):
 - ``reg.referrers``  ``<repo>\\0<subject digest>\\0<digest>`` -> JSON descriptor
 - ``reg.repos``      ``<repo>`` -> b""                                    (catalog)
 - ``reg.uploads``    ``<uuid>`` -> len(meta) + JSON meta + importer snapshot
+- ``reg.images``     ``<repo>\\0<tag>`` -> JSON {digest, cid}: the tag's image published on IPFS, an
+  OCI Image Layout directory over the blob DAGs (written in the same batch as the tag move, so a tag
+  never points at a stale image directory; a tag whose image cannot be laid out has no entry)
 
 Uploads stream through the sha256 hasher and the UnixFS importer in worker threads (hashlib and
 the importer release the GIL on large buffers); the resulting blocks are written on the trio
@@ -21,6 +24,7 @@ the importer and re-hashing the bytes already stored (``written_subtrees`` + ``b
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 import uuid as uuidlib
@@ -32,12 +36,17 @@ import trio
 
 from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
 from ipfsreg.cid import CID, decode_varint, encode_varint
+from ipfsreg.oci.blobs import layout_blob
+from ipfsreg.oci.errors import LayoutError
+from ipfsreg.oci.layout import LayoutBlob, LayoutResult, build_image_layout
 from ipfsreg.registry.digests import Digest, Hasher, new_hasher, parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.manifest import ParsedManifest, parse_manifest, referrer_descriptor
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource, read_file
 from ipfsreg.unixfs.importer import Block, FileImporter, ImportOptions, import_bytes
+
+log = logging.getLogger(__name__)
 
 _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
@@ -62,6 +71,16 @@ class ManifestInfo:
     media_type: str
     subject: str | None = None
     children: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A tag's image on IPFS: ``cid`` is its OCI Image Layout directory."""
+
+    name: str
+    tag: str
+    digest: Digest
+    cid: CID
 
 
 @dataclass
@@ -94,6 +113,17 @@ def _rkey(repo: str, *parts: str) -> bytes:
     return _SEP.join([repo.encode(), *(p.encode() for p in parts)])
 
 
+# Index encodings shared with images.py (pulls record what they fetched in the same keyspaces).
+encode_blob_value = _blob_value
+repo_key = _rkey
+
+
+def _decode_image(key: bytes, raw: bytes) -> ImageInfo:
+    repo, tag = key.split(_SEP, 1)
+    value = json.loads(raw)
+    return ImageInfo(repo.decode(), tag.decode(), parse_digest(value["digest"]), CID.parse(value["cid"]))
+
+
 class RegistryStore:
     """Everything the HTTP handlers need from storage, over one :class:`Datastore`."""
 
@@ -121,6 +151,7 @@ class RegistryStore:
         self.referrers = datastore.keyspace("reg.referrers")
         self.repos = datastore.keyspace("reg.repos")
         self.uploads = datastore.keyspace("reg.uploads")
+        self.images = datastore.keyspace("reg.images")
         self._live: dict[str, Upload] = {}
 
     # --- blobs ---------------------------------------------------------------------------
@@ -487,9 +518,9 @@ class RegistryStore:
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": str(reference)})
         return info
 
-    def _import_bytes(self, data: bytes) -> tuple[list[Block], CID, int]:
+    def _import_bytes(self, data: bytes) -> tuple[list[Block], CID, int, int]:
         blocks, result = import_bytes(data, self.import_options)
-        return blocks, result.cid, result.size
+        return blocks, result.cid, result.size, result.dag_size
 
     async def put_manifest(
         self, repo: str, body: bytes, content_type: str | None, *, tag: str | None, digest: Digest | None
@@ -510,11 +541,16 @@ class RegistryStore:
                 raise RegistryError("MANIFEST_BLOB_UNKNOWN", {"digest": str(child.digest)})
         existing = self.blob_info(actual)
         blocks: list[Block] = []
+        fresh: dict[str, LayoutBlob] = {}
         if existing is None:
-            blocks, cid, size = await trio.to_thread.run_sync(self._import_bytes, body)
+            blocks, cid, size, dag_size = await trio.to_thread.run_sync(self._import_bytes, body)
             stored = BlobInfo(actual, cid, size)
+            fresh[str(actual)] = LayoutBlob(str(actual), parsed.media_type, size, cid, dag_size)
         else:
             stored = existing
+        layout = None
+        if tag is not None:
+            layout = await self._try_image_layout(repo, tag, actual, body, parsed.media_type, fresh)
         meta: dict[str, Any] = {"mediaType": parsed.media_type, "size": len(body)}
         if parsed.subject is not None:
             meta["subject"] = str(parsed.subject.digest)
@@ -530,6 +566,7 @@ class RegistryStore:
             batch.put(self.manifests, _rkey(repo, str(actual)), json.dumps(meta).encode())
             if tag is not None:
                 batch.put(self.tags, _rkey(repo, tag), actual.key())
+                self._put_image(batch, repo, tag, actual, layout)
             if parsed.subject is not None:
                 descriptor = referrer_descriptor(parsed, actual, len(body))
                 batch.put(
@@ -539,6 +576,112 @@ class RegistryStore:
                 )
             batch.put(self.repos, repo.encode(), b"")
         return actual, parsed
+
+    # --- images on IPFS ------------------------------------------------------------------
+
+    async def _stored_layout_blob(self, digest: Digest, media_type: str) -> LayoutBlob:
+        info = self.blob_info(digest)
+        if info is None:
+            raise LayoutError(f"blob {digest} is not stored")
+        return await layout_blob(self.local_source, str(digest), media_type, info.size, info.cid)
+
+    async def image_layout(
+        self,
+        repo: str,
+        tag: str,
+        digest: Digest,
+        body: bytes,
+        media_type: str,
+        fresh: dict[str, LayoutBlob] | None = None,
+    ) -> LayoutResult:
+        """The OCI Image Layout of manifest ``digest`` (bytes ``body``) tagged ``tag``, over stored blobs.
+
+        ``fresh`` describes blobs whose blocks are not stored yet (the manifest being pushed).
+        Raises LayoutError when a referenced blob or child manifest is not available locally.
+        """
+        blobs: dict[str, LayoutBlob] = dict(fresh or {})
+        bodies: dict[str, bytes] = {str(digest): body}
+        if str(digest) not in blobs:
+            blobs[str(digest)] = await self._stored_layout_blob(digest, media_type)
+        stack = [(body, media_type)]
+        while stack:
+            manifest_body, manifest_type = stack.pop()
+            try:
+                parsed = parse_manifest(manifest_body, manifest_type)
+            except RegistryError as exc:
+                raise LayoutError(f"a manifest of the image is invalid: {exc}") from None
+            for blob in parsed.blobs:
+                if str(blob.digest) not in blobs:
+                    blobs[str(blob.digest)] = await self._stored_layout_blob(blob.digest, blob.media_type)
+            for child in parsed.manifests:
+                key = str(child.digest)
+                if key in bodies:
+                    continue
+                if self.manifests.get(_rkey(repo, key)) is None:
+                    raise LayoutError(f"child manifest {key} is not in {repo}")
+                child_blob = await self._stored_layout_blob(child.digest, child.media_type)
+                blobs[key] = child_blob
+                bodies[key] = await self._read_local(child_blob.cid)
+                stack.append((bodies[key], child.media_type))
+        top = blobs[str(digest)]
+        manifest = LayoutBlob(top.digest, media_type, top.size, top.cid, top.dag_size)
+        return build_image_layout(manifest, tag, blobs, bodies, self.import_options)
+
+    async def _read_local(self, cid: CID) -> bytes:
+        return b"".join([chunk async for chunk in read_file(self.local_source, cid)])
+
+    async def _try_image_layout(
+        self, repo: str, tag: str, digest: Digest, body: bytes, media_type: str, fresh: dict[str, LayoutBlob]
+    ) -> LayoutResult | None:
+        try:
+            return await self.image_layout(repo, tag, digest, body, media_type, fresh)
+        except (LayoutError, BlockstoreError, UnixFSError) as exc:
+            # The tag still moves (the push is valid); it just has no IPFS image until its blobs are back.
+            log.warning("%s:%s (%s) is not published on IPFS: %s", repo, tag, digest, exc)
+            return None
+
+    def _put_image(
+        self, batch: WriteBatch, repo: str, tag: str, digest: Digest, layout: LayoutResult | None
+    ) -> None:
+        """In the tag move's batch: store the layout's new blocks and point the tag's image at it."""
+        key = _rkey(repo, tag)
+        if layout is None:
+            batch.delete(self.images, key)
+            return
+        for block in layout.blocks:
+            batch.put_block(block.cid, block.data, verify=False)
+        value = {"digest": str(digest), "cid": str(layout.root)}
+        batch.put(self.images, key, json.dumps(value).encode())
+
+    async def publish(self, repo: str, tag: str) -> CID:
+        """(Re)build and store the image directory of ``repo:tag``; return its CID.
+
+        Raises MANIFEST_UNKNOWN for an unknown tag and LayoutError when the image's blobs are not all
+        stored locally. The tag is re-read just before the commit: if a push moved it meanwhile, the
+        new target is published instead, so the entry always matches the tag.
+        """
+        while True:
+            info = self.resolve(repo, tag)
+            body = await self._read_local(info.cid)
+            layout = await self.image_layout(repo, tag, info.digest, body, info.media_type)
+            if self.resolve_tag(repo, tag) != info.digest:
+                continue
+            with self.datastore.batch(sync=True) as batch:
+                self._put_image(batch, repo, tag, info.digest, layout)
+            return layout.root
+
+    def image(self, repo: str, tag: str) -> ImageInfo | None:
+        raw = self.images.get(_rkey(repo, tag))
+        return None if raw is None else _decode_image(_rkey(repo, tag), raw)
+
+    def image_cid(self, repo: str, tag: str) -> CID | None:
+        """The CID of ``repo:tag``'s image directory, or None if it is not published."""
+        image = self.image(repo, tag)
+        return None if image is None else image.cid
+
+    def list_images(self) -> list[ImageInfo]:
+        """Every published image: name, tag, manifest digest and directory CID, by name then tag."""
+        return [_decode_image(key, raw) for key, raw in self.images.items()]
 
     def delete_manifest(self, repo: str, digest: Digest) -> None:
         """Delete a manifest by digest with every tag pointing to it and its referrers entry."""
@@ -550,6 +693,7 @@ class RegistryStore:
             for key, value in self.tags.items(_rkey(repo, "")):
                 if value == digest.key():
                     batch.delete(self.tags, key)
+                    batch.delete(self.images, key)
             if info.subject is not None:
                 batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
 
@@ -558,6 +702,7 @@ class RegistryStore:
             raise RegistryError("MANIFEST_UNKNOWN", {"tag": tag})
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
+            batch.delete(self.images, _rkey(repo, tag))
 
     # --- garbage collection support -----------------------------------------------------
 
@@ -583,6 +728,8 @@ class RegistryStore:
         for key, raw in self.blobs.items():
             if key in referenced:
                 yield _decode_blob_value(parse_digest(key.decode()), raw).cid
+        for key, raw in self.images.items():
+            yield _decode_image(key, raw).cid
         for _, raw in self.uploads.items():
             (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
             importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])

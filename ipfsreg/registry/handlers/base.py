@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 from quart import Request, Response
 
+from ipfsreg.gateway.routes import SourceFactory, open_source
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.unixfs.exporter import BlockSource
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 
@@ -21,6 +24,12 @@ API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 class Context:
     store: RegistryStore
     settings: RegistrySettings
+    source_factory: SourceFactory | None = None
+    """Per-request block sources for pulls by CID (each pull its own bitswap session); None: the store's."""
+
+    def open_source(self) -> AbstractAsyncContextManager[BlockSource]:
+        factory: SourceFactory = self.source_factory or (lambda: self.store.block_source)
+        return open_source(factory)
 
 
 def make_response(

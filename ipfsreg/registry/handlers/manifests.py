@@ -1,9 +1,12 @@
-"""``/v2/<name>/manifests/<reference>``: GET/HEAD with Accept negotiation, PUT with validation, DELETE."""
+"""``/v2/<name>/manifests/<reference>``: GET/HEAD with Accept negotiation, PUT with validation, DELETE.
+
+Responses by tag carry ``X-Ipfs-Path: /ipfs/<cid>`` of the tag's published image directory."""
 
 from __future__ import annotations
 
 from quart import Request, Response
 
+from ipfsreg.cid import CID
 from ipfsreg.registry.digests import Digest, is_digest_like, parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response, read_body
@@ -12,7 +15,7 @@ from ipfsreg.registry.names import is_valid_tag
 from ipfsreg.registry.storage import ManifestInfo
 
 
-def _reference(reference: str) -> str | Digest:
+def parse_reference(reference: str) -> str | Digest:
     """A digest, or a tag (checked against the tag grammar)."""
     if ":" in reference or is_digest_like(reference):
         return parse_digest(reference)
@@ -21,18 +24,21 @@ def _reference(reference: str) -> str | Digest:
     return reference
 
 
-def _manifest_headers(info: ManifestInfo) -> dict[str, str]:
-    return {
+def _manifest_headers(info: ManifestInfo, image: CID | None) -> dict[str, str]:
+    """By digest X-Ipfs-Path is the manifest's own DAG; by tag it is the tag's image directory."""
+    headers = {
         "Content-Type": info.media_type,
         "Docker-Content-Digest": str(info.digest),
         "ETag": f'"{info.digest}"',
-        "X-Ipfs-Path": f"/ipfs/{info.cid}",
     }
+    if image is not None:
+        headers["X-Ipfs-Path"] = f"/ipfs/{image}"
+    return headers
 
 
 async def get_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
     try:
-        ref = _reference(reference)
+        ref = parse_reference(reference)
     except RegistryError as exc:
         if exc.code == "MANIFEST_INVALID":
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
@@ -51,7 +57,7 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
                 {"reference": reference[:150], "reason": f"{info.media_type} not in Accept"},
             )
         info, body = child_info, None
-    headers = _manifest_headers(info)
+    headers = _manifest_headers(info, info.cid if isinstance(ref, Digest) else ctx.store.image_cid(name, ref))
     if request.method == "HEAD":
         return make_response(200, headers, b"", content_length=info.size)
     if body is None:
@@ -60,7 +66,7 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
 
 
 async def put_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
-    ref = _reference(reference)
+    ref = parse_reference(reference)
     body = await read_body(
         request, ctx.settings.max_manifest_bytes, ctx.settings.read_timeout, code="MANIFEST_INVALID"
     )
@@ -77,12 +83,15 @@ async def put_manifest(ctx: Context, request: Request, name: str, reference: str
     }
     if parsed.subject is not None:
         headers["OCI-Subject"] = str(parsed.subject.digest)
+    image = ctx.store.image_cid(name, ref) if isinstance(ref, str) else None
+    if image is not None:
+        headers["X-Ipfs-Path"] = f"/ipfs/{image}"
     return make_response(201, headers)
 
 
 async def delete_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
     check_delete_enabled(ctx)
-    ref = _reference(reference)
+    ref = parse_reference(reference)
     if isinstance(ref, Digest):
         ctx.store.delete_manifest(name, ref)
     else:
