@@ -190,7 +190,7 @@ class AuthApp:
                 await self._challenge(scope, receive, send, need, refused.reason, error=error)
             else:
                 await self._respond_error(
-                    receive, send, refused.status, "UNAVAILABLE", refused.reason, {}, head=head
+                    scope, receive, send, refused.status, "UNAVAILABLE", refused.reason, {}, head=head
                 )
             return
         if need.kind == "name_invalid" or need.kind == "login":
@@ -199,7 +199,7 @@ class AuthApp:
                 return
             if need.kind == "name_invalid":
                 await self._respond_error(
-                    receive, send, 400, "NAME_INVALID", "invalid repository name", {}, head=head
+                    scope, receive, send, 400, "NAME_INVALID", "invalid repository name", {}, head=head
                 )
                 return
         else:
@@ -208,6 +208,7 @@ class AuthApp:
                 if rights.authenticated and not self.bearer:
                     detail = {"type": need.resource.type, "name": need.resource.name, "action": need.action}
                     await self._respond_error(
+                        scope,
                         receive,
                         send,
                         403,
@@ -287,6 +288,7 @@ class AuthApp:
         if need.resource is not None:
             detail = [{"Type": need.resource.type, "Name": need.resource.name, "Action": need.action}]
         await self._respond_error(
+            scope,
             receive,
             send,
             401,
@@ -299,6 +301,7 @@ class AuthApp:
 
     async def _respond_error(
         self,
+        scope: Scope,
         receive: Receive,
         send: Send,
         status: int,
@@ -313,7 +316,7 @@ class AuthApp:
         if detail is not None:
             entry["detail"] = detail
         body = json.dumps({"errors": [entry]}).encode()
-        await _send_response(receive, send, status, body, "application/json", headers, head=head)
+        await _send_response(scope, receive, send, status, body, "application/json", headers, head=head)
 
     # --- the token endpoint -------------------------------------------------------------------
 
@@ -323,6 +326,7 @@ class AuthApp:
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
             await _send_json(
+                scope,
                 receive,
                 send,
                 405,
@@ -335,6 +339,7 @@ class AuthApp:
         services = {v for k, v in params if k == "service"}
         if services and services != {self.service}:
             await _send_json(
+                scope,
                 receive,
                 send,
                 400,
@@ -346,6 +351,7 @@ class AuthApp:
             principal = await self._basic_principal(_header(scope, b"authorization"))
         except _Refused as refused:
             await _send_json(
+                scope,
                 receive,
                 send,
                 refused.status,
@@ -361,6 +367,7 @@ class AuthApp:
         accounts = {v for k, v in params if k == "account" and v}
         if accounts and not principal.anonymous and accounts != {principal.name}:
             await _send_json(
+                scope,
                 receive,
                 send,
                 400,
@@ -381,7 +388,7 @@ class AuthApp:
         log.info(
             "token for %s: %s", principal.name or "anonymous", " ".join(a.scope() for a in granted) or "-"
         )
-        await _send_json(receive, send, 200, body, head=head)
+        await _send_json(scope, receive, send, 200, body, head=head)
 
 
 def _oauth_error(error: str, description: str) -> dict[str, str]:
@@ -406,6 +413,7 @@ def _own_url(scope: Scope) -> str:
 
 
 async def _send_json(
+    scope: Scope,
     receive: Receive,
     send: Send,
     status: int,
@@ -415,10 +423,11 @@ async def _send_json(
     headers: dict[str, str] | None = None,
 ) -> None:
     body = json.dumps(doc).encode()
-    await _send_response(receive, send, status, body, "application/json", headers or {}, head=head)
+    await _send_response(scope, receive, send, status, body, "application/json", headers or {}, head=head)
 
 
 async def _send_response(
+    scope: Scope,
     receive: Receive,
     send: Send,
     status: int,
@@ -429,7 +438,8 @@ async def _send_response(
     head: bool,
 ) -> None:
     """Answer without the app; then read away any request body the client is still sending (the
-    server must not be left with an unread body), closing the connection after it."""
+    server must not be left with an unread body). ``connection: close`` when a body was announced:
+    the client must not send its next request on a connection that is still mid-body."""
     raw = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -437,9 +447,18 @@ async def _send_response(
         API_VERSION,
         *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
     ]
+    if _announces_body(scope):
+        raw.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": b"" if head else body})
     await _drain(receive)
+
+
+def _announces_body(scope: Scope) -> bool:
+    length = _header(scope, b"content-length").strip()
+    if length:
+        return length != "0"
+    return "chunked" in _header(scope, b"transfer-encoding").lower()
 
 
 async def _drain(receive: Receive) -> None:

@@ -114,3 +114,51 @@ async def running_auth_registry(data_dir: Path, settings: RegistrySettings) -> A
 
 def ssl_context_for(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Scheme k="v",k2="v2"`` -> (scheme, params); enough for the challenges tests see."""
+    import re
+
+    scheme, _, rest = header.partition(" ")
+    params = {k: v.replace('\\"', '"') for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)}
+    return scheme, params
+
+
+class DockerTokenAuth(httpx.Auth):
+    """The Docker client side of token auth: on a Bearer challenge, fetch a token for the
+    challenged scope from the realm (with Basic credentials if given) and retry once."""
+
+    def __init__(self, user: str | None = None, password: str | None = None) -> None:
+        self.user = user
+        self.password = password
+        self.token: str | None = None
+        self.token_responses: list[httpx.Response] = []
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if self.token is not None:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        scheme, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        if scheme != "Bearer":
+            return
+        query = {"service": params["service"]}
+        if "scope" in params:
+            query["scope"] = params["scope"]
+        token_request = httpx.Request("GET", params["realm"], params=query)
+        if self.user is not None:
+            token_request.headers["Authorization"] = httpx.BasicAuth(
+                self.user, self.password or PASSWORDS[self.user]
+            )._auth_header
+        token_response = yield token_request
+        token_response.read()
+        self.token_responses.append(token_response)
+        if token_response.status_code != 200:
+            return
+        self.token = token_response.json()["token"]
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+    requires_response_body = True
