@@ -78,3 +78,17 @@ class RegistrySettings:
     token_expiration: int = field(default=300, metadata={"help": "seconds a token from /auth/token is valid"})
     tls_cert: Path | None = field(default=None, metadata={"help": "PEM certificate (chain) for HTTPS"})
     tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for HTTPS"})
+    # --- pull-through cache (ipfsreg.registry.proxy; distribution's proxy.remoteurl/username/password) ---
+    upstream: str = field(
+        default="",
+        metadata={"help": "URL of a registry to pull through (a pull-through cache; pushes are refused)"},
+    )
+    upstream_username: str = field(default="", metadata={"help": "username for the upstream registry"})
+    upstream_password: str = field(default="", metadata={"help": "password for the upstream registry"})
+    upstream_tag_ttl: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds a tag pulled through the cache is served before the upstream is asked again "
+            "(HEAD; the cached copy is served while the upstream is down); 0 = ask on every pull"
+        },
+    )
