@@ -44,7 +44,7 @@ class NodeSettings:
         metadata={"help": "bitswap server tasks answering peers concurrently (round-robin between peers)"},
     )
     server_streams_per_peer: int = field(
-        default=8,
+        default=16,
         metadata={"help": "bitswap server messages in flight to one peer at a time, each on its own stream"},
     )
     max_wants_per_peer: int = field(
