@@ -583,7 +583,10 @@ class RegistryStore:
         info = self.blob_info(digest)
         if info is None:
             raise LayoutError(f"blob {digest} is not stored")
-        return await layout_blob(self.local_source, str(digest), media_type, info.size, info.cid)
+        try:
+            return await layout_blob(self.local_source, str(digest), media_type, info.size, info.cid)
+        except BlockstoreError as exc:
+            raise LayoutError(f"blob {digest} is not stored completely: {exc}") from exc
 
     async def image_layout(
         self,

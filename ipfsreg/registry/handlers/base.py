@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -11,6 +11,7 @@ from typing import Any, Final
 import trio
 from quart import Request, Response
 
+from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory, open_source
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.settings import RegistrySettings
@@ -27,9 +28,28 @@ class Context:
     source_factory: SourceFactory | None = None
     """Per-request block sources for pulls by CID (each pull its own bitswap session); None: the store's."""
 
+    def source_factory_or_shared(self) -> SourceFactory:
+        """The per-request factory, or one handing out the store's (already entered) shared source."""
+        if self.source_factory is not None:
+            return self.source_factory
+        shared = SharedSource(self.store.block_source)
+        return lambda: shared
+
     def open_source(self) -> AbstractAsyncContextManager[BlockSource]:
-        factory: SourceFactory = self.source_factory or (lambda: self.store.block_source)
-        return open_source(factory)
+        return open_source(self.source_factory_or_shared())
+
+
+class SharedSource:
+    """A source owned (and entered) elsewhere: exposes only get/prefetch, so nobody enters it again."""
+
+    def __init__(self, inner: BlockSource) -> None:
+        self.inner = inner
+
+    async def get(self, cid: CID) -> bytes:
+        return await self.inner.get(cid)
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        self.inner.prefetch(cids)
 
 
 def make_response(

@@ -6,6 +6,7 @@ from quart import Request, Response
 
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response
+from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.ranges import RangeNotSatisfiable, parse_range
 from ipfsreg.registry.storage import BlobInfo
 
@@ -23,6 +24,12 @@ def blob_headers(info: BlobInfo) -> dict[str, str]:
 
 async def get_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
     digest = parse_digest(reference)
+    proxy = pull_through(ctx.store, ctx.settings)
+    if proxy is not None:  # a miss is answered from the upstream (None: stored now, read it locally)
+        head = request.method == "HEAD"
+        fetched = await proxy.blob(name, digest, head=head, ranged="Range" in request.headers)
+        if fetched is not None:
+            return make_response(200, fetched.headers(), fetched.body or b"", content_length=fetched.size)
     info = ctx.store.stat_blob(name, digest)
     headers = blob_headers(info)
     offset, length, status = 0, info.size, 200
@@ -44,6 +51,7 @@ async def get_blob(ctx: Context, request: Request, name: str, reference: str) ->
 
 async def delete_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
     check_delete_enabled(ctx)
+    refuse_writes(ctx.settings)
     digest = parse_digest(reference)
     ctx.store.delete_blob(name, digest)
     return make_response(202, {"Docker-Content-Digest": str(digest)})

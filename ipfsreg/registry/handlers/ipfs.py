@@ -101,7 +101,7 @@ async def get_blob(ctx: Context, request: Request, name: str, reference: str, ro
     def body(source: BlockSource) -> AsyncIterator[bytes]:
         return fetch_blob(store, source, name, digest, cid, size)
 
-    factory = ctx.source_factory or (lambda: store.block_source)
+    factory = ctx.source_factory_or_shared()
     return make_response(
         200, headers, stream_body(cast(QuartTrio, current_app).nursery, factory, body), content_length=size
     )

@@ -12,6 +12,7 @@ from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response, read_body
 from ipfsreg.registry.manifest import INDEX_TYPES, accepts, parse_manifest, pick_platform
 from ipfsreg.registry.names import is_valid_tag
+from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.storage import ManifestInfo
 
 
@@ -43,8 +44,14 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
         if exc.code == "MANIFEST_INVALID":
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
         raise
-    info = ctx.store.resolve(name, ref)
     accept = ", ".join(request.headers.getlist("Accept"))
+    proxy = pull_through(ctx.store, ctx.settings)
+    proxied = await proxy.manifest(name, ref, accept) if proxy is not None else None
+    if proxied is not None:  # not stored (or not current) here: the upstream's answer
+        if request.method == "HEAD":
+            return make_response(200, proxied.headers(), b"", content_length=len(proxied.body))
+        return make_response(200, proxied.headers(), proxied.body)
+    info = ctx.store.resolve(name, ref)
     body: bytes | None = None
     if info.media_type in INDEX_TYPES and not accepts(accept, info.media_type):
         # A client that cannot read an index gets the linux/amd64 image, as distribution does.
@@ -66,6 +73,7 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
 
 
 async def put_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
+    refuse_writes(ctx.settings)
     ref = parse_reference(reference)
     body = await read_body(
         request, ctx.settings.max_manifest_bytes, ctx.settings.read_timeout, code="MANIFEST_INVALID"
@@ -91,6 +99,7 @@ async def put_manifest(ctx: Context, request: Request, name: str, reference: str
 
 async def delete_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
     check_delete_enabled(ctx)
+    refuse_writes(ctx.settings)
     ref = parse_reference(reference)
     if isinstance(ref, Digest):
         ctx.store.delete_manifest(name, ref)
