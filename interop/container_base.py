@@ -48,6 +48,8 @@ class BaseRecipe:
     mirror: str = "http://deb.debian.org/debian"
     variant: str = "minbase"
     packages: tuple[str, ...] = ("python3", "python3-venv", "ca-certificates")
+    # debootstrap checks the suite's Release signature with it (Debian package debian-archive-keyring).
+    keyring: str = "/usr/share/keyrings/debian-archive-keyring.gpg"
     # Bump when the way the tarball is made changes (cleaning, tar flags).
     revision: int = 1
 
@@ -112,6 +114,8 @@ def base_rootfs_tarball(recipe: BaseRecipe, cache_dir: Path, *, timeout: float =
         if target.exists():
             return target
         debootstrap = find_tool("debootstrap")
+        if not Path(recipe.keyring).is_file():
+            raise ContainerBuildError(f"{recipe.keyring} is missing (Debian package debian-archive-keyring)")
         tar = find_tool("tar")
         work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=target.parent))
         try:
@@ -120,6 +124,7 @@ def base_rootfs_tarball(recipe: BaseRecipe, cache_dir: Path, *, timeout: float =
                 [
                     debootstrap,
                     f"--variant={recipe.variant}",
+                    f"--keyring={recipe.keyring}",
                     f"--include={','.join(recipe.packages)}",
                     recipe.suite,
                     str(rootfs),
@@ -360,8 +365,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     try:
         tag = make_image(default_cache_dir(), store, args.tag)
-        print(f"built {tag} in {time.monotonic() - started:.0f} s; store: {store.root}")
-        print(f"  {' '.join(store.command('images'))}")
+        print(f"built {tag} in {time.monotonic() - started:.0f} s")
+        if args.keep:
+            conf = store.env["CONTAINERS_STORAGE_CONF"]
+            print(f"list it: CONTAINERS_STORAGE_CONF={conf} {' '.join(store.command('images'))}")
     finally:
         if not args.keep:
             store.destroy()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -259,12 +261,54 @@ async def test_container_peer_port_speaks_libp2p_multistream_and_noise_and_id_re
                 await stream.send_all(_lp(MULTISTREAM) + _lp(b"/noise\n"))
                 assert await _read_exactly(stream, 1 + len(MULTISTREAM)) == _lp(MULTISTREAM)
                 assert await _read_exactly(stream, 1 + len(b"/noise\n")) == _lp(b"/noise\n")
-        # The CLI in the container reaches the running node through the control API.
+        # The CLI in the container (no --data: IPFSREG_DATA_DIR) reaches the running node.
         identity = await buildah_run(image, container, ["ipfsreg", "id", "--json"])
     assert identity.returncode == 0, identity.stderr.decode()
     node = json.loads(identity.stdout)
     assert node["id"].startswith("12D3KooW")  # an Ed25519 peer ID
-    assert any(addr.startswith(f"/ip4/127.0.0.1/tcp/{p2p_port}") for addr in node["addrs"]), node
+    assert any(addr.startswith(f"/ip4/127.0.0.1/tcp/{p2p_port}/") for addr in node["addrs"]), node
+
+
+async def test_layer_pushed_to_the_container_is_fetched_over_bitswap_by_a_host_node(
+    image: BuiltImage, container: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    manifest = write_single_image(src, "v1", layers=1)
+    policy = policy_file(tmp_path)
+    registry_port, p2p_port = free_port(), free_port()
+    async with serving(
+        image, container, tmp_path / "container.log", registry_port=registry_port, p2p_port=p2p_port
+    ) as server:
+        ref = f"docker://{server.registry}/p2p/app:v1"
+        await skopeo("copy", f"oci:{src}:v1", ref, "--dest-tls-verify=false", policy=policy)
+        layer = json.loads((src / "blobs" / "sha256" / manifest.hex).read_bytes())["layers"][0]["digest"]
+        async with httpx.AsyncClient(timeout=30) as client:
+            head = await client.head(f"http://{server.registry}/v2/p2p/app/blobs/{layer}")
+        assert head.status_code == 200, head
+        cid = head.headers["X-Ipfs-Path"].removeprefix("/ipfs/")
+        identity = await buildah_run(image, container, ["ipfsreg", "id", "--json"])
+        peer_id = json.loads(identity.stdout)["id"]
+        # ipfsreg on the host, with an empty data dir, fetches the layer from the container's node.
+        with trio.fail_after(120):
+            fetched = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "ipfsreg",
+                    "--data",
+                    str(tmp_path / "host-node"),
+                    "cat",
+                    cid,
+                    "--peer",
+                    f"/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{peer_id}",
+                ],
+                env={**os.environ, "IPFSREG_NODE_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0"},
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert fetched.returncode == 0, fetched.stderr.decode()[-2000:]
+    assert fetched.stdout == (src / "blobs" / "sha256" / layer.removeprefix("sha256:")).read_bytes()
 
 
 def test_entrypoint_argv_replaces_cmd_with_run_arguments_like_docker_run() -> None:
