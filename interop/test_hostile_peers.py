@@ -28,6 +28,7 @@ from ipfsreg.node.bitswap.message import (
     FrameDecoder,
     Message,
     PresenceType,
+    WantEntry,
     WantType,
     decode_message,
     encode_frame,
@@ -84,7 +85,7 @@ class HostilePeer:
         except (StreamEOF, Exception):
             return
 
-    async def _answer(self, peer: ID, wants: list) -> None:  # type: ignore[type-arg]
+    async def _answer(self, peer: ID, wants: list[WantEntry]) -> None:
         reply = Message()
         raw: bytes | None = None
         if self.behaviour is Behaviour.SILENT:
@@ -120,7 +121,7 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
 
 async def _start_hostile(nodes: Nodes, behaviour: Behaviour) -> HostilePeer:
     hostile = HostilePeer(behaviour)
-    await nodes._nursery.start(hostile.run)
+    await nodes.nursery.start(hostile.run)
     return hostile
 
 

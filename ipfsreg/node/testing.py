@@ -59,6 +59,11 @@ class Nodes:
         self._dir = directory
         self._count = 0
 
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery the nodes run in (tests start their own peers in it too)."""
+        return self._nursery
+
     async def start(self, **overrides: Any) -> Node:
         self._count += 1
         datastore = self._stack.enter_context(Datastore.open(self._dir / f"node{self._count}"))
