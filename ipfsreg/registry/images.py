@@ -7,7 +7,8 @@ publishes one per tag. This module goes the other way, for ``ipfs/<cid>`` reposi
   fetches missing blocks over bitswap), checking every manifest and blob against its digest, and
   record what was read under a repository so the next pull is served from local blocks.
 - :func:`pull_image` brings a whole image into ``name:tag``; :func:`tag_image_from_cid` does the same
-  from local blocks only (after ``ipfsreg import image.car``).
+  from local blocks only (after ``ipfsreg import image.car``); :func:`mirror_image` fetches a whole
+  image into its own ``ipfs/<cid>`` repository (``ipfsreg pull /ipfs/<cid>`` without NAME:TAG).
 - :func:`import_layout_dir` / :func:`import_docker_save` stream an OCI layout directory or a
   ``docker save`` tarball from disk into a repository. A docker save tarball becomes an OCI image
   manifest: its config JSON is an OCI config as it stands, and its layers are uncompressed tars
@@ -238,6 +239,34 @@ async def fetch_blob(
 
 
 # --- whole images -------------------------------------------------------------------------------
+
+
+async def mirror_image(
+    store: RegistryStore, source: BlockSource, root: CID, ref: str = LATEST
+) -> PulledImage:
+    """Fetch image ``ref`` of layout ``root`` whole (manifests and blobs, verified) and record it under
+    ``ipfs/<root>``, so this node serves it, and its blocks to peers, without the network."""
+    repo = ipfs_repository_name(root)
+    layout, manifest = await fetch_manifest(store, source, root, ref)
+    manifests = [manifest]
+    digests: dict[str, None] = {}
+    while manifests:
+        parsed = _parse(manifests.pop())
+        for blob in parsed.blobs:
+            digests.setdefault(str(blob.digest), None)
+        for child in parsed.manifests:
+            manifests.append(await read_manifest(source, layout, str(child.digest)))
+    fetched = 0
+    for digest_text in digests:
+        digest = parse_digest(digest_text)
+        if store.repo_has_blob(repo, digest):
+            continue
+        with leased(store, source) as held:
+            cid, size = await locate_blob(held, root, digest)
+            async for _ in fetch_blob(store, held, repo, digest, cid, size):
+                pass
+        fetched += 1
+    return PulledImage(repo, ref, parse_digest(manifest.digest), root, fetched)
 
 
 def _pick_reference(layout: ImageLayout, ref: str | None, tag: str) -> str:

@@ -23,6 +23,7 @@ from ipfsreg.registry.images import (
     BlobMismatch,
     import_docker_save,
     import_layout_dir,
+    mirror_image,
     pull_image,
     tag_image_from_cid,
     verified_chunks,
@@ -490,3 +491,18 @@ async def test_import_docker_save_of_a_plain_tar_is_a_layout_error(registry: Ser
     (tmp_path / "plain.tar").write_bytes(tar_bytes({"x": b"y"}))
     with pytest.raises(LayoutError, match=r"manifest\.json"):
         await import_docker_save(registry.store, tmp_path / "plain.tar", "saved", "v1")
+
+
+async def test_mirror_image_records_the_whole_image_under_its_ipfs_repository(registry: Server) -> None:
+    digest, _, blobs = await push_oci_image(registry, "src", "v1", [b"mirrored layer", b"another"])
+    cid = registry.store.image_cid("src", "v1")
+    assert cid is not None
+    mirrored = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
+    repo = ipfs_repository_name(cid)
+    assert (mirrored.name, str(mirrored.digest), mirrored.blobs) == (repo, digest, 3)
+    for blob_digest in blobs:
+        if blob_digest != digest:
+            assert registry.store.repo_has_blob(repo, parse_digest(blob_digest))
+    assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
+    again = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
+    assert again.blobs == 0
