@@ -278,3 +278,17 @@ async def test_cid_with_an_unsupported_hash_fails_at_once_instead_of_asking_peer
     blake = CID.v1(RAW, b"\xa0\xe4\x02\x20" + bytes(32))  # blake2b-256
     with trio.fail_after(1), pytest.raises(BitswapError, match="unsupported hash function 0xb220"):
         await lonely.client.fetch(blake)
+
+
+async def test_client_cancels_its_want_at_other_peers_once_the_block_arrives(nodes: Nodes) -> None:
+    holder = await nodes.start()
+    cid = _raw_block(holder, b"wanted")
+    silent = Probe(await nodes.start())  # records the wants it gets, never answers
+    fetcher = await nodes.start()
+    await fetcher.connect(silent.node.listen_addrs()[0])
+    await fetcher.connect(holder.listen_addrs()[0])
+    assert await fetcher.client.fetch(cid) == b"wanted"
+    asked = await silent.next_message()
+    assert asked.wantlist == [WantEntry(cid, 1, False, WantType.HAVE, True)]
+    cancelled = await silent.next_message()
+    assert cancelled.wantlist == cancels([cid])
