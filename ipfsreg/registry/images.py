@@ -125,9 +125,15 @@ async def verified_chunks(source: BlockSource, cid: CID, digest: Digest) -> Asyn
 # --- recording what was pulled -----------------------------------------------------------------
 
 
-def record_blob(store: RegistryStore, repo: str, digest: Digest, cid: CID, size: int) -> BlobInfo:
-    """Index a verified, fully stored blob DAG under ``repo`` (an existing index entry wins)."""
-    existing = store.blob_info(digest)
+def record_blob(
+    store: RegistryStore, repo: str, digest: Digest, cid: CID, size: int, *, replace: bool = False
+) -> BlobInfo:
+    """Index a verified, fully stored blob DAG under ``repo``.
+
+    An existing index entry for the digest wins (its CID stays the blob's address) unless ``replace``:
+    the caller found that entry's DAG incomplete and has just read this one whole.
+    """
+    existing = None if replace else store.blob_info(digest)
     info = existing if existing is not None else BlobInfo(digest, cid, size)
     with store.datastore.batch() as batch:
         if existing is None:
@@ -323,7 +329,7 @@ async def pull_image(
                 size = 0
                 async for chunk in verified_chunks(held, blob_root, blob.digest):
                     size += len(chunk)
-                record_blob(store, name, blob.digest, blob_root, size)
+                record_blob(store, name, blob.digest, blob_root, size, replace=info is not None)
                 count += 1
         for manifest in manifests:
             if manifest is top:

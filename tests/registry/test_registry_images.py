@@ -31,7 +31,7 @@ from ipfsreg.registry.images import (
 from ipfsreg.registry.names import ipfs_repository_name
 from ipfsreg.unixfs.directory import import_tree
 from ipfsreg.unixfs.exporter import LocalBlockSource
-from ipfsreg.unixfs.importer import import_bytes
+from ipfsreg.unixfs.importer import ImportOptions, import_bytes
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -506,3 +506,30 @@ async def test_mirror_image_records_the_whole_image_under_its_ipfs_repository(re
     assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
     again = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
     assert again.blobs == 0
+
+
+async def test_pull_image_replaces_an_incomplete_stored_blob_dag_with_the_verified_layout_dag(
+    registry: Server, tmp_path: Path
+) -> None:
+    layer = bytes(range(256)) * 3000  # 768 KB: several leaves
+    config = b'{"os":"linux"}'
+    await registry.push_blob("src", layer)
+    stored = registry.store.blob_info(parse_digest(sha256(layer)))
+    assert stored is not None
+    blocks, _ = import_bytes(layer)
+    registry.datastore.blocks.delete(blocks[0].cid)  # a leaf lost outside the registry
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+    }
+    body = json.dumps(manifest).encode()
+    blobs = {sha256(config): config, sha256(layer): layer, sha256(body): body}
+    write_layout(tmp_path / "layout", "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    tree = import_tree(tmp_path / "layout", ImportOptions(cid_version=1))  # other CIDs than the stored DAG
+    registry.datastore.blocks.put_many((block.cid, block.data) for block in tree)
+    await pull_image(registry.store, registry.store.local_source, tree.result.cid, None, "dst", "v1")
+    replaced = registry.store.blob_info(parse_digest(sha256(layer)))
+    assert replaced is not None and replaced.cid != stored.cid and replaced.cid.version == 1
+    assert (await registry.client.get(f"/v2/dst/blobs/{sha256(layer)}")).content == layer
