@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import trio
 from libp2p.custom_types import TProtocol
 
 from ipfsreg.cid import CID, RAW
-from ipfsreg.node.bitswap.message import PROTOCOL_1_0_0, PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
+from ipfsreg.node.bitswap.message import (
+    PROTOCOL_1_0_0,
+    PROTOCOL_1_1_0,
+    PROTOCOL_1_2_0,
+    PROTOCOLS,
+    Message,
+    WantEntry,
+)
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
 from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, wait_until
@@ -71,3 +79,18 @@ async def test_peer_without_bitswap_is_skipped_after_refusing_a_stream(nodes: No
     assert await read_all(fetcher, cid) == b"from the holder"
     await wait_until(lambda: mute.identity.peer_id not in fetcher.network.connected_peers())
     assert holder.identity.peer_id in fetcher.network.connected_peers()
+
+
+async def test_cidv1_block_is_not_sent_to_a_1_0_0_peer_that_would_misname_it(nodes: Nodes) -> None:
+    server = await nodes.start()
+    old = await nodes.start()
+    _speak_only(old, PROTOCOL_1_0_0)
+    cid = CID.hash(b"raw leaf", codec=RAW, version=1)
+    server.datastore.blocks.put(cid, b"raw leaf")
+    await old.connect(server.listen_addrs()[0])
+    await server.network.send(old.identity.peer_id, Message())  # learn that `old` speaks 1.0.0
+    await old.network.send(server.identity.peer_id, Message(wantlist=[WantEntry(cid)]))
+    await wait_until(lambda: bool(server.server.wantlist_of(old.identity.peer_id)))
+    await trio.sleep(0.2)
+    assert server.server.stats.blocks_sent == 0
+    assert old.stats().protocol_violations == 0

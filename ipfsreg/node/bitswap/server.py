@@ -169,6 +169,8 @@ class BitswapServer:
                 data = self.blockstore.get_or_none(cid)
                 if data is not None and len(data) > settings.max_block_size:
                     data = None  # too big to send: as good as not having it
+                if data is not None and not has_presences and cid.version != 0:
+                    data = None  # 1.0.0 carries no prefix: the peer would take it for a CIDv0 block
                 if data is not None:
                     block_size = encoded_block_size(cid, len(data))
                     # Fill up to the target, overshooting by at most this block, never past the limit.
