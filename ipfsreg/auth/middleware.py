@@ -437,7 +437,7 @@ async def _send_response(
     *,
     head: bool,
 ) -> None:
-    """Answer without the app; then read away any request body the client is still sending (the
+    """Answer without the app, reading away any request body the client is still sending (the
     server must not be left with an unread body). ``connection: close`` when a body was announced:
     the client must not send its next request on a connection that is still mid-body."""
     raw = [
@@ -449,9 +449,13 @@ async def _send_response(
     ]
     if _announces_body(scope):
         raw.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": b"" if head else body})
-    await _drain(receive)
+    # The body is read away while the response is sent: hypercorn delivers body events through a
+    # bounded queue and, once the response ends, queues http.disconnect; an app that only sent
+    # would leave that queue full and the connection stuck.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain, receive)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def _announces_body(scope: Scope) -> bool:
