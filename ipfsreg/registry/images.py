@@ -178,7 +178,7 @@ def record_manifest(
             batch.put(store.tags, repo_key(repo, tag), digest.key())
             if image is not None:
                 value = {"digest": str(digest), "cid": str(image)}
-                batch.put(store.images, repo_key(repo, tag), json.dumps(value).encode())
+                batch.put(store.published, repo_key(repo, tag), json.dumps(value).encode())
         batch.put(store.repos, repo.encode(), b"")
 
 

@@ -151,7 +151,7 @@ class RegistryStore:
         self.referrers = datastore.keyspace("reg.referrers")
         self.repos = datastore.keyspace("reg.repos")
         self.uploads = datastore.keyspace("reg.uploads")
-        self.images = datastore.keyspace("reg.images")
+        self.published = datastore.keyspace("reg.images")
         self._live: dict[str, Upload] = {}
 
     # --- blobs ---------------------------------------------------------------------------
@@ -649,12 +649,12 @@ class RegistryStore:
         """In the tag move's batch: store the layout's new blocks and point the tag's image at it."""
         key = _rkey(repo, tag)
         if layout is None:
-            batch.delete(self.images, key)
+            batch.delete(self.published, key)
             return
         for block in layout.blocks:
             batch.put_block(block.cid, block.data, verify=False)
         value = {"digest": str(digest), "cid": str(layout.root)}
-        batch.put(self.images, key, json.dumps(value).encode())
+        batch.put(self.published, key, json.dumps(value).encode())
 
     async def publish(self, repo: str, tag: str) -> CID:
         """(Re)build and store the image directory of ``repo:tag``; return its CID.
@@ -674,7 +674,7 @@ class RegistryStore:
             return layout.root
 
     def image(self, repo: str, tag: str) -> ImageInfo | None:
-        raw = self.images.get(_rkey(repo, tag))
+        raw = self.published.get(_rkey(repo, tag))
         return None if raw is None else _decode_image(_rkey(repo, tag), raw)
 
     def image_cid(self, repo: str, tag: str) -> CID | None:
@@ -682,9 +682,9 @@ class RegistryStore:
         image = self.image(repo, tag)
         return None if image is None else image.cid
 
-    def list_images(self) -> list[ImageInfo]:
+    def images(self) -> list[ImageInfo]:
         """Every published image: name, tag, manifest digest and directory CID, by name then tag."""
-        return [_decode_image(key, raw) for key, raw in self.images.items()]
+        return [_decode_image(key, raw) for key, raw in self.published.items()]
 
     def delete_manifest(self, repo: str, digest: Digest) -> None:
         """Delete a manifest by digest with every tag pointing to it and its referrers entry."""
@@ -696,7 +696,7 @@ class RegistryStore:
             for key, value in self.tags.items(_rkey(repo, "")):
                 if value == digest.key():
                     batch.delete(self.tags, key)
-                    batch.delete(self.images, key)
+                    batch.delete(self.published, key)
             if info.subject is not None:
                 batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
 
@@ -705,7 +705,7 @@ class RegistryStore:
             raise RegistryError("MANIFEST_UNKNOWN", {"tag": tag})
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
-            batch.delete(self.images, _rkey(repo, tag))
+            batch.delete(self.published, _rkey(repo, tag))
 
     # --- garbage collection support -----------------------------------------------------
 
@@ -731,7 +731,7 @@ class RegistryStore:
         for key, raw in self.blobs.items():
             if key in referenced:
                 yield _decode_blob_value(parse_digest(key.decode()), raw).cid
-        for key, raw in self.images.items():
+        for key, raw in self.published.items():
             yield _decode_image(key, raw).cid
         for _, raw in self.uploads.items():
             (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)

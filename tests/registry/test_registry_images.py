@@ -154,26 +154,26 @@ async def test_tag_move_republishes_and_tag_delete_unpublishes(registry: Server)
     second = registry.store.image_cid("app", "v1")
     assert first is not None and second is not None and first != second
     assert second in set(registry.store.live_roots())
-    images = registry.store.list_images()
+    images = registry.store.images()
     assert [(i.name, i.tag, str(i.digest), i.cid) for i in images] == [("app", "v1", digest, second)]
     assert (await registry.client.delete("/v2/app/manifests/v1")).status_code == 202
     assert registry.store.image_cid("app", "v1") is None
-    assert registry.store.list_images() == []
+    assert registry.store.images() == []
 
 
 async def test_deleting_a_manifest_unpublishes_every_tag_pointing_to_it(registry: Server) -> None:
     digest, body, _ = await push_oci_image(registry, "app", "a", [b"shared"])
     await registry.client.put("/v2/app/manifests/b", content=body, headers={"Content-Type": OCI_MANIFEST})
-    assert {i.tag for i in registry.store.list_images()} == {"a", "b"}
+    assert {i.tag for i in registry.store.images()} == {"a", "b"}
     assert (await registry.client.delete(f"/v2/app/manifests/{digest}")).status_code == 202
-    assert registry.store.list_images() == []
+    assert registry.store.images() == []
 
 
 async def test_publish_rebuilds_the_same_cid_and_unknown_tag_is_manifest_unknown(registry: Server) -> None:
     await push_oci_image(registry, "app", "v1", [b"layer"])
     published = registry.store.image_cid("app", "v1")
     with registry.datastore.batch() as batch:
-        batch.delete(registry.store.images, b"app\0v1")
+        batch.delete(registry.store.published, b"app\0v1")
     assert registry.store.image_cid("app", "v1") is None
     assert await registry.store.publish("app", "v1") == published
     assert registry.store.image_cid("app", "v1") == published
