@@ -12,6 +12,7 @@ from ipfsreg.node.bitswap.message import (
     PROTOCOL_1_1_0,
     PROTOCOL_1_2_0,
     PROTOCOLS,
+    Block,
     Message,
     WantEntry,
 )
@@ -94,3 +95,21 @@ async def test_cidv1_block_is_not_sent_to_a_1_0_0_peer_that_would_misname_it(nod
     await trio.sleep(0.2)
     assert server.server.stats.blocks_sent == 0
     assert old.stats().protocol_violations == 0
+
+
+async def test_block_from_a_1_0_0_peer_is_matched_to_a_wanted_cidv1_by_its_hash(nodes: Nodes) -> None:
+    fetcher = await nodes.start()
+    old = await nodes.start()
+    _speak_only(old, PROTOCOL_1_0_0)
+    _speak_only(fetcher, PROTOCOL_1_0_0)  # so `old` answers in 1.0.0 encoding
+    await fetcher.connect(old.listen_addrs()[0])
+    cid = CID.hash(b"raw leaf", codec=RAW, version=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.client.fetch, cid)
+        await wait_until(lambda: cid in fetcher.client.wanted())
+        await wait_until(lambda: bool(old.server.wantlist_of(fetcher.identity.peer_id)))
+        # What an old peer would answer: the bytes alone, in the 1.0.0 `blocks` field.
+        await old.network.send(fetcher.identity.peer_id, Message(blocks=[Block.of(cid, b"raw leaf")]))
+    assert fetcher.datastore.blocks.get(cid) == b"raw leaf"
+    assert fetcher.stats().peers_penalised == 0
+    assert old.network.protocol_of(fetcher.identity.peer_id) == PROTOCOL_1_0_0

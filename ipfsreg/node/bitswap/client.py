@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 
 from ipfsreg.blockstore import Blockstore
 from ipfsreg.cid import CID, IDENTITY, CIDError, multihash
-from ipfsreg.node.bitswap.message import Message, PresenceType, WantEntry, WantType, cancels
+from ipfsreg.node.bitswap.message import V0_PREFIX, Message, PresenceType, WantEntry, WantType, cancels
 from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, ProtocolViolation
 from ipfsreg.node.settings import NodeSettings
@@ -178,6 +178,11 @@ class BitswapClient:
             cid = block.cid()  # hashes the bytes: the CID the data really has
             key = cid.to_bytes()
             want = self._wants.get(key)
+            if want is None and block.prefix == V0_PREFIX:
+                # 1.0.0 blocks carry no prefix: match any wanted CID with the same hash (e.g. CIDv1 raw).
+                want = next((w for w in self._wants.values() if w.cid.multihash == cid.multihash), None)
+                if want is not None:
+                    cid, key = want.cid, want.key
             if want is not None and peer in want.asked and not want.done.is_set():
                 self.blockstore.put(cid, block.data, verify=False)  # just hashed above
                 self.stats.blocks_received += 1

@@ -25,7 +25,7 @@ PROTOCOLS: Final = (PROTOCOL_1_2_0, PROTOCOL_1_1_0, PROTOCOL_1_0_0)
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 DEFAULT_MAX_BLOCK_SIZE: Final = 2 * 1024 * 1024
 
-_V0_PREFIX: Final = b"\x00\x70\x12\x20"
+V0_PREFIX: Final = b"\x00\x70\x12\x20"  # also what a 1.0.0 block (no prefix) is taken to have
 
 # Protobuf wire types.
 _VARINT: Final = 0
@@ -315,7 +315,7 @@ def decode_message(
         elif number == 2:
             _expect(number, wire_type, _LEN, "message")
             _check_block_size(stop - value, max_block_size)
-            message.blocks.append(Block(_V0_PREFIX, bytes(buf[value:stop])))
+            message.blocks.append(Block(V0_PREFIX, bytes(buf[value:stop])))
         elif number == 3:
             _expect(number, wire_type, _LEN, "message")
             prefix = b""
