@@ -445,14 +445,23 @@ class PullThrough:
                 task_status.started(upstream.size)
                 started = True
                 upload = self.store.scratch_upload(fetch.repo)
+                # The client's last piece waits until the blob is committed (and its manifests
+                # promoted): a client that has every byte finds the blob stored.
+                held: list[bytes] = []
+
+                async def forward(chunk: bytes) -> None:
+                    if fetch.detached:
+                        return
+                    try:
+                        await send.send(chunk)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        fetch.detached = True  # the client left: keep storing the blob
 
                 async def tee() -> AsyncIterator[bytes]:
                     async for chunk in upstream.chunks():
-                        if not fetch.detached:
-                            try:
-                                await send.send(chunk)
-                            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                                fetch.detached = True  # the client left: keep storing the blob
+                        if held:
+                            await forward(held.pop())
+                        held.append(chunk)
                         yield chunk
 
                 await self.store.append(upload, tee())
@@ -463,6 +472,8 @@ class PullThrough:
                 log.warning(
                     "promoting manifests of %s after blob %s failed: %s", fetch.repo, fetch.digest, exc
                 )
+            if held:
+                await forward(held.pop())
         except Exception as exc:
             fetch.error = exc
             if not started:

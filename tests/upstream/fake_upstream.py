@@ -45,7 +45,8 @@ class FakeUpstream:
     wrong_digest_header: bool = False
     down: bool = False  # answer 503 to everything
     chunk_bytes: int = 64 * 1024
-    gate: trio.Event | None = None  # a blob GET sends its first chunk, then waits for this
+    gate: trio.Event | None = None  # a blob GET sends three chunks, then waits for this
+    blob_started: trio.Event = field(default_factory=trio.Event)  # set when a blob's first chunk went out
     requests: list[tuple[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> granted scope
@@ -211,7 +212,8 @@ def _blob_response(state: FakeUpstream, repo: str, digest: str) -> Response:
     async def body() -> AsyncIterator[bytes]:
         for pos in range(0, len(data), state.chunk_bytes):
             yield data[pos : pos + state.chunk_bytes]
-            if pos == 0 and state.gate is not None:
+            state.blob_started.set()
+            if pos == 2 * state.chunk_bytes and state.gate is not None:
                 await state.gate.wait()
 
     response = Response(

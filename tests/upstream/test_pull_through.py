@@ -1,0 +1,312 @@
+"""The registry as a pull-through cache of a fake upstream, over real HTTP on loopback: lazy blob
+fetches stored once as UnixFS DAGs, manifests kept pending until their blobs are local, tag checks
+after the TTL with fallback to the cache, concurrency, disconnects, bad upstream bytes, refused pushes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from fake_upstream import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    FakeUpstream,
+    running_upstream,
+    sha256,
+)
+
+from ipfsreg.blockstore import Datastore
+from ipfsreg.registry.app import create_app, registry_store, serve_registry
+from ipfsreg.registry.digests import parse_digest
+from ipfsreg.registry.proxy import PullThrough
+from ipfsreg.registry.settings import RegistrySettings
+from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.unixfs.importer import import_bytes
+
+LAYER_A = bytes(range(256)) * 3000  # 768 000 bytes: several UnixFS leaves
+LAYER_B = b"second layer " * 5000
+
+
+@dataclass
+class Cache:
+    url: str
+    client: httpx.AsyncClient
+    store: RegistryStore
+    app: Any
+
+    @property
+    def proxy(self) -> PullThrough:
+        proxy: PullThrough = self.app.extensions["ipfsreg.registry.proxy"]
+        return proxy
+
+
+@asynccontextmanager
+async def running_cache(data_dir: Path, upstream: str, **overrides: Any) -> AsyncIterator[Cache]:
+    settings = RegistrySettings(listen="127.0.0.1:0", upstream=upstream, **overrides)
+    datastore = Datastore.open(data_dir)
+    try:
+        app = create_app(datastore, settings)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve_registry, app, settings)
+            async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
+                yield Cache(binds[0], client, registry_store(app), app)
+            nursery.cancel_scope.cancel()
+    finally:
+        datastore.close()
+
+
+async def _pull(cache: Cache, repo: str, tag: str, accept: str = OCI_MANIFEST) -> dict[str, Any]:
+    """Pull like a client: manifest, then every blob (checking the bytes); return the manifest."""
+    resp = await cache.client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
+    assert resp.status_code == 200, resp.text
+    manifest: dict[str, Any] = resp.json()
+    for desc in [manifest["config"], *manifest["layers"]]:
+        blob = await cache.client.get(f"/v2/{repo}/blobs/{desc['digest']}")
+        assert blob.status_code == 200, blob.text
+        assert sha256(blob.content) == desc["digest"]
+    return manifest
+
+
+async def test_pull_by_tag_fetches_from_upstream_and_stores_every_blob_as_its_unixfs_dag(
+    tmp_path: Path,
+) -> None:
+    async with running_upstream(FakeUpstream(auth="token")) as up:
+        digest, _ = up.add_image("library/app", "v1", [LAYER_A, LAYER_B])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            manifest = await _pull(cache, "library/app", "v1")
+            for layer in (LAYER_A, LAYER_B):
+                info = cache.store.stat_blob("library/app", parse_digest(sha256(layer)))
+                assert info.cid == import_bytes(layer)[1].cid
+                again = await cache.client.get(f"/v2/library/app/blobs/{sha256(layer)}")
+                assert again.content == layer
+                assert again.headers["X-Ipfs-Path"] == f"/ipfs/{info.cid}"
+            # All blobs local: the manifest was promoted, tagged and published like a pushed image.
+            assert cache.store.resolve_tag("library/app", "v1") == parse_digest(digest)
+            assert cache.store.image_cid("library/app", "v1") is not None
+            assert cache.proxy.pending_digests("library/app") == []
+            tags = await cache.client.get("/v2/library/app/tags/list")
+            assert tags.json()["tags"] == ["v1"]
+            resp = await cache.client.get("/v2/library/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert resp.headers["X-Ipfs-Path"] == f"/ipfs/{cache.store.image_cid('library/app', 'v1')}"
+            assert json.loads(resp.content) == manifest
+        assert up.count("GET", f"/blobs/{sha256(LAYER_A)}") == 1
+
+
+async def test_manifest_before_its_blobs_is_served_pending_with_its_digest(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        digest, doc = up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            head = await cache.client.head("/v2/library/app/manifests/v1")
+            assert head.status_code == 200
+            assert head.headers["Docker-Content-Digest"] == digest
+            assert "X-Ipfs-Path" not in head.headers
+            by_digest = await cache.client.get(f"/v2/library/app/manifests/{digest}")
+            assert by_digest.json() == doc
+            assert by_digest.headers["Content-Type"] == OCI_MANIFEST
+            assert cache.store.resolve_tag("library/app", "v1") is None
+            assert cache.proxy.pending_digests("library/app") == [parse_digest(digest)]
+
+
+async def test_blob_head_miss_asks_upstream_without_storing(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            resp = await cache.client.head(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+            assert resp.status_code == 200
+            assert resp.headers["Content-Length"] == str(len(LAYER_A))
+            assert resp.headers["Docker-Content-Digest"] == sha256(LAYER_A)
+            assert cache.store.blob_info(parse_digest(sha256(LAYER_A))) is None
+
+
+async def test_concurrent_pulls_of_one_blob_share_one_upstream_fetch(tmp_path: Path) -> None:
+    async with running_upstream(FakeUpstream(chunk_bytes=32 * 1024)) as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        up.gate = trio.Event()
+        results: list[bytes] = []
+        async with running_cache(tmp_path / "data", up.url) as cache:
+
+            async def pull() -> None:
+                resp = await cache.client.get(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+                assert resp.status_code == 200
+                results.append(resp.content)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(pull)
+                await up.blob_started.wait()
+                assert cache.proxy.fetches_in_flight == 1
+                await trio.sleep(0.2)  # let the other requests arrive while the fetch is held mid-blob
+                up.gate.set()
+        assert results == [LAYER_A] * 3
+        assert up.count("GET", f"/blobs/{sha256(LAYER_A)}") == 1
+
+
+async def test_client_leaving_mid_blob_does_not_stop_the_blob_being_stored(tmp_path: Path) -> None:
+    async with running_upstream(FakeUpstream(chunk_bytes=32 * 1024)) as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        up.gate = trio.Event()
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            async with cache.client.stream("GET", f"/v2/library/app/blobs/{sha256(LAYER_A)}") as resp:
+                assert resp.status_code == 200
+                async for _ in resp.aiter_raw():
+                    break  # the first chunk arrived; leave
+            up.gate.set()
+            with trio.fail_after(30):
+                await cache.proxy.wait_fetches()
+            info = cache.store.stat_blob("library/app", parse_digest(sha256(LAYER_A)))
+            assert await cache.store.read_all(info.cid) == LAYER_A
+        assert up.count("GET", f"/blobs/{sha256(LAYER_A)}") == 1
+
+
+async def test_upstream_sending_wrong_bytes_cuts_the_response_and_stores_nothing(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        up.corrupt.add(sha256(LAYER_A))
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            with pytest.raises(httpx.HTTPError):
+                await cache.client.get(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+            assert cache.store.blob_info(parse_digest(sha256(LAYER_A))) is None
+            assert not cache.store.repo_has_blob("library/app", parse_digest(sha256(LAYER_A)))
+            # Once the upstream is right again, the blob is fetched afresh.
+            up.corrupt.clear()
+            resp = await cache.client.get(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+            assert resp.content == LAYER_A
+
+
+async def test_range_request_on_a_miss_stores_the_blob_then_serves_the_range(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            resp = await cache.client.get(
+                f"/v2/library/app/blobs/{sha256(LAYER_A)}", headers={"Range": "bytes=1000-1999"}
+            )
+            assert resp.status_code == 206
+            assert resp.content == LAYER_A[1000:2000]
+            assert cache.store.repo_has_blob("library/app", parse_digest(sha256(LAYER_A)))
+
+
+async def test_cached_image_is_served_when_the_upstream_is_down(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        digest, _ = up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url, upstream_tag_ttl=0.0) as cache:
+            await _pull(cache, "library/app", "v1")
+            up.down = True
+            manifest = await _pull(cache, "library/app", "v1")
+            assert sha256(json.dumps(manifest).encode()) == digest
+            missing = await cache.client.get("/v2/library/other/manifests/v1")
+            assert missing.status_code == 503
+            assert missing.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+
+async def test_tag_moved_upstream_is_seen_after_the_ttl_only(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        first, _ = up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url, upstream_tag_ttl=3600.0) as cache:
+            await _pull(cache, "library/app", "v1")
+            second, _ = up.add_image("library/app", "v1", [LAYER_B])
+            resp = await cache.client.head("/v2/library/app/manifests/v1")
+            assert resp.headers["Docker-Content-Digest"] == first
+            heads = up.count("HEAD", "/manifests/v1")
+            cache.proxy.tag_ttl = 0.0  # the TTL ran out
+            resp = await cache.client.head("/v2/library/app/manifests/v1")
+            assert resp.headers["Docker-Content-Digest"] == second
+            assert up.count("HEAD", "/manifests/v1") == heads + 1
+            await _pull(cache, "library/app", "v1")
+            assert cache.store.resolve_tag("library/app", "v1") == parse_digest(second)
+
+
+async def test_index_pending_is_negotiated_for_clients_without_index_support(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        amd64, _ = up.add_image("multi/app", None, [LAYER_A])
+        arm64, _ = up.add_image("multi/app", None, [LAYER_B])
+        size = len(up.manifests[("multi/app", amd64)][0])
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": arm64,
+                    "size": size,
+                    "platform": {"os": "linux", "architecture": "arm64"},
+                },
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": amd64,
+                    "size": size,
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                },
+            ],
+        }
+        index_digest = up.add_manifest("multi/app", "latest", index, OCI_INDEX)
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            full = await cache.client.get("/v2/multi/app/manifests/latest", headers={"Accept": OCI_INDEX})
+            assert full.headers["Docker-Content-Digest"] == index_digest
+            plain = await cache.client.get("/v2/multi/app/manifests/latest", headers={"Accept": OCI_MANIFEST})
+            assert plain.headers["Docker-Content-Digest"] == amd64
+            docker_only = await cache.client.get(
+                "/v2/multi/app/manifests/latest", headers={"Accept": DOCKER_MANIFEST}
+            )
+            assert docker_only.status_code == 404
+
+
+async def test_upstream_credentials_are_used_for_the_token_flow(tmp_path: Path) -> None:
+    async with running_upstream(FakeUpstream(auth="token", users={"cache": "pw"})) as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(
+            tmp_path / "data", up.url, upstream_username="cache", upstream_password="pw"
+        ) as cache:
+            await _pull(cache, "library/app", "v1")
+        assert {r["user"] for r in up.token_requests} == {"cache"}
+    async with running_upstream(FakeUpstream(auth="token", users={"cache": "pw"})) as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data2", up.url, upstream_password="wrong") as cache:
+            resp = await cache.client.get("/v2/library/app/manifests/v1")
+            assert resp.status_code == 403
+            assert resp.json()["errors"][0]["code"] == "DENIED"
+
+
+async def test_unknown_upstream_manifest_and_blob_are_unknown_here(tmp_path: Path) -> None:
+    async with running_upstream() as up, running_cache(tmp_path / "data", up.url) as cache:
+        resp = await cache.client.get("/v2/library/app/manifests/nope")
+        assert resp.status_code == 404
+        assert resp.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        resp = await cache.client.get(f"/v2/library/app/blobs/{sha256(b'none')}")
+        assert resp.status_code == 404
+        assert resp.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+async def test_blob_stored_for_another_repository_is_linked_after_an_upstream_check(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        up.add_image("one/app", "v1", [LAYER_A])
+        up.add_image("two/app", "v1", [LAYER_A])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            await _pull(cache, "one/app", "v1")
+            resp = await cache.client.get(f"/v2/two/app/blobs/{sha256(LAYER_A)}")
+            assert resp.content == LAYER_A
+            assert "X-Ipfs-Path" in resp.headers
+            other = await cache.client.get(f"/v2/three/app/blobs/{sha256(LAYER_A)}")
+            assert other.status_code == 404
+        assert up.count("GET", f"/blobs/{sha256(LAYER_A)}") == 1
+
+
+async def test_pushes_and_deletes_are_unsupported_on_a_pull_through_cache(tmp_path: Path) -> None:
+    async with running_upstream() as up, running_cache(tmp_path / "data", up.url) as cache:
+        put = await cache.client.put(
+            "/v2/library/app/manifests/v1", content=b"{}", headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert put.status_code == 405
+        assert put.json()["errors"][0]["code"] == "UNSUPPORTED"
+        delete = await cache.client.delete("/v2/library/app/manifests/v1")
+        assert delete.status_code == 405
+        delete_blob = await cache.client.delete(f"/v2/library/app/blobs/{sha256(b'x')}")
+        assert delete_blob.status_code == 405
