@@ -5,11 +5,13 @@
 #   docker run -d --name ipfsreg -p 5000:5000 -p 4001:4001 -v ipfsreg:/data ipfsreg
 #
 # Arguments after the image name are appended to `ipfsreg serve --data /data` (for example
-# `--log-level debug`). To move the registry port inside the container, set
-# IPFSREG_REGISTRY_LISTEN (the health check follows it).
+# `--peer MULTIADDR` or `--log-level debug`). To move the registry port inside the container, set
+# IPFSREG_REGISTRY_LISTEN (the health check follows it). The process runs as uid:gid 10001:10001.
 #
-# BASE is any Debian-based image with python3 >= 3.11 and its venv module (python:3.12-slim,
-# or debian:bookworm with python3-venv); the build installs a compiler only in the build stage.
+# BASE is any Debian-based image with python3 >= 3.11 and its venv module: python:3.12-slim, or a
+# Debian image with python3 and python3-venv installed (interop/test_container.py builds from one).
+# A compiler is installed in the build stage only. With buildah, `buildah bud --format docker`
+# keeps the HEALTHCHECK (the OCI image format has no field for it).
 ARG BASE=python:3.12-slim
 
 FROM ${BASE} AS build
@@ -40,11 +42,14 @@ RUN set -eux; \
         --shell /usr/sbin/nologin ipfsreg; \
     install -d -o ipfsreg -g ipfsreg -m 0750 /data
 COPY --from=build /opt/ipfsreg /opt/ipfsreg
-# The runtime side of the compiled extensions (libgmp10 is part of every Debian base): fail the
-# build here rather than at the first peer connection.
-RUN /opt/ipfsreg/bin/python -c "import fastecdsa.curve, plyvel, libp2p, ipfsreg.app"
+# The compiled extensions load here or the build fails (fastecdsa's libgmp10 is pre-depended on by
+# coreutils, so every Debian base has it).
+RUN /opt/ipfsreg/bin/python -c "import fastecdsa.curvemath, fastecdsa._ecdsa, plyvel, libp2p, ipfsreg.app"
 # IPFSREG_DATA_DIR makes `docker exec CONTAINER ipfsreg id|peers|add ...` act on the running node.
 ENV PATH=/opt/ipfsreg/bin:$PATH PYTHONUNBUFFERED=1 IPFSREG_DATA_DIR=/data
+LABEL org.opencontainers.image.title="ipfsreg" \
+      org.opencontainers.image.description="A container image registry on IPFS, in one Python process" \
+      org.opencontainers.image.licenses="MIT"
 USER ipfsreg
 WORKDIR /data
 VOLUME /data
