@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from interop.container_base import (
     BuildahStore,
     ContainerBuildError,
     default_cache_dir,
+    descendants,
     entrypoint_argv,
     kill_group,
     make_image,
@@ -328,3 +330,21 @@ def test_base_recipe_cache_key_changes_with_the_recipe() -> None:
     assert recipe.key() != BaseRecipe(packages=(*recipe.packages, "python3-dev")).key()
     assert recipe.key() != BaseRecipe(suite="trixie").key()
     assert recipe.key() != BaseRecipe(revision=recipe.revision + 1).key()
+
+
+def test_signal_innermost_signals_only_the_deepest_descendant_like_docker_stop() -> None:
+    # sh -> sh -> sleep: only sleep gets SIGTERM, so the shells go on and the outer one exits 3.
+    outer = subprocess.Popen(["sh", "-c", "sh -c 'sleep 60; exit 3'; exit $?"], start_new_session=True)
+    try:
+        chain: list[int] = []
+        for _ in range(600):
+            chain = descendants(outer.pid)
+            if len(chain) == 2:
+                break
+            time.sleep(0.05)
+        assert len(chain) == 2, chain
+        assert signal_innermost(outer.pid) == chain[-1]
+        assert outer.wait(timeout=30) == 3
+    finally:
+        kill_group(outer.pid)
+        outer.wait(timeout=30)
