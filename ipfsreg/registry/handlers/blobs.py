@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Request, Response
 
-from ipfsreg.registry.digests import parse_digest
+from ipfsreg.registry.digests import Digest, parse_digest
 from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response
 from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.ranges import RangeNotSatisfiable, parse_range
@@ -30,6 +30,11 @@ async def get_blob(ctx: Context, request: Request, name: str, reference: str) ->
         fetched = await proxy.blob(name, digest, head=head, ranged="Range" in request.headers)
         if fetched is not None:
             return make_response(200, fetched.headers(), fetched.body or b"", content_length=fetched.size)
+    return await serve_stored_blob(ctx, request, name, digest)
+
+
+async def serve_stored_blob(ctx: Context, request: Request, name: str, digest: Digest) -> Response:
+    """GET/HEAD (with Range) of a blob stored in ``name`` (no upstream involved)."""
     info = ctx.store.stat_blob(name, digest)
     headers = blob_headers(info)
     offset, length, status = 0, info.size, 200

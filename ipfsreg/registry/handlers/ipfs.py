@@ -1,6 +1,7 @@
 """``/v2/ipfs/<cid>/...``: read-only repositories that serve the OCI Image Layout directory ``<cid>``.
 
-What is already recorded under the repository is served by the ordinary handlers from local blocks.
+What is already recorded under the repository is served by the ordinary handlers' local paths (a
+pull-through upstream is never asked: the content is named by its CID).
 Anything else is read from the layout through a per-request block source (missing blocks come over
 bitswap): a manifest is checked against its digest and recorded (with an index's children) before
 it is served; a blob streams through the hasher, its last bytes held back until the digest matches,
@@ -75,13 +76,13 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
             raise RegistryError(
                 "MANIFEST_UNKNOWN", {"reference": reference, "image": str(root), "reason": _reason(exc)}
             ) from None
-    return await manifests.get_manifest(ctx, request, name, reference)
+    return await manifests.serve_stored_manifest(ctx, request, name, reference, ref)
 
 
 async def get_blob(ctx: Context, request: Request, name: str, reference: str, root: CID) -> Response:
     digest = parse_digest(reference)
     if ctx.store.repo_has_blob(name, digest):
-        return await blobs.get_blob(ctx, request, name, reference)
+        return await blobs.serve_stored_blob(ctx, request, name, digest)
     try:
         async with ctx.open_source() as source:
             cid, size = await locate_blob(source, root, digest)

@@ -51,6 +51,14 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
         if request.method == "HEAD":
             return make_response(200, proxied.headers(), b"", content_length=len(proxied.body))
         return make_response(200, proxied.headers(), proxied.body)
+    return await serve_stored_manifest(ctx, request, name, reference, ref)
+
+
+async def serve_stored_manifest(
+    ctx: Context, request: Request, name: str, reference: str, ref: str | Digest
+) -> Response:
+    """GET/HEAD of a manifest stored here (no upstream involved), with Accept negotiation."""
+    accept = ", ".join(request.headers.getlist("Accept"))
     info = ctx.store.resolve(name, ref)
     body: bytes | None = None
     if info.media_type in INDEX_TYPES and not accepts(accept, info.media_type):
