@@ -49,7 +49,7 @@ from ipfsreg.oci.reader import (
 )
 from ipfsreg.registry.digests import Digest, parse_digest
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.manifest import parse_manifest
+from ipfsreg.registry.manifest import ParsedManifest, parse_manifest
 from ipfsreg.registry.names import check_name, ipfs_repository_name, is_valid_tag
 from ipfsreg.registry.storage import BlobInfo, RegistryStore, encode_blob_value, repo_key
 from ipfsreg.unixfs import dagpb, exporter
@@ -216,7 +216,7 @@ async def fetch_manifest(
     return layout, manifest
 
 
-def _parse(manifest: LayoutManifest) -> Any:
+def _parse(manifest: LayoutManifest) -> ParsedManifest:
     try:
         return parse_manifest(manifest.body, manifest.media_type)
     except RegistryError as exc:
