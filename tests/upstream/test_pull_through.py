@@ -310,3 +310,23 @@ async def test_pushes_and_deletes_are_unsupported_on_a_pull_through_cache(tmp_pa
         assert delete.status_code == 405
         delete_blob = await cache.client.delete(f"/v2/library/app/blobs/{sha256(b'x')}")
         assert delete_blob.status_code == 405
+
+
+async def test_whole_server_with_registry_upstream_pulls_through(serve_node: Any) -> None:
+    # The composed server (config, auth and metrics wrappers, node): `registry.upstream` from the
+    # config reaches the handlers, and the cache's fetch tasks run in the served app's nursery.
+    async with running_upstream() as up:
+        digest, _ = up.add_image("library/app", "v1", [LAYER_A, LAYER_B])
+        async with (
+            serve_node("cache", **{"registry.upstream": up.url}) as info,
+            httpx.AsyncClient(base_url=info.registry_urls[0], timeout=60) as client,
+        ):
+            resp = await client.get("/v2/library/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert resp.headers["Docker-Content-Digest"] == digest
+            assert "X-Ipfs-Path" not in resp.headers  # pending: its blobs are not here yet
+            for desc in [resp.json()["config"], *resp.json()["layers"]]:
+                blob = await client.get(f"/v2/library/app/blobs/{desc['digest']}")
+                assert sha256(blob.content) == desc["digest"]
+            again = await client.get("/v2/library/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert again.headers["Docker-Content-Digest"] == digest
+            assert "X-Ipfs-Path" in again.headers  # promoted and published
