@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 TOKEN_PATH: Final = "/auth/token"
 API_VERSION: Final = (b"docker-distribution-api-version", b"registry/2.0")
 DRAIN_IDLE_SECONDS: Final = 30.0
+MAX_FORM_BYTES: Final = 64 * 1024
 
 
 class _Rights(Protocol):
@@ -253,7 +254,12 @@ class AuthApp:
             raise _Refused(str(exc)) from exc
         if credentials is None:
             raise _Refused("unsupported authorization scheme")
-        user, password = credentials
+        return await self._password_principal(*credentials)
+
+    async def _password_principal(self, user: str, password: str) -> Principal:
+        assert self.htpasswd is not None
+        if not user:
+            raise _Refused("missing username")
         try:
             ok = await self.htpasswd.verify(user, password)
         except HtpasswdUnavailable as exc:
@@ -321,59 +327,56 @@ class AuthApp:
     # --- the token endpoint -------------------------------------------------------------------
 
     async def _token_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Docker's token endpoint: ``GET`` with Basic credentials (or none: anonymous), or the
+        OAuth2 ``POST`` form with ``grant_type=password`` (no refresh tokens are issued)."""
         assert self.issuer is not None and self.htpasswd is not None
         method = scope.get("method", "GET").upper()
         head = method == "HEAD"
-        if method not in ("GET", "HEAD"):
+
+        async def fail(
+            status: int, error: str, description: str, headers: dict[str, str] | None = None
+        ) -> None:
             await _send_json(
-                scope,
-                receive,
-                send,
-                405,
-                _oauth_error("unsupported_method", "use GET"),
-                head=head,
-                headers={"allow": "GET, HEAD"},
+                scope, receive, send, status, _oauth_error(error, description), head=head, headers=headers
             )
+
+        try:
+            if method in ("GET", "HEAD"):
+                params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+                principal = await self._basic_principal(_header(scope, b"authorization"))
+            elif method == "POST":
+                if "application/x-www-form-urlencoded" not in _header(scope, b"content-type").lower():
+                    await fail(400, "invalid_request", "expected an application/x-www-form-urlencoded form")
+                    return
+                form = await _read_body(receive, MAX_FORM_BYTES)
+                if form is None:
+                    await fail(413, "invalid_request", f"form larger than {MAX_FORM_BYTES} bytes")
+                    return
+                params = parse_qsl(form.decode("latin-1"), keep_blank_values=True, encoding="utf-8")
+                fields = dict(params)
+                if fields.get("grant_type") != "password":
+                    await fail(400, "unsupported_grant_type", "only grant_type=password is supported")
+                    return
+                principal = await self._password_principal(
+                    fields.get("username", ""), fields.get("password", "")
+                )
+            else:
+                await fail(405, "invalid_request", "use GET or POST", {"allow": "GET, HEAD, POST"})
+                return
+        except _Refused as refused:
+            if refused.status == 401:
+                challenge = {"www-authenticate": f"Basic realm={_quote(self.realm)}"}
+                await fail(401, "invalid_grant", refused.reason, challenge)
+            else:
+                await fail(refused.status, "temporarily_unavailable", refused.reason)
             return
-        params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         services = {v for k, v in params if k == "service"}
         if services and services != {self.service}:
-            await _send_json(
-                scope,
-                receive,
-                send,
-                400,
-                _oauth_error("invalid_request", f"unknown service {sorted(services)}"),
-                head=head,
-            )
-            return
-        try:
-            principal = await self._basic_principal(_header(scope, b"authorization"))
-        except _Refused as refused:
-            await _send_json(
-                scope,
-                receive,
-                send,
-                refused.status,
-                _oauth_error(
-                    "invalid_grant" if refused.status == 401 else "temporarily_unavailable", refused.reason
-                ),
-                head=head,
-                headers={"www-authenticate": f"Basic realm={_quote(self.realm)}"}
-                if refused.status == 401
-                else {},
-            )
+            await fail(400, "invalid_request", f"unknown service {sorted(services)}")
             return
         accounts = {v for k, v in params if k == "account" and v}
         if accounts and not principal.anonymous and accounts != {principal.name}:
-            await _send_json(
-                scope,
-                receive,
-                send,
-                400,
-                _oauth_error("invalid_request", "account does not match the credentials"),
-                head=head,
-            )
+            await fail(400, "invalid_request", "account does not match the credentials")
             return
         requested = parse_scopes(v for k, v in params if k == "scope")
         granted = self.policy.grant(principal, requested)
@@ -384,10 +387,9 @@ class AuthApp:
             "access_token": issued.token,
             "expires_in": issued.expires_in,
             "issued_at": stamp,
+            "scope": " ".join(a.scope() for a in granted),
         }
-        log.info(
-            "token for %s: %s", principal.name or "anonymous", " ".join(a.scope() for a in granted) or "-"
-        )
+        log.info("token for %s: %s", principal.name or "anonymous", body["scope"] or "-")
         await _send_json(scope, receive, send, 200, body, head=head)
 
 
@@ -456,6 +458,28 @@ async def _send_response(
         nursery.start_soon(_drain, receive)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds ``limit`` (the rest is drained later)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        with trio.move_on_after(DRAIN_IDLE_SECONDS) as idle:
+            message = await receive()
+        if idle.cancelled_caught:
+            raise _Refused("the request body stopped arriving", status=408)
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _announces_body(scope: Scope) -> bool:

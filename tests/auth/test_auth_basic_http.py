@@ -272,3 +272,20 @@ def test_access_rules_without_any_authentication_are_a_startup_error() -> None:
         auth_app(object(), auth_settings(anonymous_pull=True))
     app = object()
     assert auth_app(app, auth_settings()) is app
+
+
+async def test_upload_session_of_another_repository_cannot_be_continued(server: AuthServer) -> None:
+    async with server.client("alice") as alice:
+        started = await alice.post("/v2/private/app/blobs/uploads/")
+        assert started.status_code == 202
+    session_path = started.headers["Location"].split("?")[0]
+    upload_id = session_path.rsplit("/", 1)[1]
+    async with server.client("carol") as carol:
+        assert_oci_error(await carol.patch(session_path, content=b"evil"), 403, "DENIED")
+        hijack = await carol.patch(f"/v2/dst/blobs/uploads/{upload_id}", content=b"evil")
+        assert_oci_error(hijack, 404, "BLOB_UPLOAD_UNKNOWN")
+    async with server.client("alice") as alice:
+        before = started.headers["Range"]
+        status = await alice.get(session_path)
+        assert status.status_code == 204
+        assert status.headers["Range"] == before  # carol's bytes never reached the session

@@ -246,3 +246,29 @@ def test_tls_cert_without_key_is_refused(tmp_path: Path) -> None:
     cert, _ = write_self_signed(tmp_path)
     with pytest.raises(ValueError, match="together"):
         hypercorn_config(auth_settings(tls_cert=cert))
+
+
+async def test_oauth2_password_grant_issues_the_same_cut_down_token(server: AuthServer) -> None:
+    form = {
+        "grant_type": "password",
+        "username": "bob",
+        "password": PASSWORDS["bob"],
+        "service": "ipfsreg-test",
+        "scope": "repository:team/app:pull,push repository:other:pull",
+        "client_id": "test",
+    }
+    async with server.client() as client:
+        resp = await client.post("/auth/token", data=form)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["scope"] == "repository:team/app:pull"
+        assert claims_of(resp.json()["access_token"])["access"] == [
+            {"type": "repository", "name": "team/app", "actions": ["pull"]}
+        ]
+        wrong = await client.post("/auth/token", data={**form, "password": "nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_grant"
+        refresh = await client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
+        assert refresh.status_code == 400 and refresh.json()["error"] == "unsupported_grant_type"
+        huge = await client.post("/auth/token", data={**form, "scope": "repository:a:pull " * 10000})
+        assert huge.status_code == 413
+        not_form = await client.post("/auth/token", json=form)
+        assert not_form.status_code == 400
