@@ -16,6 +16,7 @@ from registry_helpers import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Ser
 
 from ipfsreg.blockstore import BlockNotFound
 from ipfsreg.cid import CID
+from ipfsreg.gc import collector_for
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
@@ -533,3 +534,26 @@ async def test_pull_image_replaces_an_incomplete_stored_blob_dag_with_the_verifi
     replaced = registry.store.blob_info(parse_digest(sha256(layer)))
     assert replaced is not None and replaced.cid != stored.cid and replaced.cid.version == 1
     assert (await registry.client.get(f"/v2/dst/blobs/{sha256(layer)}")).content == layer
+
+
+async def test_garbage_collection_keeps_published_image_directories_and_drops_unpublished_ones(
+    registry: Server,
+) -> None:
+    dropped_digest, _, _ = await push_oci_image(registry, "dropped", "v1", [b"only this image has me"])
+    kept_digest, _, _ = await push_oci_image(registry, "kept", "v1", [b"mirrored by ipfs/<cid>"])
+    dropped, kept = registry.store.image_cid("dropped", "v1"), registry.store.image_cid("kept", "v1")
+    assert dropped is not None and kept is not None
+    collector = collector_for(registry.datastore, registry.store)
+    await collector.run()
+    assert registry.datastore.blocks.has(dropped) and registry.datastore.blocks.has(kept)
+    repo = ipfs_repository_name(kept)
+    pulled = await registry.client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert pulled.status_code == 200
+    for name, digest in (("dropped", dropped_digest), ("kept", kept_digest)):
+        assert (await registry.client.delete(f"/v2/{name}/manifests/{digest}")).status_code == 202
+    assert (await registry.client.delete(f"/v2/{repo}/manifests/{kept_digest}")).status_code == 403
+    await collector.run()
+    assert not registry.datastore.blocks.has(dropped)
+    assert registry.datastore.blocks.has(kept)  # ipfs/<cid> records its mirror of the image
+    again = await registry.client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert again.status_code == 200
