@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 UPSTREAM_ACCEPT: Final = (OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
 # Chunks of a streamed blob buffered between the fetch task and a slow client.
 STREAM_BUFFER_CHUNKS: Final = 16
+# A client that takes no bytes for this long is dropped (its response cut short), so it cannot
+# hold up the fetch that other requests for the same blob wait for.
+CLIENT_STALL_SECONDS: Final = 120.0
 _SEP: Final = b"\0"
 _HEADER: Final = struct.Struct(">I")
 _EXTENSION: Final = "ipfsreg.registry.proxy"
@@ -126,6 +129,7 @@ class _Fetch:
     stored: BlobInfo | None = None
     error: BaseException | None = None
     detached: bool = False
+    client_dropped: bool = False
 
 
 class _StreamFailed(Exception):
@@ -174,12 +178,14 @@ class PullThrough:
         nursery: trio.Nursery,
         tag_ttl: float = 60.0,
         clock: Callable[[], float] = time.time,
+        client_stall_timeout: float = CLIENT_STALL_SECONDS,
     ) -> None:
         self.store = store
         self.client = client
         self.nursery = nursery
         self.tag_ttl = tag_ttl
         self.clock = clock
+        self.client_stall_timeout = client_stall_timeout
         self.pending = store.datastore.keyspace("reg.proxy.pending")
         self.proxied_tags = store.datastore.keyspace("reg.proxy.tags")
         self._fetches: dict[Digest, _Fetch] = {}
@@ -453,9 +459,14 @@ class PullThrough:
                     if fetch.detached:
                         return
                     try:
-                        await send.send(chunk)
+                        with trio.move_on_after(self.client_stall_timeout) as stalled:
+                            await send.send(chunk)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         fetch.detached = True  # the client left: keep storing the blob
+                        return
+                    if stalled.cancelled_caught:
+                        fetch.detached = fetch.client_dropped = True
+                        send.close()
 
                 async def tee() -> AsyncIterator[bytes]:
                     async for chunk in upstream.chunks():
@@ -508,6 +519,8 @@ async def _client_body(fetch: _Fetch, receive: trio.MemoryReceiveChannel[bytes])
         async for chunk in receive:
             yield chunk
     await fetch.done.wait()
+    if fetch.client_dropped:
+        raise _StreamFailed(f"the client took no bytes of {fetch.digest} for too long")
     if fetch.stored is None:
         raise _StreamFailed(f"fetching {fetch.digest} from the upstream failed: {fetch.error!r}")
 

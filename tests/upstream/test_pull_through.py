@@ -167,6 +167,24 @@ async def test_client_leaving_mid_blob_does_not_stop_the_blob_being_stored(tmp_p
         assert up.count("GET", f"/blobs/{sha256(LAYER_A)}") == 1
 
 
+async def test_client_taking_no_bytes_is_dropped_and_the_blob_still_stored(tmp_path: Path) -> None:
+    big = bytes(range(251)) * (64 * 1024)  # 16 MB: more than the channel and socket buffers hold
+    async with running_upstream() as up:
+        up.add_image("library/app", "v1", [big])
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            # A first request makes the app's cache, whose stall timeout the test shortens.
+            assert (await cache.client.head("/v2/library/app/manifests/v1")).status_code == 200
+            cache.proxy.client_stall_timeout = 0.2
+            async with cache.client.stream("GET", f"/v2/library/app/blobs/{sha256(big)}") as resp:
+                assert resp.status_code == 200
+                with trio.fail_after(60):
+                    await cache.proxy.wait_fetches()  # completes although this client reads nothing
+                with pytest.raises(httpx.HTTPError):
+                    await resp.aread()  # the response was cut short, never ended cleanly
+            info = cache.store.stat_blob("library/app", parse_digest(sha256(big)))
+            assert info.size == len(big)
+
+
 async def test_upstream_sending_wrong_bytes_cuts_the_response_and_stores_nothing(tmp_path: Path) -> None:
     async with running_upstream() as up:
         up.add_image("library/app", "v1", [LAYER_A])
