@@ -19,12 +19,16 @@ Design (blobs are fetched lazily, as distribution's proxy does):
   while they stream) go through an unpersisted registry upload (``scratch_upload`` / ``append`` /
   ``finish_upload``: hashed and chunked into the blob's UnixFS DAG exactly once) and, through a
   small channel, to the client. The blob becomes visible only when its whole DAG is committed; the
-  client's body ends only after that, so a finished pull means a stored blob. A client that leaves
-  mid-way detaches: the task finishes storing the blob. Concurrent requests for a blob being fetched
-  wait for that fetch, then read the stored copy. A Range request on a miss waits for the whole
-  blob, then reads its range locally. A blob already stored for another repository is linked into
-  this one once the upstream confirms (``HEAD``) that this repository holds it.
+  client's last piece is sent only after that, so a finished pull means a stored blob. A client
+  that leaves mid-way detaches (one that takes no bytes for ``CLIENT_STALL_SECONDS`` is dropped, its
+  response cut short): the task finishes storing the blob either way. Concurrent requests for a
+  blob being fetched wait for that fetch, then read the stored copy. A Range request on a miss
+  waits for the whole blob, then reads its range locally. A blob already stored for another
+  repository is linked into this one once the upstream confirms (``HEAD``) that this one holds it.
 - Writes (push, delete) are refused with UNSUPPORTED, as distribution's proxy does.
+
+Not done here: ``tags/list`` shows only promoted tags (distribution's proxy lists the upstream's);
+blobs are never expired (garbage collection decides what goes, as for pushed images).
 """
 
 from __future__ import annotations
