@@ -557,3 +557,26 @@ async def test_garbage_collection_keeps_published_image_directories_and_drops_un
     assert registry.datastore.blocks.has(kept)  # ipfs/<cid> records its mirror of the image
     again = await registry.client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
     assert again.status_code == 200
+
+
+async def test_concurrent_pushes_to_one_tag_leave_its_image_matching_the_tag(registry: Server) -> None:
+    import trio
+
+    bodies = []
+    for i in range(6):
+        _, body, _ = await push_oci_image(registry, "race", f"seed{i}", [f"layer {i}".encode() * 1000])
+        bodies.append(body)
+
+    async def put(body: bytes) -> None:
+        resp = await registry.client.put(
+            "/v2/race/manifests/latest", content=body, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert resp.status_code == 201
+
+    async with trio.open_nursery() as nursery:
+        for body in bodies:
+            nursery.start_soon(put, body)
+    image = registry.store.image("race", "latest")
+    assert image is not None
+    assert image.digest == registry.store.resolve_tag("race", "latest")
+    assert await registry.store.publish("race", "latest") == image.cid  # the tag's current manifest, rebuilt
