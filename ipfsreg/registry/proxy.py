@@ -381,9 +381,14 @@ class PullThrough:
             return False
         if not all(self.store.manifest_info(repo, child.digest) is not None for child in parsed.manifests):
             return False
-        await self._store_manifest(
-            repo, digest, pending.media_type, pending.body, self._tags_naming(repo, digest)
-        )
+        try:
+            await self._store_manifest(
+                repo, digest, pending.media_type, pending.body, self._tags_naming(repo, digest)
+            )
+        except RegistryError as exc:
+            # Stays pending (and served from there); the next stored blob tries again.
+            log.warning("cannot store %s@%s fetched through the cache: %s", repo, digest, exc)
+            return False
         with self.store.datastore.batch(sync=True) as batch:
             batch.delete(self.pending, _key(repo, str(digest)))
         return True

@@ -40,6 +40,7 @@ class FakeUpstream:
     manifests: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
+    break_after_first_chunk: set[str] = field(default_factory=set)  # blobs whose connection breaks
     redirect_blobs: bool = False  # blob GETs redirect to another origin (http://localhost:PORT)
     omit_digest_header: bool = False
     wrong_digest_header: bool = False
@@ -213,6 +214,8 @@ def _blob_response(state: FakeUpstream, repo: str, digest: str) -> Response:
         for pos in range(0, len(data), state.chunk_bytes):
             yield data[pos : pos + state.chunk_bytes]
             state.blob_started.set()
+            if digest in state.break_after_first_chunk:
+                raise ConnectionAbortedError("the fake upstream breaks this blob's connection")
             if pos == 2 * state.chunk_bytes and state.gate is not None:
                 await state.gate.wait()
 

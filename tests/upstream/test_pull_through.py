@@ -200,6 +200,18 @@ async def test_upstream_sending_wrong_bytes_cuts_the_response_and_stores_nothing
             assert resp.content == LAYER_A
 
 
+async def test_upstream_connection_breaking_mid_blob_leaves_no_blob_visible(tmp_path: Path) -> None:
+    async with running_upstream(FakeUpstream(chunk_bytes=32 * 1024)) as up:
+        up.add_image("library/app", "v1", [LAYER_A])
+        up.break_after_first_chunk.add(sha256(LAYER_A))
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            with pytest.raises(httpx.HTTPError):
+                await cache.client.get(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+            assert cache.store.blob_info(parse_digest(sha256(LAYER_A))) is None
+            head = await cache.client.head(f"/v2/library/app/blobs/{sha256(LAYER_A)}")
+            assert "X-Ipfs-Path" not in head.headers  # still answered from the upstream, not stored
+
+
 async def test_range_request_on_a_miss_stores_the_blob_then_serves_the_range(tmp_path: Path) -> None:
     async with running_upstream() as up:
         up.add_image("library/app", "v1", [LAYER_A])
