@@ -2,7 +2,18 @@
 (JWT resource server plus a built-in ``/auth/token`` issuer) and per-repository access rules.
 
 ``auth_app(registry_asgi_app, registry_settings)`` wraps the registry app (returns it unchanged
-when no auth is configured). Rules are described in :mod:`ipfsreg.auth.policy`.
+when no auth is configured; raises :class:`AuthConfigError` for an unusable configuration).
+
+Settings (``[registry]``): ``htpasswd`` turns on Basic auth; ``token_key`` (with ``htpasswd``)
+turns on token auth with the built-in issuer, ``token_rootcertbundle`` trusts an external one
+(``token_realm``, ``token_service``, ``token_issuer`` name it); ``access`` holds the rules (see
+:mod:`ipfsreg.auth.policy`; none = every user may do everything, as distribution's htpasswd
+mode); ``anonymous_pull`` lets requests without credentials pull every repository (and read
+``/ipfs/``). ``/v2/`` always asks anonymous requests to authenticate, so clients learn the scheme.
+
+Security notes: only rights are enforced here. Blocks are also served to any libp2p peer over
+bitswap, and ``/v2/ipfs/<cid>`` repositories read any stored content by CID, so content is
+private only as long as its CIDs and digests are.
 """
 
 from ipfsreg.auth.htpasswd import Htpasswd, HtpasswdUnavailable, parse_htpasswd

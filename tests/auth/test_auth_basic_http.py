@@ -12,9 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from auth_support import PASSWORDS, AuthServer, auth_settings, running_auth_registry, write_htpasswd
 
 from ipfsreg.auth import AuthConfigError, auth_app
+from ipfsreg.blockstore import Datastore
+from ipfsreg.metrics import Metrics, ObservedApp
+from ipfsreg.registry.app import create_app, serve_registry
 from ipfsreg.registry.digests import parse_digest
 
 RULES = [
@@ -289,3 +293,25 @@ async def test_upload_session_of_another_repository_cannot_be_continued(server: 
         status = await alice.get(session_path)
         assert status.status_code == 204
         assert status.headers["Range"] == before  # carol's bytes never reached the session
+
+
+async def test_observed_app_outside_auth_serves_health_and_metrics_and_counts_denials(tmp_path: Path) -> None:
+    """The stacking the server uses: ObservedApp(AuthApp(registry))."""
+    settings = auth_settings(htpasswd=write_htpasswd(tmp_path / "htpasswd", {"alice": PASSWORDS["alice"]}))
+    datastore = Datastore.open(tmp_path / "data")
+    try:
+        app = ObservedApp(
+            auth_app(create_app(datastore, settings), settings), Metrics(datastore), lambda: None
+        )
+        async with trio.open_nursery() as nursery:
+            url = (await nursery.start(serve_registry, app, settings))[0]
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                assert (await client.get("/v2/")).status_code == 401
+                assert (await client.get("/v2/", auth=("alice", PASSWORDS["alice"]))).status_code == 200
+                metrics = (await client.get("/metrics")).text
+            nursery.cancel_scope.cancel()
+    finally:
+        datastore.close()
+    assert 'ipfsreg_http_requests_total{method="GET",route="base",status="401"} 1.0' in metrics
+    assert 'ipfsreg_http_requests_total{method="GET",route="base",status="200"} 1.0' in metrics
