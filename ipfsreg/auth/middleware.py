@@ -518,6 +518,13 @@ def auth_app(app: Any, settings: RegistrySettings) -> Any:
             )
         return app
     policy = Policy.from_settings(settings.access, anonymous_pull=settings.anonymous_pull)
+    host = settings.listen.rsplit(":", 1)[0].strip("[]")
+    if settings.tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "authentication without TLS on %s: passwords and tokens cross the network in clear text "
+            "(set registry.tls_cert and registry.tls_key, or terminate TLS in front)",
+            settings.listen,
+        )
     htpasswd = Htpasswd(settings.htpasswd) if settings.htpasswd is not None else None
     issuer: TokenIssuer | None = None
     keys: list[PublicKey] = []

@@ -315,3 +315,30 @@ async def test_observed_app_outside_auth_serves_health_and_metrics_and_counts_de
         datastore.close()
     assert 'ipfsreg_http_requests_total{method="GET",route="base",status="401"} 1.0' in metrics
     assert 'ipfsreg_http_requests_total{method="GET",route="base",status="200"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"access": ["alice:*:fly"]}, "unknown action"),
+        ({"access": ["anonymous:*:push"]}, "anonymous"),
+        ({"htpasswd": Path("/nonexistent/htpasswd")}, "htpasswd"),
+        ({"token_key": Path("/nonexistent/key.pem")}, "needs registry.htpasswd"),
+        ({"token_rootcertbundle": Path("/nonexistent/bundle.pem")}, "bundle"),
+    ],
+)
+def test_unusable_auth_configuration_is_a_startup_error(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    base: dict[str, Any] = {"htpasswd": write_htpasswd(tmp_path / "htpasswd", {"alice": "a"})}
+    if "token_key" in overrides or "token_rootcertbundle" in overrides:
+        base = {}
+    with pytest.raises(AuthConfigError, match=message):
+        auth_app(object(), auth_settings(**{**base, **overrides}))
+
+
+def test_md5_htpasswd_is_a_startup_error(tmp_path: Path) -> None:
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\n")
+    with pytest.raises(AuthConfigError, match="bcrypt"):
+        auth_app(object(), auth_settings(htpasswd=path))
