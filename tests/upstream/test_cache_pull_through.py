@@ -360,3 +360,16 @@ async def test_whole_server_with_registry_upstream_pulls_through(serve_node: Any
             again = await client.get("/v2/library/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
             assert again.headers["Docker-Content-Digest"] == digest
             assert "X-Ipfs-Path" in again.headers  # promoted and published
+
+
+async def test_manifest_the_registry_cannot_store_is_a_bad_gateway_answer(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        up.add_manifest("library/old", "v1", {"schemaVersion": 1, "name": "library/old"}, schema1)
+        async with running_cache(tmp_path / "data", up.url) as cache:
+            resp = await cache.client.get("/v2/library/old/manifests/v1")
+            assert resp.status_code == 502
+            error = resp.json()["errors"][0]
+            assert error["code"] == "UNAVAILABLE"
+            assert "schema1" in error["detail"]["upstream"]
+            assert cache.proxy.pending_digests("library/old") == []
