@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?=
-SYSTEM_TOOLS := skopeo umoci docker-registry buildah
-APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap python3-venv
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap
+APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv
 
 .PHONY: run test check lint typecheck install system-deps bench clean
 

@@ -15,8 +15,9 @@ from typing import Any, Final
 
 import trio
 
+from ipfsreg.auth import auth_app
 from ipfsreg.blockstore import BlockNotFound, Datastore
-from ipfsreg.config import Config
+from ipfsreg.config import Config, ConfigError
 from ipfsreg.control import ApiSettings, create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
@@ -26,7 +27,7 @@ from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, registry_store, serve_registry
+from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -70,6 +71,10 @@ async def run_server(
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
     gc_settings: GcSettings = config.section("gc")
+    try:
+        hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
@@ -92,7 +97,11 @@ async def run_server(
             # per request.
             async with node.block_source() as source, trio.open_nursery() as servers:
                 registry = create_app(
-                    store, registry_settings, block_source=source, import_options=import_options
+                    store,
+                    registry_settings,
+                    block_source=source,
+                    import_options=import_options,
+                    source_factory=node.block_source,
                 )
                 register_gateway(
                     registry,
@@ -106,7 +115,10 @@ async def run_server(
                 control = create_control_app(
                     store, source, node=node, collector=collector, spool_dir=config.data_dir
                 )
-                observed = ObservedApp(registry, Metrics(store, node), lambda: _health(store))
+                # Outermost: metrics and the access log see every request, 401s included, and
+                # /metrics and /healthz stay outside authentication.
+                guarded = auth_app(registry, registry_settings)
+                observed = ObservedApp(guarded, Metrics(store, node), lambda: _health(store))
                 info.registry_urls = await servers.start(
                     _serve_registry, observed, registry_settings, shutdown_trigger
                 )

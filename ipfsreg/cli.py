@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, NoReturn
 import trio
 
 from ipfsreg import __version__
+from ipfsreg.auth.policy import AuthConfigError
 from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
@@ -86,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peer to stay connected to (repeatable)",
     )
+
+    p.add_argument("--upstream", metavar="URL", default=None, help="pull-through cache of this registry")
+    p.add_argument("--upstream-username", metavar="USER", default=None)
+    p.add_argument(
+        "--htpasswd", metavar="FILE", default=None, help="bcrypt htpasswd file: turns on basic auth"
+    )
+    p.add_argument(
+        "--anonymous-pull", action="store_const", const=True, default=None, help="pull without login"
+    )
+    p.add_argument(
+        "--access",
+        metavar="RULE",
+        action="append",
+        default=None,
+        help="USER:REPOSITORY-GLOB:ACTIONS rule (repeatable), e.g. 'bob:team/*:pull'",
+    )
+    p.add_argument(
+        "--token-key", metavar="FILE", default=None, help="private key: issue and accept bearer tokens"
+    )
+    p.add_argument("--tls-cert", metavar="FILE", default=None, help="certificate (PEM) for HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", default=None, help="private key (PEM) for HTTPS")
 
     p = command("id", cmd_id, "print this node's peer ID and listen multiaddrs")
     p.add_argument("--json", action="store_true", help='print {"id": ..., "addrs": [...]}')
@@ -330,12 +352,33 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+# Failures reported as one line (no traceback): bad input, config, storage, protocol and peer errors.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CommandError,
+    ControlApiError,
+    OpsError,
+    ConfigError,
+    BlockstoreError,
+    UnixFSError,
+    CIDError,
+    NodeError,
+    AuthConfigError,
+)
+
 # Flags that set config options: (section.option, argparse attribute).
 _FLAG_OPTIONS = (
     ("registry.listen", "registry_listen"),
     ("api.listen", "api_listen"),
     ("node.p2p_listen", "p2p_listen"),
     ("node.peers", "peer_list"),
+    ("registry.upstream", "upstream"),
+    ("registry.upstream_username", "upstream_username"),
+    ("registry.htpasswd", "htpasswd"),
+    ("registry.anonymous_pull", "anonymous_pull"),
+    ("registry.access", "access"),
+    ("registry.token_key", "token_key"),
+    ("registry.tls_cert", "tls_cert"),
+    ("registry.tls_key", "tls_key"),
 )
 
 
@@ -352,22 +395,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
-    except (
-        CommandError,
-        ControlApiError,
-        OpsError,
-        ConfigError,
-        BlockstoreError,
-        UnixFSError,
-        CIDError,
-        NodeError,
-    ) as exc:
+    except USER_ERRORS as exc:
         _fail(str(exc))
+    except BaseExceptionGroup as group:
+        # Errors from inside the server's nurseries arrive grouped; report the user-facing ones.
+        matched, rest = group.split(USER_ERRORS)
+        if matched is None or rest is not None:
+            raise
+        _fail("; ".join(str(exc) for exc in _leaves(matched)))
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

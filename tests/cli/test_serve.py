@@ -120,3 +120,22 @@ def test_a_second_server_on_the_same_data_dir_is_refused_with_the_holder_named(t
         assert "Traceback" not in second.stderr
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_unusable_auth_or_tls_settings_stop_serve_with_one_line(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
+    cases = [
+        (["--htpasswd", str(htpasswd)], "no bcrypt hash"),
+        (["--tls-cert", str(htpasswd)], "tls_cert and registry.tls_key must be given together"),
+    ]
+    for flags, message in cases:
+        out = subprocess.run(
+            [sys.executable, "-m", "ipfsreg", "serve", "--data", str(tmp_path / "data"), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1, out.stderr
+        assert message in out.stderr
+        assert "Traceback" not in out.stderr
