@@ -18,8 +18,8 @@ check: lint typecheck
 	$(BIN)/pytest -q -m "not interop"
 
 lint: install
-	$(BIN)/ruff check ipfsreg tests interop bench
-	$(BIN)/ruff format --check ipfsreg tests interop bench
+	$(BIN)/ruff check ipfsreg tests interop bench conftest.py
+	$(BIN)/ruff format --check ipfsreg tests interop bench conftest.py
 
 typecheck: install
 	$(BIN)/mypy

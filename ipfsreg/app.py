@@ -113,7 +113,13 @@ async def run_server(
                 if gc_settings.interval > 0:
                     nursery.start_soon(collector.run_every, gc_settings.interval)
                 control = create_control_app(
-                    store, source, node=node, collector=collector, spool_dir=config.data_dir
+                    store,
+                    source,
+                    node=node,
+                    collector=collector,
+                    registry=registry_store(registry),
+                    source_factory=node.block_source,
+                    spool_dir=config.data_dir,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.

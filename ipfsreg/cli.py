@@ -23,8 +23,11 @@ from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
+from ipfsreg.imageops import split_name_tag
 from ipfsreg.node.errors import NodeError
-from ipfsreg.ops import READ_SIZE, OpsError, path_size
+from ipfsreg.oci.errors import LayoutError
+from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
+from ipfsreg.registry.errors import RegistryError
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -140,13 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None, help="destination (default: the CID)")
     p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
-    p = command("export", cmd_export, "write the DAG under CID as a CAR v1 file")
-    p.add_argument("cid_path", metavar="CID[/path]")
+    p = command("export", cmd_export, "write an image (NAME:TAG) or the DAG under CID as a CAR v1 file")
+    p.add_argument("cid_path", metavar="NAME:TAG|CID[/path]")
     p.add_argument("-o", "--output", type=Path, required=True, help="CAR file to write ('-' for stdout)")
 
     p = command("import", cmd_import, "verify and store every block of a CAR v1 file; prints its roots")
     p.add_argument("car", type=Path, help="CAR file ('-' for stdin)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the roots")
+    p.add_argument("--tag", metavar="NAME:TAG", default=None, help="tag the imported image in the registry")
+
+    p = command("publish", cmd_publish, "(re)publish NAME:TAG as an OCI image layout on IPFS; prints its CID")
+    p.add_argument("image", metavar="NAME[:TAG]")
+
+    p = command("images", cmd_images, "list published images: NAME:TAG, manifest digest, CID")
+    p.add_argument("--json", action="store_true")
+
+    p = command("pull", cmd_pull, "bring an image from IPFS into the registry (fetching over bitswap)")
+    p.add_argument("cid", metavar="/ipfs/CID")
+    p.add_argument("image", metavar="NAME[:TAG]", nargs="?", help="default: repository ipfs/<cid>")
+    p.add_argument(
+        "--ref", default=None, help="the layout's tag or digest to pull (default: TAG or its only image)"
+    )
+    p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
+
+    p = command("push", cmd_push, "import an OCI layout directory or docker save tarball as NAME:TAG")
+    p.add_argument("path", type=Path)
+    p.add_argument("image", metavar="NAME[:TAG]")
 
     p = command("pin", cmd_pin, "keep DAGs through garbage collection")
     p.add_argument("action", choices=["add", "rm", "ls"])
@@ -263,13 +285,78 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _out_stream(args.output) as out, progress_bar(None, "export") as bar:
-        backend.export(args.cid_path, out, progress=bar)
+        target = args.cid_path
+        if _looks_like_image(target):
+            target = str(backend.image_cid(*split_name_tag(target)))
+        backend.export(target, out, progress=bar)
+    return 0
+
+
+def _looks_like_image(text: str) -> bool:
+    """NAME:TAG (a registry image) rather than CID[/path]."""
+    if text.startswith(("/ipfs/", "ipfs://")):
+        return False
+    try:
+        CID.parse(text.split("/", 1)[0])
+    except CIDError:
+        return True
+    return False
+
+
+def _cid_arg(text: str) -> CID:
+    """A CID given as /ipfs/CID, ipfs://CID or CID (CIDv0 accepted)."""
+    root, path = parse_cid_path(text)
+    if path:
+        raise CommandError(f"expected an image CID, not a path inside one: {text}")
+    return root
+
+
+def _print_pulled(result: dict[str, Any]) -> None:
+    print(f"{result['name']}:{result['tag']} {result['digest']} ({result['blobs']} blobs)", file=sys.stderr)
+    print(result["cid"])
+
+
+def cmd_publish(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        print(backend.publish(*split_name_tag(args.image)))
+    return 0
+
+
+def cmd_images(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        images = backend.images()
+    if args.json:
+        print(json.dumps(images))
+    else:
+        for image in images:
+            print(f"{image['name']}:{image['tag']}\t{image['digest']}\t{image['cid']}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, config: Config) -> int:
+    cid = _cid_arg(args.cid)
+    target = split_name_tag(args.image) if args.image else None
+    with backend_for(config) as backend:
+        _print_pulled(backend.pull(cid, args.ref, target, args.peer))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, config: Config) -> int:
+    name, tag = split_name_tag(args.image)
+    with backend_for(config) as backend:
+        _print_pulled(backend.push(args.path, name, tag))
     return 0
 
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _in_stream(args.car) as fh:
         roots = backend.import_car(_file_chunks(fh), pin=not args.no_pin)
+        if args.tag:
+            if len(roots) != 1:
+                raise CommandError(f"--tag needs a CAR with one root, this one has {len(roots)}")
+            name, tag = split_name_tag(args.tag)
+            tagged = backend.tag(roots[0], name, tag, None)
+            print(f"tagged {name}:{tag} {tagged['digest']}", file=sys.stderr)
     for root in roots:
         print(root)
     return 0
@@ -363,6 +450,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     CIDError,
     NodeError,
     AuthConfigError,
+    RegistryError,
+    LayoutError,
 )
 
 # Flags that set config options: (section.option, argparse attribute).

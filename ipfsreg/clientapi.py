@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol
 
 import httpx
 import trio
@@ -21,11 +21,16 @@ from ipfsreg.apifile import PREFIX, read_api_file
 from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
+from ipfsreg.imageops import image_json, pulled_json, push_image
+from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.pins import Pins
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
 from ipfsreg.unixfs.exporter import BlockSource, LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions, ImportResult
+
+if TYPE_CHECKING:
+    from ipfsreg.registry.storage import RegistryStore
 
 Progress = Callable[[int], None]
 _TIMEOUT: Final = httpx.Timeout(30.0, read=None, write=None)
@@ -65,6 +70,20 @@ class Backend(Protocol):
     def pins(self) -> list[CID]: ...
 
     def gc(self, *, dry_run: bool) -> dict[str, Any]: ...
+
+    def publish(self, name: str, tag: str) -> CID: ...
+
+    def images(self) -> list[dict[str, str]]: ...
+
+    def image_cid(self, name: str, tag: str) -> CID: ...
+
+    def pull(
+        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+    ) -> dict[str, Any]: ...
+
+    def push(self, path: Path, name: str, tag: str) -> dict[str, Any]: ...
+
+    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]: ...
 
     def identity(self) -> tuple[str, list[str]]: ...
 
@@ -167,6 +186,48 @@ class LocalBackend:
 
         collector = collector_for(self.store, RegistryStore(self.store))
         return dataclasses.asdict(trio.run(lambda: collector.run(dry_run=dry_run)))
+
+    def registry(self) -> RegistryStore:
+        from ipfsreg.registry.storage import RegistryStore
+
+        return RegistryStore(self.store, import_options=import_options(self.config))
+
+    def publish(self, name: str, tag: str) -> CID:
+        registry = self.registry()
+        return trio.run(registry.publish, name, tag)
+
+    def images(self) -> list[dict[str, str]]:
+        return [image_json(info) for info in self.registry().images()]
+
+    def image_cid(self, name: str, tag: str) -> CID:
+        registry = self.registry()
+        cid = registry.image_cid(name, tag)
+        return cid if cid is not None else trio.run(registry.publish, name, tag)
+
+    def pull(
+        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+    ) -> dict[str, Any]:
+        from ipfsreg.registry import images
+
+        registry = self.registry()
+        result: list[Any] = []
+
+        async def run(source: BlockSource) -> None:
+            if target is None:
+                result.append(await images.mirror_image(registry, source, cid, ref or LATEST))
+            else:
+                result.append(await images.pull_image(registry, source, cid, ref, *target))
+
+        self._run_with_source(run, peers)
+        return pulled_json(result[0])
+
+    def push(self, path: Path, name: str, tag: str) -> dict[str, Any]:
+        return pulled_json(trio.run(push_image, self.registry(), path, name, tag))
+
+    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
+        from ipfsreg.registry.images import tag_image_from_cid
+
+        return pulled_json(trio.run(tag_image_from_cid, self.registry(), cid, name, tag, ref))
 
     def identity(self) -> tuple[str, list[str]]:
         from ipfsreg.node.host import with_peer_id
@@ -290,6 +351,40 @@ class RemoteBackend:
     def connect(self, multiaddr: str) -> str:
         return str(self.request_json("POST", "/connect", params={"arg": multiaddr})["peer_id"])
 
+    def publish(self, name: str, tag: str) -> CID:
+        return CID.parse(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"})["cid"])
+
+    def images(self) -> list[dict[str, str]]:
+        return list(self.request_json("GET", "/images")["images"])
+
+    def image_cid(self, name: str, tag: str) -> CID:
+        return CID.parse(self.request_json("GET", "/image/cid", params={"arg": f"{name}:{tag}"})["cid"])
+
+    def pull(
+        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+    ) -> dict[str, Any]:
+        self._connect_all(peers)
+        params = {"arg": str(cid)}
+        if ref is not None:
+            params["ref"] = ref
+        if target is not None:
+            params["name"] = f"{target[0]}:{target[1]}"
+        result: dict[str, Any] = self.request_json("POST", "/image/pull", params=params)
+        return result
+
+    def push(self, path: Path, name: str, tag: str) -> dict[str, Any]:
+        # The server reads the path itself: the control API is loopback-only, on this machine.
+        params = {"path": str(path.resolve()), "name": f"{name}:{tag}"}
+        result: dict[str, Any] = self.request_json("POST", "/image/push", params=params)
+        return result
+
+    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
+        params = {"arg": str(cid), "name": f"{name}:{tag}"}
+        if ref is not None:
+            params["ref"] = ref
+        result: dict[str, Any] = self.request_json("POST", "/image/tag", params=params)
+        return result
+
     def _connect_all(self, peers: Sequence[str]) -> None:
         for addr in peers:
             self.connect(addr)
@@ -314,6 +409,10 @@ class RemoteBlockSource:
 
     def prefetch(self, cids: Sequence[CID]) -> None:
         self._hints.extend(cids)
+
+
+def import_options(config: Config) -> ImportOptions:
+    return ImportOptions(chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /prefetch?arg=CID...    hint that these blocks will be read soon
     GET  /export?arg=CID         a CAR v1 stream of the DAG
     POST /pin/add?arg=CID, POST /pin/rm?arg=CID, GET /pin/ls
+    POST /image/publish?arg=NAME:TAG, GET /images, GET /image/cid?arg=NAME:TAG
+    POST /image/pull?arg=CID[&ref=REF][&name=NAME:TAG]   (fetches over bitswap)
+    POST /image/push?path=PATH&name=NAME:TAG   (PATH is read by the server: same machine)
+    POST /image/tag?arg=CID&name=NAME:TAG[&ref=REF]      (image blocks already local)
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
 
@@ -36,10 +40,17 @@ from quart_trio import QuartTrio
 from ipfsreg.apifile import PREFIX, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError
+from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
+from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
+from ipfsreg.oci.errors import LayoutError
+from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import OpsError, cat, parse_cid_path
 from ipfsreg.pins import Pins
+from ipfsreg.registry import images
+from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
@@ -150,6 +161,8 @@ def create_control_app(
     *,
     node: NodeControl | None = None,
     collector: Collector | None = None,
+    registry: RegistryStore | None = None,
+    source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
@@ -196,6 +209,14 @@ def create_control_app(
     @app.errorhandler(CIDError)
     async def _cid_error(exc: CIDError) -> Response:
         return _error(400, str(exc), "bad-request")
+
+    @app.errorhandler(RegistryError)
+    async def _registry_error(exc: RegistryError) -> Response:
+        return _error(exc.status, str(exc), exc.code)
+
+    @app.errorhandler(LayoutError)
+    async def _layout_error(exc: LayoutError) -> Response:
+        return _error(422, str(exc), "layout")
 
     @app.errorhandler(BlockstoreError)
     async def _store_error(exc: BlockstoreError) -> Response:
@@ -282,6 +303,64 @@ def create_control_app(
         if not roots:
             raise ApiError(400, "missing argument 'arg'", "bad-request")
         return Response(export_car(source, roots), content_type="application/vnd.ipld.car")
+
+    def need_registry() -> RegistryStore:
+        if registry is None:
+            raise ApiError(503, "the registry is not running in this server", "no-registry")
+        return registry
+
+    def name_tag(arg: str | None) -> tuple[str, str]:
+        if not arg:
+            raise ApiError(400, "missing NAME:TAG", "bad-request")
+        return split_name_tag(arg)
+
+    @app.post(f"{PREFIX}/image/publish")
+    async def post_publish() -> Response:
+        name, tag = name_tag(request.args.get("arg"))
+        cid = await need_registry().publish(name, tag)
+        return _json({"name": name, "tag": tag, "cid": str(cid)})
+
+    @app.get(f"{PREFIX}/images")
+    async def get_images() -> Response:
+        return _json({"images": [image_json(info) for info in need_registry().images()]})
+
+    @app.get(f"{PREFIX}/image/cid")
+    async def get_image_cid() -> Response:
+        name, tag = name_tag(request.args.get("arg"))
+        store = need_registry()
+        cid = store.image_cid(name, tag)
+        if cid is None:
+            cid = await store.publish(name, tag)
+        return _json({"name": name, "tag": tag, "cid": str(cid)})
+
+    @app.post(f"{PREFIX}/image/pull")
+    async def post_pull() -> Response:
+        store = need_registry()
+        cid = _arg_cid(request.args.get("arg"))
+        ref = request.args.get("ref") or None
+        target = request.args.get("name")
+        factory = source_factory if source_factory is not None else (lambda: source)
+        async with open_source(factory) as pull_source:
+            if target:
+                pulled = await images.pull_image(store, pull_source, cid, ref, *name_tag(target))
+            else:
+                pulled = await images.mirror_image(store, pull_source, cid, ref or LATEST)
+        return _json(pulled_json(pulled))
+
+    @app.post(f"{PREFIX}/image/push")
+    async def post_push() -> Response:
+        path = request.args.get("path")
+        if not path:
+            raise ApiError(400, "missing argument 'path'", "bad-request")
+        name, tag = name_tag(request.args.get("name"))
+        return _json(pulled_json(await push_image(need_registry(), Path(path), name, tag)))
+
+    @app.post(f"{PREFIX}/image/tag")
+    async def post_tag() -> Response:
+        cid = _arg_cid(request.args.get("arg"))
+        name, tag = name_tag(request.args.get("name"))
+        ref = request.args.get("ref") or None
+        return _json(pulled_json(await images.tag_image_from_cid(need_registry(), cid, name, tag, ref)))
 
     @app.get(f"{PREFIX}/id")
     async def get_id() -> Response:

@@ -1,0 +1,42 @@
+"""Image-level operations shared by the CLI and the control API: NAME:TAG parsing, push, JSON views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ipfsreg.ops import OpsError
+from ipfsreg.registry.names import check_name, is_valid_tag
+from ipfsreg.registry.storage import RegistryStore
+
+
+def split_name_tag(text: str) -> tuple[str, str]:
+    """``NAME[:TAG]`` -> (name, tag), the tag defaulting to ``latest``; names are checked."""
+    name, sep, tag = text.rpartition(":")
+    if not sep or "/" in tag:
+        name, tag = text, "latest"
+    check_name(name)
+    if not is_valid_tag(tag):
+        raise OpsError(f"invalid tag {tag!r}: use [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")
+    return name, tag
+
+
+def image_json(info: Any) -> dict[str, str]:
+    return {"name": info.name, "tag": info.tag, "digest": str(info.digest), "cid": str(info.cid)}
+
+
+def pulled_json(image: Any) -> dict[str, Any]:
+    return {**image_json(image), "blobs": image.blobs}
+
+
+async def push_image(registry: RegistryStore, path: Path, name: str, tag: str) -> Any:
+    """``ipfsreg push``: an OCI layout directory or a ``docker save`` tarball into ``name:tag``."""
+    from ipfsreg.registry import images
+
+    if await trio.Path(path).is_dir():
+        return await images.import_layout_dir(registry, path, name, tag)
+    if await trio.Path(path).is_file():
+        return await images.import_docker_save(registry, path, name, tag)
+    raise OpsError(f"{path}: no such OCI layout directory or docker save tarball")
