@@ -28,7 +28,7 @@ from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_re
 from ipfsreg.registry.names import check_name, ipfs_repository_cid
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.storage import BlocksStored, RegistryStore
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
 from ipfsreg.unixfs.importer import ImportOptions
@@ -223,11 +223,14 @@ def create_app(
     block_source: BlockSource | None = None,
     import_options: ImportOptions | None = None,
     source_factory: SourceFactory | None = None,
+    on_blocks_stored: BlocksStored | None = None,
 ) -> RegistryApp:
     """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks).
 
     Pulls by CID (``ipfs/<cid>`` repositories) open a source per request from ``source_factory``
     (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
+    ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
+    CIDs of every batch of blocks that uploads and manifest pushes commit.
     """
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
@@ -238,6 +241,7 @@ def create_app(
         flush_bytes=settings.upload_flush_bytes,
         upload_ttl=settings.upload_session_ttl,
         max_blob_bytes=settings.max_blob_bytes,
+        on_blocks_stored=on_blocks_stored,
     )
     ctx = Context(store, settings, source_factory)
     app = RegistryApp(__name__)

@@ -15,10 +15,23 @@ make it visible commit in one atomic batch):
   never points at a stale image directory; a tag whose image cannot be laid out has no entry)
 
 Uploads stream through the sha256 hasher and the UnixFS importer in worker threads (hashlib and
-the importer release the GIL on large buffers); the resulting blocks are written on the trio
-thread in batches of ``flush_bytes``. At the end of every chunk the importer's snapshot is
-stored in the same batch as its last blocks, so a session resumes after a restart by restoring
-the importer and re-hashing the bytes already stored (``written_subtrees`` + ``buffered``).
+the importer release the GIL on large buffers); the resulting blocks are committed to LevelDB in
+batches of ``flush_bytes``, also in worker threads (plyvel releases the GIL while writing), one
+batch at a time per upload, so the blob's index batch always commits after all its leaf batches.
+At the end of every chunk the importer's snapshot is stored in the same batch as its last
+blocks, so a session resumes after a restart by restoring the importer and re-hashing the bytes
+already stored (``written_subtrees`` + ``buffered``).
+
+Garbage collection safety: every upload holds a datastore lease on the blocks it has flushed
+until the blob is committed (then the blob index reaches them) or the upload is cancelled,
+broken or evicted from memory (a persisted session's record reaches them through
+``live_roots``). Without it a collection starting between a flush and the blob's commit would
+sweep the leaves of a scratch upload (monolithic ``POST ?digest=``, pull-through fetches),
+which has no persisted record.
+
+``on_blocks_stored`` (e.g. the node's ``notify_new_blocks``) is called on the trio thread with
+the CIDs of every batch of blocks an upload or manifest commits, so peers waiting for them over
+bitswap learn of them at once.
 """
 
 from __future__ import annotations
@@ -28,13 +41,14 @@ import logging
 import struct
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
 
 from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
+from ipfsreg.blockstore.store import Lease
 from ipfsreg.cid import CID, decode_varint, encode_varint
 from ipfsreg.oci.blobs import layout_blob
 from ipfsreg.oci.errors import LayoutError
@@ -54,6 +68,8 @@ _UPLOAD_HEADER: Final = struct.Struct(">I")
 _PIECE_BYTES: Final = 1024 * 1024
 # Idle sessions leave memory after this many seconds; their saved state restores them on demand.
 LIVE_IDLE_SECONDS: Final = 60.0
+
+BlocksStored = Callable[[list[CID]], None]
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,11 @@ class ImageInfo:
 
 @dataclass
 class Upload:
-    """An upload session; ``offset`` is the number of bytes received and stored so far."""
+    """An upload session; ``offset`` is the number of bytes received and stored so far.
+
+    ``lease`` holds every block the upload has flushed against garbage collection until the blob
+    is committed or the upload is dropped (see the module docstring).
+    """
 
     uuid: str
     repo: str
@@ -98,6 +118,7 @@ class Upload:
     pending: list[Block] = field(default_factory=list)
     pending_bytes: int = 0
     broken: bool = False
+    lease: Lease | None = None
 
 
 def _blob_value(info: BlobInfo) -> bytes:
@@ -136,8 +157,10 @@ class RegistryStore:
         flush_bytes: int = 4 * 1024 * 1024,
         upload_ttl: float = 24 * 3600.0,
         max_blob_bytes: int = 0,
+        on_blocks_stored: BlocksStored | None = None,
     ) -> None:
         self.datastore = datastore
+        self.on_blocks_stored = on_blocks_stored
         self.local_source: BlockSource = LocalBlockSource(datastore.blocks)
         self.block_source: BlockSource = block_source if block_source is not None else self.local_source
         self.import_options = import_options if import_options is not None else ImportOptions()
@@ -213,7 +236,7 @@ class RegistryStore:
             if not upload.lock.locked() and not upload.pending and now - upload.updated > idle_seconds
         ]
         for key in idle:
-            del self._live[key]
+            self._release(self._live.pop(key))
         return len(idle)
 
     @property
@@ -232,6 +255,7 @@ class RegistryStore:
             offset=0,
             started=now,
             updated=now,
+            lease=Lease(self.datastore),
         )
         with self.datastore.batch() as batch:
             batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
@@ -249,6 +273,7 @@ class RegistryStore:
             offset=0,
             started=now,
             updated=now,
+            lease=Lease(self.datastore),
         )
 
     def _upload_record(self, upload: Upload) -> bytes:
@@ -308,6 +333,7 @@ class RegistryStore:
             offset=int(meta["offset"]),
             started=float(meta["started"]),
             updated=float(meta["updated"]),
+            lease=Lease(self.datastore),
         )
         if upload is not None:
             restored.lock = upload.lock  # keep waiters of a broken session serialised
@@ -338,9 +364,15 @@ class RegistryStore:
     def _expired(self, updated: float) -> bool:
         return self.upload_ttl > 0 and time.time() - updated > self.upload_ttl
 
+    def _release(self, upload: Upload) -> None:
+        """Drop the upload's lease: its blocks are indexed, recorded in its session, or garbage."""
+        if upload.lease is not None:
+            upload.lease.release()
+
     def cancel_upload(self, upload: Upload) -> None:
         self._live.pop(upload.uuid, None)
         upload.broken = True
+        self._release(upload)
         if upload.uuid:
             with self.datastore.batch() as batch:
                 batch.delete(self.uploads, upload.uuid.encode())
@@ -358,7 +390,10 @@ class RegistryStore:
                 for key in expired:
                     batch.delete(self.uploads, key)
             for key in expired:
-                self._live.pop(key.decode(), None)
+                dropped = self._live.pop(key.decode(), None)
+                if dropped is not None:
+                    dropped.broken = True
+                    self._release(dropped)
         return len(expired)
 
     def iter_uploads(self) -> Iterator[str]:
@@ -413,21 +448,46 @@ class RegistryStore:
             upload.pending.append(block)
             upload.pending_bytes += len(block.data)
         if upload.pending_bytes >= self.flush_bytes:
-            self._flush(upload)
+            await self._flush(upload)
 
-    def _flush(self, upload: Upload, batch: WriteBatch | None = None) -> None:
-        if batch is None:
-            with self.datastore.batch() as own:
-                self._put_pending(upload, own)
-        else:
-            self._put_pending(upload, batch)
+    async def _flush(self, upload: Upload) -> None:
+        """Commit the upload's pending blocks in a batch of their own (leased until the blob commits)."""
+        if not upload.pending:
+            return
+        batch = self.datastore.batch()
+        cids = self._put_pending(upload, batch)
+        await self._commit(batch, cids)
 
     @staticmethod
-    def _put_pending(upload: Upload, batch: WriteBatch) -> None:
+    def _put_pending(upload: Upload, batch: WriteBatch) -> list[CID]:
+        """Move the pending blocks into ``batch`` and the upload's lease; return their CIDs."""
+        cids: list[CID] = []
         for block in upload.pending:
             batch.put_block(block.cid, block.data, verify=False)
+            if upload.lease is not None:
+                upload.lease.add(block.cid)  # before the commit: no collection sees them unheld
+            cids.append(block.cid)
         upload.pending = []
         upload.pending_bytes = 0
+        return cids
+
+    async def _commit(self, batch: WriteBatch, cids: list[CID]) -> None:
+        """Commit ``batch`` in a worker thread, then announce its blocks.
+
+        The thread is not abandoned on cancellation, so when this returns or raises the batch has
+        either committed or failed: callers never race their own commit.
+        """
+        await trio.to_thread.run_sync(batch.commit)
+        self._announce(cids)
+
+    def _announce(self, cids: list[CID]) -> None:
+        if self.on_blocks_stored is None or not cids:
+            return
+        try:
+            self.on_blocks_stored(cids)
+        except Exception:
+            # The blocks are stored whatever a listener does; a failing one must not fail the write.
+            log.exception("on_blocks_stored callback failed for %d blocks", len(cids))
 
     def discard_chunk(self, upload: Upload) -> None:
         """Forget the in-memory progress of a failed chunk; the session resumes from its last save."""
@@ -436,19 +496,25 @@ class RegistryStore:
         upload.pending_bytes = 0
         if self._live.get(upload.uuid) is upload:
             del self._live[upload.uuid]
+        self._release(upload)
 
-    def save_upload(self, upload: Upload) -> None:
+    async def save_upload(self, upload: Upload) -> None:
         """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk)."""
         try:
-            with self.datastore.batch() as batch:
-                self._flush(upload, batch)
-                batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+            batch = self.datastore.batch()
+            cids = self._put_pending(upload, batch)
+            batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+            await self._commit(batch, cids)
         except BaseException:
             self.discard_chunk(upload)
             raise
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> BlobInfo:
-        """Complete the DAG, check the digest and make the blob visible in one atomic batch."""
+        """Complete the DAG, check the digest and make the blob visible in one atomic batch.
+
+        Every earlier leaf batch of the upload has committed by now (``append`` awaits each), so
+        the index entry commits after all the blob's blocks.
+        """
         try:
             blocks, result = await trio.to_thread.run_sync(upload.importer.finish)
             upload.pending.extend(blocks)
@@ -456,7 +522,7 @@ class RegistryStore:
                 actual = upload.hasher.hexdigest()
             else:
                 # Other algorithms are checked by re-reading the stored DAG (rare: sha512).
-                self._flush(upload)
+                await self._flush(upload)
                 hasher = new_hasher(digest.algorithm)
                 async for chunk in read_file(self.local_source, result.cid):
                     hasher.update(chunk)
@@ -475,16 +541,18 @@ class RegistryStore:
             self.cancel_upload(upload)
             raise RegistryError("SIZE_INVALID", {"digest": str(digest), "size": upload.offset})
         try:
-            with self.datastore.batch(sync=True) as batch:
-                self._flush(upload, batch)
-                if existing is None:
-                    batch.put(self.blobs, digest.key(), _blob_value(info))
-                self._link_blob(batch, upload.repo, info)
-                if upload.uuid:
-                    batch.delete(self.uploads, upload.uuid.encode())
+            batch = self.datastore.batch(sync=True)
+            cids = self._put_pending(upload, batch)
+            if existing is None:
+                batch.put(self.blobs, digest.key(), _blob_value(info))
+            self._link_blob(batch, upload.repo, info)
+            if upload.uuid:
+                batch.delete(self.uploads, upload.uuid.encode())
+            await self._commit(batch, cids)
         finally:
             self._live.pop(upload.uuid, None)
             upload.broken = True
+            self._release(upload)  # after the commit: the blob index now reaches every block
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -558,7 +626,9 @@ class RegistryStore:
             meta["children"] = [str(c.digest) for c in parsed.manifests]
         if parsed.blobs:
             meta["blobs"] = [str(b.digest) for b in parsed.blobs]
-        with self.datastore.batch(sync=True) as batch:
+        batch = self.datastore.batch(sync=True)
+        cids = [block.cid for block in blocks]
+        try:
             for block in blocks:
                 batch.put_block(block.cid, block.data, verify=False)
             if existing is None:
@@ -566,7 +636,7 @@ class RegistryStore:
             batch.put(self.manifests, _rkey(repo, str(actual)), json.dumps(meta).encode())
             if tag is not None:
                 batch.put(self.tags, _rkey(repo, tag), actual.key())
-                self._put_image(batch, repo, tag, actual, layout)
+                cids.extend(self._put_image(batch, repo, tag, actual, layout))
             if parsed.subject is not None:
                 descriptor = referrer_descriptor(parsed, actual, len(body))
                 batch.put(
@@ -575,6 +645,12 @@ class RegistryStore:
                     json.dumps(descriptor).encode(),
                 )
             batch.put(self.repos, repo.encode(), b"")
+        except BaseException:
+            batch.discard()
+            raise
+        # Everything is in this one batch (each tag move carries its own image), so committing it
+        # off the trio thread keeps a tag and its published image in step.
+        await self._commit(batch, cids)
         return actual, parsed
 
     # --- images on IPFS ------------------------------------------------------------------
@@ -645,16 +721,20 @@ class RegistryStore:
 
     def _put_image(
         self, batch: WriteBatch, repo: str, tag: str, digest: Digest, layout: LayoutResult | None
-    ) -> None:
-        """In the tag move's batch: store the layout's new blocks and point the tag's image at it."""
+    ) -> list[CID]:
+        """In the tag move's batch: store the layout's new blocks and point the tag's image at it.
+
+        Returns the CIDs of the blocks put in ``batch``.
+        """
         key = _rkey(repo, tag)
         if layout is None:
             batch.delete(self.published, key)
-            return
+            return []
         for block in layout.blocks:
             batch.put_block(block.cid, block.data, verify=False)
         value = {"digest": str(digest), "cid": str(layout.root)}
         batch.put(self.published, key, json.dumps(value).encode())
+        return [block.cid for block in layout.blocks]
 
     async def publish(self, repo: str, tag: str) -> CID:
         """(Re)build and store the image directory of ``repo:tag``; return its CID.
@@ -667,10 +747,14 @@ class RegistryStore:
             info = self.resolve(repo, tag)
             body = await self._read_local(info.cid)
             layout = await self.image_layout(repo, tag, info.digest, body, info.media_type)
-            if self.resolve_tag(repo, tag) != info.digest:
-                continue
-            with self.datastore.batch(sync=True) as batch:
-                self._put_image(batch, repo, tag, info.digest, layout)
+            # Check and commit under the commit lock: a tag move committing in a worker thread
+            # (put_manifest) lands either before the check (seen: retry) or after this commit.
+            with self.datastore.exclusive():
+                if self.resolve_tag(repo, tag) != info.digest:
+                    continue
+                with self.datastore.batch(sync=True) as batch:
+                    cids = self._put_image(batch, repo, tag, info.digest, layout)
+            self._announce(cids)
             return layout.root
 
     def image(self, repo: str, tag: str) -> ImageInfo | None:

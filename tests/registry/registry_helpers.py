@@ -87,12 +87,17 @@ def make_settings(**overrides: Any) -> RegistrySettings:
 
 
 @asynccontextmanager
-async def running_registry(data_dir: Path, settings: RegistrySettings | None = None) -> AsyncIterator[Server]:
-    """Open the datastore in ``data_dir`` and serve the registry on a free loopback port until exit."""
+async def running_registry(
+    data_dir: Path, settings: RegistrySettings | None = None, **app_options: Any
+) -> AsyncIterator[Server]:
+    """Open the datastore in ``data_dir`` and serve the registry on a free loopback port until exit.
+
+    ``app_options`` go to ``create_app`` (e.g. ``on_blocks_stored``).
+    """
     settings = settings if settings is not None else make_settings()
     datastore = Datastore.open(data_dir)
     try:
-        app = create_app(datastore, settings)
+        app = create_app(datastore, settings, **app_options)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve_registry, app, settings)
             url = binds[0]

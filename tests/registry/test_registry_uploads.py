@@ -10,6 +10,7 @@ import pytest
 import trio
 from registry_helpers import Server, make_settings, running_registry, sha256
 
+from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.storage import RegistryStore, Upload
 from ipfsreg.unixfs.importer import import_bytes
 
@@ -313,3 +314,30 @@ async def test_normal_responses_keep_the_connection_alive(registry: Server) -> N
     assert "close" not in resp.headers.get("Connection", "")
     resp = await registry.client.get("/v2/")
     assert "close" not in resp.headers.get("Connection", "")
+
+
+async def test_pull_through_cache_refuses_every_upload_write_and_stores_nothing(tmp_path: Path) -> None:
+    # A session started before the registry became a cache: PATCH/PUT on it must refuse too.
+    async with running_registry(tmp_path) as server:
+        old = await _start(server)
+        existing = await server.push_blob("app", b"already here")
+    cache = make_settings(upstream="http://127.0.0.1:9")  # never contacted: writes stop first
+    async with running_registry(tmp_path, cache) as server:
+        blocks, uploads = server.datastore.blocks.count, list(server.store.iter_uploads())
+        data = os.urandom(300_000)
+        attempts = [
+            server.client.post("/v2/app/blobs/uploads/", params={"digest": sha256(data)}, content=data),
+            server.client.post("/v2/app/blobs/uploads/"),
+            server.client.post("/v2/other/blobs/uploads/", params={"mount": existing, "from": "app"}),
+            server.client.patch(old, content=data),
+            server.client.put(old, params={"digest": sha256(data)}, content=data),
+            server.client.delete(old),
+        ]
+        for attempt in attempts:
+            resp = await attempt
+            assert resp.status_code == 405, resp.text
+            assert resp.json()["errors"][0]["code"] == "UNSUPPORTED"
+        assert server.datastore.blocks.count == blocks
+        assert list(server.store.iter_uploads()) == uploads
+        assert not server.store.repo_has_blob("other", parse_digest(existing))
+        assert server.store.live_uploads == 0

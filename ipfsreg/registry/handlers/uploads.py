@@ -1,4 +1,7 @@
-"""``/v2/<name>/blobs/uploads/``: start (monolithic, session, mount), PATCH, PUT, status, cancel."""
+"""``/v2/<name>/blobs/uploads/``: start (monolithic, session, mount), PATCH, PUT, status, cancel.
+
+A pull-through cache refuses every write here before anything is read or stored (UNSUPPORTED).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, body_chunks, make_response
 from ipfsreg.registry.names import is_valid_name
+from ipfsreg.registry.proxy import refuse_writes
 from ipfsreg.registry.ranges import parse_content_range, upload_range
 from ipfsreg.registry.storage import BlobInfo, Upload
 
@@ -69,6 +73,7 @@ async def _append(ctx: Context, request: Request, name: str, upload: Upload, dec
 
 
 async def post_upload(ctx: Context, request: Request, name: str) -> Response:
+    refuse_writes(ctx.settings)
     store = ctx.store
     mount = request.args.get("mount")
     if mount:
@@ -92,17 +97,19 @@ async def post_upload(ctx: Context, request: Request, name: str) -> Response:
 
 
 async def patch_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    refuse_writes(ctx.settings)
     upload = await ctx.store.lock_upload(name, upload_id)
     try:
         declared = _check_content_range(request, name, upload)
         await _append(ctx, request, name, upload, declared)
-        ctx.store.save_upload(upload)
+        await ctx.store.save_upload(upload)
         return make_response(202, _session_headers(name, upload))
     finally:
         upload.lock.release()
 
 
 async def put_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    refuse_writes(ctx.settings)
     digest_param = request.args.get("digest")
     upload = await ctx.store.lock_upload(name, upload_id)
     try:
@@ -123,6 +130,7 @@ async def get_upload(ctx: Context, request: Request, name: str, upload_id: str) 
 
 
 async def delete_upload(ctx: Context, request: Request, name: str, upload_id: str) -> Response:
+    refuse_writes(ctx.settings)
     upload = await ctx.store.lock_upload(name, upload_id)
     try:
         ctx.store.cancel_upload(upload)
