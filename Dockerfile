@@ -46,7 +46,8 @@ COPY --from=build /opt/ipfsreg /opt/ipfsreg
 # coreutils, so every Debian base has it).
 RUN /opt/ipfsreg/bin/python -c "import fastecdsa.curvemath, fastecdsa._ecdsa, plyvel, libp2p, ipfsreg.app"
 # IPFSREG_DATA_DIR makes `docker exec CONTAINER ipfsreg id|peers|add ...` act on the running node.
-ENV PATH=/opt/ipfsreg/bin:$PATH PYTHONUNBUFFERED=1 IPFSREG_DATA_DIR=/data
+ENV PATH=/opt/ipfsreg/bin:$PATH PYTHONUNBUFFERED=1 IPFSREG_DATA_DIR=/data \
+    IPFSREG_DEFAULT_CONFIG=/etc/docker/registry/config.yml
 LABEL org.opencontainers.image.title="ipfsreg" \
       org.opencontainers.image.description="A container image registry on IPFS, in one Python process" \
       org.opencontainers.image.licenses="MIT"

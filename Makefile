@@ -6,7 +6,7 @@ DATA ?=
 SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap
 APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv
 
-.PHONY: run test check lint typecheck install system-deps bench clean
+.PHONY: run test check lint typecheck install system-deps bench docs clean
 
 run: install
 	$(BIN)/ipfsreg serve $(if $(DATA),--data $(DATA),)
@@ -44,6 +44,9 @@ system-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
+
+docs: install
+	$(BIN)/python -c "from ipfsreg.config import example_toml; print(example_toml(), end='')" > docs/config.example.toml
 
 bench: install system-deps
 	$(BIN)/python -m bench

@@ -196,6 +196,11 @@ def load_config(
         candidate = Path(resolved_dir).expanduser() if resolved_dir else default_data_dir()
         candidate = candidate / CONFIG_FILENAME
         path = candidate if candidate.exists() else None
+    if path is None and env.get(ENV_PREFIX + "DEFAULT_CONFIG"):
+        # A file read only when it exists and no other config is named: the container image points
+        # it at /etc/docker/registry/config.yml, where the reference registry's users mount theirs.
+        fallback = Path(env[ENV_PREFIX + "DEFAULT_CONFIG"])
+        path = fallback if fallback.is_file() else None
     warnings: list[str] = []
     if path is not None:
         try:
@@ -352,3 +357,17 @@ def _from_distribution_yaml(text: str, path: Path) -> tuple[dict[str, Any], list
             data[option] = value
     warnings = [f"{path}: distribution config key {key} is not used by ipfsreg" for key in ignored]
     return data, warnings
+
+
+EXAMPLE_DATA_DIR: Final = Path("/var/lib/ipfsreg")
+
+
+def example_toml() -> str:
+    """Every option at its default, with its help text: the content of docs/config.example.toml."""
+    sections = {name: cls() for name, cls in _section_types().items()}
+    header = (
+        "# ipfsreg configuration: every option at its default (regenerate with `make docs`).\n"
+        "# Put the options you change in <data dir>/config.toml or pass --config FILE.\n"
+        "# Each option can also be set as IPFSREG_<SECTION>_<OPTION> in the environment.\n\n"
+    )
+    return header + render_toml(Config(data_dir=EXAMPLE_DATA_DIR, sections=sections))

@@ -121,3 +121,26 @@ def test_distribution_config_with_bad_yaml_is_a_config_error(tmp_path: Path) -> 
     path.write_text("http: [unclosed\n")
     with pytest.raises(ConfigError, match=r"config\.yml"):
         load_config(data_dir=tmp_path, config_file=path, environ={})
+
+
+def test_default_config_is_read_only_when_it_exists_and_no_other_is_named(
+    tmp_path: Path,
+) -> None:
+    yml = tmp_path / "etc" / "config.yml"
+    env = {"IPFSREG_DEFAULT_CONFIG": str(yml)}
+    assert load_config(data_dir=tmp_path / "data", environ=env).section("registry").listen == "0.0.0.0:5000"
+    yml.parent.mkdir()
+    yml.write_text("http:\n  addr: :5005\n")
+    assert load_config(data_dir=tmp_path / "data", environ=env).section("registry").listen == "0.0.0.0:5005"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.toml").write_text('[registry]\nlisten = "127.0.0.1:6000"\n')
+    assert load_config(data_dir=tmp_path / "data", environ=env).section("registry").listen == "127.0.0.1:6000"
+
+
+def test_documented_example_config_lists_every_option_and_loads() -> None:
+    from ipfsreg.config import example_toml
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "config.example.toml"
+    assert example.read_text() == example_toml(), "docs/config.example.toml is stale: run `make docs`"
+    config = load_config(config_file=example, environ={})
+    assert config.data_dir == Path("/var/lib/ipfsreg")
