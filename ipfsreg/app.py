@@ -102,6 +102,7 @@ async def run_server(
                     block_source=source,
                     import_options=import_options,
                     source_factory=node.block_source,
+                    on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                 )
                 register_gateway(
                     registry,
