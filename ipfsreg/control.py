@@ -91,6 +91,36 @@ def _error(status: int, message: str, kind: str) -> Response:
     return Response(body, status=status, content_type="application/json")
 
 
+# Exception type -> (HTTP status, error kind); Quart picks the entry of the most specific class in
+# an exception's MRO. ``None``: the exception carries its own status and kind.
+ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]] = (
+    (ApiError, None, None),
+    (RegistryError, None, None),
+    (BlockNotFound, 404, "not-found"),
+    (BlockFetchTimeout, 404, "not-found"),
+    (PathNotFound, 404, "not-found"),
+    (CarError, 400, "bad-car"),
+    (InvalidBlock, 400, "invalid-block"),
+    (CIDError, 400, "bad-request"),
+    (OpsError, 422, "bad-request"),
+    (LayoutError, 422, "layout"),
+    (UnixFSError, 422, "unixfs"),
+    (BlockstoreError, 500, "storage"),
+)
+
+
+def _error_handler(status: int | None, kind: str | None) -> Callable[[Exception], Awaitable[Response]]:
+    async def handle(exc: Exception) -> Response:
+        if isinstance(exc, ApiError):
+            return _error(exc.status, str(exc), exc.kind)
+        if isinstance(exc, RegistryError):
+            return _error(exc.status, str(exc), exc.code)
+        assert status is not None and kind is not None
+        return _error(status, str(exc), kind)
+
+    return handle
+
+
 def _json(value: Any) -> Response:
     return Response(json.dumps(value) + "\n", content_type="application/json")
 
@@ -174,53 +204,8 @@ def create_control_app(
             raise ApiError(503, "the p2p node is not running in this server", "no-node")
         return node
 
-    @app.errorhandler(ApiError)
-    async def _api_error(exc: ApiError) -> Response:
-        return _error(exc.status, str(exc), exc.kind)
-
-    @app.errorhandler(BlockNotFound)
-    async def _not_found(exc: BlockNotFound) -> Response:
-        return _error(404, str(exc), "not-found")
-
-    @app.errorhandler(BlockFetchTimeout)
-    async def _fetch_timeout(exc: BlockFetchTimeout) -> Response:
-        return _error(404, str(exc), "not-found")
-
-    @app.errorhandler(PathNotFound)
-    async def _path_not_found(exc: PathNotFound) -> Response:
-        return _error(404, str(exc), "not-found")
-
-    @app.errorhandler(CarError)
-    async def _car_error(exc: CarError) -> Response:
-        return _error(400, str(exc), "bad-car")
-
-    @app.errorhandler(InvalidBlock)
-    async def _invalid_block(exc: InvalidBlock) -> Response:
-        return _error(400, str(exc), "invalid-block")
-
-    @app.errorhandler(UnixFSError)
-    async def _unixfs_error(exc: UnixFSError) -> Response:
-        return _error(422, str(exc), "unixfs")
-
-    @app.errorhandler(OpsError)
-    async def _ops_error(exc: OpsError) -> Response:
-        return _error(422, str(exc), "bad-request")
-
-    @app.errorhandler(CIDError)
-    async def _cid_error(exc: CIDError) -> Response:
-        return _error(400, str(exc), "bad-request")
-
-    @app.errorhandler(RegistryError)
-    async def _registry_error(exc: RegistryError) -> Response:
-        return _error(exc.status, str(exc), exc.code)
-
-    @app.errorhandler(LayoutError)
-    async def _layout_error(exc: LayoutError) -> Response:
-        return _error(422, str(exc), "layout")
-
-    @app.errorhandler(BlockstoreError)
-    async def _store_error(exc: BlockstoreError) -> Response:
-        return _error(500, str(exc), "storage")
+    for exc_type, status, kind in ERROR_STATUSES:
+        app.register_error_handler(exc_type, _error_handler(status, kind))
 
     @app.post(f"{PREFIX}/blocks")
     async def post_blocks() -> Response:
