@@ -18,10 +18,11 @@ from hypercorn.trio import serve
 from quart import Request, Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
-from quart_trio.wrappers.request import TrioBody, TrioRequest
+from quart_trio.wrappers.request import TrioRequest
 
 from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.gateway.routes import SourceFactory
+from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
@@ -36,45 +37,6 @@ from ipfsreg.unixfs.importer import ImportOptions
 log = logging.getLogger(__name__)
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-class StreamingBody(TrioBody):
-    """A request body whose reader signals when it has drained the buffer."""
-
-    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
-        super().__init__(expected_content_length, max_content_length)
-        self._drained = trio.Event()
-        self._released = False
-
-    async def __anext__(self) -> bytes:
-        data: bytes = await super().__anext__()
-        self._drained.set()
-        return data
-
-    @property
-    def complete(self) -> bool:
-        return bool(self._complete.is_set())
-
-    @property
-    def buffered(self) -> int:
-        return len(self._data)
-
-    async def wait_below(self, high_water: int) -> None:
-        """Wait until the reader leaves at most ``high_water`` bytes buffered (or no longer reads)."""
-        while (
-            len(self._data) > high_water
-            and self._must_raise is None
-            and not self._complete.is_set()
-            and not self._released
-        ):
-            self._drained = trio.Event()
-            await self._drained.wait()
-
-    def release(self) -> None:
-        """The handler is done with the body: stop holding data or making the receiver wait."""
-        self._released = True
-        self._data.clear()
-        self._drained.set()
 
 
 def _expects_body(request: Request) -> bool:

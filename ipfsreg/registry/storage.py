@@ -427,10 +427,10 @@ class RegistryStore:
                 piece.append(data)
                 piece_len += len(data)
                 if piece_len >= _PIECE_BYTES:
-                    await self._ingest(upload, b"".join(piece))
+                    await self._ingest(upload, piece)
                     piece, piece_len = [], 0
             if piece:
-                await self._ingest(upload, b"".join(piece))
+                await self._ingest(upload, piece)
         except BaseException:
             self.discard_chunk(upload)
             raise
@@ -438,12 +438,18 @@ class RegistryStore:
         upload.updated = time.time()
         return appended
 
-    async def _ingest(self, upload: Upload, data: bytes) -> None:
-        def work() -> list[Block]:
-            upload.hasher.update(data)
-            return upload.importer.write(data)
+    async def _ingest(self, upload: Upload, piece: list[bytes]) -> None:
+        """Hash and chunk ``piece`` (the body's chunks as received, never joined) in a worker thread."""
 
-        blocks = await trio.to_thread.run_sync(work) if len(data) >= 65536 else work()
+        def work() -> list[Block]:
+            blocks: list[Block] = []
+            for data in piece:
+                upload.hasher.update(data)
+                blocks.extend(upload.importer.write(data))
+            return blocks
+
+        size = sum(len(data) for data in piece)
+        blocks = await trio.to_thread.run_sync(work) if size >= 65536 else work()
         for block in blocks:
             upload.pending.append(block)
             upload.pending_bytes += len(block.data)

@@ -273,7 +273,7 @@ async def test_blob_upload_body_is_read_with_backpressure_not_buffered_whole(
     """A slow storage path must make the server stop reading the socket, not buffer the body."""
     original = RegistryStore._ingest
 
-    async def slow_ingest(self: RegistryStore, upload: Upload, data: bytes) -> None:
+    async def slow_ingest(self: RegistryStore, upload: Upload, data: list[bytes]) -> None:
         await trio.sleep(0.005)
         await original(self, upload, data)
 

@@ -13,6 +13,7 @@ from quart import Request, Response
 
 from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory, open_source
+from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
@@ -90,7 +91,19 @@ def error_response(error: RegistryError, *, head: bool = False) -> Response:
 
 async def body_chunks(request: Request, read_timeout: float) -> AsyncIterator[bytes]:
     """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``."""
-    iterator = request.body.__aiter__()
+    body = request.body
+    if isinstance(body, StreamingBody):
+        # The chunks as the server received them: no joining on the event loop.
+        while True:
+            with trio.move_on_after(read_timeout) as scope:
+                chunks = await body.next_chunks()
+            if scope.cancelled_caught:
+                raise RegistryError("BLOB_UPLOAD_INVALID", {"reason": "timed out reading the request body"})
+            if not chunks:
+                return
+            for chunk in chunks:
+                yield chunk
+    iterator = body.__aiter__()
     while True:
         with trio.move_on_after(read_timeout) as scope:
             try:
