@@ -1,4 +1,5 @@
-"""Where a running server advertises its control API: the ``api`` file in the data dir (as Kubo does).
+"""The control API's settings, and where a running server advertises it: the ``api`` file in the data
+dir (as Kubo does).
 
 Kept free of heavy imports: every CLI command reads it before deciding how to run.
 """
@@ -6,11 +7,20 @@ Kept free of heavy imports: every CLI command reads it before deciding how to ru
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 API_FILENAME: Final = "api"
 PREFIX: Final = "/api/v0"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: str = field(
+        default="127.0.0.1:0",
+        metadata={"help": "HOST:PORT of the local control API used by CLI commands (port 0: any free port)"},
+    )
 
 
 def write_api_file(data_dir: Path, url: str) -> Path:

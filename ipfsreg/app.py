@@ -15,10 +15,11 @@ from typing import Any, Final
 
 import trio
 
+from ipfsreg.apifile import ApiSettings
 from ipfsreg.auth import auth_app
 from ipfsreg.blockstore import BlockNotFound, Datastore
 from ipfsreg.config import Config, ConfigError
-from ipfsreg.control import ApiSettings, create_control_app, serve_control
+from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for

@@ -18,16 +18,12 @@ from typing import Any, BinaryIO, NoReturn
 import trio
 
 from ipfsreg import __version__
-from ipfsreg.auth.policy import AuthConfigError
 from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
 from ipfsreg.imageops import split_name_tag
-from ipfsreg.node.errors import NodeError
-from ipfsreg.oci.errors import LayoutError
 from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
-from ipfsreg.registry.errors import RegistryError
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -439,20 +435,29 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-# Failures reported as one line (no traceback): bad input, config, storage, protocol and peer errors.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    CommandError,
-    ControlApiError,
-    OpsError,
-    ConfigError,
-    BlockstoreError,
-    UnixFSError,
-    CIDError,
-    NodeError,
-    AuthConfigError,
-    RegistryError,
-    LayoutError,
-)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Failures reported as one line (no traceback): bad input, config, storage, protocol, peers.
+
+    Imported on demand: most commands never fail, and these modules pull in the server stack."""
+    from ipfsreg.auth.policy import AuthConfigError
+    from ipfsreg.node.errors import NodeError
+    from ipfsreg.oci.errors import LayoutError
+    from ipfsreg.registry.errors import RegistryError
+
+    return (
+        CommandError,
+        ControlApiError,
+        OpsError,
+        ConfigError,
+        BlockstoreError,
+        UnixFSError,
+        CIDError,
+        NodeError,
+        AuthConfigError,
+        RegistryError,
+        LayoutError,
+    )
+
 
 # Flags that set config options: (section.option, argparse attribute).
 _FLAG_OPTIONS = (
@@ -484,14 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
     except BaseExceptionGroup as group:
         # Errors from inside the server's nurseries arrive grouped; report the user-facing ones.
-        matched, rest = group.split(USER_ERRORS)
+        matched, rest = group.split(user_errors())
         if matched is None or rest is not None:
             raise
         _fail("; ".join(str(exc) for exc in _leaves(matched)))
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
+        _fail(str(exc))
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

@@ -21,7 +21,6 @@ from ipfsreg.apifile import PREFIX, read_api_file
 from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
-from ipfsreg.imageops import image_json, pulled_json, push_image
 from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.pins import Pins
@@ -197,6 +196,8 @@ class LocalBackend:
         return trio.run(registry.publish, name, tag)
 
     def images(self) -> list[dict[str, str]]:
+        from ipfsreg.imageops import image_json
+
         return [image_json(info) for info in self.registry().images()]
 
     def image_cid(self, name: str, tag: str) -> CID:
@@ -219,12 +220,17 @@ class LocalBackend:
                 result.append(await images.pull_image(registry, source, cid, ref, *target))
 
         self._run_with_source(run, peers)
+        from ipfsreg.imageops import pulled_json
+
         return pulled_json(result[0])
 
     def push(self, path: Path, name: str, tag: str) -> dict[str, Any]:
+        from ipfsreg.imageops import pulled_json, push_image
+
         return pulled_json(trio.run(push_image, self.registry(), path, name, tag))
 
     def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
+        from ipfsreg.imageops import pulled_json
         from ipfsreg.registry.images import tag_image_from_cid
 
         return pulled_json(trio.run(tag_image_from_cid, self.registry(), cid, name, tag, ref))

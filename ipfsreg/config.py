@@ -56,7 +56,7 @@ class ImportSettings:
 
 
 _LAYER_SECTIONS: Final = (
-    ("api", "ipfsreg.control", "ApiSettings"),
+    ("api", "ipfsreg.apifile", "ApiSettings"),
     ("node", "ipfsreg.node.settings", "NodeSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),

@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -37,7 +36,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ipfsreg.apifile import PREFIX, remove_api_file, write_api_file
+from ipfsreg.apifile import PREFIX, ApiSettings, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.gateway.routes import open_source
@@ -56,14 +55,6 @@ from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
 
 BLOCK_BATCH_BYTES: Final = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    listen: str = field(
-        default="127.0.0.1:0",
-        metadata={"help": "HOST:PORT of the local control API used by CLI commands (port 0: any free port)"},
-    )
 
 
 class NodeControl(Protocol):

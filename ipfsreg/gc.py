@@ -20,20 +20,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ipfsreg.blockstore import Datastore, WriteBatch
 from ipfsreg.cid import CID, DAG_PB, RAW
 from ipfsreg.pins import Pins
-from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.errors import InvalidNode
 
 RootSource = Callable[[], Iterable[CID]]
 # Called inside the sweep batch with the set of multihashes being deleted.
 Forgetter = Callable[[WriteBatch, set[bytes]], int]
+
+if TYPE_CHECKING:
+    from ipfsreg.registry.storage import RegistryStore
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ipfsreg.ops import OpsError
 from ipfsreg.registry.names import check_name, is_valid_tag
-from ipfsreg.registry.storage import RegistryStore
+
+if TYPE_CHECKING:
+    from ipfsreg.registry.storage import RegistryStore
 
 
 def split_name_tag(text: str) -> tuple[str, str]:
