@@ -36,11 +36,15 @@ class CIDError(ValueError):
 # --- unsigned varints (multiformats/unsigned-varint) -------------------------------------
 
 
+# Single-byte varints are the common case (protobuf tags, small lengths): precomputed.
+_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def encode_varint(value: int) -> bytes:
-    if value < 0:
-        raise CIDError(f"varint must be non-negative, got {value}")
     if value < 0x80:
-        return bytes((value,))
+        if value < 0:
+            raise CIDError(f"varint must be non-negative, got {value}")
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

@@ -18,7 +18,7 @@ roots (unfinished uploads) and the datastore's leases.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -68,7 +68,8 @@ class _Marker:
         self.store = store
         self.marked: set[bytes] = set()
 
-    def mark_sync(self, root: CID) -> None:
+    def _walk(self, root: CID) -> Iterator[None]:
+        """Mark everything reachable from ``root``, one block per step."""
         stack = [root]
         while stack:
             cid = stack.pop()
@@ -78,19 +79,14 @@ class _Marker:
             self.marked.add(cid.multihash)
             if data is not None:
                 stack.extend(_children(cid, data))
+            yield
+
+    def mark_sync(self, root: CID) -> None:
+        for _ in self._walk(root):
+            pass
 
     async def mark(self, root: CID) -> None:
-        stack = [root]
-        steps = 0
-        while stack:
-            cid = stack.pop()
-            if cid.multihash in self.marked:
-                continue
-            data = self.store.blocks.get_or_none(cid)
-            self.marked.add(cid.multihash)
-            if data is not None:
-                stack.extend(_children(cid, data))
-            steps += 1
+        for steps, _ in enumerate(self._walk(root), 1):
             if steps % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
 

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from ipfsreg.cid import encode_varint
 from ipfsreg.unixfs.errors import InvalidNode
 
 WIRE_VARINT: Final = 0
 WIRE_BYTES: Final = 2
 _MAX_U64: Final = (1 << 64) - 1
 
-# Single-byte varints are the common case (tags, small lengths): precompute them.
-_SMALL: Final = tuple(bytes((i,)) for i in range(128))
 
-
-def uvarint(value: int) -> bytes:
-    """Encode an unsigned protobuf varint."""
-    if value < 128:
-        if value < 0:
-            raise ValueError(f"varint must be non-negative, got {value}")
-        return _SMALL[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+uvarint = encode_varint  # protobuf and multiformats share the unsigned varint
 
 
 def uvarint_len(value: int) -> int:
