@@ -98,33 +98,34 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
         responded: trio.Event,
     ) -> None:
         body = request.body
-        while True:
-            with trio.CancelScope() as waiting:
+        # One cancel scope for the whole body (a scope per event costs more than the event's
+        # parsing); it gets a deadline only once the response is out, renewed by each event.
+        with trio.CancelScope() as waiting:
+            self._waiting = waiting
+            while True:
                 if responded.is_set():
                     waiting.deadline = trio.current_time() + self.drain_idle_timeout
-                self._waiting = waiting
                 message = await receive()
-            self._waiting = None
-            if waiting.cancelled_caught:
-                break  # the client went quiet after an early response: hypercorn closes the connection
-            if message["type"] == "http.disconnect":
-                break
-            if message["type"] != "http.request":
-                continue
-            more = bool(message.get("more_body", False))
-            if responded.is_set():
-                if not more:
+                if message["type"] == "http.disconnect":
                     break
-                continue
-            body.append(message.get("body", b""))
-            if isinstance(body, StreamingBody):
-                app = self.app
-                if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
-                    app.peak_body_buffered = body.buffered
-                if more:
-                    await body.wait_below(self.high_water)
-            if not more:
-                body.set_complete()
+                if message["type"] != "http.request":
+                    continue
+                more = bool(message.get("more_body", False))
+                if responded.is_set():
+                    if not more:
+                        break
+                    continue
+                body.append(message.get("body", b""))
+                if isinstance(body, StreamingBody):
+                    app = self.app
+                    if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
+                        app.peak_body_buffered = body.buffered
+                    if more:
+                        await body.wait_below(self.high_water)
+                if not more:
+                    body.set_complete()
+        # Cancelled: the client went quiet after an early response (hypercorn closes the connection).
+        self._waiting = None
         nursery.cancel_scope.cancel()
 
 

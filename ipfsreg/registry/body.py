@@ -77,6 +77,11 @@ class StreamingBody(TrioBody):
         return bool(self._complete.is_set())
 
     @property
+    def ready(self) -> bool:
+        """Whether :meth:`next_chunks` would return without waiting."""
+        return bool(self._chunks) or self._must_raise is not None or bool(self._complete.is_set())
+
+    @property
     def buffered(self) -> int:
         return self._buffered
 

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
 # Bytes gathered from the request body before one worker-thread hand-off.
-_PIECE_BYTES: Final = 1024 * 1024
+_PIECE_BYTES: Final = 2 * 1024 * 1024
 # Idle sessions leave memory after this many seconds; their saved state restores them on demand.
 LIVE_IDLE_SECONDS: Final = 60.0
 

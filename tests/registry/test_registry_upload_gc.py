@@ -17,11 +17,12 @@ from ipfsreg.cid import CID
 from ipfsreg.gc import collector_for
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.storage import _PIECE_BYTES, RegistryStore
 from ipfsreg.unixfs.importer import import_bytes
 
 FLUSH = 64 * 1024
-PART = 1536 * 1024  # more than one ingest piece (1 MiB): the first part is flushed before GC runs
+# More than one ingest piece: the first part is hashed, chunked and flushed before GC runs.
+PART = _PIECE_BYTES + 512 * 1024
 
 
 @contextmanager
@@ -48,7 +49,7 @@ async def _parts_with_gc_between(
 
 
 async def test_scratch_upload_survives_a_collection_started_between_its_flushes(tmp_path: Path) -> None:
-    data = os.urandom(3 * 1024 * 1024)
+    data = os.urandom(PART + 1024 * 1024)
     with _store(tmp_path) as store:
         removed: list[int] = []
         upload = store.scratch_upload("app")
@@ -61,7 +62,7 @@ async def test_scratch_upload_survives_a_collection_started_between_its_flushes(
 
 async def test_session_chunk_survives_a_collection_before_its_save(tmp_path: Path) -> None:
     # Blocks flushed mid-chunk are not in the session record yet: the lease holds them.
-    data = os.urandom(3 * 1024 * 1024)
+    data = os.urandom(PART + 1024 * 1024)
     with _store(tmp_path) as store:
         removed: list[int] = []
         upload = store.new_upload("app")
@@ -73,7 +74,7 @@ async def test_session_chunk_survives_a_collection_before_its_save(tmp_path: Pat
 
 
 async def test_evicted_session_is_kept_by_its_record_and_resumes_after_a_collection(tmp_path: Path) -> None:
-    data = os.urandom(2 * 1024 * 1024 + 12345)
+    data = os.urandom(PART + 512 * 1024 + 12345)
     with _store(tmp_path) as store:
         upload = store.new_upload("app")
 
