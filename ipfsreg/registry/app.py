@@ -22,6 +22,7 @@ from quart_trio.wrappers.request import TrioRequest
 
 from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.gateway.routes import SourceFactory
+from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
@@ -274,6 +275,7 @@ def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
+    setattr(config, coalesce.CONFIG_FLAG, True)  # body events joined: see coalesce.py
     config.alpn_protocols = ["http/1.1"]
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ValueError("registry.tls_cert and registry.tls_key must be given together")
@@ -296,6 +298,7 @@ async def serve_registry(
     using port 0 learn the real port.
     """
     raise_socket_read_size()
+    coalesce.install()
     config = hypercorn_config(settings)
     kwargs: dict[str, Any] = {"task_status": task_status}
     if shutdown_trigger is not None:
