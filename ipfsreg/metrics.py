@@ -148,7 +148,7 @@ class ObservedApp:
         method: str = scope.get("method", "")
         family = route_family(path)
         started = time.monotonic()
-        state = {"status": 0, "out": 0, "in": 0}
+        state = {"status": 0, "out": 0, "in": 0, "recorded": 0}
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -156,26 +156,10 @@ class ObservedApp:
                 state["in"] += len(message.get("body", b""))
             return message
 
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = int(message["status"])
-            elif message["type"] == "http.response.body":
-                state["out"] += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            if family == "metrics" and method in ("GET", "HEAD"):
-                await _plain(
-                    counting_send, 200, self.metrics.render(), CONTENT_TYPE_LATEST, head=method == "HEAD"
-                )
-            elif family == "healthz" and method in ("GET", "HEAD"):
-                problem = self.health()
-                body = json.dumps({"status": problem or "ok"}).encode() + b"\n"
-                status = 200 if problem is None else 503
-                await _plain(counting_send, status, body, "application/json", head=method == "HEAD")
-            else:
-                await self.app(scope, counting_receive, counting_send)
-        finally:
+        def record() -> None:
+            if state["recorded"]:
+                return
+            state["recorded"] = 1
             elapsed = time.monotonic() - started
             status = state["status"] or 499  # no response started: the client went away or we failed
             m = self.metrics
@@ -194,6 +178,32 @@ class ObservedApp:
                 state["out"],
                 elapsed,
             )
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = int(message["status"])
+            elif message["type"] == "http.response.body":
+                state["out"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Count the request before its last byte leaves: a client that reads /metrics
+                    # right after this response then sees it.
+                    record()
+            await send(message)
+
+        try:
+            if family == "metrics" and method in ("GET", "HEAD"):
+                await _plain(
+                    counting_send, 200, self.metrics.render(), CONTENT_TYPE_LATEST, head=method == "HEAD"
+                )
+            elif family == "healthz" and method in ("GET", "HEAD"):
+                problem = self.health()
+                body = json.dumps({"status": problem or "ok"}).encode() + b"\n"
+                status = 200 if problem is None else 503
+                await _plain(counting_send, status, body, "application/json", head=method == "HEAD")
+            else:
+                await self.app(scope, counting_receive, counting_send)
+        finally:
+            record()  # responses that never finished (errors, clients that went away)
 
 
 def _loggable_path(scope: Scope) -> str:
