@@ -3,8 +3,6 @@ auth with ``--creds``, a wrong password, a pull-only user who cannot push or del
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -16,10 +14,6 @@ from typing import Any
 import bcrypt
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from interop.oci_images import layout_blobs, write_single_image
 from interop.registry_fixtures import policy_file, skopeo, skopeo_status
@@ -27,6 +21,7 @@ from ipfsreg.auth import auth_app
 from ipfsreg.blockstore import Datastore
 from ipfsreg.registry.app import create_app, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
+from tests.auth.auth_support import write_private_key, write_self_signed
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 RULES = ["alice:*:*", "bob:team/*:pull"]
@@ -44,14 +39,6 @@ def _no_stored_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     auth_file = tmp_path / "auth.json"
     auth_file.write_text('{"auths": {}}')
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth_file))
-
-
-def _pem_key(key: Any) -> bytes:
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> RegistrySettings:
@@ -143,39 +130,18 @@ async def test_skopeo_creds_with_basic_auth(tmp_path: Path) -> None:
 
 
 async def test_skopeo_creds_with_token_auth(tmp_path: Path) -> None:
-    key = tmp_path / "token-key.pem"
-    key.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+    key = write_private_key(tmp_path / "token-key.pem")
     async with auth_registry(tmp_path, _settings(tmp_path, token_key=key)) as host:
         await _exercise(tmp_path, host, *PLAIN_TLS)
 
 
 async def test_skopeo_over_tls_with_cert_dir_and_token_auth(tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ipfsreg interop")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    certs = tmp_path / "certs.d"
+    cert, tls_key = write_self_signed(tmp_path)
+    certs = tmp_path / "certs.d"  # skopeo trusts the *.crt files of a cert dir
     certs.mkdir()
-    (certs / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "tls.key").write_bytes(_pem_key(key))
-    token_key = tmp_path / "token-key.pem"
-    token_key.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
-    settings = _settings(
-        tmp_path, tls_cert=certs / "ca.crt", tls_key=tmp_path / "tls.key", token_key=token_key
-    )
+    shutil.copyfile(cert, certs / "ca.crt")
+    token_key = write_private_key(tmp_path / "token-key.pem")
+    settings = _settings(tmp_path, tls_cert=cert, tls_key=tls_key, token_key=token_key)
     async with auth_registry(tmp_path, settings) as host:
         # without the CA skopeo refuses the server's certificate
         untrusted = await skopeo_status(
