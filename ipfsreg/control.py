@@ -45,7 +45,7 @@ from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.reader import LATEST
-from ipfsreg.ops import OpsError, cat, parse_cid_path
+from ipfsreg.ops import BlockSink, OpsError, cat, parse_cid_path
 from ipfsreg.pins import Pins
 from ipfsreg.registry import images
 from ipfsreg.registry.errors import RegistryError
@@ -53,8 +53,6 @@ from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource
-
-BLOCK_BATCH_BYTES: Final = 8 * 1024 * 1024
 
 
 class NodeControl(Protocol):
@@ -150,29 +148,21 @@ def _int_arg(name: str) -> int | None:
 
 
 async def store_block_stream(store: Datastore, chunks: AsyncIterator[bytes]) -> tuple[int, int]:
-    """Store CAR-framed blocks as they arrive, each verified; return (blocks, bytes)."""
+    """Store CAR-framed blocks as they arrive, each verified by the reader; return (blocks, bytes)."""
     reader = CarReader()
+    sink = BlockSink(store)
     count = size = 0
-    batch = store.batch()
-    pending = 0
     try:
         async for chunk in chunks:
-            for event in reader.feed(chunk):
-                if isinstance(event, CarBlock):
-                    batch.put_block(event.cid, event.data, verify=False)  # CarReader verified it
-                    count += 1
-                    size += len(event.data)
-                    pending += len(event.data)
-            if pending >= BLOCK_BATCH_BYTES:
-                batch.commit()
-                batch = store.batch()
-                pending = 0
+            blocks = [event for event in reader.feed(chunk) if isinstance(event, CarBlock)]
+            sink.add(blocks)
+            count += len(blocks)
+            size += sum(len(block.data) for block in blocks)
         reader.close()
     except BaseException:
-        batch.discard()
+        sink.discard()
         raise
-    batch.commit()
-    store.flush()
+    sink.close()
     return count, size
 
 

@@ -14,6 +14,7 @@ from typing import Final
 
 from ipfsreg.blockstore import Datastore, WriteBatch
 from ipfsreg.cid import CID
+from ipfsreg.unixfs.car import CarBlock
 from ipfsreg.unixfs.directory import import_tree
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import (
@@ -37,16 +38,17 @@ class OpsError(Exception):
 
 
 class BlockSink:
-    """Collects blocks into LevelDB write batches of about BATCH_BYTES; ``close`` makes them durable."""
+    """Collects already verified blocks (our own importer's, or a verifying CarReader's) into LevelDB
+    write batches of about BATCH_BYTES; ``close`` makes them durable."""
 
     def __init__(self, store: Datastore) -> None:
         self._store = store
         self._batch: WriteBatch = store.batch()
         self._pending = 0
 
-    def add(self, blocks: Iterable[Block]) -> None:
+    def add(self, blocks: Iterable[Block | CarBlock]) -> None:
         for block in blocks:
-            self._batch.put_block(block.cid, block.data, verify=False)  # produced by our own hasher
+            self._batch.put_block(block.cid, block.data, verify=False)
             self._pending += len(block.data)
         if self._pending >= BATCH_BYTES:
             self._batch.commit()
