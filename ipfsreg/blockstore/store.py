@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import plyvel
 
+from ipfsreg.blockstore.mmap import disable_table_mmap
 from ipfsreg.cid import CID, CIDError, multihash_matches
 
 _BLOCK: Final = b"b/"
@@ -138,6 +139,9 @@ class Datastore:
         """Open (creating if needed) the database in ``data_dir``, taking its lock."""
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
+        # Table files read with pread, not mmap: served and compacted pages stay page cache
+        # instead of counting as this process's resident memory (see blockstore/mmap.py).
+        disable_table_mmap()
         lock = _DirLock(path)
         lock.acquire()
         try:
@@ -185,9 +189,9 @@ class Datastore:
 
     # --- raw access used by Blockstore, Keyspace and WriteBatch ---------------------------
 
-    def _get(self, key: bytes) -> bytes | None:
+    def _get(self, key: bytes, *, fill_cache: bool = True) -> bytes | None:
         try:
-            value: bytes | None = self._db.get(key, verify_checksums=True)
+            value: bytes | None = self._db.get(key, verify_checksums=True, fill_cache=fill_cache)
         except plyvel.CorruptionError as exc:
             raise BlockCorrupted(f"LevelDB checksum failure reading {key!r}: {exc}") from exc
         return value
@@ -305,7 +309,9 @@ class Blockstore:
         return data
 
     def get_or_none(self, cid: CID) -> bytes | None:
-        data = self._store._get(_block_key(cid))
+        # Block values are large and read once per request: keep them out of the small LRU
+        # cache, which then holds index blocks and the registry's metadata.
+        data = self._store._get(_block_key(cid), fill_cache=False)
         if data is not None and self._store.verify_reads and not cid.verify(data):
             raise BlockCorrupted(f"block {cid} does not match its hash")
         return data
