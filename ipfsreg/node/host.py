@@ -10,19 +10,18 @@ from collections.abc import Sequence
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import NodeError
 from ipfsreg.node.identity import Identity
+from ipfsreg.node.noise import noise_transport
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def parse_peer_addr(text: str) -> PeerInfo:
 def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
     """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers)."""
     listen_addrs = [parse_multiaddr(a) for a in listen]
-    noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    noise = noise_transport(identity.key_pair)
     host = new_host(
         key_pair=identity.key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
