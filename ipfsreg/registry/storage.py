@@ -62,6 +62,25 @@ from ipfsreg.unixfs.importer import Block, FileImporter, ImportOptions, import_b
 
 log = logging.getLogger(__name__)
 
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a pipeline: its first leaf that is not a cancellation."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return leaves[0] if leaves else group
+
+
 _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
 # Bytes gathered from the request body before one worker-thread hand-off.
@@ -403,40 +422,86 @@ class RegistryStore:
     async def append(self, upload: Upload, body: AsyncIterator[bytes], *, max_bytes: int = 0) -> int:
         """Stream ``body`` into the session; return the bytes appended.
 
+        Three stages run side by side, each at most one piece ahead of the next: this task reads
+        the body, a second hashes and chunks it in a worker thread, a third commits the resulting
+        block batches in another worker thread. Network, hashing and LevelDB writes overlap
+        (hashlib and plyvel release the GIL), and at most a few MiB are in flight.
+
         On any failure the session's in-memory state is dropped, so the next request resumes
         from the last persisted chunk; the stored data is never half-updated.
         """
         appended = 0
-        piece: list[bytes] = []
-        piece_len = 0
         try:
-            async for data in body:
-                if not data:
-                    continue
-                appended += len(data)
-                if max_bytes and appended > max_bytes:
-                    raise RegistryError(
-                        "SIZE_INVALID", {"reason": f"chunk larger than {max_bytes} bytes"}, status=413
-                    )
-                if self.max_blob_bytes and upload.offset + appended > self.max_blob_bytes:
-                    raise RegistryError(
-                        "SIZE_INVALID",
-                        {"reason": f"blob larger than {self.max_blob_bytes} bytes"},
-                        status=413,
-                    )
-                piece.append(data)
-                piece_len += len(data)
-                if piece_len >= _PIECE_BYTES:
-                    await self._ingest(upload, piece)
-                    piece, piece_len = [], 0
-            if piece:
-                await self._ingest(upload, piece)
+            async with trio.open_nursery() as nursery:
+                pieces_in, pieces_out = trio.open_memory_channel[list[bytes]](1)
+                batches_in, batches_out = trio.open_memory_channel[tuple[WriteBatch, list[CID]]](1)
+                nursery.start_soon(self._hash_pieces, upload, pieces_out, batches_in)
+                nursery.start_soon(self._commit_batches, batches_out)
+                async with pieces_in:
+                    appended = await self._read_pieces(upload, body, pieces_in, max_bytes)
+        except BaseExceptionGroup as group:
+            self.discard_chunk(upload)
+            raise _first_error(group) from None
         except BaseException:
             self.discard_chunk(upload)
             raise
         upload.offset += appended
         upload.updated = time.time()
         return appended
+
+    async def _read_pieces(
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        pieces: trio.MemorySendChannel[list[bytes]],
+        max_bytes: int,
+    ) -> int:
+        """Stage 1: gather the body into pieces of about ``_PIECE_BYTES``, enforcing size limits."""
+        appended = 0
+        piece: list[bytes] = []
+        piece_len = 0
+        async for data in body:
+            if not data:
+                continue
+            appended += len(data)
+            if max_bytes and appended > max_bytes:
+                raise RegistryError(
+                    "SIZE_INVALID", {"reason": f"chunk larger than {max_bytes} bytes"}, status=413
+                )
+            if self.max_blob_bytes and upload.offset + appended > self.max_blob_bytes:
+                raise RegistryError(
+                    "SIZE_INVALID",
+                    {"reason": f"blob larger than {self.max_blob_bytes} bytes"},
+                    status=413,
+                )
+            piece.append(data)
+            piece_len += len(data)
+            if piece_len >= _PIECE_BYTES:
+                await pieces.send(piece)
+                piece, piece_len = [], 0
+        if piece:
+            await pieces.send(piece)
+        return appended
+
+    async def _hash_pieces(
+        self,
+        upload: Upload,
+        pieces: trio.MemoryReceiveChannel[list[bytes]],
+        batches: trio.MemorySendChannel[tuple[WriteBatch, list[CID]]],
+    ) -> None:
+        """Stage 2: hash and chunk each piece; hand full batches of blocks to the committer."""
+        async with batches:
+            async for piece in pieces:
+                await self._ingest(upload, piece)
+                if upload.pending_bytes >= self.flush_bytes:
+                    batch = self.datastore.batch()
+                    cids = self._put_pending(upload, batch)
+                    await batches.send((batch, cids))
+
+    async def _commit_batches(self, batches: trio.MemoryReceiveChannel[tuple[WriteBatch, list[CID]]]) -> None:
+        """Stage 3: commit the upload's block batches in order, one at a time."""
+        async for batch, cids in batches:
+            await self._commit(batch, cids)
 
     async def _ingest(self, upload: Upload, piece: list[bytes]) -> None:
         """Hash and chunk ``piece`` (the body's chunks as received, never joined) in a worker thread."""
@@ -453,8 +518,6 @@ class RegistryStore:
         for block in blocks:
             upload.pending.append(block)
             upload.pending_bytes += len(block.data)
-        if upload.pending_bytes >= self.flush_bytes:
-            await self._flush(upload)
 
     async def _flush(self, upload: Upload) -> None:
         """Commit the upload's pending blocks in a batch of their own (leased until the blob commits)."""

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trio
 from registry_helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, make_settings, running_registry, sha256
 
 from ipfsreg.blockstore import Datastore
@@ -40,7 +41,13 @@ async def _parts_with_gc_between(
     store: RegistryStore, data: bytes, removed: list[int]
 ) -> AsyncIterator[bytes]:
     """Yield ``data`` in two parts; between them run a whole garbage collection."""
+    committed = trio.Event()
+    store.on_blocks_stored = lambda cids: committed.set()
     yield data[:PART]
+    # The upload pipeline hashes and commits behind the body reader: wait for its first commit
+    # (bounded, so a pipeline that never flushes fails instead of hanging).
+    with trio.fail_after(30):
+        await committed.wait()
     flushed = {cid.multihash for cid in store.datastore.blocks.iter_cids()}
     assert flushed & _dag_multihashes(data), "the first part must be in LevelDB before the collection"
     report = await collector_for(store.datastore, store).run()
