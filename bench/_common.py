@@ -28,7 +28,7 @@ class ChildRun:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss_bytes: int  # ru_maxrss from wait4: anonymous and file-backed (e.g. LevelDB's mmapped tables)
+    peak_rss_bytes: int  # ru_maxrss from wait4: anonymous and file-backed pages
     peak_anon_rss_bytes: int  # max RssAnon sampled every SAMPLE_INTERVAL: the process's own heap
 
     def check(self) -> ChildRun:

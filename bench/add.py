@@ -1,8 +1,9 @@
 """Benchmark `ipfsreg add` (the CLI, fresh data dir) against Kubo 0.22's add (fresh repo), same random files.
 
 Prints throughput (MiB/s) of both and the ratio ipfsreg/Kubo, ipfsreg's peak RSS for each size (to
-show whether it stays flat as the file grows: total from wait4, which also counts LevelDB's mmapped
-table files, and the sampled anonymous part, the process's own heap), and checks that both
+show whether it stays flat as the file grows: total from wait4 (anonymous plus file-backed pages:
+code and libraries; LevelDB reads its tables with pread, not mmap) and the sampled anonymous part,
+the process's own heap), and checks that both
 produced the same root CID.
 
 Anchors measured in the same run:

@@ -39,8 +39,8 @@ MB = 1_000_000
 class RssSampler:
     """Peak resident set size of this process while running (sampled every 20 ms): total and anonymous.
 
-    The total includes file-backed pages, chiefly LevelDB's mmapped table files (clean, reclaimable
-    page cache that grows with what was read); the anonymous part is the process's own heap.
+    The total includes file-backed pages (code, libraries; LevelDB reads its tables with pread, so
+    they are not mapped); the anonymous part is the process's own heap.
     """
 
     def __init__(self) -> None:

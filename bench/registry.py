@@ -99,7 +99,7 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
     def peak_rss_mib(self) -> tuple[float, float]:
-        """(VmHWM: peak total RSS incl. mapped files, peak anonymous RSS) in MiB."""
+        """(VmHWM: peak total RSS incl. file-backed pages, peak anonymous RSS) in MiB."""
         hwm = _status_kib(self.proc.pid, "VmHWM:") or 0
         anon = self.sampler.peak_anon_kib if self.sampler else 0
         return hwm / 1024, anon / 1024
@@ -256,7 +256,7 @@ def main() -> None:
     peak_total = max(r[0] for r in results.rss)
     peak_anon = max(r[1] for r in results.rss)
     print(
-        f"ipfsreg peak RSS: {peak_total:.0f} MiB total (VmHWM, includes mapped LevelDB files), "
+        f"ipfsreg peak RSS: {peak_total:.0f} MiB total (VmHWM), "
         f"{peak_anon:.0f} MiB anonymous (goal <= 200 MiB)"
     )
 
