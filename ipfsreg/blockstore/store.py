@@ -297,10 +297,13 @@ class Blockstore:
         with self._store.batch() as batch:
             batch.put_block(cid, data, verify=verify)
 
-    def put_many(self, blocks: Iterable[tuple[CID, bytes]], *, sync: bool = False) -> None:
+    def put_many(
+        self, blocks: Iterable[tuple[CID, bytes]], *, sync: bool = False, verify: bool = True
+    ) -> None:
+        """Store several blocks in one atomic batch (``verify=False``: the caller has just hashed them)."""
         with self._store.batch(sync=sync) as batch:
             for cid, data in blocks:
-                batch.put_block(cid, data)
+                batch.put_block(cid, data, verify=verify)
 
     def get(self, cid: CID) -> bytes:
         data = self.get_or_none(cid)

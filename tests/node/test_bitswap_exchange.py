@@ -8,6 +8,7 @@ import trio.lowlevel
 from libp2p.peer.id import ID
 
 from ipfsreg.cid import CID, RAW
+from ipfsreg.node.bitswap.client import THREAD_BYTES
 from ipfsreg.node.bitswap.message import (
     Block,
     BlockPresence,
@@ -223,6 +224,18 @@ async def test_peer_sending_an_unrequested_block_is_dropped_and_banned(nodes: No
     assert not victim.datastore.blocks.has(CID.hash(junk, codec=RAW, version=1))
     assert victim.client.is_banned(attacker.node.identity.peer_id)
     await wait_until(lambda: not victim.network.is_connected(attacker.node.identity.peer_id))
+
+
+async def test_large_unrequested_block_is_not_stored_and_its_sender_is_banned(nodes: Nodes) -> None:
+    # Big messages are hashed and stored in a worker thread: only wanted blocks may be stored there.
+    victim = await nodes.start()
+    attacker = await _probe_of(nodes, victim)
+    junk = random_bytes(THREAD_BYTES + 1, seed=77)
+    cid = CID.hash(junk, codec=RAW, version=1)
+    await attacker.send(victim, Message(blocks=[Block.of(cid, junk)]))
+    await wait_until(lambda: victim.stats().peers_penalised != 0)
+    assert not victim.datastore.blocks.has(cid)
+    assert victim.client.is_banned(attacker.node.identity.peer_id)
 
 
 async def test_two_readers_of_the_same_block_share_one_fetch(nodes: Nodes) -> None:

@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 
 from ipfsreg.blockstore import Blockstore
 from ipfsreg.cid import CID, IDENTITY, CIDError, multihash
-from ipfsreg.node.bitswap.message import V0_PREFIX, Message, PresenceType, WantEntry, WantType, cancels
+from ipfsreg.node.bitswap.message import V0_PREFIX, Block, Message, PresenceType, WantEntry, WantType, cancels
 from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, ProtocolViolation
 from ipfsreg.node.settings import NodeSettings
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 BAN_SECONDS = 300.0
 RECENT_WANTS = 8192  # finished wants remembered, so late duplicates are not taken as unrequested
+THREAD_BYTES = 64 * 1024  # messages with at least this much block data are hashed and stored in a thread
 
 
 class _Event(Enum):
@@ -171,11 +172,23 @@ class BitswapClient:
     # --- receiving ---------------------------------------------------------------------------
 
     async def receive(self, peer: ID, message: Message) -> None:
-        """Handle the blocks and presences of a message; ProtocolViolation on an unrequested block."""
+        """Handle the blocks and presences of a message; ProtocolViolation on an unrequested block.
+
+        Hashing (verification) and storing the blocks of a big message run in a worker thread,
+        off the event loop, which meanwhile goes on reading the network (hashlib and LevelDB
+        release the GIL). Only blocks that are wanted when the thread starts are stored there;
+        the claim of each block is then settled on the event loop as usual.
+        """
+        blocks = message.blocks
+        if sum(len(block.data) for block in blocks) >= THREAD_BYTES:
+            cids, stored_in_thread = await trio.to_thread.run_sync(
+                self._hash_and_store, blocks, frozenset(self._wants)
+            )
+        else:
+            cids, stored_in_thread = [block.cid() for block in blocks], set()
         stored: list[CID] = []
         violation: ProtocolViolation | None = None
-        for block in message.blocks:
-            cid = block.cid()  # hashes the bytes: the CID the data really has
+        for block, cid in zip(blocks, cids, strict=True):
             key = cid.to_bytes()
             want = self._wants.get(key)
             if want is None and block.prefix == V0_PREFIX:
@@ -184,7 +197,8 @@ class BitswapClient:
                 if want is not None:
                     cid, key = want.cid, want.key
             if want is not None and peer in want.asked and not want.done.is_set():
-                self.blockstore.put(cid, block.data, verify=False)  # just hashed above
+                if key not in stored_in_thread:
+                    self.blockstore.put(cid, block.data, verify=False)  # just hashed above
                 self.stats.blocks_received += 1
                 self.stats.block_bytes_received += len(block.data)
                 want.data = block.data
@@ -218,6 +232,18 @@ class BitswapClient:
             self.on_blocks_stored(stored)
         if violation is not None:
             raise violation
+
+    def _hash_and_store(self, blocks: list[Block], wanted: frozenset[bytes]) -> tuple[list[CID], set[bytes]]:
+        """(Worker thread.) The CID of every block; blocks whose CID is in ``wanted`` are stored."""
+        cids = [block.cid() for block in blocks]
+        stored: dict[bytes, tuple[CID, bytes]] = {}
+        for block, cid in zip(blocks, cids, strict=True):
+            key = cid.to_bytes()
+            if key in wanted:
+                stored.setdefault(key, (cid, block.data))
+        if stored:
+            self.blockstore.put_many(stored.values(), verify=False)  # just hashed
+        return cids, set(stored)
 
     def _finish(self, want: _Want, *, sender: ID | None) -> None:
         """Forget an active want, cancelling it at every other peer we asked."""
