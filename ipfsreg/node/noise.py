@@ -62,12 +62,12 @@ class NoiseEndOfStream(NoiseSessionError, IncompleteReadError):
     """The peer closed the connection. ``received_bytes`` counts the bytes of a truncated message left
     over (0 when the stream ended cleanly between messages, so ``is_clean_close`` holds)."""
 
-    def __init__(self, pending: int) -> None:
-        if pending:
-            message = f"connection closed in the middle of a Noise message ({pending} bytes of it received)"
+    def __init__(self, received: int = 0, expected: int = 0) -> None:
+        if received:
+            message = f"connection closed {received} bytes into a {expected}-byte Noise message"
         else:
             message = "connection closed"
-        super().__init__(message, expected_bytes=pending + 1 if pending else 0, received_bytes=pending)
+        super().__init__(message, expected_bytes=expected, received_bytes=received)
 
 
 class NoiseWriteInterrupted(NoiseSessionError):
@@ -162,6 +162,15 @@ class NoiseMessageDecoder:
         """Bytes received but not yet part of a decrypted message (an incomplete message's start)."""
         return len(self._buf) - self._pos
 
+    @property
+    def next_message_size(self) -> int:
+        """Wire size of the message being received: its length prefix once known, else just the prefix."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 2:
+            return 2
+        return 2 + ((buf[pos] << 8) | buf[pos + 1])
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the wire."""
         if not isinstance(data, bytes):
@@ -246,7 +255,8 @@ class NoiseMessageReadWriter(EncryptedMsgReadWriter):
                 if message is not None:
                     continue  # an empty message carries nothing (go-libp2p never sends one)
                 if self._eof:
-                    raise NoiseEndOfStream(decoder.pending)
+                    pending = decoder.pending
+                    raise NoiseEndOfStream(pending, decoder.next_message_size if pending else 0)
                 data = await self.raw_conn.read(RECV_SIZE)
                 if data:
                     decoder.feed(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -153,9 +154,11 @@ def test_decoder_returns_none_until_a_message_is_complete_and_counts_pending_byt
     decoder = NoiseMessageDecoder(KEY)
     decoder.feed(wire[:1])
     assert decoder.next_message() is None
+    assert decoder.next_message_size == 2
     decoder.feed(wire[1:-1])
     assert decoder.next_message() is None
     assert decoder.pending == len(wire) - 1
+    assert decoder.next_message_size == len(wire)
     decoder.feed(wire[-1:])
     assert decoder.next_message() == b"x" * 40
     assert decoder.next_message() is None
@@ -442,6 +445,27 @@ async def test_read_n_returns_exactly_n_bytes_across_message_boundaries() -> Non
         assert await pair.server.read(5) == b"fghij"  # rest of one message plus all of the next
 
 
+async def test_random_read_sizes_reassemble_random_writes() -> None:
+    rng = random.Random(7)
+    writes = [rng.randbytes(rng.choice([1, 11, 500, 65519, 65520, 200_000])) for _ in range(60)]
+    expected = b"".join(writes)
+    async with secure_pair() as pair, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            for data in writes:
+                await pair.client.write(data)
+
+        nursery.start_soon(send)
+        got = bytearray()
+        while len(got) < len(expected):
+            n = rng.choice([None, 1, 12, 4096, 65519, 70_000, 300_000])
+            wanted = None if n is None else min(n, len(expected) - len(got))
+            piece = await pair.server.read(wanted)
+            assert piece and (wanted is None or len(piece) == wanted)
+            got += piece
+    assert bytes(got) == expected
+
+
 async def test_read_none_returns_the_rest_of_the_current_message_then_one_whole_message() -> None:
     async with secure_pair() as pair:
         await pair.client.write(b"0123456789")
@@ -518,6 +542,7 @@ async def test_a_truncated_message_at_eof_raises_end_of_stream_not_clean() -> No
         with pytest.raises(NoiseEndOfStream) as raised:
             await pair.server.read()
         assert raised.value.received_bytes == 50
+        assert raised.value.expected_bytes == len(full) == 2 + 100 + TAG_LEN
         assert not raised.value.is_clean_close
 
 
