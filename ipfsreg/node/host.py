@@ -15,13 +15,14 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import NodeError
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.noise import noise_transport
+from ipfsreg.node.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from ipfsreg.node.yamux import YamuxConn
+from ipfsreg.node.yamux import install as install_yamux
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +46,23 @@ def parse_peer_addr(text: str) -> PeerInfo:
 
 
 def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
-    """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers)."""
+    """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers).
+
+    The muxer is ipfsreg's own Yamux (ipfsreg/node/yamux.py) on every connection, dialled or accepted.
+    """
     listen_addrs = [parse_multiaddr(a) for a in listen]
     noise = noise_transport(identity.key_pair)
     host = new_host(
         key_pair=identity.key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_opt={YAMUX_PROTOCOL_ID: YamuxConn},
         listen_addrs=listen_addrs,
         enable_mDNS=False,
         bootstrap=None,
         # No auto-dialling of peerstore entries: we connect to configured and requested peers only.
         connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
     )
+    install_yamux(host)
     # py-libp2p's AutoConnector dials peerstore entries to reach a connection target even with
     # min_connections=0; ipfsreg connects only to configured and requested peers (loopback tests,
     # banned peers stay away), so it is switched off here.
