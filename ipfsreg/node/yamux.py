@@ -76,6 +76,8 @@ _HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
 
 MAX_FRAME_PAYLOAD = 1024 * 1024  # largest DATA payload we send in one frame (and one secured write)
 MAX_CONTROL_BACKLOG = 1024 * 1024  # queued control bytes beyond this: the peer is not reading
+SMALL_WRITE = 16 * 1024  # writes up to this size are queued and go out with the next write (coalesced)
+MAX_QUEUED_DATA = 64 * 1024  # ...as long as the queue holds less than this
 WRITE_TIMEOUT = 30.0  # a frame write stalled this long means the connection is dead (go-yamux: 10 s)
 CLOSE_TIMEOUT = 2.0  # bound on the GoAway write and the close hook when a connection goes down
 
@@ -255,6 +257,7 @@ class YamuxStats:
     frames_in: int = 0
     writes: int = 0  # secured-connection writes (each one or more whole frames)
     window_stalls: int = 0  # times a writer waited for the peer to grant send window
+    window_stall_seconds: float = 0.0  # total time writers waited for send window
     window_updates_sent: int = 0
     streams_opened: int = 0
     streams_accepted: int = 0
@@ -356,6 +359,19 @@ class YamuxStream(IMuxedStream):
             raise MuxedStreamClosed(f"stream {self.stream_id} is closed for writing")
         view = memoryview(data)
         total = len(view)
+        conn = self.conn
+        if (
+            total <= SMALL_WRITE
+            and total <= self._send_window
+            and len(conn._pending) < MAX_QUEUED_DATA
+            and not self._write_lock.locked()
+        ):
+            # Small writes (protocol negotiation, wantlists, replies) wait for the flusher, so that
+            # what a task writes in one go, and the control frames around it, share one secured write.
+            if total:
+                self._send_window -= total
+                conn._queue_data(self.stream_id, view)
+            return
         async with self._write_lock:
             pos = 0
             while pos < total:
@@ -364,16 +380,21 @@ class YamuxStream(IMuxedStream):
                 pos += await self.conn._write_data(self, view, pos)
 
     async def _wait_send_window(self) -> None:
-        self.conn.stats.window_stalls += 1
-        while self._send_window <= 0:
-            if self._reset:
-                raise MuxedStreamReset(f"stream {self.stream_id} was reset")
-            if self._local_closed:
-                raise MuxedStreamClosed(f"stream {self.stream_id} is closed for writing")
-            waiter = self._write_waiter
-            if waiter is None:
-                waiter = self._write_waiter = trio.Event()
-            await self._wait(waiter)
+        stats = self.conn.stats
+        stats.window_stalls += 1
+        start = trio.current_time()
+        try:
+            while self._send_window <= 0:
+                if self._reset:
+                    raise MuxedStreamReset(f"stream {self.stream_id} was reset")
+                if self._local_closed:
+                    raise MuxedStreamClosed(f"stream {self.stream_id} is closed for writing")
+                waiter = self._write_waiter
+                if waiter is None:
+                    waiter = self._write_waiter = trio.Event()
+                await self._wait(waiter)
+        finally:
+            stats.window_stall_seconds += trio.current_time() - start
 
     async def _wait(self, event: trio.Event) -> None:
         if self._deadline == float("inf"):
@@ -392,7 +413,7 @@ class YamuxStream(IMuxedStream):
         self._wake_writer()
         conn = self.conn
         if not conn._down:
-            conn._queue_control(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+            conn._queue_frame(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
         if self._remote_closed:
             conn._forget(self)
 
@@ -406,7 +427,7 @@ class YamuxStream(IMuxedStream):
         self._wake_writer()
         conn = self.conn
         if not conn._down:
-            conn._queue_control(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, self.stream_id, 0))
+            conn._queue_frame(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, self.stream_id, 0))
         conn._forget(self)
 
     def set_deadline(self, ttl: int) -> None:
@@ -489,8 +510,8 @@ class YamuxConn(IMuxedConn):
             self.settings.accept_backlog
         )
         self._write_lock = trio.Lock()
-        self._control = bytearray()  # control frames waiting for the next write
-        self._control_ready = trio.Event()
+        self._pending = bytearray()  # frames waiting for the next write: control, and small data
+        self._pending_ready = trio.Event()
         self._pings: dict[int, trio.Event] = {}
         self._ping_id = 0
         self._rtt = 0.0
@@ -564,7 +585,7 @@ class YamuxConn(IMuxedConn):
         stream = self._new_stream(stream_id, is_initiator=True)
         self.stats.streams_opened += 1
         # Queued, not written: the stream's first write (or the flusher) carries it, in order.
-        self._queue_control(encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, stream._extra_window))
+        self._queue_frame(encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, stream._extra_window))
         await trio.lowlevel.checkpoint()
         if self._down:
             raise MuxedConnUnavailable(f"connection to {self.peer_id} went down")
@@ -593,7 +614,7 @@ class YamuxConn(IMuxedConn):
         self._ping_id = ping_id = (self._ping_id + 1) & MAX_STREAM_ID
         done = self._pings[ping_id] = trio.Event()
         start = trio.current_time()
-        self._queue_control(encode_header(TYPE_PING, FLAG_SYN, 0, ping_id))
+        self._queue_frame(encode_header(TYPE_PING, FLAG_SYN, 0, ping_id))
         try:
             await done.wait()
         finally:
@@ -637,19 +658,25 @@ class YamuxConn(IMuxedConn):
 
     # -- writing --
 
-    def _queue_control(self, frame: bytes) -> None:
+    def _queue_frame(self, frame: bytes) -> None:
         """Queue a control frame for the next write (never waits: the read loop calls this)."""
         if self._down:
             return
-        self._control += frame
-        if len(self._control) > MAX_CONTROL_BACKLOG:
-            self._fail(PeerNotReading(f"{len(self._control)} bytes of control frames queued"))
+        self._pending += frame
+        if len(self._pending) > MAX_CONTROL_BACKLOG:
+            self._fail(PeerNotReading(f"{len(self._pending)} bytes of control frames queued"))
             return
-        self._control_ready.set()
+        self._pending_ready.set()
+
+    def _queue_data(self, stream_id: int, view: memoryview) -> None:
+        pending = self._pending
+        pending += _HEADER.pack(VERSION, TYPE_DATA, 0, stream_id, len(view))
+        pending += view
+        self._pending_ready.set()
 
     def _queue_window_update(self, stream_id: int, delta: int) -> None:
         self.stats.window_updates_sent += 1
-        self._queue_control(encode_header(TYPE_WINDOW_UPDATE, 0, stream_id, delta))
+        self._queue_frame(encode_header(TYPE_WINDOW_UPDATE, 0, stream_id, delta))
 
     async def _write_data(self, stream: YamuxStream, view: memoryview, pos: int) -> int:
         """Write one DATA frame of ``view[pos:]`` as large as the send window allows; bytes sent."""
@@ -661,23 +688,23 @@ class YamuxConn(IMuxedConn):
                 return 0
             stream._send_window -= n
             header = _HEADER.pack(VERSION, TYPE_DATA, 0, stream.stream_id, n)
-            if self._control:
-                frame = b"".join((self._control, header, view[pos : pos + n]))
-                self._control.clear()
+            if self._pending:
+                frame = b"".join((self._pending, header, view[pos : pos + n]))
+                self._pending.clear()
             else:
                 frame = b"".join((header, view[pos : pos + n]))
             if not await self._write_locked(frame):
                 raise MuxedStreamReset(f"connection to {self.peer_id} failed while writing")
         return n
 
-    async def _flush_control(self) -> bool:
+    async def _flush_pending(self) -> bool:
         async with self._write_lock:
             if self._down:
                 return False
-            if not self._control:
+            if not self._pending:
                 return True
-            frame = bytes(self._control)
-            self._control.clear()
+            frame = bytes(self._pending)
+            self._pending.clear()
             return await self._write_locked(frame)
 
     async def _write_locked(self, frame: bytes) -> bool:
@@ -702,9 +729,11 @@ class YamuxConn(IMuxedConn):
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._control_ready.wait()
-            self._control_ready = trio.Event()
-            if not await self._flush_control():
+            await self._pending_ready.wait()
+            # One scheduling round more: what the tasks running now queue goes out in the same write.
+            await trio.lowlevel.checkpoint()
+            self._pending_ready = trio.Event()
+            if not await self._flush_pending():
                 return
 
     # -- reading --
@@ -768,7 +797,7 @@ class YamuxConn(IMuxedConn):
                 self._apply_close_flags(stream, flags)
         elif type_ == TYPE_PING:
             if flags & FLAG_SYN:
-                self._queue_control(encode_header(TYPE_PING, FLAG_ACK, 0, length))
+                self._queue_frame(encode_header(TYPE_PING, FLAG_ACK, 0, length))
             elif flags & FLAG_ACK:
                 done = self._pings.get(length)
                 if done is not None:
@@ -809,13 +838,13 @@ class YamuxConn(IMuxedConn):
             self._refuse(stream_id, "accept backlog full")
             return None
         self.stats.streams_accepted += 1
-        self._queue_control(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, stream._extra_window))
+        self._queue_frame(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, stream._extra_window))
         return stream
 
     def _refuse(self, stream_id: int, why: str) -> None:
         logger.info("yamux: refusing stream %d from %s: %s", stream_id, self.peer_id, why)
         self.stats.streams_refused += 1
-        self._queue_control(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+        self._queue_frame(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
 
     def _check_known(self, stream_id: int) -> None:
         """A frame for a stream not in the table: fine if it was closed or reset since, else an error."""
@@ -861,7 +890,7 @@ class YamuxConn(IMuxedConn):
         self._accept_send.close()
         for done in self._pings.values():
             done.set()
-        self._control_ready.set()  # lets the flusher see the end
+        self._pending_ready.set()  # lets the flusher see the end
 
     async def _shutdown(self, go_away: int | None) -> None:
         if self._closing:
@@ -873,8 +902,8 @@ class YamuxConn(IMuxedConn):
             if go_away is not None and not self._broken:
                 try:
                     async with self._write_lock:
-                        frame = bytes(self._control) + encode_header(TYPE_GO_AWAY, 0, 0, go_away)
-                        self._control.clear()
+                        frame = bytes(self._pending) + encode_header(TYPE_GO_AWAY, 0, 0, go_away)
+                        self._pending.clear()
                         await self.secured_conn.write(frame)
                 except Exception as exc:
                     logger.debug("yamux: GoAway to %s not sent: %r", self.peer_id, exc)

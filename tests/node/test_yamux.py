@@ -516,6 +516,35 @@ async def test_connection_loss_resets_open_streams_and_runs_the_close_hook_once(
 # --- one muxer and a raw peer --------------------------------------------------------------------
 
 
+async def test_small_writes_and_control_frames_of_one_round_share_one_secured_write() -> None:
+    async with muxer_and_raw_peer(muxer_is_initiator=True) as (conn, peer):
+        stream = await conn.open_stream()
+        await stream.write(b"/multistream/1.0.0\n")
+        await stream.write(b"/ipfs/bitswap/1.2.0\n")
+        await stream.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn.stats.writes == 1
+        frames = [await peer.next_frame() for _ in range(4)]
+        assert frames == [
+            (Header(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, MiB - INITIAL_WINDOW), b""),
+            (Header(TYPE_DATA, 0, 1, 19), b"/multistream/1.0.0\n"),
+            (Header(TYPE_DATA, 0, 1, 20), b"/ipfs/bitswap/1.2.0\n"),
+            (Header(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0), b""),
+        ]
+
+
+async def test_a_large_write_goes_out_after_the_small_ones_queued_before_it() -> None:
+    async with muxer_and_raw_peer(muxer_is_initiator=True) as (conn, peer):
+        stream = await conn.open_stream()
+        await stream.write(b"small")
+        await stream.write(pattern(100_000))
+        await stream.write(b"tail")
+        await trio.testing.wait_all_tasks_blocked()
+        frames = [await peer.next_frame() for _ in range(4)]
+        assert [f[1][:5] for f in frames[1:]] == [b"small", pattern(100_000)[:5], b"tail"]
+        assert frames[2][1] == pattern(100_000)
+
+
 async def test_accepted_stream_is_acked_with_a_grant_of_the_initial_stream_window() -> None:
     async with muxer_and_raw_peer() as (conn, peer):
         await peer.send(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
@@ -723,9 +752,10 @@ async def test_a_write_stalled_past_the_write_timeout_fails_the_connection(
 ) -> None:
     async with muxer_and_raw_peer(lockstep=True, muxer_is_initiator=True) as (conn, _peer):
         stream = await conn.open_stream()
-        with pytest.raises(MuxedStreamReset):
-            await stream.write(b"nobody reads this")
+        await stream.write(b"nobody reads this")  # queued; the flusher's write stalls
         await conn.event_closed.wait()
+        with pytest.raises(MuxedStreamReset):
+            await stream.write(b"more")
         assert isinstance(conn.close_reason, YamuxError)
         assert "stalled" in str(conn.close_reason)
 
