@@ -1,10 +1,11 @@
 """Bitswap server (decision engine): answers peers' wants from the blockstore, fairly.
 
-Each peer has a ledger (its wantlist) and a queue of wants not yet answered. Peers with queued
-work wait in a round-robin; a worker takes the next peer, answers one message's worth of its
-queue (blocks are added until ``target_message_size`` is reached), then puts it at the back. A
-peer that wants thousands of blocks therefore gets one message per turn like everyone else. Cancels remove the
-want from the ledger, so a cancelled want still in the queue is skipped. Wants for blocks we do
+Each peer has a ledger (its wantlist) and a queue of wants not yet answered (each message's new
+wants queued highest priority first). Peers with queued work wait in a round-robin; a worker
+takes the next peer, answers one message's worth of its queue (blocks are added until
+``target_message_size`` is reached), then puts it at the back. A peer that wants thousands of
+blocks therefore gets one message per turn like everyone else. Cancels remove the want from
+the ledger, so a cancelled want still in the queue is skipped. Wants for blocks we do
 not have stay in the ledger and are answered when the block arrives (``notify_new_blocks``).
 """
 
@@ -55,6 +56,10 @@ class _Ledger:
     bytes_sent: int = 0
 
 
+def _by_priority(entry: WantEntry) -> int:
+    return -entry.priority
+
+
 class BitswapServer:
     def __init__(self, blockstore: Blockstore, network: BitswapNetwork, settings: NodeSettings) -> None:
         self.blockstore = blockstore
@@ -74,6 +79,7 @@ class BitswapServer:
         ledger = self._ledger(peer)
         if message.full:
             ledger.wants.clear()
+        fresh: list[WantEntry] = []
         for entry in message.wantlist:
             key = entry.cid.to_bytes()
             if entry.cancel:
@@ -82,7 +88,11 @@ class BitswapServer:
             ledger.wants[key] = entry
             if key not in ledger.queued:
                 ledger.queued.add(key)
-                ledger.queue.append(key)
+                fresh.append(entry)
+        # Highest priority first: Kubo numbers a reader's wants in the order it needs them, but
+        # lists them in any order; answering the next-needed block first keeps its reader busy.
+        fresh.sort(key=_by_priority)
+        ledger.queue.extend(entry.cid.to_bytes() for entry in fresh)
         if len(ledger.wants) > self.settings.max_wants_per_peer:
             self.peer_disconnected(peer)
             raise ProtocolViolation(
