@@ -683,6 +683,8 @@ class YamuxConn(IMuxedConn):
         async with self._write_lock:
             if stream._reset or self._down:
                 raise MuxedStreamReset(f"stream {stream.stream_id} was reset")
+            if stream._local_closed:  # closed by another task meanwhile: no data after our FIN
+                raise MuxedStreamClosed(f"stream {stream.stream_id} is closed for writing")
             n = min(stream._send_window, len(view) - pos, MAX_FRAME_PAYLOAD)
             if n <= 0:
                 return 0
@@ -745,7 +747,12 @@ class YamuxConn(IMuxedConn):
         read = self.secured_conn.read
         try:
             while True:
-                chunk = await read(None)
+                try:
+                    chunk = await read(None)
+                except Exception as exc:
+                    # The secured connection ended or failed (EOF, reset, bad ciphertext): nothing to tell.
+                    logger.debug("yamux: connection to %s ended: %r", self.peer_id, exc)
+                    break
                 if not chunk:
                     break
                 for event in decoder.feed(chunk):
@@ -764,8 +771,9 @@ class YamuxConn(IMuxedConn):
             self.close_reason = exc
             go_away = GO_AWAY_PROTOCOL_ERROR
         except Exception as exc:
-            # The secured connection ended or failed (EOF, reset, bad ciphertext): nothing to tell the peer.
-            logger.debug("yamux: connection to %s ended: %r", self.peer_id, exc)
+            logger.exception("yamux: internal error on the connection to %s; closing it", self.peer_id)
+            self.close_reason = exc
+            go_away = GO_AWAY_INTERNAL_ERROR
         finally:
             await self._shutdown(go_away)
 

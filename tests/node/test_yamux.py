@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libp2p.connection_types import ConnectionType
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
 from libp2p.network.stream.net_stream import NetStream
@@ -782,3 +784,77 @@ async def test_hosts_built_by_build_host_use_ipfsreg_yamux_on_both_ends(nodes: N
         (conn,) = node.host.get_network().connections[other.host.get_id()]
         assert type(conn.muxed_conn) is YamuxConn
         assert conn.get_negotiated_muxer_protocol() == "/yamux/1.0.0"
+
+
+# --- fuzzing -------------------------------------------------------------------------------------
+
+RandomFrame = tuple[int, int, int, int, bytes]  # type, flags, stream id, length, payload
+_frames = st.lists(
+    st.tuples(
+        st.sampled_from([TYPE_DATA, TYPE_WINDOW_UPDATE, TYPE_PING, TYPE_GO_AWAY, 4]),
+        st.sampled_from([0, FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN | FLAG_FIN, 0xFFFF]),
+        st.integers(0, 8),
+        st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)),
+        st.binary(max_size=64),
+    ),
+    max_size=12,
+)
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(1, 50), max_size=5))
+def test_frame_decoder_never_fails_other_than_malformed_frame(data: bytes, cuts: list[int]) -> None:
+    decoder = FrameDecoder()
+    pos = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            for event in decoder.feed(data[pos : pos + cut]):
+                assert isinstance(event, Header | BodyPiece)
+            pos += cut
+    except MalformedFrame:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(_frames)
+def test_arbitrary_frames_from_a_peer_never_crash_the_muxer(
+    frames: list[tuple[int, int, int, int, bytes]],
+) -> None:
+    async def scenario() -> None:
+        async with muxer_and_raw_peer(YamuxSettings(max_inbound_streams=4, accept_backlog=2)) as (conn, peer):
+
+            async def drain_streams() -> None:
+                async with trio.open_nursery() as nursery:
+                    while True:
+                        try:
+                            stream = await conn.accept_stream()
+                        except MuxedConnUnavailable:
+                            return
+                        nursery.start_soon(read_then_write, stream)
+
+            async def read_then_write(stream: YamuxStream) -> None:
+                try:
+                    await stream.read(10)
+                    await stream.write(b"reply")
+                except (MuxedStreamEOF, MuxedStreamReset, MuxedStreamClosed):
+                    pass
+
+            async def swallow_output() -> None:
+                await peer.frames_until_eof()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain_streams)
+                nursery.start_soon(swallow_output)
+                wire = b"".join(
+                    encode_header(t, f, s, n if t != TYPE_DATA else len(p)) + (p if t == TYPE_DATA else b"")
+                    if t <= TYPE_GO_AWAY
+                    else bytes([0, t]) + bytes(10)
+                    for t, f, s, n, p in frames
+                )
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await peer.send(wire)  # the muxer may hang up halfway
+                await trio.testing.wait_all_tasks_blocked()
+                assert conn.close_reason is None or isinstance(conn.close_reason, YamuxError)
+                await conn.close()
+                nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
