@@ -151,11 +151,12 @@ class NetworkBlockSource:
             self._ahead[cid] = None
             event = trio.Event()
             self._in_flight[cid] = event
-            nursery.start_soon(self._fetch_ahead, cid, event)
+            # The want's priority is taken now, in reader order (trio starts tasks in any order).
+            nursery.start_soon(self._fetch_ahead, cid, event, self.session.take_priority())
 
-    async def _fetch_ahead(self, cid: CID, event: trio.Event) -> None:
+    async def _fetch_ahead(self, cid: CID, event: trio.Event, priority: int) -> None:
         try:
-            data = await self.session.fetch(cid)
+            data = await self.session.fetch(cid, priority=priority)
             self.fetched += 1
             if cid in self._ahead:  # still wanted: at most `window` blocks are kept like this
                 self._ahead[cid] = trio.current_time()

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 BAN_SECONDS = 300.0
 RECENT_WANTS = 8192  # finished wants remembered, so late duplicates are not taken as unrequested
+MAX_PRIORITY = 2**31 - 1  # wantlist priorities are int32
 THREAD_BYTES = 64 * 1024  # messages with at least this much block data are hashed and stored in a thread
 
 
@@ -62,6 +63,7 @@ class _Want:
     asked: set[ID] = field(default_factory=set)  # peers sent any want for it (may send the block)
     failed: bool = False
     session: Session | None = None
+    priority: int = 1  # on the wire: peers answer higher priorities first
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,12 @@ class Session:
                 best, best_key = peer, key
         return best
 
-    async def fetch(self, cid: CID) -> bytes:
-        return await self._client.fetch(cid, session=self)
+    async def fetch(self, cid: CID, *, priority: int | None = None) -> bytes:
+        return await self._client.fetch(cid, session=self, priority=priority)
+
+    def take_priority(self) -> int:
+        """The next want priority: take it when the order is known (tasks start in any order)."""
+        return self._client.take_priority()
 
 
 class BitswapClient:
@@ -126,6 +132,7 @@ class BitswapClient:
         self.stats = ClientStats()
         self.on_blocks_stored = on_blocks_stored
         self._wants: dict[bytes, _Want] = {}
+        self._next_priority = MAX_PRIORITY
         self._recent: OrderedDict[bytes, _Finished] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
 
@@ -259,8 +266,12 @@ class BitswapClient:
 
     # --- fetching ----------------------------------------------------------------------------
 
-    async def fetch(self, cid: CID, *, session: Session | None = None) -> bytes:
-        """The block ``cid``: from the blockstore, else from peers (stored before returning)."""
+    async def fetch(self, cid: CID, *, session: Session | None = None, priority: int | None = None) -> bytes:
+        """The block ``cid``: from the blockstore, else from peers (stored before returning).
+
+        ``priority`` (from :meth:`take_priority`) orders this want among the others at peers;
+        by default it comes after every want made so far.
+        """
         if cid.hash_code == IDENTITY:
             return cid.digest  # inline: the CID carries its bytes
         try:
@@ -278,7 +289,9 @@ class BitswapClient:
         while True:
             want = self._wants.get(key)
             if want is None:
-                return await self._drive(cid, key, session or Session(self), deadline)
+                if priority is None:
+                    priority = self.take_priority()
+                return await self._drive(cid, key, session or Session(self), deadline, priority)
             # Someone else is already fetching it: wait for them.
             with trio.move_on_at(deadline):
                 await want.done.wait()
@@ -291,9 +304,16 @@ class BitswapClient:
             if local is not None:
                 return local
 
-    async def _drive(self, cid: CID, key: bytes, session: Session, deadline: float) -> bytes:
+    def take_priority(self) -> int:
+        """Decreasing priorities in want order (as Kubo numbers them): a reader's window of wants
+        is asked for in the order the reader needs the blocks, so peers answer them in that order."""
+        priority = self._next_priority
+        self._next_priority = priority - 1 if priority > 1 else MAX_PRIORITY
+        return priority
+
+    async def _drive(self, cid: CID, key: bytes, session: Session, deadline: float, priority: int) -> bytes:
         send, recv = trio.open_memory_channel[tuple[_Event, ID]](1000)
-        want = _Want(cid, key, send, recv, session=session)
+        want = _Want(cid, key, send, recv, session=session, priority=priority)
         self._wants[key] = want
         try:
             with trio.move_on_at(deadline):
@@ -338,7 +358,7 @@ class BitswapClient:
                 for peer in have_capable:
                     asked_have.add(peer)
                     want.asked.add(peer)
-                    self.network.queue_wants(peer, [_want_entry(want.cid, WantType.HAVE)])
+                    self.network.queue_wants(peer, [_want_entry(want, WantType.HAVE)])
             if haves:
                 continue
             # Wait for presences, a block, or a new peer; re-ask everyone after a quiet period.
@@ -370,7 +390,7 @@ class BitswapClient:
             if peer not in session.peers and peer not in want.asked and self.network.supports_have(peer):
                 asked_have.add(peer)
                 want.asked.add(peer)
-                self.network.queue_wants(peer, [_want_entry(want.cid, WantType.HAVE)])
+                self.network.queue_wants(peer, [_want_entry(want, WantType.HAVE)])
 
     async def _want_block(
         self,
@@ -386,7 +406,7 @@ class BitswapClient:
         want.asked.add(target)
         score.in_flight += 1
         try:
-            self.network.queue_wants(target, [_want_entry(want.cid, WantType.BLOCK)])
+            self.network.queue_wants(target, [_want_entry(want, WantType.BLOCK)])
             with trio.move_on_after(self.settings.want_timeout) as waited:
                 while True:
                     event, peer = await want.inbox.receive()
@@ -420,8 +440,8 @@ def _asked(want: _Finished | None) -> set[ID]:
     return set() if want is None else want.asked
 
 
-def _want_entry(cid: CID, want_type: WantType) -> WantEntry:
-    return WantEntry(cid, 1, False, want_type, True)
+def _want_entry(want: _Want, want_type: WantType) -> WantEntry:
+    return WantEntry(want.cid, want.priority, False, want_type, True)
 
 
 def _offer(want: _Want, event: _Event, peer: ID) -> None:
