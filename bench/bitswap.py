@@ -27,6 +27,7 @@ from bench._common import print_table, write_random_file
 from interop.kubo import KuboPeer
 from ipfsreg.blockstore import Datastore
 from ipfsreg.cid import CID, RAW
+from ipfsreg.malloc import limit_arenas
 from ipfsreg.node.bitswap.message import Block, Message, decode_message, encode_message
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.node import Node
@@ -221,6 +222,7 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
 
 
 def main() -> None:
+    limit_arenas()  # as `ipfsreg` does at start: the node runs in this process
     size = int(float(os.environ.get("BENCH_BITSWAP_MB", "200")) * MB)
     rounds = int(os.environ.get("BENCH_BITSWAP_ROUNDS", "2"))
     with tempfile.TemporaryDirectory(prefix="bench-bitswap-") as tmp:

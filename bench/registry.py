@@ -110,6 +110,8 @@ def _ipfsreg(workdir: Path) -> Iterator[Server]:
     port = _free_port()
     code = (
         "import sys, trio\n"
+        "from ipfsreg.malloc import limit_arenas\n"
+        "limit_arenas()\n"
         "from ipfsreg.blockstore import Datastore\n"
         "from ipfsreg.registry.app import create_app, serve_registry\n"
         "from ipfsreg.registry.settings import RegistrySettings\n"

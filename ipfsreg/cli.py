@@ -23,6 +23,7 @@ from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
 from ipfsreg.imageops import split_name_tag
+from ipfsreg.malloc import limit_arenas
 from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
@@ -477,6 +478,7 @@ _FLAG_OPTIONS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_arenas()  # before any worker thread exists (see ipfsreg/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"log_level": args.log_level}
