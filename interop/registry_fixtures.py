@@ -4,44 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import httpx
 import trio
 
-from ipfsreg.blockstore import Datastore
-from ipfsreg.registry.app import create_app, registry_store, serve_registry
-from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.testing import RunningRegistry, running_registry
 
 SKOPEO = "skopeo"
 
 
-@dataclass
-class LoopbackRegistry:
-    url: str
-    host: str  # host:port, as skopeo's docker:// references want it
-    client: httpx.AsyncClient
-    store: RegistryStore
+# The registry on a free loopback port in the test's trio loop (url, host, client, store, ...).
+LoopbackRegistry = RunningRegistry
 
 
-@asynccontextmanager
-async def loopback_registry(data_dir: Path) -> AsyncIterator[LoopbackRegistry]:
-    settings = RegistrySettings(listen="127.0.0.1:0")
-    datastore = Datastore.open(data_dir)
-    try:
-        app = create_app(datastore, settings)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve_registry, app, settings)
-            url = binds[0]
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                yield LoopbackRegistry(url, url.removeprefix("http://"), client, registry_store(app))
-            nursery.cancel_scope.cancel()
-    finally:
-        datastore.close()
+def loopback_registry(data_dir: Path) -> AbstractAsyncContextManager[RunningRegistry]:
+    return running_registry(data_dir)
 
 
 def policy_file(directory: Path) -> Path:

@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,9 @@ import trio
 
 from interop.oci_images import layout_blobs, write_multiarch_image, write_single_image
 from interop.registry_fixtures import policy_file, skopeo, skopeo_status
-from ipfsreg.blockstore import Datastore
-from ipfsreg.registry.app import create_app, registry_store, serve_registry
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.testing import RunningRegistry, running_registry
 from ipfsreg.unixfs.importer import import_bytes
 
 REFERENCE_BINARY = "docker-registry"
@@ -119,26 +117,11 @@ async def reference_registry(workdir: Path, users: dict[str, str] | None = None)
         yield reference
 
 
-@dataclass
-class Cache:
-    host: str
-    client: httpx.AsyncClient
-    store: RegistryStore
-
-
-@asynccontextmanager
-async def pull_through_registry(data_dir: Path, upstream: str, **overrides: Any) -> AsyncIterator[Cache]:
-    settings = RegistrySettings(listen="127.0.0.1:0", upstream=upstream, **overrides)
-    datastore = Datastore.open(data_dir)
-    try:
-        app = create_app(datastore, settings)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve_registry, app, settings)
-            async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
-                yield Cache(binds[0].removeprefix("http://"), client, registry_store(app))
-            nursery.cancel_scope.cancel()
-    finally:
-        datastore.close()
+def pull_through_registry(
+    data_dir: Path, upstream: str, **overrides: Any
+) -> AbstractAsyncContextManager[RunningRegistry]:
+    """ipfsreg as a pull-through cache of ``upstream``, on a free loopback port."""
+    return running_registry(data_dir, RegistrySettings(listen="127.0.0.1:0", upstream=upstream, **overrides))
 
 
 async def test_skopeo_pull_through_reference_registry_is_byte_identical_and_cached(tmp_path: Path) -> None:

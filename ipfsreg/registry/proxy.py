@@ -79,7 +79,7 @@ STREAM_BUFFER_CHUNKS: Final = 16
 CLIENT_STALL_SECONDS: Final = 120.0
 _SEP: Final = b"\0"
 _HEADER: Final = struct.Struct(">I")
-_EXTENSION: Final = "ipfsreg.registry.proxy"
+EXTENSION: Final = "ipfsreg.registry.proxy"
 
 
 @dataclass(frozen=True)
@@ -539,10 +539,10 @@ def pull_through(store: RegistryStore, settings: RegistrySettings) -> PullThroug
     if not settings.upstream:
         return None
     app: Any = current_app._get_current_object()  # type: ignore[attr-defined]
-    proxy: PullThrough | None = app.extensions.get(_EXTENSION)
+    proxy: PullThrough | None = app.extensions.get(EXTENSION)
     if proxy is None or proxy.store is not store:
         proxy = PullThrough.from_settings(store, settings, app.nursery)
-        app.extensions[_EXTENSION] = proxy
+        app.extensions[EXTENSION] = proxy
         app.after_serving_funcs.append(proxy.aclose)
     return proxy
 

@@ -6,17 +6,15 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-import trio
 
-from ipfsreg.blockstore import Datastore
-from ipfsreg.registry.app import RegistryApp, create_app, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.testing import RunningRegistry
+from ipfsreg.registry.testing import running_registry as serve_for_tests
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -31,14 +29,8 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-@dataclass
-class Server:
-    url: str
-    client: httpx.AsyncClient
-    app: RegistryApp
-    store: RegistryStore
-    datastore: Datastore
-    settings: RegistrySettings
+class Server(RunningRegistry):
+    """A served registry with push helpers for the tests."""
 
     async def push_blob(self, name: str, data: bytes) -> str:
         digest = sha256(data)
@@ -90,19 +82,7 @@ def make_settings(**overrides: Any) -> RegistrySettings:
 async def running_registry(
     data_dir: Path, settings: RegistrySettings | None = None, **app_options: Any
 ) -> AsyncIterator[Server]:
-    """Open the datastore in ``data_dir`` and serve the registry on a free loopback port until exit.
-
-    ``app_options`` go to ``create_app`` (e.g. ``on_blocks_stored``).
-    """
+    """The registry on a free loopback port (``make_settings()`` unless given) until exit."""
     settings = settings if settings is not None else make_settings()
-    datastore = Datastore.open(data_dir)
-    try:
-        app = create_app(datastore, settings, **app_options)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve_registry, app, settings)
-            url = binds[0]
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                yield Server(url, client, app, registry_store(app), datastore, settings)
-            nursery.cancel_scope.cancel()
-    finally:
-        datastore.close()
+    async with serve_for_tests(data_dir, settings, result=Server, **app_options) as server:
+        yield server

@@ -5,9 +5,7 @@ after the TTL with fallback to the cache, concurrency, disconnects, bad upstream
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +21,23 @@ from fake_upstream import (
     sha256,
 )
 
-from ipfsreg.blockstore import Datastore
-from ipfsreg.registry.app import create_app, registry_store, serve_registry
 from ipfsreg.registry.digests import parse_digest
-from ipfsreg.registry.proxy import PullThrough
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.testing import RunningRegistry, running_registry
 from ipfsreg.unixfs.importer import import_bytes
 
 LAYER_A = bytes(range(256)) * 3000  # 768 000 bytes: several UnixFS leaves
 LAYER_B = b"second layer " * 5000
 
 
-@dataclass
-class Cache:
-    url: str
-    client: httpx.AsyncClient
-    store: RegistryStore
-    app: Any
-
-    @property
-    def proxy(self) -> PullThrough:
-        proxy: PullThrough = self.app.extensions["ipfsreg.registry.proxy"]
-        return proxy
+def running_cache(
+    data_dir: Path, upstream: str, **overrides: Any
+) -> AbstractAsyncContextManager[RunningRegistry]:
+    """The registry as a pull-through cache of ``upstream``, on a free loopback port."""
+    return running_registry(data_dir, RegistrySettings(listen="127.0.0.1:0", upstream=upstream, **overrides))
 
 
-@asynccontextmanager
-async def running_cache(data_dir: Path, upstream: str, **overrides: Any) -> AsyncIterator[Cache]:
-    settings = RegistrySettings(listen="127.0.0.1:0", upstream=upstream, **overrides)
-    datastore = Datastore.open(data_dir)
-    try:
-        app = create_app(datastore, settings)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve_registry, app, settings)
-            async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
-                yield Cache(binds[0], client, registry_store(app), app)
-            nursery.cancel_scope.cancel()
-    finally:
-        datastore.close()
-
-
-async def _pull(cache: Cache, repo: str, tag: str, accept: str = OCI_MANIFEST) -> dict[str, Any]:
+async def _pull(cache: RunningRegistry, repo: str, tag: str, accept: str = OCI_MANIFEST) -> dict[str, Any]:
     """Pull like a client: manifest, then every blob (checking the bytes); return the manifest."""
     resp = await cache.client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
     assert resp.status_code == 200, resp.text
