@@ -9,14 +9,17 @@ Why not py-libp2p's Yamux: its writers poll for send window every 10 ms, its rec
 at 256 KiB, and its read path takes locks per call. Here:
 - one read loop reads whole decrypted messages, parses headers from them and appends payloads to
   the streams' buffers as they arrive (a frame's body may span many reads), waking readers by event;
-- every stream is granted a large receive window up front (delta sent with the SYN/ACK, as
-  go-yamux does when it grows a window) from a per-connection budget, and window updates go out only
-  after half of a stream's window was consumed, so senders rarely stall on us;
+- every stream is granted 1 MiB of receive window up front (the delta over the spec's 256 KiB rides
+  on the SYN/ACK), so a bitswap message of one 256 KiB block never waits for a window update; window
+  updates go out only after half of a stream's window was read, and each doubles a busy stream's
+  window up to 16 MiB, all within a per-connection budget that bounds what a peer can make us buffer;
 - a writer whose send window is exhausted sleeps until the peer's WINDOW_UPDATE wakes it;
-- frames are written whole (header + payload, plus any queued control frames) in one secured write
-  under one connection write lock; control frames the read loop must send (ACK, RST, ping replies,
-  window updates from readers) are queued and flushed by a small task or by the next writer, so the
-  read loop never waits for the write side (two peers blocked writing can never deadlock).
+- frames are written whole (header + payload, plus any queued frames) in one secured write under
+  one connection write lock, shielded from cancellation (half a frame would corrupt the session);
+- control frames (ACK, FIN, RST, ping replies, window updates) and small writes (protocol
+  negotiation, wantlists) are queued and go out together, by a flusher task one scheduling round
+  later or ahead of the next large write: a peer's stream costs about one secured write instead of
+  four, and the read loop never waits for the write side (two peers blocked writing cannot deadlock).
 A peer that breaks the protocol (bad version or type, data beyond its window, frames for streams
 that never existed, duplicate SYNs) gets a GoAway(protocol error) and the connection is closed; the
 typed error is logged and kept in ``YamuxConn.close_reason``.
