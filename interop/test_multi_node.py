@@ -26,7 +26,10 @@ async def test_b_peered_only_with_a_fetches_what_a_added(nodes: Nodes) -> None:
     await b.connect(a.listen_addrs()[0])
     assert [p.peer_id for p in b.peers()] == [a.peer_id]
     assert await read_all(b, cid) == data
-    assert b.stats().blocks_received == a.stats().blocks_sent
+    # Statistics settle just after the bytes; a want re-sent after its timeout on a loaded
+    # machine brings a duplicate, which b counts apart.
+    await wait_until(lambda: b.stats().blocks_received == 78)  # 77 leaves + root
+    await wait_until(lambda: b.stats().blocks_received + b.stats().duplicate_blocks == a.stats().blocks_sent)
 
 
 async def test_b_with_a_configured_peering_connects_on_its_own_and_fetches(nodes: Nodes) -> None:
@@ -47,9 +50,14 @@ async def test_c_peered_with_a_and_b_gets_blocks_from_both(nodes: Nodes) -> None
     await c.connect(a.listen_addrs()[0])
     await c.connect(b.listen_addrs()[0])
     assert await read_all(c, cid) == data
-    sent_by_a, sent_by_b = a.stats().blocks_sent, b.stats().blocks_sent
-    assert sent_by_a > 0 and sent_by_b > 0
-    assert sent_by_a + sent_by_b == c.stats().blocks_received == 32  # 31 leaves + root, each once
+    await wait_until(lambda: c.stats().blocks_received == 32)  # 31 leaves + root, each stored once
+    await wait_until(
+        lambda: (
+            a.stats().blocks_sent + b.stats().blocks_sent
+            == c.stats().blocks_received + c.stats().duplicate_blocks
+        )
+    )
+    assert a.stats().blocks_sent > 0 and b.stats().blocks_sent > 0
 
 
 async def test_c_gets_blocks_only_b_has_after_a_says_dont_have(nodes: Nodes) -> None:

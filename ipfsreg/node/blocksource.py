@@ -49,6 +49,7 @@ class NetworkBlockSource:
         self._ahead: OrderedDict[CID, float | None] = OrderedDict()
         self._fetched_data: dict[CID, bytes] = {}  # fetched ahead, handed to get() without a re-read
         self._in_flight: dict[CID, trio.Event] = {}
+        self._counted_early: set[CID] = set()  # in flight, already counted in `fetched` by get()
         self._errors: dict[CID, BitswapError] = {}
         self._lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -79,6 +80,11 @@ class NetworkBlockSource:
             return data
         data = self.blockstore.get_or_none(cid)
         if data is not None:
+            if cid in self._in_flight and cid not in self._counted_early:
+                # Stored by the fetch still settling (the client stores big messages in a
+                # thread): it came from the network, count it now; the fetch will not again.
+                self._counted_early.add(cid)
+                self.fetched += 1
             return data
         if error is not None:
             raise error
@@ -95,10 +101,12 @@ class NetworkBlockSource:
         self._in_flight[cid] = event  # the prefetcher leaves it to us
         try:
             data = await self.session.fetch(cid)
-            self.fetched += 1
+            if cid not in self._counted_early:
+                self.fetched += 1
             return data
         finally:
             del self._in_flight[cid]
+            self._counted_early.discard(cid)
             event.set()
 
     def prefetch(self, cids: Sequence[CID]) -> None:
@@ -157,7 +165,8 @@ class NetworkBlockSource:
     async def _fetch_ahead(self, cid: CID, event: trio.Event, priority: int) -> None:
         try:
             data = await self.session.fetch(cid, priority=priority)
-            self.fetched += 1
+            if cid not in self._counted_early:
+                self.fetched += 1
             if cid in self._ahead:  # still wanted: at most `window` blocks are kept like this
                 self._ahead[cid] = trio.current_time()
                 self._fetched_data[cid] = data
@@ -168,4 +177,5 @@ class NetworkBlockSource:
             logger.debug("prefetch of %s failed: %s", cid, exc)
         finally:
             del self._in_flight[cid]
+            self._counted_early.discard(cid)
             event.set()
