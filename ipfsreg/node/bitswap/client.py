@@ -70,6 +70,7 @@ class _Want:
 class _Finished:
     asked: set[ID]
     session: Session | None
+    delivered: bool = False  # ended by the block's arrival (not by a timeout or cancellation)
 
 
 @dataclass
@@ -213,6 +214,14 @@ class BitswapClient:
                 stored.append(cid)
                 _offer(want, _Event.BLOCK, peer)
                 self._finish(want, sender=peer)
+            elif key in stored_in_thread and _first_arrival(self._recent.get(key), peer):
+                # Its want was cancelled (its reader found the block this thread had just stored,
+                # and left) while the message was being stored: still its one arrival.
+                self.stats.blocks_received += 1
+                self.stats.block_bytes_received += len(block.data)
+                stored.append(cid)
+                finished = self._recent[key]
+                self._recent[key] = _Finished(finished.asked, finished.session, delivered=True)
             elif (want is not None and peer in want.asked) or peer in _asked(self._recent.get(key)):
                 self.stats.duplicate_blocks += 1
             else:
@@ -256,7 +265,8 @@ class BitswapClient:
         """Forget an active want, cancelling it at every other peer we asked."""
         if self._wants.get(want.key) is want:
             del self._wants[want.key]
-        self._recent[want.key] = _Finished(want.asked, want.session)  # not the data: only who was asked
+        # Not the data: only who was asked, and whether the block came.
+        self._recent[want.key] = _Finished(want.asked, want.session, delivered=sender is not None)
         while len(self._recent) > RECENT_WANTS:
             self._recent.popitem(last=False)
         for peer in want.asked:
@@ -434,6 +444,11 @@ class BitswapClient:
 
     def wanted(self) -> list[CID]:
         return [w.cid for w in self._wants.values()]
+
+
+def _first_arrival(finished: _Finished | None, peer: ID) -> bool:
+    """A block from ``peer`` for this finished want is its first: the want ended undelivered."""
+    return finished is not None and not finished.delivered and peer in finished.asked
 
 
 def _asked(want: _Finished | None) -> set[ID]:
