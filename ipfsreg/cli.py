@@ -22,6 +22,7 @@ from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
+from ipfsreg.excgroups import leaves
 from ipfsreg.imageops import split_name_tag
 from ipfsreg.malloc import limit_arenas
 from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
@@ -496,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         matched, rest = group.split(user_errors())
         if matched is None or rest is not None:
             raise
-        _fail("; ".join(str(exc) for exc in _leaves(matched)))
+        _fail("; ".join(str(exc) for exc in leaves(matched)))
     except Exception as exc:
         if not isinstance(exc, user_errors()):
             raise
@@ -506,13 +507,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import trio
 from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
 from ipfsreg.blockstore.store import Lease
 from ipfsreg.cid import CID, decode_varint, encode_varint
+from ipfsreg.excgroups import leaves
 from ipfsreg.oci.blobs import layout_blob
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.layout import LayoutBlob, LayoutResult, build_image_layout
@@ -65,20 +66,11 @@ log = logging.getLogger(__name__)
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that failed a pipeline: its first leaf that is not a cancellation."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    for leaf in leaves:
-        if not isinstance(leaf, trio.Cancelled):
-            return leaf
-    return leaves[0] if leaves else group
+    errors = leaves(group)
+    for error in errors:
+        if not isinstance(error, trio.Cancelled):
+            return error
+    return errors[0] if errors else group
 
 
 _SEP: Final = b"\0"
