@@ -1,25 +1,14 @@
-"""Serves the registry on loopback inside the test's trio loop, and runs skopeo against it."""
+"""Runs skopeo against the registries in the tests (ipfsreg.registry.testing serves ipfsreg)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import trio
 
-from ipfsreg.registry.testing import RunningRegistry, running_registry
-
 SKOPEO = "skopeo"
-
-
-# The registry on a free loopback port in the test's trio loop (url, host, client, store, ...).
-LoopbackRegistry = RunningRegistry
-
-
-def loopback_registry(data_dir: Path) -> AbstractAsyncContextManager[RunningRegistry]:
-    return running_registry(data_dir)
 
 
 def policy_file(directory: Path) -> Path:

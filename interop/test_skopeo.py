@@ -10,7 +10,8 @@ import pytest
 
 from interop.kubo import KuboPeer
 from interop.oci_images import layout_blobs, write_multiarch_image, write_single_image
-from interop.registry_fixtures import loopback_registry, policy_file, skopeo, skopeo_status
+from interop.registry_fixtures import policy_file, skopeo, skopeo_status
+from ipfsreg.registry.testing import running_registry
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +24,7 @@ async def test_skopeo_copy_image_to_registry_and_back_is_byte_identical(tmp_path
     src, dst = tmp_path / "src", tmp_path / "dst"
     manifest = write_single_image(src, "v1")
     policy = policy_file(tmp_path)
-    async with loopback_registry(tmp_path / "data") as reg:
+    async with running_registry(tmp_path / "data") as reg:
         ref = f"docker://{reg.host}/library/app:v1"
         await skopeo("copy", f"oci:{src}:v1", ref, "--dest-tls-verify=false", policy=policy)
         resp = await reg.client.get("/v2/library/app/manifests/v1", headers={"Accept": manifest.media_type})
@@ -40,7 +41,7 @@ async def test_skopeo_copy_multiarch_index_with_all(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     index = write_multiarch_image(src, "multi")
     policy = policy_file(tmp_path)
-    async with loopback_registry(tmp_path / "data") as reg:
+    async with running_registry(tmp_path / "data") as reg:
         ref = f"docker://{reg.host}/multi/app:multi"
         await skopeo("copy", "--all", f"oci:{src}:multi", ref, "--dest-tls-verify=false", policy=policy)
         raw = await skopeo("inspect", "--raw", "--tls-verify=false", ref, policy=policy)
@@ -56,7 +57,7 @@ async def test_skopeo_list_tags_and_inspect(tmp_path: Path) -> None:
     src = tmp_path / "src"
     manifest = write_single_image(src, "v1", layers=1)
     policy = policy_file(tmp_path)
-    async with loopback_registry(tmp_path / "data") as reg:
+    async with running_registry(tmp_path / "data") as reg:
         for tag in ("v1", "latest", "stable"):
             await skopeo(
                 "copy",
@@ -86,7 +87,7 @@ async def test_skopeo_delete_removes_the_image(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_single_image(src, "v1", layers=1)
     policy = policy_file(tmp_path)
-    async with loopback_registry(tmp_path / "data") as reg:
+    async with running_registry(tmp_path / "data") as reg:
         ref = f"docker://{reg.host}/gone/app:v1"
         await skopeo("copy", f"oci:{src}:v1", ref, "--dest-tls-verify=false", policy=policy)
         await skopeo("delete", "--tls-verify=false", ref, policy=policy)
@@ -99,7 +100,7 @@ async def test_blob_x_ipfs_path_equals_kubo_add_of_the_same_bytes(tmp_path: Path
     src = tmp_path / "src"
     manifest = write_single_image(src, "v1", layers=2)
     policy = policy_file(tmp_path)
-    async with loopback_registry(tmp_path / "data") as reg:
+    async with running_registry(tmp_path / "data") as reg:
         await skopeo(
             "copy",
             f"oci:{src}:v1",
