@@ -54,6 +54,24 @@ def write_layout(root: Path, tag: str, top: tuple[str, str, int], blobs: dict[st
         (root / "blobs" / "sha256" / digest_.split(":", 1)[1]).write_bytes(data)
 
 
+def write_one_layer_layout(
+    root: Path, config: bytes, layer: bytes, *, stored_layer: bytes | None = None
+) -> bytes:
+    """An OCI layout at ``root`` whose tag v1 is an image of ``config`` and one ``layer``; returns
+    the manifest bytes. ``stored_layer``: the bytes written for the layer blob (a layout that lies)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+    }
+    body = json.dumps(manifest).encode()
+    layer_blob = layer if stored_layer is None else stored_layer
+    blobs = {sha256(config): config, sha256(layer): layer_blob, sha256(body): body}
+    write_layout(root, "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    return body
+
+
 def tree_cid(root: Path) -> str:
     tree = import_tree(root)
     for _ in tree:
@@ -280,15 +298,7 @@ async def test_ipfs_repository_blob_whose_bytes_lie_about_their_digest_is_cut_ne
     config = b'{"os":"linux"}'
     honest = b"the real layer " * 30000
     lie = b"X" + honest[1:]
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(honest), "size": len(honest)}],
-    }
-    body = json.dumps(manifest).encode()
-    blobs = {sha256(config): config, sha256(honest): lie, sha256(body): body}
-    write_layout(tmp_path / "layout", "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    body = write_one_layer_layout(tmp_path / "layout", config, honest, stored_layer=lie)
     repo = ipfs_repository_name(store_tree(registry, tmp_path / "layout"))
     resp = await registry.client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
     assert resp.status_code == 200 and resp.content == body
@@ -352,19 +362,7 @@ async def test_tag_image_from_cid_with_missing_blocks_fails_and_tags_nothing(
 ) -> None:
     layer = b"only layer " * 100
     config = b"{}"
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
-    }
-    body = json.dumps(manifest).encode()
-    write_layout(
-        tmp_path / "layout",
-        "v1",
-        (OCI_MANIFEST, sha256(body), len(body)),
-        {sha256(config): config, sha256(body): body, sha256(layer): layer},
-    )
+    write_one_layer_layout(tmp_path / "layout", config, layer)
     cid = store_tree(registry, tmp_path / "layout")
     _, leaf = import_bytes(layer)
     registry.datastore.blocks.delete(leaf.cid)
@@ -394,15 +392,7 @@ async def test_import_layout_dir_streams_blobs_checks_digests_and_publishes(
 ) -> None:
     layer = bytes(range(256)) * 3000
     config = b'{"architecture":"amd64","os":"linux"}'
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
-    }
-    body = json.dumps(manifest).encode()
-    blobs = {sha256(config): config, sha256(layer): layer, sha256(body): body}
-    write_layout(tmp_path / "layout", "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    body = write_one_layer_layout(tmp_path / "layout", config, layer)
     pulled = await import_layout_dir(registry.store, tmp_path / "layout", "imported", "v1")
     assert str(pulled.digest) == sha256(body)
     assert str(pulled.cid) == tree_cid(tmp_path / "layout")
@@ -410,10 +400,7 @@ async def test_import_layout_dir_streams_blobs_checks_digests_and_publishes(
     assert resp.content == layer
 
     other_layer = b"a layer this registry has never seen"
-    manifest["layers"] = [{"mediaType": OCI_LAYER, "digest": sha256(other_layer), "size": len(other_layer)}]
-    body = json.dumps(manifest).encode()
-    blobs = {sha256(config): config, sha256(other_layer): b"tampered", sha256(body): body}
-    write_layout(tmp_path / "tampered", "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    write_one_layer_layout(tmp_path / "tampered", config, other_layer, stored_layer=b"tampered")
     with pytest.raises(RegistryError, match="DIGEST_INVALID"):
         await import_layout_dir(registry.store, tmp_path / "tampered", "other", "v1")
     assert registry.store.resolve_tag("other", "v1") is None
@@ -519,15 +506,7 @@ async def test_pull_image_replaces_an_incomplete_stored_blob_dag_with_the_verifi
     assert stored is not None
     blocks, _ = import_bytes(layer)
     registry.datastore.blocks.delete(blocks[0].cid)  # a leaf lost outside the registry
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
-    }
-    body = json.dumps(manifest).encode()
-    blobs = {sha256(config): config, sha256(layer): layer, sha256(body): body}
-    write_layout(tmp_path / "layout", "v1", (OCI_MANIFEST, sha256(body), len(body)), blobs)
+    write_one_layer_layout(tmp_path / "layout", config, layer)
     tree = import_tree(tmp_path / "layout", ImportOptions(cid_version=1))  # other CIDs than the stored DAG
     registry.datastore.blocks.put_many((block.cid, block.data) for block in tree)
     await pull_image(registry.store, registry.store.local_source, tree.result.cid, None, "dst", "v1")
