@@ -5,16 +5,23 @@ as in Kubo's blockstore. Other layers (registry tags, indexes, upload sessions) 
 keyspaces in the same database so that a blob's blocks and the index entry that makes it
 visible can be committed in one atomic WriteBatch.
 
-Integrity: every block's hash is checked on put. Every read is checked against LevelDB's own
-CRC32C (``verify_checksums``), which catches torn or bit-rotted table files; with
-``verify_reads=True`` every read is also re-hashed against its CID. Either failure raises
-:class:`BlockCorrupted`, never returns the bad bytes.
+Large blocks (``PACK_MIN_BLOCK`` bytes and up, i.e. UnixFS leaves) keep their bytes in append-only
+pack files next to the database (see :mod:`ipfsreg.blockstore.packs`); LevelDB holds their
+pointer, written in the same atomic batch as everything else, so compactions never copy block
+data. Small blocks (interior nodes, manifests) stay inline in LevelDB.
+
+Integrity: every block's hash is checked on put. Every read is checked against a checksum:
+LevelDB's own CRC32C (``verify_checksums``) for inline blocks and table files, the pointer's
+CRC-32 for packed blocks; with ``verify_reads=True`` every read is also re-hashed against its
+CID. Either failure raises :class:`BlockCorrupted`, never returns the bad bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
+import logging
 import os
 import struct
 import threading
@@ -26,15 +33,30 @@ from typing import Any, Final
 import plyvel
 
 from ipfsreg.blockstore.mmap import disable_table_mmap
-from ipfsreg.cid import CID, CIDError, multihash_matches
+from ipfsreg.blockstore.packs import (
+    DEFAULT_PACK_SIZE,
+    PACKS_DIRNAME,
+    PackError,
+    PackFiles,
+    PackMeta,
+    Pointer,
+    checksum,
+)
+from ipfsreg.cid import CID, RAW, CIDError, multihash_matches
 
-_BLOCK: Final = b"b/"
+logger = logging.getLogger(__name__)
+
+_BLOCK: Final = b"b/"  # multihash -> the bytes of a small block
+_PACKED: Final = b"p/"  # multihash -> Pointer to a large block's bytes in a pack file
+_PACK_META: Final = b"s/pack/"  # pack id (>I) -> PackMeta
+_PACK_ID: Final = struct.Struct(">I")
 _KEYSPACE: Final = b"k/"
 _STATS_KEY: Final = b"s/blocks"
 _STATS: Final = struct.Struct(">QQ")  # block count, total bytes
 _FLUSH_KEY: Final = b"s/flush"
 
 MAX_BLOCK_SIZE: Final = 4 * 1024 * 1024
+PACK_MIN_BLOCK: Final = 32 * 1024  # blocks this big or bigger go to pack files
 DB_DIRNAME: Final = "leveldb"
 LOCK_FILENAME: Final = "repo.lock"
 
@@ -75,6 +97,17 @@ class DataDirLocked(BlockstoreError):
 
 def _block_key(cid: CID) -> bytes:
     return _BLOCK + cid.multihash
+
+
+def _meta_key(pack: int) -> bytes:
+    return _PACK_META + _PACK_ID.pack(pack)
+
+
+def _pointer(mh: bytes, raw: bytes) -> Pointer:
+    try:
+        return Pointer.unpack(raw)
+    except PackError as exc:
+        raise BlockCorrupted(f"block {CID(1, RAW, mh)}: {exc}") from exc
 
 
 class _DirLock:
@@ -118,14 +151,16 @@ class _DirLock:
 class Datastore:
     """A data dir's LevelDB: ``blocks`` plus named keyspaces, written atomically via ``batch()``."""
 
-    def __init__(self, db: Any, lock: _DirLock | None, *, verify_reads: bool) -> None:
+    def __init__(self, db: Any, lock: _DirLock | None, packs: PackFiles, *, verify_reads: bool) -> None:
         self._db = db
         self._lock = lock
+        self.packs = packs
         self.verify_reads = verify_reads
         self.blocks = Blockstore(self)
         count, size = self._read_stats()
         self._block_count = count
         self._block_bytes = size
+        self._pack_meta: dict[int, PackMeta] = {}
         # Garbage collection support: multihashes written while a collection runs (the write
         # barrier), and blocks that work in progress holds (leases), are never swept.
         self._write_trackers: list[set[bytes]] = []
@@ -133,10 +168,17 @@ class Datastore:
         # Commits may come from worker threads (LevelDB releases the GIL while writing); block
         # statistics and write tracking are settled under this lock.
         self._commit_lock = threading.RLock()
+        self._recover_packs()
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], *, verify_reads: bool = False) -> Datastore:
-        """Open (creating if needed) the database in ``data_dir``, taking its lock."""
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        verify_reads: bool = False,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> Datastore:
+        """Open (creating if needed) the database and pack files in ``data_dir``, taking its lock."""
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         # Table files read with pread, not mmap: served and compacted pages stay page cache
@@ -168,10 +210,77 @@ class Datastore:
         except BaseException:
             lock.release()
             raise
-        return cls(db, lock, verify_reads=verify_reads)
+        try:
+            packs = PackFiles(path / PACKS_DIRNAME, pack_size=pack_size)
+            return cls(db, lock, packs, verify_reads=verify_reads)
+        except BaseException:
+            db.close()
+            lock.release()
+            raise
+
+    def _recover_packs(self) -> None:
+        """Bring the pack files in line with the committed pack records after any kind of stop.
+
+        A pack longer than its record ends in bytes whose batch never committed: cut them off.
+        A pack shorter than its record lost bytes that were never synced (a system crash): the
+        pointers into the lost range are dropped, as if those unsynced writes had not happened.
+        A pack file without a record was never committed to; an empty pack is removed.
+        """
+        metas = {
+            _PACK_ID.unpack(key[len(_PACK_META) :])[0]: PackMeta.unpack(value)
+            for key, value in self._db.iterator(prefix=_PACK_META, verify_checksums=True)
+        }
+        on_disk = self.packs.existing()
+        for pack, meta in sorted(metas.items()):
+            size = on_disk.get(pack, 0)
+            if size > meta.end:
+                self.packs.truncate(pack, meta.end)
+            elif size < meta.end:
+                self._drop_lost(pack, size, metas)
+        for pack in on_disk.keys() - metas.keys():
+            logger.info("removing pack %d: no committed block points into it", pack)
+            self.packs.remove(pack)
+        newest = max(metas, default=None)
+        for pack, meta in list(metas.items()):
+            if meta.live_blocks == 0 and pack != newest:
+                self._db.delete(_meta_key(pack), sync=True)
+                self.packs.remove(pack)
+                del metas[pack]
+        self._pack_meta = metas
+        if newest is not None:
+            self.packs.start(newest, metas[newest].end)
+
+    def _drop_lost(self, pack: int, size: int, metas: dict[int, PackMeta]) -> None:
+        meta = metas[pack]
+        recorded = meta.end
+        lost = 0
+        wb = self._db.write_batch(sync=True)
+        for key, raw in self._db.iterator(prefix=_PACKED, verify_checksums=True):
+            pointer = Pointer.unpack(raw)
+            if pointer.pack == pack and pointer.offset + pointer.length > size:
+                wb.delete(key)
+                lost += 1
+                meta.live_blocks -= 1
+                meta.live_bytes -= pointer.length
+                self._block_count -= 1
+                self._block_bytes -= pointer.length
+        meta.end = size
+        wb.put(_meta_key(pack), meta.pack_bytes())
+        wb.put(_STATS_KEY, _STATS.pack(self._block_count, self._block_bytes))
+        wb.write()
+        logger.warning(
+            "pack %d is %d bytes, its record says %d: %d block(s) written but never synced before "
+            "a system crash are gone",
+            pack,
+            size,
+            recorded,
+            lost,
+        )
 
     def close(self) -> None:
         if self._db is not None and not self._db.closed:
+            with self._commit_lock:
+                self.packs.close()
             self._db.close()
         if self._lock is not None:
             self._lock.release()
@@ -195,6 +304,33 @@ class Datastore:
         except plyvel.CorruptionError as exc:
             raise BlockCorrupted(f"LevelDB checksum failure reading {key!r}: {exc}") from exc
         return value
+
+    def _get_block(self, cid: CID) -> bytes | None:
+        """A block's bytes wherever they live (a pack or inline); checked against their checksum."""
+        mh = cid.multihash
+        raw = self._get(_PACKED + mh)
+        if raw is None:
+            return self._get(_BLOCK + mh, fill_cache=False)
+        for attempt in (1, 2):
+            try:
+                return self.packs.read(Pointer.unpack(raw))
+            except PackError as exc:
+                # Deleted (its space punched out) or re-stored elsewhere while we read?
+                again = self._get(_PACKED + mh)
+                if again is None:
+                    return self._get(_BLOCK + mh, fill_cache=False)
+                if again != raw and attempt == 1:
+                    raw = again
+                    continue
+                raise BlockCorrupted(f"block {cid} is damaged in its pack file: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _block_size(self, mh: bytes) -> int | None:
+        raw = self._get(_PACKED + mh)
+        if raw is not None:
+            return _pointer(mh, raw).length
+        data = self._get(_BLOCK + mh)
+        return None if data is None else len(data)
 
     def _read_stats(self) -> tuple[int, int]:
         raw = self._get(_STATS_KEY)
@@ -249,7 +385,9 @@ class Datastore:
 
     def flush(self) -> None:
         """Make every write so far durable (LevelDB's log is ordered, so one synced write suffices)."""
-        self._db.put(_FLUSH_KEY, b"", sync=True)
+        with self._commit_lock:
+            self.packs.sync()
+            self._db.put(_FLUSH_KEY, b"", sync=True)
 
     def compact(self) -> None:
         self._db.compact_range()
@@ -312,19 +450,16 @@ class Blockstore:
         return data
 
     def get_or_none(self, cid: CID) -> bytes | None:
-        # Block values are large and read once per request: keep them out of the small LRU
-        # cache, which then holds index blocks and the registry's metadata.
-        data = self._store._get(_block_key(cid), fill_cache=False)
+        data = self._store._get_block(cid)
         if data is not None and self._store.verify_reads and not cid.verify(data):
             raise BlockCorrupted(f"block {cid} does not match its hash")
         return data
 
     def has(self, cid: CID) -> bool:
-        return self._store._get(_block_key(cid)) is not None
+        return self._store._block_size(cid.multihash) is not None
 
     def size(self, cid: CID) -> int | None:
-        data = self._store._get(_block_key(cid))
-        return None if data is None else len(data)
+        return self._store._block_size(cid.multihash)
 
     def delete(self, cid: CID) -> bool:
         """Delete a block; return whether it was present."""
@@ -334,14 +469,14 @@ class Blockstore:
         return present
 
     def iter_multihashes(self) -> Iterator[bytes]:
-        """Every stored block's multihash, in key order."""
-        for key in self._store._db.iterator(prefix=_BLOCK, include_value=False):
-            yield key[len(_BLOCK) :]
+        """Every stored block's multihash, in order."""
+        db = self._store._db
+        inline = (key[len(_BLOCK) :] for key in db.iterator(prefix=_BLOCK, include_value=False))
+        packed = (key[len(_PACKED) :] for key in db.iterator(prefix=_PACKED, include_value=False))
+        yield from heapq.merge(inline, packed)
 
     def iter_cids(self) -> Iterator[CID]:
         """Every stored block as a CIDv1 raw (the codec is not stored, as in Kubo)."""
-        from ipfsreg.cid import RAW
-
         for mh in self.iter_multihashes():
             yield CID(1, RAW, mh)
 
@@ -352,6 +487,15 @@ class Blockstore:
             try:
                 ok = multihash_matches(mh, value)
             except CIDError:
+                ok = False
+            if not ok:
+                yield mh
+        packs = self._store.packs
+        for key, raw in self._store._db.iterator(prefix=_PACKED, verify_checksums=True):
+            mh = key[len(_PACKED) :]
+            try:
+                ok = multihash_matches(mh, packs.read(Pointer.unpack(raw)))
+            except (PackError, CIDError):
                 ok = False
             if not ok:
                 yield mh
@@ -484,29 +628,84 @@ class WriteBatch:
         self._ops.clear()
 
     def _write(self, store: Datastore) -> None:
+        db = store._db
         count, size = store.block_count, store.block_bytes
         stats_changed = False
-        wb = store._db.write_batch(sync=self._sync)
+        metas: dict[int, PackMeta] = {}  # updated copies, applied once the batch is written
+
+        def meta(pack: int) -> PackMeta:
+            if pack not in metas:
+                old = store._pack_meta.get(pack)
+                metas[pack] = PackMeta(*(old or PackMeta()).as_tuple())
+            return metas[pack]
+
+        # A deleted pointer's bytes are punched out right after the write, so the delete must be
+        # durable first: a pointer that came back after a crash would point at a hole.
+        deletes_blocks = any(v is None and k.startswith(_BLOCK) for k, v in self._ops.items())
+        wb = db.write_batch(sync=self._sync or deletes_blocks)
+        to_pack: list[tuple[bytes, bytes]] = []
+        freed: list[Pointer] = []
         for key, value in self._ops.items():
             if key.startswith(_BLOCK):
-                old = store._db.get(key)
+                mh = key[len(_BLOCK) :]
+                old_inline = db.get(key)
+                old_pointer = None if old_inline is not None else db.get(_PACKED + mh)
                 if value is None:
-                    if old is not None:
-                        count, size, stats_changed = count - 1, size - len(old), True
-                    wb.delete(key)
+                    if old_inline is not None:
+                        count, size, stats_changed = count - 1, size - len(old_inline), True
+                        wb.delete(key)
+                    elif old_pointer is not None:
+                        pointer = _pointer(mh, old_pointer)
+                        count, size, stats_changed = count - 1, size - pointer.length, True
+                        wb.delete(_PACKED + mh)
+                        m = meta(pointer.pack)
+                        m.live_blocks -= 1
+                        m.live_bytes -= pointer.length
+                        freed.append(pointer)
                     continue
-                if old is None:
-                    count, size, stats_changed = count + 1, size + len(value), True
-                else:
+                if old_inline is not None or old_pointer is not None:
                     continue  # already stored: content addressing makes the rewrite a no-op
-                wb.put(key, value)
+                count, size, stats_changed = count + 1, size + len(value), True
+                if len(value) >= PACK_MIN_BLOCK:
+                    to_pack.append((mh, value))
+                else:
+                    wb.put(key, value)
             elif value is None:
                 wb.delete(key)
             else:
                 wb.put(key, value)
+        packs = store.packs
+        if to_pack:
+            crcs = [checksum(value) for _, value in to_pack]
+            try:
+                placed = packs.append([value for _, value in to_pack])
+            except PackError as exc:
+                raise BlockstoreError(str(exc)) from exc
+            for (mh, value), (pack, offset), crc in zip(to_pack, placed, crcs, strict=True):
+                wb.put(_PACKED + mh, Pointer(pack, offset, len(value), crc).pack_bytes())
+                m = meta(pack)
+                m.live_blocks += 1
+                m.live_bytes += len(value)
+                m.end = max(m.end, offset + len(value))
+        emptied = [pack for pack, m in metas.items() if m.live_blocks == 0 and pack != packs.active]
+        for pack, m in metas.items():
+            if pack in emptied:
+                wb.delete(_meta_key(pack))
+            else:
+                wb.put(_meta_key(pack), m.pack_bytes())
         if stats_changed:
             wb.put(_STATS_KEY, _STATS.pack(count, size))
+        if self._sync:
+            packs.sync()  # the pointers this write makes durable must not outlive their bytes
         wb.write()
+        for pack in emptied:
+            store._pack_meta.pop(pack, None)
+            metas.pop(pack)
+            packs.remove(pack)
+        store._pack_meta.update(metas)
+        for pointer in freed:
+            if pointer.pack not in emptied:
+                packs.punch(pointer)
         if store._write_trackers:
             # Re-puts of blocks already stored count too: their writer means to keep them.
             puts = [k[len(_BLOCK) :] for k, v in self._ops.items() if k.startswith(_BLOCK) and v is not None]
