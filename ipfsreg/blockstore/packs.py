@@ -4,7 +4,7 @@ LevelDB rewrites every value on each compaction, and blocks keyed by random mult
 every level, so a 256 KiB leaf was copied again and again (about a CPU-second of LevelDB work
 per 200 MB ingested). Large blocks are therefore kept out of LevelDB's levels (key-value
 separation, as in WiscKey or Badger): their bytes are appended to a pack file, and LevelDB keeps
-a small :class:`Pointer` (pack, offset, length, CRC-32) in the same atomic batch as everything
+a small :class:`Pointer` (pack, offset, length, CRC-32C) in the same atomic batch as everything
 else. A pointer is only written after its bytes, so a reader never follows a pointer to bytes
 that are not there; the batch that makes a write durable first syncs the packs it points into.
 
@@ -24,18 +24,19 @@ import os
 import re
 import struct
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, cast
+
+import crc32c
 
 logger = logging.getLogger(__name__)
 
 PACKS_DIRNAME: Final = "packs"
 DEFAULT_PACK_SIZE: Final = 256 * 1024 * 1024  # a pack takes no more appends once it is this big
 _NAME: Final = re.compile(r"^(\d{8})\.pack$")
-_POINTER: Final = struct.Struct(">IQII")  # pack id, offset, length, crc32
+_POINTER: Final = struct.Struct(">IQII")  # pack id, offset, length, crc32c
 _META: Final = struct.Struct(">QQQ")  # committed end, live bytes, live blocks
 _PAGE: Final = 4096
 _IOV_MAX: Final = 512  # buffers per pwritev call (Linux allows 1024)
@@ -49,7 +50,7 @@ class PackError(Exception):
 
 
 class Pointer(NamedTuple):
-    """Where a block's bytes live: ``length`` bytes at ``offset`` of pack ``pack``, with their CRC-32."""
+    """Where a block's bytes live: ``length`` bytes at ``offset`` of pack ``pack``, with their CRC-32C."""
 
     pack: int
     offset: int
@@ -89,8 +90,9 @@ class PackMeta:
 
 
 def checksum(data: bytes | memoryview) -> int:
-    """The CRC-32 stored in a block's pointer (zlib's, which releases the GIL on large inputs)."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+    """The CRC-32C stored in a block's pointer (hardware-accelerated: about 20 GB/s; the GIL is
+    released on large inputs)."""
+    return int(crc32c.crc32c(data))
 
 
 def _load_fallocate() -> Callable[[int, int, int, int], int] | None:

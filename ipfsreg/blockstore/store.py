@@ -12,7 +12,7 @@ data. Small blocks (interior nodes, manifests) stay inline in LevelDB.
 
 Integrity: every block's hash is checked on put. Every read is checked against a checksum:
 LevelDB's own CRC32C (``verify_checksums``) for inline blocks and table files, the pointer's
-CRC-32 for packed blocks; with ``verify_reads=True`` every read is also re-hashed against its
+CRC-32C for packed blocks; with ``verify_reads=True`` every read is also re-hashed against its
 CID. Either failure raises :class:`BlockCorrupted`, never returns the bad bytes.
 """
 
