@@ -3,8 +3,12 @@ in its place (pure h11, no sockets)."""
 
 from __future__ import annotations
 
+import itertools
+
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipfsreg.registry.coalesce import COALESCE_BYTES, CoalescingConnection
 
@@ -66,7 +70,7 @@ def test_body_arriving_in_pieces_gives_data_then_need_data_and_continues() -> No
         conn.receive_data(raw[i : i + 7000])
         while True:
             event = conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is h11.NEED_DATA or event is h11.PAUSED:
                 break
             if type(event) is h11.Data:
                 got += bytes(event.data)
@@ -114,3 +118,84 @@ def test_protocol_error_after_body_data_comes_after_that_data() -> None:
     assert bytes(data.data) == b"abcdxyz"
     with pytest.raises(h11.RemoteProtocolError):
         conn.next_event()
+
+
+def _chunks_of(body: bytes, sizes: list[int], extension_every: int = 0) -> bytes:
+    out = bytearray()
+    pos = 0
+    i = 0
+    while pos < len(body):
+        size = sizes[i % len(sizes)]
+        piece = body[pos : pos + size]
+        ext = b";name=value" if extension_every and i % extension_every == 0 else b""
+        out += b"%x%s\r\n" % (len(piece), ext) + piece + b"\r\n"
+        pos += size
+        i += 1
+    return bytes(out) + b"0\r\nX-Trailer: yes\r\n\r\n"
+
+
+def _feed_in_pieces(conn: h11.Connection, wire: bytes, cuts: list[int]) -> tuple[bytes, list[type]]:
+    """Feed ``wire`` split at ``cuts``; return the body bytes and the non-Data event types seen."""
+    body = bytearray()
+    kinds: list[type] = []
+    edges = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    for a, b in itertools.pairwise(edges):
+        if a == b:
+            continue  # receive_data(b"") would mean end of stream
+        conn.receive_data(wire[a:b])
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if type(event) is h11.Data:
+                body += event.data
+            else:
+                kinds.append(type(event))
+    return bytes(body), kinds
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.binary(min_size=0, max_size=5000),
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+    extension_every=st.integers(0, 3),
+)
+def test_chunked_body_gives_the_same_bytes_and_events_as_plain_h11_however_it_arrives(
+    body: bytes, sizes: list[int], cuts: list[int], extension_every: int
+) -> None:
+    wire = HEAD_CHUNKED + _chunks_of(body, sizes, extension_every)
+    ours, ours_kinds = _feed_in_pieces(CoalescingConnection(h11.SERVER), wire, cuts)
+    plain, plain_kinds = _feed_in_pieces(h11.Connection(h11.SERVER), wire, cuts)
+    assert ours == plain == body
+    assert ours_kinds == plain_kinds == [h11.Request, h11.EndOfMessage]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"4\r\nabcdXY3\r\nxyz\r\n0\r\n\r\n",  # chunk not followed by CRLF
+        b"4\r\nabcd\r\nzz\r\nxyz\r\n0\r\n\r\n",  # header not hex
+        b"4\r\nabcd\r\n" + b"1" * 30 + b"\r\n",  # size too long to be real
+    ],
+)
+def test_malformed_chunk_framing_is_a_protocol_error_after_the_good_data(bad: bytes) -> None:
+    conn = CoalescingConnection(h11.SERVER)
+    conn.receive_data(HEAD_CHUNKED + bad)
+    assert type(conn.next_event()) is h11.Request
+    data = conn.next_event()
+    assert type(data) is h11.Data
+    assert bytes(data.data) == b"abcd"
+    with pytest.raises(h11.RemoteProtocolError):
+        for _ in range(3):
+            if conn.next_event() is h11.NEED_DATA:
+                conn.receive_data(b"")
+
+
+def test_large_chunked_body_parsed_on_the_fast_path_keeps_every_byte() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    conn = CoalescingConnection(h11.SERVER)
+    wire = HEAD_CHUNKED + _chunked(body, 32 * 1024)
+    got, kinds = _feed_in_pieces(conn, wire, list(range(0, len(wire), 65536)))
+    assert got == body
+    assert kinds == [h11.Request, h11.EndOfMessage]
