@@ -9,7 +9,11 @@ Prints MB/s, the ratios against the anchor, and the ipfsreg process's peak RSS d
 (sampled; Kubo runs in child processes and is not counted). Also compares the hand-written bitswap
 codec against the protobuf module on a 1 MiB message (why ipfsreg does not use protobuf).
 
-``BENCH_BITSWAP_MB`` (default 200) sets the file size in MB, ``BENCH_BITSWAP_ROUNDS`` (default 2) the
+Before each timed transfer the disk is synced: every transfer writes the file twice (the receiver's
+block store and its output file), and without the sync the next transfer would pay for that
+write-back in its receiver's fsyncs (Kubo's flatfs syncs every block), whoever it is.
+
+``BENCH_BITSWAP_MB`` (default 200) sets the file size in MB, ``BENCH_BITSWAP_ROUNDS`` (default 3) the
 number of interleaved rounds; each transfer's best round is reported (the machine is shared and noisy).
 """
 
@@ -18,8 +22,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -35,6 +41,7 @@ from ipfsreg.node.settings import NodeSettings
 from ipfsreg.unixfs.exporter import read_file
 
 MB = 1_000_000
+T = TypeVar("T")
 
 
 class RssSampler:
@@ -65,7 +72,7 @@ def _rss() -> tuple[int, int]:
     return fields["VmRSS"], fields["RssAnon"]
 
 
-async def _measured(coro_fn, *args):  # type: ignore[no-untyped-def]
+async def _measured(coro_fn: Callable[..., Awaitable[T]], *args: Any) -> tuple[float, RssSampler, T]:
     sampler = RssSampler()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler.run)
@@ -74,6 +81,11 @@ async def _measured(coro_fn, *args):  # type: ignore[no-untyped-def]
         seconds = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return seconds, sampler, result
+
+
+async def _settled() -> None:
+    """Flush dirty pages left by the previous transfer, so it does not slow the next one."""
+    await trio.to_thread.run_sync(os.sync)
 
 
 async def _kubo_to_ipfsreg(node: Node, cid: CID, dest: Path) -> int:
@@ -128,11 +140,18 @@ class _Best:
     peak: int = 0
     peak_anon: int = 0
 
+    last: float = 0.0
+
     def add(self, seconds: float, sampler: RssSampler | None = None) -> None:
+        self.last = seconds
         self.seconds = min(self.seconds, seconds)
         if sampler is not None:
             self.peak = max(self.peak, sampler.peak)
             self.peak_anon = max(self.peak_anon, sampler.peak_anon)
+
+
+def _print_round(n: int, transfer: str, size: int, seconds: float) -> None:
+    print(f"  round {n}: {transfer:16} {size / MB / seconds:6.1f} MB/s", flush=True)
 
 
 async def _round(
@@ -155,9 +174,11 @@ async def _transfers(
     kubo_a, kubo_b, kubo_c = kubos
     cid = CID.parse(cid_text)
     out = workdir / f"kubo-b-{n}.out"
+    await _settled()
     start = time.perf_counter()
     await kubo_b.adownload(cid_text, out)
     best[0].add(time.perf_counter() - start)
+    _print_round(n, "Kubo -> Kubo", size, best[0].last)
     out.unlink()
 
     settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
@@ -168,15 +189,19 @@ async def _transfers(
             await node.connect(kubo_a.multiaddr)
             baseline = _rss()
             out = workdir / f"ipfsreg-{n}.out"
+            await _settled()
             seconds, sampler, written = await _measured(_kubo_to_ipfsreg, node, cid, out)
             assert written == size
             best[1].add(seconds, sampler)
+            _print_round(n, "Kubo -> ipfsreg", size, seconds)
             out.unlink()
             await kubo_c.aconnect(node.listen_addrs()[0])
             out = workdir / f"kubo-c-{n}.out"
+            await _settled()
             seconds, sampler, _ = await _measured(kubo_c.adownload, cid_text, out)
             assert out.stat().st_size == size
             best[2].add(seconds, sampler)
+            _print_round(n, "ipfsreg -> Kubo", size, seconds)
             out.unlink()
             nursery.cancel_scope.cancel()
     return baseline
@@ -224,7 +249,7 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
 def main() -> None:
     limit_arenas()  # as `ipfsreg` does at start: the node runs in this process
     size = int(float(os.environ.get("BENCH_BITSWAP_MB", "200")) * MB)
-    rounds = int(os.environ.get("BENCH_BITSWAP_ROUNDS", "2"))
+    rounds = int(os.environ.get("BENCH_BITSWAP_ROUNDS", "3"))
     with tempfile.TemporaryDirectory(prefix="bench-bitswap-") as tmp:
         trio.run(_run, size, Path(tmp), rounds)
 
