@@ -256,3 +256,29 @@ def test_malformed_pointer_is_reported_as_corruption(tmp_path: Path) -> None:
         store._db.put(_PACKED + cid.multihash, b"\x00\x01")
         with pytest.raises(BlockCorrupted):
             store.blocks.get(cid)
+
+
+def test_large_block_stored_inline_by_an_earlier_version_is_still_served(tmp_path: Path) -> None:
+    old_cid, old = _block(19)
+    new_cid, new = _block(20)
+    with Datastore.open(tmp_path) as store:
+        # Data dirs written before pack files kept every block inline under b/<multihash>.
+        with store.batch() as batch:
+            batch.put_block(_block(21, 100)[0], _block(21, 100)[1])  # bumps the statistics key
+        store._db.put(b"b/" + old_cid.multihash, old)
+    with Datastore.open(tmp_path) as store:
+        store.blocks.put(new_cid, new)
+        assert store.blocks.get(old_cid) == old
+        assert store.blocks.size(old_cid) == LEAF
+        assert set(store.blocks.iter_multihashes()) >= {old_cid.multihash, new_cid.multihash}
+        assert list(store.blocks.verify_all()) == []
+        store.blocks.put(old_cid, old)  # already present inline: not copied into a pack
+        assert _pointer_or_none(store, old_cid) is None
+        assert store.blocks.delete(old_cid)
+        assert not store.blocks.has(old_cid)
+        assert store.blocks.get(new_cid) == new
+
+
+def _pointer_or_none(store: Datastore, cid: CID) -> bytes | None:
+    raw: bytes | None = store._db.get(_PACKED + cid.multihash)
+    return raw
