@@ -70,6 +70,18 @@ class _StoreCollector(Collector):
                 "Bytes of blocks in the blockstore",
                 value=self.store.block_bytes,
             )
+            packs = self.store.pack_stats()
+            yield GaugeMetricFamily(
+                "ipfsreg_pack_files", "Pack files holding large blocks", value=packs.files
+            )
+            yield GaugeMetricFamily(
+                "ipfsreg_pack_bytes",
+                "Bytes written to pack files (dead blocks included until their pack empties)",
+                value=packs.bytes,
+            )
+            yield GaugeMetricFamily(
+                "ipfsreg_pack_live_bytes", "Bytes of live blocks in pack files", value=packs.live_bytes
+            )
         if self.node is None:
             return
         stats = self.node.stats()

@@ -26,6 +26,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -93,6 +94,13 @@ class DataDirLocked(BlockstoreError):
         self.data_dir = data_dir
         self.pid = pid
         self.command = command
+
+
+@dataclass(frozen=True)
+class PackStats:
+    files: int
+    bytes: int  # committed bytes, dead ones included (punched holes use no disk space)
+    live_bytes: int
 
 
 def _block_key(cid: CID) -> bytes:
@@ -391,6 +399,15 @@ class Datastore:
 
     def compact(self) -> None:
         self._db.compact_range()
+
+    def pack_stats(self) -> PackStats:
+        """Pack files in use, their committed bytes, and the bytes of live blocks in them."""
+        metas = list(self._pack_meta.values())  # one C-level copy: safe against a committing thread
+        return PackStats(
+            files=len(metas),
+            bytes=sum(m.end for m in metas),
+            live_bytes=sum(m.live_bytes for m in metas),
+        )
 
     @property
     def block_count(self) -> int:

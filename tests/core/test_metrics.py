@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ipfsreg.blockstore.store import PACK_MIN_BLOCK
 from ipfsreg.metrics import route_family
 from ipfsreg.unixfs.importer import import_bytes
 
@@ -49,17 +50,29 @@ async def test_metrics_count_requests_and_bytes_and_report_storage(
             digest = "sha256:" + hashlib.sha256(blob).hexdigest()
             pushed = await client.post(f"/v2/repo/blobs/uploads/?digest={digest}", content=blob)
             assert pushed.status_code == 201
+            layer = bytes(range(256)) * 1200  # 307,200 bytes: two leaves big enough for a pack file
+            layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+            pushed = await client.post(f"/v2/repo/blobs/uploads/?digest={layer_digest}", content=layer)
+            assert pushed.status_code == 201
             health = await client.get("/healthz")
             assert health.status_code == 200
             assert health.json() == {"status": "ok"}
             text = (await client.get("/metrics")).text
     assert 'ipfsreg_http_requests_total{method="GET",route="base",status="200"} 1.0' in text
     assert 'ipfsreg_http_requests_total{method="GET",route="blobs",status="404"} 1.0' in text
-    assert 'ipfsreg_http_requests_total{method="POST",route="uploads",status="201"} 1.0' in text
-    assert f'ipfsreg_http_request_bytes_total{{route="uploads"}} {float(len(blob))}' in text
-    assert "ipfsreg_blocks_stored 1.0" in text
-    blocks, _ = import_bytes(blob)  # the blob's UnixFS DAG, as the registry stored it
-    assert f"ipfsreg_block_bytes_stored {float(sum(len(b.data) for b in blocks))}" in text
+    assert 'ipfsreg_http_requests_total{method="POST",route="uploads",status="201"} 2.0' in text
+    assert f'ipfsreg_http_request_bytes_total{{route="uploads"}} {float(len(blob) + len(layer))}' in text
+    blocks, _ = import_bytes(blob)  # the blobs' UnixFS DAGs, as the registry stored them
+    layer_blocks, _ = import_bytes(layer)
+    assert len(layer_blocks) == 3  # two leaves and their parent
+    assert f"ipfsreg_blocks_stored {float(len(blocks) + 3)}" in text
+    stored = sum(len(b.data) for b in [*blocks, *layer_blocks])
+    assert f"ipfsreg_block_bytes_stored {float(stored)}" in text
+    packed = sum(len(b.data) for b in layer_blocks if len(b.data) >= PACK_MIN_BLOCK)
+    assert packed > 300_000
+    assert "ipfsreg_pack_files 1.0" in text
+    assert f"ipfsreg_pack_bytes {float(packed)}" in text
+    assert f"ipfsreg_pack_live_bytes {float(packed)}" in text
     assert "ipfsreg_connected_peers 0.0" in text
     assert "ipfsreg_bitswap_blocks_sent_total 0.0" in text
     lines = [r.getMessage() for r in caplog.records if r.name == "ipfsreg.access"]
