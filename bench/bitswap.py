@@ -4,7 +4,8 @@ Measured in the same run, on loopback, each a cold fetch into a fresh store:
 - anchor: Kubo -> Kubo (Kubo A added the file; Kubo B connects to A and downloads it);
 - Kubo -> ipfsreg: an ipfsreg node connected only to Kubo A streams the file to disk in order
   (NetworkBlockSource: window of wants ahead of the reader, blocks stored, never the whole file);
-- ipfsreg -> Kubo: a fresh Kubo C connected only to the ipfsreg node (which now holds the file) downloads it.
+- ipfsreg -> Kubo: a fresh Kubo C connected only to the ipfsreg node that fetched the file in
+  round 0 (long-lived like Kubo A, the anchor's server) downloads it.
 Prints MB/s, the ratios against the anchor, and the ipfsreg process's peak RSS during each transfer
 (sampled; Kubo runs in child processes and is not counted). Also compares the hand-written bitswap
 codec against the protobuf module on a 1 MiB message (why ipfsreg does not use protobuf).
@@ -155,66 +156,83 @@ def _print_round(n: int, transfer: str, size: int, seconds: float) -> None:
 
 
 async def _round(
-    size: int, workdir: Path, n: int, kubo_a: KuboPeer, cid_text: str, best: list[_Best]
-) -> tuple[int, int]:
-    """One round on fresh receivers (a new Kubo B, ipfsreg node and Kubo C), so every fetch is cold."""
-    with KuboPeer.start(workdir / f"kubo-b-{n}") as kubo_b, KuboPeer.start(workdir / f"kubo-c-{n}") as kubo_c:
-        await kubo_b.aconnect(kubo_a.multiaddr)
-        return await _transfers(size, workdir, n, (kubo_a, kubo_b, kubo_c), cid_text, best)
-
-
-async def _transfers(
     size: int,
     workdir: Path,
     n: int,
-    kubos: tuple[KuboPeer, KuboPeer, KuboPeer],
+    kubo_a: KuboPeer,
+    server: Node,
     cid_text: str,
     best: list[_Best],
 ) -> tuple[int, int]:
-    kubo_a, kubo_b, kubo_c = kubos
-    cid = CID.parse(cid_text)
-    out = workdir / f"kubo-b-{n}.out"
-    await _settled()
-    start = time.perf_counter()
-    await kubo_b.adownload(cid_text, out)
-    best[0].add(time.perf_counter() - start)
-    _print_round(n, "Kubo -> Kubo", size, best[0].last)
-    out.unlink()
+    """One round: three cold fetches, each into a fresh store.
 
-    settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
-    with Datastore.open(workdir / f"ipfsreg-{n}") as datastore:
-        node = Node(datastore, settings, Identity.generate())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            await node.connect(kubo_a.multiaddr)
-            baseline = _rss()
-            out = workdir / f"ipfsreg-{n}.out"
-            await _settled()
-            seconds, sampler, written = await _measured(_kubo_to_ipfsreg, node, cid, out)
-            assert written == size
-            best[1].add(seconds, sampler)
-            _print_round(n, "Kubo -> ipfsreg", size, seconds)
-            out.unlink()
-            await kubo_c.aconnect(node.listen_addrs()[0])
-            out = workdir / f"kubo-c-{n}.out"
-            await _settled()
-            seconds, sampler, _ = await _measured(kubo_c.adownload, cid_text, out)
-            assert out.stat().st_size == size
-            best[2].add(seconds, sampler)
-            _print_round(n, "ipfsreg -> Kubo", size, seconds)
-            out.unlink()
-            nursery.cancel_scope.cancel()
+    Kubo -> Kubo: a new Kubo B fetches from Kubo A. Kubo -> ipfsreg: a new ipfsreg node fetches
+    from Kubo A (in round 0 that node is ``server``, which keeps the file for later rounds).
+    ipfsreg -> Kubo: a new Kubo C fetches from ``server``. Both serving peers are long-lived, as
+    Kubo A is; each receiving Kubo is started right before its transfer and stopped after it.
+    """
+    cid = CID.parse(cid_text)
+    with KuboPeer.start(workdir / f"kubo-b-{n}") as kubo_b:
+        await kubo_b.aconnect(kubo_a.multiaddr)
+        out = workdir / f"kubo-b-{n}.out"
+        await _settled()
+        start = time.perf_counter()
+        await kubo_b.adownload(cid_text, out)
+        best[0].add(time.perf_counter() - start)
+        _print_round(n, "Kubo -> Kubo", size, best[0].last)
+        out.unlink()
+
+    baseline = _rss()
+    if n == 0:
+        await _fetch_from_kubo(size, workdir, n, server, kubo_a, cid, best)
+    else:
+        settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
+        with Datastore.open(workdir / f"ipfsreg-{n}") as datastore:
+            node = Node(datastore, settings, Identity.generate())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                await _fetch_from_kubo(size, workdir, n, node, kubo_a, cid, best)
+                nursery.cancel_scope.cancel()
+
+    with KuboPeer.start(workdir / f"kubo-c-{n}") as kubo_c:
+        await kubo_c.aconnect(server.listen_addrs()[0])
+        out = workdir / f"kubo-c-{n}.out"
+        await _settled()
+        seconds, sampler, _ = await _measured(kubo_c.adownload, cid_text, out)
+        assert out.stat().st_size == size
+        best[2].add(seconds, sampler)
+        _print_round(n, "ipfsreg -> Kubo", size, seconds)
+        out.unlink()
     return baseline
+
+
+async def _fetch_from_kubo(
+    size: int, workdir: Path, n: int, node: Node, kubo_a: KuboPeer, cid: CID, best: list[_Best]
+) -> None:
+    await node.connect(kubo_a.multiaddr)
+    out = workdir / f"ipfsreg-{n}.out"
+    await _settled()
+    seconds, sampler, written = await _measured(_kubo_to_ipfsreg, node, cid, out)
+    assert written == size
+    best[1].add(seconds, sampler)
+    _print_round(n, "Kubo -> ipfsreg", size, seconds)
+    out.unlink()
 
 
 async def _run(size: int, workdir: Path, rounds: int) -> None:
     path = write_random_file(workdir / "input.bin", size, seed=42)
     kubo_a = KuboPeer.start(workdir / "kubo-a")
     best = [_Best(), _Best(), _Best()]
+    settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
     try:
         cid_text = await kubo_a.aadd(path)
-        for n in range(rounds):
-            baseline = await _round(size, workdir, n, kubo_a, cid_text, best)
+        with Datastore.open(workdir / "ipfsreg-server") as datastore:
+            server = Node(datastore, settings, Identity.generate())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                for n in range(rounds):
+                    baseline = await _round(size, workdir, n, kubo_a, server, cid_text, best)
+                nursery.cancel_scope.cancel()
     finally:
         kubo_a.close()
 
