@@ -1,4 +1,5 @@
-"""LevelDB (plyvel) block storage keyed by multihash, with atomic batches shared by every layer."""
+"""Block storage keyed by multihash: LevelDB (plyvel) for small blocks, pointers and every layer's
+records, in atomic batches shared by every layer; append-only pack files for large blocks' bytes."""
 
 from ipfsreg.blockstore.store import (
     MAX_BLOCK_SIZE,

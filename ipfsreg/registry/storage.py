@@ -15,7 +15,8 @@ make it visible commit in one atomic batch):
   never points at a stale image directory; a tag whose image cannot be laid out has no entry)
 
 Uploads stream through the sha256 hasher and the UnixFS importer in worker threads (hashlib and
-the importer release the GIL on large buffers); the resulting blocks are committed to LevelDB in
+the importer release the GIL on large buffers); the resulting blocks are committed to the
+datastore (leaf bytes appended to pack files, pointers and small blocks in one LevelDB batch) in
 batches of ``flush_bytes``, also in worker threads (plyvel releases the GIL while writing), one
 batch at a time per upload, so the blob's index batch always commits after all its leaf batches.
 At the end of every chunk the importer's snapshot is stored in the same batch as its last
