@@ -8,6 +8,16 @@ a small :class:`Pointer` (pack, offset, length, CRC-32C) in the same atomic batc
 else. A pointer is only written after its bytes, so a reader never follows a pointer to bytes
 that are not there; the batch that makes a write durable first syncs the packs it points into.
 
+Appends bypass the page cache (``O_DIRECT``): each batch's blocks are copied into one aligned
+buffer and written with one call at a 4 KiB-aligned offset (the tail of the last page is zero
+padding, and the next batch starts on the next page). Buffered writes made the kernel allocate
+(and, on a full page cache, first reclaim) a page-cache page for every 4 KiB of every layer:
+about 0.3-0.45 CPU-s per 200 MB here, against 0.04 s for the copy plus direct write. Filesystems
+that refuse ``O_DIRECT`` (tmpfs, some overlays) get ordinary buffered writes. Reads stay
+buffered: each direct write is followed by ``POSIX_FADV_WILLNEED`` over its range, so the kernel
+reads it back into the page cache in the background (0.11 CPU-s per 200 MB in all) and a layer
+pulled right after its push is served from memory, as it would be after a buffered write.
+
 Deleting a block punches a hole over its bytes (``fallocate(PUNCH_HOLE)``, so the disk space
 returns at once); a pack with no live block left is unlinked. This module is the file side
 only: the datastore decides what goes where and keeps each pack's :class:`PackMeta` in LevelDB.
@@ -20,6 +30,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import mmap
 import os
 import re
 import struct
@@ -40,6 +51,7 @@ _POINTER: Final = struct.Struct(">IQII")  # pack id, offset, length, crc32c
 _META: Final = struct.Struct(">QQQ")  # committed end, live bytes, live blocks
 _PAGE: Final = 4096
 _IOV_MAX: Final = 512  # buffers per pwritev call (Linux allows 1024)
+_ALIGN: Final = 4096  # offset, length and buffer alignment of direct writes
 
 _FALLOC_FL_KEEP_SIZE: Final = 0x01
 _FALLOC_FL_PUNCH_HOLE: Final = 0x02
@@ -115,9 +127,11 @@ class PackFiles:
     """The pack files of one data dir: appends (one writer, under the datastore's commit lock),
     reads from any thread, syncs, hole punching and removal."""
 
-    def __init__(self, directory: Path, *, pack_size: int = DEFAULT_PACK_SIZE) -> None:
+    def __init__(self, directory: Path, *, pack_size: int = DEFAULT_PACK_SIZE, direct: bool = True) -> None:
         self.directory = directory
         self.pack_size = pack_size
+        self.direct = direct and hasattr(os, "O_DIRECT")  # False once the filesystem refuses it
+        self._buffer: mmap.mmap | None = None  # page-aligned staging buffer of direct writes
         directory.mkdir(parents=True, exist_ok=True)
         self._read_fds: dict[int, int] = {}
         self._retired_fds: list[int] = []  # fds of removed packs: a reader may still be using them
@@ -125,6 +139,7 @@ class PackFiles:
         self._active: int | None = None
         self._active_fd: int | None = None
         self._active_end = 0
+        self._active_direct = False  # whether the open writer fd has O_DIRECT
         self._dirty: set[int] = set()  # packs appended to since their last sync
         self._punch_supported = _fallocate is not None
 
@@ -173,6 +188,7 @@ class PackFiles:
         """
         placed: list[tuple[int, int]] = []
         run: list[bytes] = []
+        self._active_end = _align_up(self._active_end)  # every run starts on a fresh page
         run_start = self._active_end
         for value in values:
             if self._active is None or self._active_end >= self.pack_size:
@@ -191,17 +207,56 @@ class PackFiles:
         if not run:
             return
         fd = self._writer()
-        total = sum(len(v) for v in run)
-        written = 0
         try:
-            while written < total:
-                # pwritev may write less than asked (signals, huge runs): resume where it stopped.
-                buffers = _tail(run, written)[:_IOV_MAX]
-                written += os.pwritev(fd, buffers, offset + written)
+            if self._active_direct:
+                try:
+                    self._write_direct(fd, run, offset)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # The device wants a coarser alignment than ours: write buffered from now on.
+                    logger.info(
+                        "direct writes to %s refused (%s): using buffered writes", self.directory, exc
+                    )
+                    self.direct = False
+                    self._close_active()
+                    self._write_buffered(self._writer(), run, offset)
+            else:
+                self._write_buffered(fd, run, offset)
         except OSError as exc:
             raise PackError(f"cannot write to {self.path(self._active or 0)}: {exc}") from exc
         assert self._active is not None
         self._dirty.add(self._active)
+
+    def _write_direct(self, fd: int, run: list[bytes], offset: int) -> None:
+        total = sum(len(v) for v in run)
+        padded = _align_up(total)
+        if self._buffer is None or len(self._buffer) < padded:
+            if self._buffer is not None:
+                self._buffer.close()
+            self._buffer = mmap.mmap(-1, _align_up(max(padded, 4 * 1024 * 1024)))
+        buffer = self._buffer
+        pos = 0
+        for value in run:
+            buffer[pos : pos + len(value)] = value
+            pos += len(value)
+        buffer[pos:padded] = bytes(padded - pos)  # the page's tail: zeros, never stale bytes
+        with memoryview(buffer) as view:
+            written = 0
+            while written < padded:
+                # A short write (a signal) ends on a sector boundary of the device; resume there.
+                written += os.pwrite(fd, view[written:padded], offset + written)
+        assert self._active is not None
+        os.posix_fadvise(self._reader(self._active), offset, padded, os.POSIX_FADV_WILLNEED)
+
+    @staticmethod
+    def _write_buffered(fd: int, run: list[bytes], offset: int) -> None:
+        total = sum(len(v) for v in run)
+        written = 0
+        while written < total:
+            # pwritev may write less than asked (signals, huge runs): resume where it stopped.
+            buffers = _tail(run, written)[:_IOV_MAX]
+            written += os.pwritev(fd, buffers, offset + written)
 
     def _rotate(self) -> None:
         pack = 1 if self._active is None else self._active + 1
@@ -210,7 +265,23 @@ class PackFiles:
     def _writer(self) -> int:
         if self._active_fd is None:
             assert self._active is not None
-            self._active_fd = os.open(self.path(self._active), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            path = self.path(self._active)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+            self._active_direct = False
+            if self.direct:
+                try:
+                    self._active_fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                    self._active_direct = True
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise PackError(f"cannot open {path}: {exc}") from exc
+                    logger.info("%s does not take direct writes: using buffered writes", self.directory)
+                    self.direct = False
+            if self._active_fd is None:
+                try:
+                    self._active_fd = os.open(path, flags, 0o644)
+                except OSError as exc:
+                    raise PackError(f"cannot open {path}: {exc}") from exc
         return self._active_fd
 
     def _close_active(self) -> None:
@@ -301,11 +372,18 @@ class PackFiles:
     def close(self) -> None:
         self._close_active()
         self.sync()
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
         with self._fd_lock:
             for fd in [*self._read_fds.values(), *self._retired_fds]:
                 os.close(fd)
             self._read_fds.clear()
             self._retired_fds.clear()
+
+
+def _align_up(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
 
 
 def _tail(run: list[bytes], skip: int) -> list[bytes | memoryview]:
