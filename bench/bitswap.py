@@ -43,6 +43,7 @@ from ipfsreg.unixfs.exporter import read_file
 
 MB = 1_000_000
 T = TypeVar("T")
+NODE_SETTINGS = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
 
 
 class RssSampler:
@@ -186,9 +187,8 @@ async def _round(
     if n == 0:
         await _fetch_from_kubo(size, workdir, n, server, kubo_a, cid, best)
     else:
-        settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
         with Datastore.open(workdir / f"ipfsreg-{n}") as datastore:
-            node = Node(datastore, settings, Identity.generate())
+            node = Node(datastore, NODE_SETTINGS, Identity.generate())
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 await _fetch_from_kubo(size, workdir, n, node, kubo_a, cid, best)
@@ -223,11 +223,10 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
     path = write_random_file(workdir / "input.bin", size, seed=42)
     kubo_a = KuboPeer.start(workdir / "kubo-a")
     best = [_Best(), _Best(), _Best()]
-    settings = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
     try:
         cid_text = await kubo_a.aadd(path)
         with Datastore.open(workdir / "ipfsreg-server") as datastore:
-            server = Node(datastore, settings, Identity.generate())
+            server = Node(datastore, NODE_SETTINGS, Identity.generate())
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
                 for n in range(rounds):

@@ -88,11 +88,8 @@ class PackMeta:
     live_bytes: int = 0
     live_blocks: int = 0
 
-    def as_tuple(self) -> tuple[int, int, int]:
-        return self.end, self.live_bytes, self.live_blocks
-
     def pack_bytes(self) -> bytes:
-        return _META.pack(*self.as_tuple())
+        return _META.pack(self.end, self.live_bytes, self.live_blocks)
 
     @classmethod
     def unpack(cls, raw: bytes) -> PackMeta:

@@ -19,6 +19,7 @@ CID. Either failure raises :class:`BlockCorrupted`, never returns the bad bytes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import heapq
 import logging
@@ -653,7 +654,7 @@ class WriteBatch:
         def meta(pack: int) -> PackMeta:
             if pack not in metas:
                 old = store._pack_meta.get(pack)
-                metas[pack] = PackMeta(*(old or PackMeta()).as_tuple())
+                metas[pack] = PackMeta() if old is None else dataclasses.replace(old)
             return metas[pack]
 
         # A deleted pointer's bytes are punched out right after the write, so the delete must be

@@ -23,7 +23,7 @@ def _block(seed: int, size: int = LEAF) -> tuple[CID, bytes]:
 
 
 def _pointer(store: Datastore, cid: CID) -> Pointer:
-    raw = store._db.get(_PACKED + cid.multihash)
+    raw = _pointer_or_none(store, cid)
     assert raw is not None
     return Pointer.unpack(raw)
 
