@@ -3,6 +3,9 @@
 Scenarios: one 200 MB layer, and ten 20 MB layers. Each round starts a fresh ipfsreg (child
 process, own data dir) and a fresh ``docker-registry`` (filesystem storage in a temp dir), then
 pushes and pulls the image with skopeo against each, alternating which registry goes first.
+The disk is synced before every timed copy: each one leaves up to 200 MB of dirty pages (the
+reference registry's blob files, skopeo's output), and without the sync the next copy would pay
+for that write-back, whichever registry it measures.
 Prints MB/s, the ipfsreg/reference ratios (goal >= 1.0) and ipfsreg's peak RSS (goal <= 200 MiB).
 
 Environment: BENCH_REGISTRY_ROUNDS (default 3), BENCH_REGISTRY_SCALE (layer-size factor, default 1.0).
@@ -199,6 +202,7 @@ def _round(image: Path, size: int, scenario: str, order: list[str], policy: Path
                 for name in order:
                     server = servers[name]
                     remote = f"docker://{server.host}/bench/{scenario.lower()}:latest"
+                    os.sync()
                     if direction == "push":
                         seconds = _skopeo(
                             policy, "copy", "--dest-tls-verify=false", f"oci:{image}:latest", remote
