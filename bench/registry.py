@@ -8,7 +8,9 @@ reference registry's blob files, skopeo's output), and without the sync the next
 for that write-back, whichever registry it measures.
 Prints MB/s, the ipfsreg/reference ratios (goal >= 1.0) and ipfsreg's peak RSS (goal <= 200 MiB).
 
-Environment: BENCH_REGISTRY_ROUNDS (default 3), BENCH_REGISTRY_SCALE (layer-size factor, default 1.0).
+Environment: BENCH_REGISTRY_ROUNDS (default 5: a copy of a few hundred ms swings by about 10% on
+a shared 2-core machine, and medians of five rounds settle where those of three still flip),
+BENCH_REGISTRY_SCALE (layer-size factor, default 1.0).
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def main() -> None:
     for tool in ("skopeo", REFERENCE_BINARY):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian packages: skopeo, docker-registry)")
-    rounds = int(os.environ.get("BENCH_REGISTRY_ROUNDS", "3"))
+    rounds = int(os.environ.get("BENCH_REGISTRY_ROUNDS", "5"))
     scale = float(os.environ.get("BENCH_REGISTRY_SCALE", "1.0"))
     results = Results()
     # Both registries share the machine with skopeo (and anything else running): print the load
