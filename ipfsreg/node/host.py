@@ -6,12 +6,14 @@ import logging
 import random
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -63,6 +65,7 @@ def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
         connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
     )
     install_yamux(host)
+    _end_inbound_handlers_with_their_connection(host.get_network())
     # py-libp2p's AutoConnector dials peerstore entries to reach a connection target even with
     # min_connections=0; ipfsreg connects only to configured and requested peers (loopback tests,
     # banned peers stay away), so it is switched off here.
@@ -74,6 +77,51 @@ def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
 
 async def _no_auto_connect() -> None:
     return None
+
+
+async def close_listeners(host: IHost) -> None:
+    """Stop accepting connections: close every listener of ``host`` (best effort)."""
+    listeners: dict[str, Any] = getattr(host.get_network(), "listeners", {})
+    for listener in list(listeners.values()):
+        try:
+            await listener.close()
+        except Exception as exc:
+            logger.debug("closing a listener: %r", exc)
+
+
+def _end_inbound_handlers_with_their_connection(swarm: Any) -> None:
+    """Make each inbound connection's handler end when that connection closes.
+
+    py-libp2p 0.8's handler upgrades the connection and then waits for the whole swarm to stop,
+    holding one slot of the swarm's inbound-connection limiter (300 by default) all along: a node
+    that 300 peers had connected to, over any length of time, refused every new inbound
+    connection. Here the handler (connection gate, security and muxer upgrade as before) waits for
+    its own connection to close, then returns, which frees the slot and closes the socket.
+    """
+
+    async def handle(read_write_closer: Any, maddr: Multiaddr, failure_event: Any) -> None:
+        remote = swarm._build_remote_multiaddr(read_write_closer)
+        if remote is not None and not await swarm.connection_gate.is_allowed(remote):
+            logger.debug("inbound connection from %s refused by the connection gate", remote)
+            await _close_quietly(read_write_closer)
+            return
+        raw_conn = RawConnection(read_write_closer, False)
+        try:
+            muxed_conn = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except Exception as exc:
+            logger.debug("inbound connection from %s failed: %r", remote, exc)
+            await _close_quietly(raw_conn)
+            return
+        await muxed_conn.event_closed.wait()
+
+    swarm._do_handle_inbound_connection = handle
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:
+        logger.debug("closing a failed inbound connection: %r", exc)
 
 
 def with_peer_id(addr: Multiaddr | str, peer_id: ID | str) -> str:

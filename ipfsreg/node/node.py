@@ -30,6 +30,7 @@ from ipfsreg.node.errors import NodeError, ProtocolViolation
 from ipfsreg.node.host import (
     Peering,
     build_host,
+    close_listeners,
     connect,
     expand_unspecified,
     host_listen_addrs,
@@ -40,6 +41,7 @@ from ipfsreg.node.identity import Identity
 from ipfsreg.node.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
+STOP_TIMEOUT = 5.0  # seconds a stopping node waits for its listeners to close
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class Node:
                 task_status.started()
         finally:
             self._running = False
+            # py-libp2p leaves its listeners open when the host stops: the port stays bound
+            # and accepting until the process exits.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + STOP_TIMEOUT):
+                await close_listeners(self.host)
 
     def listen_addrs(self) -> list[str]:
         """Full multiaddrs (with /p2p/<id>) this node listens on; the configured ones before it runs."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,38 @@ def test_listening_on_every_interface_is_reported_as_dialable_addresses() -> Non
     assert expanded[0] == "/ip4/127.0.0.1/tcp/4001"
     assert all(a.endswith("/tcp/4001") and "0.0.0.0" not in a for a in expanded)
     assert expand_unspecified("/ip4/127.0.0.1/tcp/4001") == ["/ip4/127.0.0.1/tcp/4001"]
+
+
+async def test_a_closed_inbound_connection_frees_its_slot_for_the_next_one(nodes: Nodes) -> None:
+    # py-libp2p caps inbound connections (300 by default) with a limiter whose slot the handler
+    # of each connection holds; a slot must come back when its connection closes, or a node
+    # refuses every peer once that many have come and gone. A cap of 2 shows it quickly.
+    a = await nodes.start()
+    swarm: Any = a.host.get_network()
+    swarm._inbound_limiter.total_tokens = 2
+    b = await nodes.start()
+    for _ in range(5):
+        await b.connect(a.listen_addrs()[0])
+        await wait_until(lambda: a.stats().connected_peers == 1)
+        await b.network.disconnect(a.identity.peer_id)
+        await wait_until(lambda: a.stats().connected_peers == 0)
+    await wait_until(lambda: swarm._inbound_limiter.borrowed_tokens == 0)
+
+
+async def test_a_stopped_node_no_longer_accepts_connections(tmp_path: Path) -> None:
+    import trio
+
+    from ipfsreg.blockstore import Datastore
+    from ipfsreg.node.identity import Identity
+    from ipfsreg.node.node import Node
+    from ipfsreg.node.testing import LOOPBACK_SETTINGS
+
+    with Datastore.open(tmp_path / "data") as datastore:
+        node = Node(datastore, LOOPBACK_SETTINGS, Identity.generate())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            port = int(node.listen_addrs()[0].split("/tcp/")[1].split("/")[0])
+            (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()  # listening while it runs
+            nursery.cancel_scope.cancel()
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port)
