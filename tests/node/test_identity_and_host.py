@@ -1,4 +1,4 @@
-"""Identity persistence, peer addresses and the peering keeper."""
+"""Identity persistence, peer addresses, the peering keeper, and what connections leave behind."""
 
 from __future__ import annotations
 
@@ -127,3 +127,38 @@ async def test_a_stopped_node_no_longer_accepts_connections(tmp_path: Path) -> N
             nursery.cancel_scope.cancel()
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_peers_coming_and_going_leave_no_tasks_or_sockets_behind(nodes: Nodes, tmp_path: Path) -> None:
+    import os
+
+    import trio
+
+    from ipfsreg.blockstore import Datastore
+    from ipfsreg.node.identity import Identity
+    from ipfsreg.node.node import Node
+    from ipfsreg.node.testing import LOOPBACK_SETTINGS, add_bytes, random_bytes, read_all
+
+    a = await nodes.start()
+    cid = add_bytes(a, random_bytes(600_000))
+
+    async def visit(n: int) -> None:
+        with Datastore.open(tmp_path / f"visitor{n}") as datastore:
+            visitor = Node(datastore, LOOPBACK_SETTINGS, Identity.generate())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(visitor.run)
+                await visitor.connect(a.listen_addrs()[0])
+                assert len(await read_all(visitor, cid)) == 600_000
+                nursery.cancel_scope.cancel()
+        await wait_until(lambda: a.stats().connected_peers == 0)
+
+    def footprint() -> tuple[int, int]:
+        return trio.lowlevel.current_statistics().tasks_living, len(os.listdir("/proc/self/fd"))
+
+    await visit(0)  # first use starts lazily created tasks and files (thread cache, LevelDB)
+    before = footprint()
+    for n in range(1, 6):
+        await visit(n)
+    # A leak of one task or socket per visitor would show as five more; the first visit's own
+    # connection may still be winding down when ``before`` is taken, so fewer is fine.
+    await wait_until(lambda: all(now <= then for now, then in zip(footprint(), before, strict=True)))
