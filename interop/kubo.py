@@ -393,6 +393,7 @@ class KuboPeer:
                 self._pending.pop(request_id, None)
 
     def _call(self, op: str, timeout: float, **args: Any) -> Any:
+        broken: OSError | None = None
         with self._lock:
             if self._closed or self._dead_reason is not None:
                 raise KuboClosed(f"Kubo peer is closed ({self._dead_reason or 'close() was called'})")
@@ -402,7 +403,14 @@ class KuboPeer:
                 self._commands.write(json.dumps({"id": request_id, "op": op, "args": args}).encode() + b"\n")
             except OSError as exc:
                 self._pending.pop(request_id, None)
-                raise KuboClosed(f"Kubo child is gone ({exc})\n{self._tail()}") from exc
+                broken = exc
+        if broken is not None:
+            # The child closed its end of the pipe: it has exited or is exiting; say how.
+            try:
+                status = f"exited with status {self._proc.wait(timeout=5)}"
+            except subprocess.TimeoutExpired:
+                status = "stopped reading its commands"
+            raise KuboClosed(f"Kubo child process {status} ({broken})\n{self._tail()}") from broken
         reply = self._wait_reply(request_id, timeout, f"{op}({args})")
         if not reply.get("ok"):
             raise KuboCallError(f"Kubo {op}({args}) failed: {reply.get('error')}\n{self._tail()}")
