@@ -140,19 +140,19 @@ def _codec_comparison() -> list[list[object]]:
 
 @dataclass
 class _Best:
-    """Best (shortest) time of one transfer over the rounds, and the highest RSS seen in any round."""
+    """One transfer's time in every round, and the highest RSS seen in any round."""
 
-    seconds: float = float("inf")
     peak: int = 0
     peak_anon: int = 0
-
-    last: float = 0.0
     rounds: list[float] = field(default_factory=list)
 
+    @property
+    def seconds(self) -> float:
+        """The best (shortest) round."""
+        return min(self.rounds)
+
     def add(self, seconds: float, sampler: RssSampler | None = None) -> None:
-        self.last = seconds
         self.rounds.append(seconds)
-        self.seconds = min(self.seconds, seconds)
         if sampler is not None:
             self.peak = max(self.peak, sampler.peak)
             self.peak_anon = max(self.peak_anon, sampler.peak_anon)
@@ -186,7 +186,7 @@ async def _round(
         start = time.perf_counter()
         await kubo_b.adownload(cid_text, out)
         best[0].add(time.perf_counter() - start)
-        _print_round(n, "Kubo -> Kubo", size, best[0].last)
+        _print_round(n, "Kubo -> Kubo", size, best[0].rounds[-1])
         out.unlink()
 
     baseline = _rss()
@@ -257,7 +257,7 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
     base_total, base_anon = baseline
     print(f"bitswap: {size / MB:.0f} MB random file, CID {cid_text}; best of {rounds} interleaved rounds")
     print(
-        f"ipfsreg process before the transfers: RSS {base_total / 2**20:.0f} MiB,",
+        f"ipfsreg process before the last round's transfers: RSS {base_total / 2**20:.0f} MiB,",
         f"anon {base_anon / 2**20:.0f} MiB",
     )
     print_table(
