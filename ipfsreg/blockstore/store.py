@@ -500,23 +500,17 @@ class Blockstore:
 
     def verify_all(self) -> Iterator[bytes]:
         """Re-hash every block; yield the multihash of each one that fails."""
-        for key, value in self._store._db.iterator(prefix=_BLOCK, verify_checksums=True):
-            mh = key[len(_BLOCK) :]
-            try:
-                ok = multihash_matches(mh, value)
-            except CIDError:
-                ok = False
-            if not ok:
-                yield mh
-        packs = self._store.packs
-        for key, raw in self._store._db.iterator(prefix=_PACKED, verify_checksums=True):
-            mh = key[len(_PACKED) :]
-            try:
-                ok = multihash_matches(mh, packs.read(Pointer.unpack(raw)))
-            except (PackError, CIDError):
-                ok = False
-            if not ok:
-                yield mh
+        db, packs = self._store._db, self._store.packs
+        for prefix in (_BLOCK, _PACKED):
+            for key, value in db.iterator(prefix=prefix, verify_checksums=True):
+                mh = key[len(prefix) :]
+                try:
+                    data = value if prefix == _BLOCK else packs.read(Pointer.unpack(value))
+                    ok = multihash_matches(mh, data)
+                except (PackError, CIDError):
+                    ok = False
+                if not ok:
+                    yield mh
 
     @property
     def count(self) -> int:
