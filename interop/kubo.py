@@ -25,14 +25,14 @@ Usage::
         data = kubo.cat(cid)                    # download a file CID and return its bytes
         kubo.connect("/ip4/127.0.0.1/tcp/P/p2p/<id>")   # `ipfs swarm connect`
         kubo.peers()                            # `ipfs swarm peers` (multiaddrs with /p2p/)
-        kubo.pins(); kubo.pin(cid); kubo.unpin(cid); kubo.remove(cid)
+        kubo.pins(); kubo.pin(cid); kubo.unpin(cid); kubo.remove(cid)   # pin fetches a missing DAG
         kubo.inject_blocks([(multihash, data), ...])   # like `ipfs block put` (Kubo verifies on read)
         kubo.config()                           # the repo config as Kubo runs with it (parsed JSON)
 
 Every blocking call takes ``timeout=`` seconds (default :data:`DEFAULT_TIMEOUT`) and raises
 :class:`KuboTimeout` past it. The calls are thread-safe (several may be in flight at once). From
 trio code use the ``a``-prefixed versions (``await kubo.adownload(cid, dest)``, ``aadd``, ``acat``,
-``aconnect``, ``apeers``): they run the call in a worker thread, so the event loop keeps serving
+``aconnect``, ``apeers``, ``apin``): they run the call in a worker thread, so the event loop keeps serving
 an in-process ipfsreg peer that Kubo is fetching from, and they obey trio cancellation (bound
 them with ``trio.fail_after``; a cancelled call is abandoned, the child keeps serving others).
 
@@ -524,6 +524,7 @@ class KuboPeer:
         return pins
 
     def pin(self, cid: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``ipfs pin add`` (recursive): fetches every block of the DAG into Kubo's store, none into memory."""
         self._call("pin", timeout, cid=cid)
 
     def unpin(self, cid: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -579,6 +580,9 @@ class KuboPeer:
 
     async def acat(self, cid: str) -> bytes:
         return await self._in_thread(lambda: self.cat(cid))
+
+    async def apin(self, cid: str) -> None:
+        await self._in_thread(lambda: self.pin(cid))
 
     async def aconnect(self, multiaddr: str) -> None:
         await self._in_thread(lambda: self.connect(multiaddr))

@@ -13,7 +13,7 @@ from ipfsreg.node.node import Node
 from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, running_nodes
 from ipfsreg.unixfs.directory import import_tree
 from ipfsreg.unixfs.exporter import LocalBlockSource, read_file, resolve_path
-from ipfsreg.unixfs.importer import ImportOptions
+from ipfsreg.unixfs.importer import ImportOptions, import_bytes
 
 
 @pytest.fixture
@@ -90,6 +90,22 @@ async def test_ipfsreg_fetches_directory_tree_added_by_kubo_with_identical_cids_
     for _block in imported:
         pass
     assert imported.result.cid == root
+
+
+async def test_kubo_pin_fetches_every_block_of_a_two_level_dag_held_by_ipfsreg(
+    kubo: KuboPeer, nodes: Nodes
+) -> None:
+    # 300 leaves of 1 KiB: a root over two interior nodes, as pin's concurrent DAG walk meets them.
+    node = await nodes.start()
+    data = random_bytes(300 * 1024, seed=77)
+    blocks, result = import_bytes(data, ImportOptions(chunk_size=1024))
+    node.datastore.blocks.put_many((b.cid, b.data) for b in blocks)
+    await kubo.aconnect(node.listen_addrs()[0])
+    await kubo.apin(str(result.cid))
+    assert str(result.cid) in kubo.pins()
+    assert node.stats().blocks_sent == len(blocks) == 300 + 2 + 1
+    assert await kubo.acat(str(result.cid)) == data  # from Kubo's own store now: nothing more is sent
+    assert node.stats().blocks_sent == len(blocks)
 
 
 async def test_kubo_downloads_directory_tree_added_by_ipfsreg(
