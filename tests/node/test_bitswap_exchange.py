@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+
 import pytest
 import trio
 import trio.lowlevel
@@ -337,3 +340,53 @@ async def test_client_cancels_its_want_at_other_peers_once_the_block_arrives(nod
     ]
     cancelled = await silent.next_message()
     assert cancelled.wantlist == cancels([cid])
+
+
+async def test_big_messages_arriving_while_a_store_thread_is_busy_are_stored_in_one_batch(
+    nodes: Nodes,
+) -> None:
+    # Kubo sends every block in a message (and on a stream) of its own: each message may not cost
+    # a thread hand-off and a pack write of its own.
+    fetcher = await nodes.start()
+    sender = await _probe_of(nodes, fetcher)
+    blocks = [random_bytes(THREAD_BYTES, seed=900 + n) for n in range(5)]
+    cids = [CID.hash(data, codec=RAW, version=1) for data in blocks]
+    batches: list[int] = []
+    first_stored = threading.Event()
+    release = threading.Event()
+    put_many = fetcher.datastore.blocks.put_many
+
+    def gated_put_many(items: Iterable[tuple[CID, bytes]], **options: bool) -> None:
+        stored = list(items)
+        batches.append(len(stored))
+        if len(batches) == 1:
+            first_stored.set()
+            release.wait(10)
+        put_many(stored, **options)
+
+    fetcher.datastore.blocks.put_many = gated_put_many  # type: ignore[method-assign]
+    results: dict[CID, bytes] = {}
+
+    async def fetch(cid: CID) -> None:
+        results[cid] = await fetcher.client.fetch(cid)
+
+    async with trio.open_nursery() as nursery:
+        for cid in cids:
+            nursery.start_soon(fetch, cid)
+        asked: set[CID] = set()
+        while len(asked) < len(cids):  # want-have first, then want-block from the peer that has it
+            for entry in (await sender.next_message()).wantlist:
+                if not entry.cancel:
+                    asked.add(entry.cid)
+        await sender.send(fetcher, Message(blocks=[Block.of(cids[0], blocks[0])]))
+        await trio.to_thread.run_sync(first_stored.wait, 10)
+        arrived = fetcher.network.stats.messages_in
+        for lane, (cid, data) in enumerate(zip(cids[1:], blocks[1:], strict=True), start=1):
+            await sender.node.network.send(
+                fetcher.identity.peer_id, Message(blocks=[Block.of(cid, data)]), lane=lane
+            )
+        await wait_until(lambda: fetcher.network.stats.messages_in == arrived + len(cids) - 1)
+        release.set()
+    assert batches == [1, len(cids) - 1]
+    assert results == dict(zip(cids, blocks, strict=True))
+    assert all(fetcher.datastore.blocks.get(cid) == data for cid, data in zip(cids, blocks, strict=True))

@@ -74,6 +74,16 @@ class _Finished:
 
 
 @dataclass
+class _StoreBatch:
+    """Messages hashed and stored by one worker thread, and what it found."""
+
+    messages: list[list[Block]] = field(default_factory=list)
+    results: list[tuple[list[CID], set[bytes]]] = field(default_factory=list)
+    error: Exception | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
 class _PeerScore:
     blocks: int = 0
     in_flight: int = 0
@@ -136,6 +146,8 @@ class BitswapClient:
         self._next_priority = MAX_PRIORITY
         self._recent: OrderedDict[bytes, _Finished] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
+        self._store_lock = trio.Lock()  # one hash-and-store thread at a time
+        self._open_batch: _StoreBatch | None = None  # messages waiting for the next thread
 
     def new_session(self) -> Session:
         return Session(self)
@@ -189,9 +201,7 @@ class BitswapClient:
         """
         blocks = message.blocks
         if sum(len(block.data) for block in blocks) >= THREAD_BYTES:
-            cids, stored_in_thread = await trio.to_thread.run_sync(
-                self._hash_and_store, blocks, frozenset(self._wants)
-            )
+            cids, stored_in_thread = await self._hash_and_store_batched(blocks)
         else:
             cids, stored_in_thread = [block.cid() for block in blocks], set()
         stored: list[CID] = []
@@ -249,17 +259,62 @@ class BitswapClient:
         if violation is not None:
             raise violation
 
-    def _hash_and_store(self, blocks: list[Block], wanted: frozenset[bytes]) -> tuple[list[CID], set[bytes]]:
-        """(Worker thread.) The CID of every block; blocks whose CID is in ``wanted`` are stored."""
-        cids = [block.cid() for block in blocks]
+    async def _hash_and_store_batched(self, blocks: list[Block]) -> tuple[list[CID], set[bytes]]:
+        """Hash and store a message's blocks in a worker thread, together with other messages'.
+
+        Messages that arrive while a thread is busy join one batch, which the next thread hashes and
+        stores in one write: one thread hand-off and one pack write for many blocks (Kubo sends each
+        block in a message of its own, on a stream of its own). The first message of a batch leads it:
+        it waits for the busy thread, closes the batch and runs it, shielded so that the others never
+        wait for a batch nobody runs.
+        """
+        batch = self._open_batch
+        leader = batch is None
+        if batch is None:
+            batch = self._open_batch = _StoreBatch()
+        index = len(batch.messages)
+        batch.messages.append(blocks)
+        if leader:
+            with trio.CancelScope(shield=True):
+                async with self._store_lock:
+                    self._open_batch = None  # later messages start the next batch
+                    try:
+                        batch.results = await trio.to_thread.run_sync(
+                            self._hash_and_store, batch.messages, frozenset(self._wants)
+                        )
+                    except Exception as exc:
+                        batch.error = exc
+                    finally:
+                        batch.done.set()
+        else:
+            await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        if index >= len(batch.results):  # its thread was interrupted by a BaseException
+            raise BitswapError("the worker thread storing this message did not finish")
+        return batch.results[index]
+
+    def _hash_and_store(
+        self, messages: list[list[Block]], wanted: frozenset[bytes]
+    ) -> list[tuple[list[CID], set[bytes]]]:
+        """(Worker thread.) Per message, the CID of every block and the keys of those stored.
+
+        Blocks whose CID is in ``wanted`` are stored, all messages' in one batch.
+        """
+        results: list[tuple[list[CID], set[bytes]]] = []
         stored: dict[bytes, tuple[CID, bytes]] = {}
-        for block, cid in zip(blocks, cids, strict=True):
-            key = cid.to_bytes()
-            if key in wanted:
-                stored.setdefault(key, (cid, block.data))
+        for blocks in messages:
+            cids = [block.cid() for block in blocks]
+            keys: set[bytes] = set()
+            for block, cid in zip(blocks, cids, strict=True):
+                key = cid.to_bytes()
+                if key in wanted:
+                    stored.setdefault(key, (cid, block.data))
+                    keys.add(key)
+            results.append((cids, keys))
         if stored:
             self.blockstore.put_many(stored.values(), verify=False)  # just hashed
-        return cids, set(stored)
+        return results
 
     def _finish(self, want: _Want, *, sender: ID | None) -> None:
         """Forget an active want, cancelling it at every other peer we asked."""
