@@ -73,6 +73,11 @@ class NetworkBlockSource:
     # --- BlockSource -------------------------------------------------------------------------
 
     async def get(self, cid: CID) -> bytes:
+        event = self._in_flight.get(cid)
+        if event is not None and cid in self._ahead:
+            # Fetched ahead and still settling (its block may be stored already): it hands its bytes
+            # over when done, so wait rather than read back from the store what was just written.
+            await event.wait()
         data = self._fetched_data.pop(cid, None)
         error = self._errors.pop(cid, None)  # its prefetch already failed during this read
         self._consumed(cid)

@@ -364,7 +364,7 @@ async def test_big_messages_arriving_while_a_store_thread_is_busy_are_stored_in_
             release.wait(10)
         put_many(stored, **options)
 
-    fetcher.datastore.blocks.put_many = gated_put_many  # type: ignore[method-assign]
+    fetcher.datastore.blocks.put_many = gated_put_many  # type: ignore[method-assign,assignment]
     results: dict[CID, bytes] = {}
 
     async def fetch(cid: CID) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+
 import pytest
 import trio
 
 from ipfsreg.cid import CID, RAW
+from ipfsreg.node.bitswap.client import THREAD_BYTES
 from ipfsreg.node.blocksource import NetworkBlockSource
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
@@ -81,3 +85,47 @@ async def test_local_blocks_are_served_without_the_network(nodes: Nodes) -> None
         source.prefetch([cid for cid, _ in blocks])
         assert [await source.get(cid) for cid, _ in blocks] == [data for _, data in blocks]
     assert source.fetched == 0
+
+
+async def test_a_block_fetched_ahead_is_handed_to_its_reader_not_read_back_from_the_store(
+    nodes: Nodes,
+) -> None:
+    # Big blocks are stored by a worker thread before their fetch settles on the event loop; a
+    # reader arriving in between waits for the fetch's bytes instead of reading the store.
+    a, b = await _pair(nodes)
+    data = random_bytes(THREAD_BYTES, seed=5)
+    cid = CID.hash(data, codec=RAW, version=1)
+    a.datastore.blocks.put(cid, data)
+    stored, release = threading.Event(), threading.Event()
+    put_many, get_or_none = b.datastore.blocks.put_many, b.datastore.blocks.get_or_none
+    read_back: list[CID] = []
+
+    def gated_put_many(items: Iterable[tuple[CID, bytes]], **options: bool) -> None:
+        put_many(items, **options)
+        stored.set()
+        release.wait(10)
+
+    def counting_get_or_none(wanted: CID) -> bytes | None:
+        found = get_or_none(wanted)
+        if found is not None:
+            read_back.append(wanted)
+        return found
+
+    b.datastore.blocks.put_many = gated_put_many  # type: ignore[method-assign,assignment]
+    b.datastore.blocks.get_or_none = counting_get_or_none  # type: ignore[method-assign,assignment]
+    async with NetworkBlockSource(b.datastore.blocks, b.client, window=4) as source:
+        source.prefetch([cid])
+        await trio.to_thread.run_sync(stored.wait, 10)
+        assert get_or_none(cid) == data  # in the store, its fetch not settled yet
+        async with trio.open_nursery() as nursery:
+            results: list[bytes] = []
+
+            async def read() -> None:
+                results.append(await source.get(cid))
+
+            nursery.start_soon(read)
+            await trio.sleep(0.05)
+            release.set()
+    assert results == [data]
+    assert read_back == []
+    assert source.fetched == 1
