@@ -524,7 +524,7 @@ class KuboPeer:
         return pins
 
     def pin(self, cid: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """``ipfs pin add`` (recursive): fetches every block of the DAG into Kubo's store, none into memory."""
+        """``ipfs pin add`` (recursive): fetches every missing block of the DAG into Kubo's store."""
         self._call("pin", timeout, cid=cid)
 
     def unpin(self, cid: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
