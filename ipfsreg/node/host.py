@@ -21,6 +21,7 @@ from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import NodeError
 from ipfsreg.node.identity import Identity
+from ipfsreg.node.multistream import install as install_multistream
 from ipfsreg.node.noise import noise_transport
 from ipfsreg.node.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from ipfsreg.node.yamux import YamuxConn
@@ -65,7 +66,9 @@ def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
         connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
     )
     install_yamux(host)
+    install_multistream(host)
     _end_inbound_handlers_with_their_connection(host.get_network())
+    _notify_stream_events_inline(host.get_network())
     # py-libp2p's AutoConnector dials peerstore entries to reach a connection target even with
     # min_connections=0; ipfsreg connects only to configured and requested peers (loopback tests,
     # banned peers stay away), so it is switched off here.
@@ -115,6 +118,34 @@ def _end_inbound_handlers_with_their_connection(swarm: Any) -> None:
         await muxed_conn.event_closed.wait()
 
     swarm._do_handle_inbound_connection = handle
+
+
+STREAM_EVENTS = frozenset({"opened_stream", "closed_stream"})
+
+
+def _notify_stream_events_inline(swarm: Any) -> None:
+    """Deliver stream opened/closed notifications inline instead of in a task per notifee.
+
+    py-libp2p 0.8 opens a nursery and spawns one task per registered notifee for every event. Kubo
+    sends each bitswap message on a stream of its own, so a 200 MB transfer opens and closes about
+    800 streams: with the three notifees every node has (py-libp2p's tag store and identify, and
+    bitswap's), about 5,000 tasks, none of which does anything (all three ignore stream events).
+    Here stream events call each notifee in turn, as go-libp2p does; a notifee that raises is
+    logged and the others still run. Connection and listen events keep py-libp2p's delivery.
+    """
+    notify_in_tasks = swarm._notify
+
+    async def notify(method: str, *args: Any) -> None:
+        if method not in STREAM_EVENTS:
+            await notify_in_tasks(method, *args)
+            return
+        for notifee in list(swarm.notifees):
+            try:
+                await getattr(notifee, method)(swarm, *args)
+            except Exception:
+                logger.exception("notifee %s.%s raised", type(notifee).__name__, method)
+
+    swarm._notify = notify
 
 
 async def _close_quietly(conn: Any) -> None:

@@ -352,6 +352,23 @@ class YamuxStream(IMuxedStream):
             self._unannounced = unannounced
         return data
 
+    def peek(self, limit: int) -> bytes:
+        """Up to ``limit`` of the buffered bytes, left in the buffer for the next read."""
+        return bytes(self._buf[:limit])
+
+    async def wait_readable(self) -> None:
+        """Wait until more bytes are buffered than now; MuxedStreamEOF or MuxedStreamReset as read()."""
+        buffered = len(self._buf)
+        while len(self._buf) <= buffered:
+            if self._reset:
+                raise MuxedStreamReset(f"stream {self.stream_id} was reset")
+            if self._remote_closed:
+                raise MuxedStreamEOF(f"stream {self.stream_id} closed by the peer")
+            waiter = self._read_waiter
+            if waiter is None:
+                waiter = self._read_waiter = trio.Event()
+            await self._wait(waiter)
+
     # -- writing --
 
     async def write(self, data: bytes) -> None:
