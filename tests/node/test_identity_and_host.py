@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.lowlevel
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
+from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import NodeError
 from ipfsreg.node.host import expand_unspecified, parse_peer_addr, with_peer_id
@@ -162,3 +169,77 @@ async def test_peers_coming_and_going_leave_no_tasks_or_sockets_behind(nodes: No
     # A leak of one task or socket per visitor would show as five more; the first visit's own
     # connection may still be winding down when ``before`` is taken, so fewer is fine.
     await wait_until(lambda: all(now <= then for now, then in zip(footprint(), before, strict=True)))
+
+
+ONCE = TProtocol("/ipfsreg-test/once/1.0.0")
+
+
+class _StreamEvents(INotifee):
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.events: list[tuple[str, INetStream]] = []
+
+    def of(self, protocol: TProtocol) -> list[str]:
+        """The events of the streams that negotiated ``protocol`` (known once negotiated)."""
+        return [event for event, stream in self.events if stream.get_protocol() == protocol]
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        self.events.append(("opened", stream))
+        if self.fail:
+            raise RuntimeError("a broken notifee")
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        self.events.append(("closed", stream))
+        if self.fail:
+            raise RuntimeError("a broken notifee")
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+
+class _Spawns(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_stream_events_reach_every_notifee_inline_even_past_a_failing_one(nodes: Nodes) -> None:
+    # Kubo opens a stream per bitswap message: a task per notifee per stream event added up.
+    server = await nodes.start()
+    client = await nodes.start()
+    broken, recording = _StreamEvents(fail=True), _StreamEvents()
+    server.host.get_network().register_notifee(broken)
+    server.host.get_network().register_notifee(recording)
+    server.host.set_stream_handler(ONCE, _read_and_close)
+    await client.connect(server.listen_addrs()[0])
+    spawns = _Spawns()
+    trio.lowlevel.add_instrument(spawns)
+    try:
+        stream = await client.host.new_stream(
+            server.identity.peer_id, [TProtocol("/ipfsreg-test/once/1.0.0")]
+        )
+        await stream.write(b"hello")
+        await stream.close()
+        await wait_until(lambda: recording.of(ONCE) == ["opened", "closed"])
+    finally:
+        trio.lowlevel.remove_instrument(spawns)
+    assert broken.of(ONCE) == ["opened", "closed"]
+    assert not [name for name in spawns.names if "_notify" in name]
+
+
+async def _read_and_close(stream: INetStream) -> None:
+    with contextlib.suppress(StreamEOF):
+        while await stream.read():
+            pass
+    await stream.close()
