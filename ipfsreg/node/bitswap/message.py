@@ -387,7 +387,8 @@ class FrameDecoder:
                 self._need = length
             if len(self._buf) < self._need:
                 return
-            body = bytes(self._buf[: self._need])
+            with memoryview(self._buf) as view:  # one copy (a bytearray slice would be another)
+                body = bytes(view[: self._need])
             del self._buf[: self._need]
             self._need = None
             yield body
