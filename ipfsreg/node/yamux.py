@@ -288,6 +288,7 @@ class YamuxStream(IMuxedStream):
         self._remote_closed = False  # the peer sent FIN
         self._reset = False  # RST sent or received, or the connection died before the peer's FIN
         self._read_waiter: trio.Event | None = None
+        self._wake_at = 1  # buffered bytes that wake a waiting reader (read_at_least raises it)
         self._write_waiter: trio.Event | None = None
         self._write_lock = trio.Lock()  # one write() at a time, so messages never interleave
         self._deadline = float("inf")
@@ -351,6 +352,26 @@ class YamuxStream(IMuxedStream):
         else:
             self._unannounced = unannounced
         return data
+
+    async def read_at_least(self, n: int) -> bytes:
+        """Everything buffered once at least ``n`` bytes are (or the peer closed its side).
+
+        One wake-up where read() would wake for every piece that arrives: a reader that knows how
+        big its message is sleeps until the message is in. ``n`` is capped at half the receive
+        window, the amount whose reading grants the peer more window (a bigger wait could never end).
+        """
+        wake_at = min(n, self._recv_target >> 1)
+        if len(self._buf) < wake_at:
+            self._wake_at = wake_at
+            try:
+                while len(self._buf) < wake_at and not self._reset and not self._remote_closed:
+                    waiter = self._read_waiter
+                    if waiter is None:
+                        waiter = self._read_waiter = trio.Event()
+                    await self._wait(waiter)
+            finally:
+                self._wake_at = 1
+        return await self.read()
 
     def peek(self, limit: int) -> bytes:
         """Up to ``limit`` of the buffered bytes, left in the buffer for the next read."""
@@ -782,7 +803,7 @@ class YamuxConn(IMuxedConn):
                             stream._buf += event.data
                             if event.last:
                                 self._end_body(stream)
-                            else:
+                            elif len(stream._buf) >= stream._wake_at:
                                 stream._wake_reader()
                     else:
                         self._on_header(event)  # type: ignore[arg-type]
@@ -837,7 +858,7 @@ class YamuxConn(IMuxedConn):
         self._body_stream = None
         if self._body_flags & (FLAG_FIN | FLAG_RST):
             self._apply_close_flags(stream, self._body_flags)
-        else:
+        elif len(stream._buf) >= stream._wake_at:
             stream._wake_reader()
 
     @staticmethod

@@ -858,3 +858,55 @@ def test_arbitrary_frames_from_a_peer_never_crash_the_muxer(
                 nursery.cancel_scope.cancel()
 
     trio.run(scenario)
+
+
+async def test_read_at_least_sleeps_until_that_much_is_buffered_then_returns_everything() -> None:
+    async with muxer_and_raw_peer() as (conn, peer):
+        await peer.send(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0), frame(TYPE_DATA, 0, 1, 3, b"abc"))
+        stream = await conn.accept_stream()
+        results: list[bytes] = []
+
+        async def reader() -> None:
+            results.append(await stream.read_at_least(10))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await peer.send(frame(TYPE_DATA, 0, 1, 4, b"defg"))  # 7 buffered: still asleep
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == []
+            await peer.send(frame(TYPE_DATA, 0, 1, 5, b"hijkl"))
+        assert results == [b"abcdefghijkl"]
+
+
+async def test_read_at_least_wakes_on_fin_and_reset_with_what_arrived() -> None:
+    async with muxer_and_raw_peer() as (conn, peer):
+        await peer.send(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0), frame(TYPE_DATA, 0, 1, 2, b"ab"))
+        stream = await conn.accept_stream()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.send, frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0))
+            with trio.fail_after(5):
+                assert await stream.read_at_least(100) == b"ab"
+        with pytest.raises(MuxedStreamEOF):
+            await stream.read_at_least(100)
+        await peer.send(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0))
+        other = await conn.accept_stream()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.send, frame(TYPE_WINDOW_UPDATE, FLAG_RST, 3, 0))
+            with trio.fail_after(5), pytest.raises(MuxedStreamReset):
+                await other.read_at_least(100)
+
+
+async def test_read_at_least_asks_no_more_than_half_the_window_so_the_sender_is_never_stuck() -> None:
+    # A 4 MiB message through a 1 MiB window: waiting for all of it would wait for data the peer
+    # may not send before we grant more window, which only reading does.
+    async with muxer_pair() as (a, b):
+        data = pattern(4 * MiB)
+        sa = await a.open_stream()
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sa.write, data)
+            sb = await b.accept_stream()
+            with trio.fail_after(10):
+                while len(received) < len(data):
+                    received += await sb.read_at_least(len(data) - len(received))
+        assert received == data

@@ -18,6 +18,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF
 from multiaddr import Multiaddr
 
 from ipfsreg.node.bitswap.message import (
@@ -31,6 +32,7 @@ from ipfsreg.node.bitswap.message import (
 )
 from ipfsreg.node.errors import BitswapError, ProtocolViolation
 from ipfsreg.node.settings import NodeSettings
+from ipfsreg.node.yamux import YamuxStream
 
 logger = logging.getLogger(__name__)
 
@@ -181,11 +183,19 @@ class BitswapNetwork:
         peer = stream.muxed_conn.peer_id
         self.stats.streams_in += 1
         decoder = FrameDecoder(self.settings.max_message_size)
+        muxed = getattr(stream, "muxed_stream", None)
+        # Our Yamux streams wake this reader once the rest of the message is in, not per piece.
+        whole: Callable[[int], Awaitable[bytes]] | None = (
+            muxed.read_at_least if isinstance(muxed, YamuxStream) else None
+        )
         try:
             while True:
                 try:
-                    chunk = await stream.read(max(READ_CHUNK, decoder.bytes_wanted()))
-                except StreamEOF:
+                    if whole is not None:
+                        chunk = await whole(decoder.bytes_wanted())
+                    else:
+                        chunk = await stream.read(max(READ_CHUNK, decoder.bytes_wanted()))
+                except (StreamEOF, MuxedStreamEOF):
                     break
                 if not chunk:
                     break
