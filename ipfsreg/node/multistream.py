@@ -88,14 +88,16 @@ class _Responder:
 
     async def next_message(self) -> str:
         while True:
-            parsed = parse_message(self.stream.peek(_PEEK))
+            buffered = self.stream.peek(_PEEK)
+            parsed = parse_message(buffered)
             if parsed is not None:
                 text, size = parsed
                 await self.stream.read(size)  # exactly the message: it is buffered
                 return text
             await self.flush()  # before waiting: a dialer may wait for our header
             try:
-                await self.stream.wait_readable()
+                # What arrived during the flush (the rest, and the peer's FIN) counts: parse it first.
+                await self.stream.wait_readable(len(buffered))
             except Exception as exc:
                 raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
 

@@ -377,10 +377,12 @@ class YamuxStream(IMuxedStream):
         """Up to ``limit`` of the buffered bytes, left in the buffer for the next read."""
         return bytes(self._buf[:limit])
 
-    async def wait_readable(self) -> None:
-        """Wait until more bytes are buffered than now; MuxedStreamEOF or MuxedStreamReset as read()."""
-        buffered = len(self._buf)
-        while len(self._buf) <= buffered:
+    async def wait_readable(self, seen: int) -> None:
+        """Wait until more than ``seen`` bytes are buffered (at once if they already are).
+
+        MuxedStreamEOF or MuxedStreamReset, as read() raises them, if no more will come.
+        """
+        while len(self._buf) <= seen:
             if self._reset:
                 raise MuxedStreamReset(f"stream {self.stream_id} was reset")
             if self._remote_closed:

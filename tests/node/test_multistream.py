@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamReset
 
+from ipfsreg.node import multistream
 from ipfsreg.node.bitswap.message import PROTOCOLS
 from ipfsreg.node.multistream import HEADER, MAX_MESSAGE, encode_message, parse_message
 from ipfsreg.node.node import Node
@@ -176,3 +178,32 @@ async def test_malformed_negotiation_resets_the_stream_and_the_node_keeps_servin
         await echo.done.wait()
     assert echo.received == [b"still here"]
     assert server.host.get_network().connections  # the connection survived
+
+
+async def test_protocol_and_fin_arriving_while_the_header_is_written_are_still_negotiated(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kubo's answer to a want comes on a new stream: header, protocol, message and FIN, which may
+    # all land while the responder is writing its own header. They were there; nothing more comes.
+    stream, _server, echo = await _raw_stream(nodes)
+    in_flush, proceed = trio.Event(), trio.Event()
+    flush = multistream._Responder.flush
+
+    async def gated_flush(self: multistream._Responder) -> None:
+        if not in_flush.is_set():
+            in_flush.set()
+            await proceed.wait()
+        await flush(self)
+
+    monkeypatch.setattr(multistream._Responder, "flush", gated_flush)
+    await stream.write(encode_message(HEADER))
+    with trio.fail_after(5):
+        await in_flush.wait()
+    await stream.write(encode_message(ECHO) + b"the message")
+    await stream.close()
+    await trio.testing.wait_all_tasks_blocked()
+    proceed.set()
+    assert await _messages(stream, 2) == [HEADER, ECHO]
+    with trio.fail_after(5):
+        await echo.done.wait()
+    assert echo.received == [b"the message"]
