@@ -196,6 +196,59 @@ class NoiseMessageDecoder:
         self._pos = end
         return plaintext
 
+    def next_messages(self) -> bytearray | None:
+        """The plaintexts of every whole message buffered, in one buffer, or None until one is whole.
+
+        Each message is decrypted straight into its place (no per-message bytes object). If a message
+        fails authentication after others, their plaintext is returned and the next call raises.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        start = end = self._pos
+        limit = len(buf)
+        sizes: list[int] = []
+        total = 0
+        while limit - end >= 2:
+            size = (buf[end] << 8) | buf[end + 1]
+            if end + 2 + size > limit:
+                break
+            sizes.append(size)
+            total += max(0, size - TAG_LEN)
+            end += 2 + size
+        if not sizes:
+            return None
+        out = bytearray(total)
+        decrypt_into = self._aead.decrypt_into
+        pack = _NONCE.pack
+        at = 0
+        pos = start
+        error: NoiseSessionError | None = None
+        with memoryview(buf) as source, memoryview(out) as target:
+            for size in sizes:
+                nonce = self._nonce
+                if nonce >= MAX_NONCE:
+                    error = NoiseNonceExhausted("the inbound cipher state has no nonces left")
+                    break
+                plain = size - TAG_LEN
+                try:
+                    if plain < 0:
+                        raise InvalidTag
+                    decrypt_into(pack(nonce), source[pos + 2 : pos + 2 + size], None, target[at : at + plain])
+                except InvalidTag:
+                    error = NoiseDecryptError(f"Noise message {nonce} ({size} bytes) failed authentication")
+                    break
+                self._nonce = nonce + 1
+                at += plain
+                pos += 2 + size
+        self._pos = pos
+        if error is not None:
+            self._error = error
+            if pos == start:
+                raise error
+            del out[at:]
+        return out
+
     def open(self, ciphertext: bytes | memoryview) -> bytes:
         """One message's plaintext from its ciphertext without the length prefix (bypasses the buffer)."""
         if self._error is not None:
@@ -254,6 +307,38 @@ class NoiseMessageReadWriter(EncryptedMsgReadWriter):
                     return message
                 if message is not None:
                     continue  # an empty message carries nothing (go-libp2p never sends one)
+                if self._eof:
+                    pending = decoder.pending
+                    raise NoiseEndOfStream(pending, decoder.next_message_size if pending else 0)
+                data = await self.raw_conn.read(RECV_SIZE)
+                if data:
+                    decoder.feed(data)
+                else:
+                    self._eof = True
+        finally:
+            self._reading = False
+
+    async def read_some(self) -> bytearray:
+        """The plaintext of every whole message buffered (received first if none is): not empty.
+
+        Errors as read_msg. The bulk read of the Yamux read loop: one call, one buffer and one
+        decrypt pass per socket read instead of one of each per Noise message.
+        """
+        if self._reading:
+            raise trio.BusyResourceError("another task is already reading this Noise session")
+        self._reading = True
+        try:
+            decoder = self._decoder
+            while True:
+                try:
+                    plaintext = decoder.next_messages()
+                except NoiseSessionError:
+                    await self._close_quietly()
+                    raise
+                if plaintext:
+                    return plaintext
+                if plaintext is not None:
+                    continue  # only empty messages
                 if self._eof:
                     pending = decoder.pending
                     raise NoiseEndOfStream(pending, decoder.next_message_size if pending else 0)
@@ -385,6 +470,17 @@ class NoiseSession(SecureSession):
                 self._chunk_pos = needed
                 needed = 0
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_some(self) -> bytes | bytearray:
+        """Whatever plaintext is buffered or next arrives, at least one byte (what read(None) returns
+        and more: every whole message received so far). For the Yamux read loop."""
+        chunk = self._chunk
+        if len(chunk) > self._chunk_pos:
+            pos = self._chunk_pos
+            self._chunk = b""
+            self._chunk_pos = 0
+            return chunk[pos:] if pos else chunk
+        return await self.conn.read_some()
 
     async def write(self, data: bytes) -> None:
         await self.conn.write_msg(data)

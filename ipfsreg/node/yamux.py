@@ -787,11 +787,13 @@ class YamuxConn(IMuxedConn):
         task_status.started()
         decoder = FrameDecoder()
         go_away: int | None = None
+        # Noise sessions hand over every whole message received so far in one buffer.
+        read_some = getattr(self.secured_conn, "read_some", None)
         read = self.secured_conn.read
         try:
             while True:
                 try:
-                    chunk = await read(None)
+                    chunk = await (read_some() if read_some is not None else read(None))
                 except Exception as exc:
                     # The secured connection ended or failed (EOF, reset, bad ciphertext): nothing to tell.
                     logger.debug("yamux: connection to %s ended: %r", self.peer_id, exc)

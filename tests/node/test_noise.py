@@ -149,6 +149,64 @@ def test_decoder_yields_the_same_messages_however_the_wire_bytes_are_split(
     assert decoder.pending == 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    writes=st.lists(st.binary(max_size=3000), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=30_000), max_size=12),
+)
+def test_next_messages_decrypts_every_whole_message_into_one_buffer_and_keeps_the_partial_one(
+    writes: list[bytes], cuts: list[int]
+) -> None:
+    encoder = NoiseMessageEncoder(KEY)
+    wire = b"".join(bytes(encoder.encode(w)) for w in writes)
+    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    decoder = NoiseMessageDecoder(KEY)
+    received = bytearray()
+    for start, end in itertools.pairwise(points):
+        decoder.feed(wire[start:end])
+        plaintext = decoder.next_messages()
+        if plaintext is not None:
+            received += plaintext
+    assert received == b"".join(writes)
+    assert decoder.pending == 0
+    assert decoder.nonce == len(split_frames(wire))
+
+
+def test_next_messages_returns_what_authenticated_before_a_bad_message_then_raises() -> None:
+    encoder = NoiseMessageEncoder(KEY)
+    good, bad = bytes(encoder.encode(b"good")), bytearray(encoder.encode(b"bad"))
+    bad[-1] ^= 0x01
+    decoder = NoiseMessageDecoder(KEY)
+    decoder.feed(good + bytes(bad))
+    assert decoder.next_messages() == b"good"
+    assert decoder.nonce == 1
+    with pytest.raises(NoiseDecryptError):
+        decoder.next_messages()
+    with pytest.raises(NoiseDecryptError):
+        decoder.next_message()
+
+
+@pytest.mark.parametrize("length", [0, 1, TAG_LEN - 1])
+def test_next_messages_rejects_a_message_too_short_for_its_tag(length: int) -> None:
+    decoder = NoiseMessageDecoder(KEY)
+    decoder.feed(length.to_bytes(2, "big") + bytes(length))
+    with pytest.raises(NoiseDecryptError):
+        decoder.next_messages()
+
+
+def test_next_messages_is_none_until_a_message_is_whole_and_empty_for_empty_messages() -> None:
+    wire = bytes(NoiseMessageEncoder(KEY).encode(b"x" * 40))
+    decoder = NoiseMessageDecoder(KEY)
+    decoder.feed(wire[:-1])
+    assert decoder.next_messages() is None
+    decoder.feed(wire[-1:])
+    assert decoder.next_messages() == b"x" * 40
+    empty = ChaCha20Poly1305(KEY).encrypt(bytes(4) + (1).to_bytes(8, "little"), b"", None)
+    decoder.feed(len(empty).to_bytes(2, "big") + empty)
+    assert decoder.next_messages() == b""
+    assert decoder.nonce == 2
+
+
 def test_decoder_returns_none_until_a_message_is_complete_and_counts_pending_bytes() -> None:
     wire = bytes(NoiseMessageEncoder(KEY).encode(b"x" * 40))
     decoder = NoiseMessageDecoder(KEY)
@@ -482,6 +540,20 @@ async def test_read_none_of_a_large_write_returns_at_most_one_noise_message() ->
         pieces = [await pair.server.read() for _ in range(3)]
         assert [len(p) for p in pieces] == [MAX_PLAINTEXT_LEN, MAX_PLAINTEXT_LEN, 10]
         assert b"".join(pieces) == data
+
+
+async def test_read_some_returns_every_whole_message_received_so_far_in_order() -> None:
+    data = random_bytes(3 * MAX_PLAINTEXT_LEN + 77, seed=6)
+    async with secure_pair() as pair, trio.open_nursery() as nursery:
+        await pair.client.write(b"head")
+        assert await pair.server.read(2) == b"he"
+        nursery.start_soon(pair.client.write, data)  # more than the socket buffers hold unread
+        received = bytearray(await pair.server.read_some())  # the rest of "head" first, alone
+        assert received == b"ad"
+        with trio.fail_after(5):
+            while len(received) < 2 + len(data):
+                received += await pair.server.read_some()
+        assert received == b"ad" + data
 
 
 async def test_a_read_larger_than_a_socket_read_waits_for_all_of_it() -> None:
