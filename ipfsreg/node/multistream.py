@@ -26,18 +26,19 @@ from libp2p.custom_types import StreamHandlerFn, TProtocol
 from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.protocol_muxer.multiselect import DEFAULT_NEGOTIATE_TIMEOUT, Multiselect
 
+from ipfsreg.cid import encode_varint
 from ipfsreg.node.yamux import YamuxStream
 
 HEADER = "/multistream/1.0.0"
 NOT_AVAILABLE = "na"
-MAX_MESSAGE = 1024  # bytes in one message, newline included (go-multistream allows as many)
+MAX_MESSAGE = 1024  # bytes in one message, newline included (protocol names are far shorter)
 _PEEK = MAX_MESSAGE + 2  # a whole message with its varint prefix
 
 
 def encode_message(text: str) -> bytes:
     """A multistream message: varint length, the text, a newline."""
     body = text.encode() + b"\n"
-    return _varint(len(body)) + body
+    return encode_varint(len(body)) + body
 
 
 def parse_message(data: bytes) -> tuple[str, int] | None:
@@ -66,15 +67,6 @@ def parse_message(data: bytes) -> tuple[str, int] | None:
     if len(data) >= 2:
         raise MultiselectError("multistream message length over two bytes")
     return None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class _Responder:
