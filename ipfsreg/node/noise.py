@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -41,6 +43,8 @@ FRAME_OVERHEAD = 2 + TAG_LEN
 MAX_NONCE = 2**64 - 1
 #: How much the session asks the socket for per read.
 RECV_SIZE = 256 * 1024
+
+_Plain = TypeVar("_Plain", bytes, bytearray)
 
 # ChaChaPoly nonce: 32 bits of zeros, then the 64-bit counter little-endian (Noise spec, section 12.3).
 _NONCE = struct.Struct("<4xQ")
@@ -292,31 +296,7 @@ class NoiseMessageReadWriter(EncryptedMsgReadWriter):
         NoiseEndOfStream when the peer closed the connection (clean or mid-message), NoiseDecryptError
         (connection closed) when a message fails authentication; raw connection errors pass through.
         """
-        if self._reading:
-            raise trio.BusyResourceError("another task is already reading this Noise session")
-        self._reading = True
-        try:
-            decoder = self._decoder
-            while True:
-                try:
-                    message = decoder.next_message()
-                except NoiseSessionError:
-                    await self._close_quietly()
-                    raise
-                if message:
-                    return message
-                if message is not None:
-                    continue  # an empty message carries nothing (go-libp2p never sends one)
-                if self._eof:
-                    pending = decoder.pending
-                    raise NoiseEndOfStream(pending, decoder.next_message_size if pending else 0)
-                data = await self.raw_conn.read(RECV_SIZE)
-                if data:
-                    decoder.feed(data)
-                else:
-                    self._eof = True
-        finally:
-            self._reading = False
+        return await self._read(self._decoder.next_message)
 
     async def read_some(self) -> bytearray:
         """The plaintext of every whole message buffered (received first if none is): not empty.
@@ -324,6 +304,10 @@ class NoiseMessageReadWriter(EncryptedMsgReadWriter):
         Errors as read_msg. The bulk read of the Yamux read loop: one call, one buffer and one
         decrypt pass per socket read instead of one of each per Noise message.
         """
+        return await self._read(self._decoder.next_messages)
+
+    async def _read(self, take: Callable[[], _Plain | None]) -> _Plain:
+        """What ``take`` decrypts from the buffer once it is not empty, reading the socket meanwhile."""
         if self._reading:
             raise trio.BusyResourceError("another task is already reading this Noise session")
         self._reading = True
@@ -331,14 +315,14 @@ class NoiseMessageReadWriter(EncryptedMsgReadWriter):
             decoder = self._decoder
             while True:
                 try:
-                    plaintext = decoder.next_messages()
+                    plaintext = take()
                 except NoiseSessionError:
                     await self._close_quietly()
                     raise
                 if plaintext:
                     return plaintext
                 if plaintext is not None:
-                    continue  # only empty messages
+                    continue  # an empty message carries nothing (go-libp2p never sends one)
                 if self._eof:
                     pending = decoder.pending
                     raise NoiseEndOfStream(pending, decoder.next_message_size if pending else 0)
