@@ -325,15 +325,7 @@ class YamuxStream(IMuxedStream):
         if self._reset:
             raise MuxedStreamReset(f"stream {self.stream_id} was reset")
         if not buf:
-            while not buf:
-                if self._reset:
-                    raise MuxedStreamReset(f"stream {self.stream_id} was reset")
-                if self._remote_closed:
-                    raise MuxedStreamEOF(f"stream {self.stream_id} closed by the peer")
-                waiter = self._read_waiter
-                if waiter is None:
-                    waiter = self._read_waiter = trio.Event()
-                await self._wait(waiter)
+            await self.wait_readable(0)
             if self._reset:
                 raise MuxedStreamReset(f"stream {self.stream_id} was reset")
         if n is None or n < 0 or n >= len(buf):
@@ -364,11 +356,10 @@ class YamuxStream(IMuxedStream):
         if len(self._buf) < wake_at:
             self._wake_at = wake_at
             try:
-                while len(self._buf) < wake_at and not self._reset and not self._remote_closed:
-                    waiter = self._read_waiter
-                    if waiter is None:
-                        waiter = self._read_waiter = trio.Event()
-                    await self._wait(waiter)
+                while len(self._buf) < wake_at:
+                    await self.wait_readable(len(self._buf))
+            except (MuxedStreamEOF, MuxedStreamReset):
+                pass  # read() returns what arrived, or raises
             finally:
                 self._wake_at = 1
         return await self.read()
