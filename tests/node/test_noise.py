@@ -63,6 +63,14 @@ def split_frames(wire: bytes) -> list[bytes]:
     return frames
 
 
+def wire_pieces(writes: list[bytes], cuts: list[int]) -> list[bytes]:
+    """The Noise messages of ``writes``, as wire bytes cut at ``cuts`` (those inside the wire)."""
+    encoder = NoiseMessageEncoder(KEY)
+    wire = b"".join(bytes(encoder.encode(w)) for w in writes)
+    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    return [wire[start:end] for start, end in itertools.pairwise(points)]
+
+
 def decode_all(decoder: NoiseMessageDecoder) -> list[bytes]:
     messages = []
     while (message := decoder.next_message()) is not None:
@@ -137,13 +145,10 @@ def test_encoder_accepts_bytearray_and_memoryview() -> None:
 def test_decoder_yields_the_same_messages_however_the_wire_bytes_are_split(
     writes: list[bytes], cuts: list[int]
 ) -> None:
-    encoder = NoiseMessageEncoder(KEY)
-    wire = b"".join(bytes(encoder.encode(w)) for w in writes)
-    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
     decoder = NoiseMessageDecoder(KEY)
     messages: list[bytes] = []
-    for start, end in itertools.pairwise(points):
-        decoder.feed(wire[start:end])
+    for piece in wire_pieces(writes, cuts):
+        decoder.feed(piece)
         messages.extend(decode_all(decoder))
     assert messages == [w for w in writes if w]
     assert decoder.pending == 0
@@ -157,19 +162,17 @@ def test_decoder_yields_the_same_messages_however_the_wire_bytes_are_split(
 def test_next_messages_decrypts_every_whole_message_into_one_buffer_and_keeps_the_partial_one(
     writes: list[bytes], cuts: list[int]
 ) -> None:
-    encoder = NoiseMessageEncoder(KEY)
-    wire = b"".join(bytes(encoder.encode(w)) for w in writes)
-    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    pieces = wire_pieces(writes, cuts)
     decoder = NoiseMessageDecoder(KEY)
     received = bytearray()
-    for start, end in itertools.pairwise(points):
-        decoder.feed(wire[start:end])
+    for piece in pieces:
+        decoder.feed(piece)
         plaintext = decoder.next_messages()
         if plaintext is not None:
             received += plaintext
     assert received == b"".join(writes)
     assert decoder.pending == 0
-    assert decoder.nonce == len(split_frames(wire))
+    assert decoder.nonce == len(split_frames(b"".join(pieces)))
 
 
 def test_next_messages_returns_what_authenticated_before_a_bad_message_then_raises() -> None:
