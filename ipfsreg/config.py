@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import tomllib
 import types
@@ -113,6 +114,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return _convert(value, args[0], where)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
+        if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
+            return _convert_tables(value, item_type, where)
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list):
@@ -149,6 +152,26 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value).expanduser()
     raise ConfigError(f"{where}: unsupported option type {annotation!r}")
+
+
+def _convert_tables(value: Any, item_type: type[Any], where: str) -> list[Any]:
+    """A list of tables (TOML ``[[section.option]]``; in the environment, a JSON array of objects)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: expected a JSON array of objects: {exc}") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of tables, got {value!r}")
+    items: list[Any] = []
+    for index, item in enumerate(value):
+        if dataclasses.is_dataclass(item) and isinstance(item, item_type):
+            items.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}[{index}]: expected a table, got {item!r}")
+        items.append(_build(item_type, item, f"{where}[{index}]"))
+    return items
 
 
 def _fields(cls: type[Any]) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
@@ -265,6 +288,14 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # An inline table: the options that are set (TOML has no null).
+        pairs = [
+            f"{f.name} = {_toml_value(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if f.init and getattr(value, f.name) is not None
+        ]
+        return "{" + ", ".join(pairs) + "}"
     text = str(value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

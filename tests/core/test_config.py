@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,68 @@ def test_documented_example_config_lists_every_option_and_loads() -> None:
     assert example.read_text() == example_toml(), "docs/config.example.toml is stale: run `make docs`"
     config = load_config(config_file=example, environ={})
     assert config.data_dir == Path("/var/lib/ipfsreg")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    registry: str
+    url: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class _Rules:
+    rule: list[_Rule] = field(default_factory=list, metadata={"help": "rules"})
+
+
+@pytest.fixture
+def rules_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A section whose option is a list of tables, as ``[[mirror.upstream]]`` is."""
+    import ipfsreg.config as config_module
+
+    real = config_module._section_types
+    monkeypatch.setattr(config_module, "_section_types", lambda: {**real(), "rules": _Rules})
+
+
+@pytest.mark.usefixtures("rules_section")
+def test_array_of_tables_builds_one_dataclass_per_table(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[[rules.rule]]\nregistry = "docker.io"\nurl = "https://a"\n\n[[rules.rule]]\nregistry = "quay.io"\n'
+    )
+    config = load_config(data_dir=tmp_path, environ={})
+    assert config.section("rules").rule == [_Rule("docker.io", "https://a"), _Rule("quay.io")]
+
+
+@pytest.mark.usefixtures("rules_section")
+def test_array_of_tables_from_the_environment_is_json(tmp_path: Path) -> None:
+    config = load_config(
+        data_dir=tmp_path, environ={"IPFSREG_RULES_RULE": '[{"registry": "ghcr.io", "weight": 3}]'}
+    )
+    assert config.section("rules").rule == [_Rule("ghcr.io", weight=3)]
+
+
+@pytest.mark.usefixtures("rules_section")
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"IPFSREG_RULES_RULE": "[{"}, r"rule: expected a JSON array of objects"),
+        ({"IPFSREG_RULES_RULE": '["x"]'}, r"rule\[0\]: expected a table"),
+        ({"IPFSREG_RULES_RULE": '[{"registry": "a", "bogus": 1}]'}, r"rule\[0\]: unknown option 'bogus'"),
+        ({"IPFSREG_RULES_RULE": '[{"url": "a"}]'}, r"rule\[0\]: .*registry"),
+        (
+            {"IPFSREG_RULES_RULE": '[{"registry": "a", "weight": "w"}]'},
+            r"rule\[0\]\.weight: expected an integer",
+        ),
+    ],
+)
+def test_bad_tables_name_the_table_and_option(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(data_dir=tmp_path, environ=environ)
+
+
+@pytest.mark.usefixtures("rules_section")
+def test_rendered_tables_load_back_to_the_same_values(tmp_path: Path) -> None:
+    tables = '[{"registry": "a", "url": "u"}, {"registry": "b"}]'
+    config = load_config(data_dir=tmp_path, environ={"IPFSREG_RULES_RULE": tables})
+    (tmp_path / "copy.toml").write_text(render_toml(config))
+    assert load_config(config_file=tmp_path / "copy.toml", environ={}) == config
