@@ -6,12 +6,16 @@ DATA ?=
 SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap
 APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv
 
-.PHONY: run test check lint typecheck install system-deps bench docs clean
+# Interop tests that run a JavaScript implementation (js-libp2p's ipns, @ipld/car, ...) keep one npm
+# project per directory under interop/js/, each with its lock file; `npm ci` installs exactly that.
+JS_STAMPS := $(patsubst %/package-lock.json,%/node_modules/.installed,$(wildcard interop/js/*/package-lock.json))
+
+.PHONY: run test check lint typecheck install system-deps js-deps bench docs clean
 
 run: install
 	$(BIN)/ipfsreg serve $(if $(DATA),--data $(DATA),)
 
-test: install system-deps lint typecheck
+test: install system-deps js-deps lint typecheck
 	$(BIN)/pytest -q
 
 check: lint typecheck
@@ -44,6 +48,15 @@ system-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
+
+js-deps: $(JS_STAMPS)
+
+interop/js/%/node_modules/.installed: interop/js/%/package-lock.json interop/js/%/package.json
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends nodejs npm; }
+	cd interop/js/$* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 docs: install
 	$(BIN)/python -c "from ipfsreg.config import example_toml; print(example_toml(), end='')" > docs/config.example.toml
