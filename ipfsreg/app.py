@@ -24,11 +24,14 @@ from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.metrics import Metrics, ObservedApp
+from ipfsreg.mirror.node import NodeFleetPeers
+from ipfsreg.mirror.rules import check_settings
+from ipfsreg.mirror.settings import MirrorSettings
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
+from ipfsreg.registry.app import create_app, hypercorn_config, mirror_parts, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -72,6 +75,9 @@ async def run_server(
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
     gc_settings: GcSettings = config.section("gc")
+    mirror_settings: MirrorSettings = config.section("mirror")
+    for problem in check_settings(mirror_settings):
+        log.warning("%s", problem)
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
     except ValueError as exc:
@@ -97,6 +103,8 @@ async def run_server(
             # One bitswap session shared by the registry and the control API; the gateway opens one
             # per request.
             async with node.block_source() as source, trio.open_nursery() as servers:
+                # In a private swarm (a swarm key) every peer may get private namespaces' content.
+                share_private = bool(getattr(node_settings, "swarm_key", None))
                 registry = create_app(
                     store,
                     registry_settings,
@@ -104,7 +112,15 @@ async def run_server(
                     import_options=import_options,
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
+                    mirror=mirror_settings,
+                    fleet_peers=NodeFleetPeers(node),
+                    share_private=share_private,
                 )
+                mirror = mirror_parts(registry)
+                if mirror.fleet is not None:
+                    node.blobs.serve(mirror.fleet.answer)
+                if mirror.privacy is not None and not share_private:
+                    node.server.withhold = mirror.privacy.is_private_block
                 register_gateway(
                     registry,
                     node.block_source,
@@ -122,11 +138,12 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    mirror_stats=mirror.stats,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
                 guarded = auth_app(registry, registry_settings)
-                observed = ObservedApp(guarded, Metrics(store, node), lambda: _health(store))
+                observed = ObservedApp(guarded, Metrics(store, node, mirror.stats), lambda: _health(store))
                 info.registry_urls = await servers.start(
                     _serve_registry, observed, registry_settings, shutdown_trigger
                 )

@@ -17,6 +17,7 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /image/tag?arg=CID&name=NAME:TAG[&ref=REF]      (image blocks already local)
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
+    GET  /mirror/stat            the mirror's counters: bytes by source, hits and misses by namespace
 
 Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
 """
@@ -42,6 +43,7 @@ from ipfsreg.cid import CID, CIDError
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
 from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
+from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.reader import LATEST
@@ -175,6 +177,7 @@ def create_control_app(
     registry: RegistryStore | None = None,
     source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
+    mirror_stats: MirrorStats | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     pins = Pins(store)
@@ -347,6 +350,12 @@ def create_control_app(
         except NodeError as exc:
             raise ApiError(502, str(exc), "connect-failed") from None
         return _json({"connected": addr, "peer_id": peer})
+
+    @app.get(f"{PREFIX}/mirror/stat")
+    async def get_mirror_stat() -> Response:
+        if mirror_stats is None:
+            raise ApiError(503, "the mirror is not running in this server", "no-mirror")
+        return _json(mirror_stats.as_json())
 
     @app.get(f"{PREFIX}/stats")
     async def get_stats() -> Response:

@@ -25,6 +25,7 @@ from ipfsreg.node.bitswap.client import BitswapClient
 from ipfsreg.node.bitswap.message import Message
 from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.bitswap.server import BitswapServer
+from ipfsreg.node.blobs.service import BlobService
 from ipfsreg.node.blocksource import NetworkBlockSource
 from ipfsreg.node.errors import NodeError, ProtocolViolation
 from ipfsreg.node.host import (
@@ -77,6 +78,8 @@ class Node:
             datastore.blocks, self.network, settings, on_blocks_stored=self.server.notify_new_blocks
         )
         self.peering = Peering(self.host, settings.peers, max_backoff=settings.peering_max_backoff)
+        # Fleet peers ask each other about OCI blobs by digest (the registry answers: serve_blobs).
+        self.blobs = BlobService(self.host)
         self.network.on_message = self._on_message
         self.network.on_violation = self.client.penalise
         self.network.on_peer_connected = self.client.peer_connected
@@ -96,6 +99,7 @@ class Node:
                 await nursery.start(self.network.run)
                 await nursery.start(self.server.run)
                 await nursery.start(self.peering.run)
+                await nursery.start(self.blobs.run)
                 self._running = True
                 task_status.started()
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hypercorn.trio.tcp_server as hypercorn_tcp
@@ -22,13 +23,21 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
 
 from ipfsreg.blockstore import BlockstoreError, Datastore
+from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory
+from ipfsreg.mirror.rules import path_namespace, private_namespaces
+from ipfsreg.mirror.settings import MirrorSettings
+from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
+from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.fleet import Fleet, FleetPeers
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
-from ipfsreg.registry.names import check_name, ipfs_repository_cid
+from ipfsreg.registry.names import check_name, ipfs_repository_cid, parse_namespace, qualified_name
+from ipfsreg.registry.private import PrivateContent
+from ipfsreg.registry.proxy import RequestScope, enter_scope, response_headers
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -167,18 +176,40 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
             {"method": method, "route": route.kind},
             headers={"Allow": ", ".join(ALLOWED_METHODS[route.kind])},
         )
+    scope = _enter_namespace(ctx, req, route)
     if route.kind == "base":
         return await get_base(ctx, req)
     if route.kind == "catalog":
         return await catalog.list_catalog(ctx, req)
-    ipfs_root = ipfs_repository_cid(route.name)
-    if ipfs_root is not None:
-        return await ipfs.dispatch(ctx, req, route, ipfs_root)
-    check_name(route.name)
+    name = route.name
+    if scope.from_query:
+        # Another registry's repository, pulled through this mirror (pull-by-CID names included:
+        # docker.io/ipfs/... is a Docker Hub repository).
+        name = qualified_name(scope.namespace, check_name(route.name))
+    else:
+        ipfs_root = ipfs_repository_cid(route.name)
+        if ipfs_root is not None:
+            return await ipfs.dispatch(ctx, req, route, ipfs_root)
+        check_name(route.name)
     handler = _HANDLERS[(route.kind, method)]
     if route.kind in ("uploads", "tags"):
-        return await handler(ctx, req, route.name)
-    return await handler(ctx, req, route.name, route.ref)
+        return await handler(ctx, req, name)
+    return await handler(ctx, req, name, route.ref)
+
+
+def _enter_namespace(ctx: Context, req: Request, route: Route) -> RequestScope:
+    """The request's registry namespace: ``?ns=`` (containerd, the OCI proxying spec), or a name's
+    first component when it is a mirrored registry (CRI-O and podman mirrors with a path)."""
+    scope = RequestScope()
+    raw = req.args.get("ns")
+    if raw is not None:
+        scope.namespace, scope.from_query = parse_namespace(raw), True
+    elif ctx.mirror is not None and route.name:
+        found = path_namespace(ctx.mirror, route.name)
+        if found is not None:
+            scope.namespace = found[0]
+    enter_scope(scope)
+    return scope
 
 
 def create_app(
@@ -189,6 +220,9 @@ def create_app(
     import_options: ImportOptions | None = None,
     source_factory: SourceFactory | None = None,
     on_blocks_stored: BlocksStored | None = None,
+    mirror: MirrorSettings | None = None,
+    fleet_peers: FleetPeers | None = None,
+    share_private: bool = False,
 ) -> RegistryApp:
     """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks).
 
@@ -196,6 +230,11 @@ def create_app(
     (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
     ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
     CIDs of every batch of blocks that uploads and manifest pushes commit.
+
+    ``mirror`` routes ``?ns=`` requests to their upstreams; ``fleet_peers`` (the p2p node, adapted)
+    makes the mirror ask fleet peers for missing blobs first and answer theirs (see
+    :func:`mirror_parts`); ``share_private``: the node is in a private swarm, where private
+    namespaces' content may be served to peers.
     """
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
@@ -208,7 +247,21 @@ def create_app(
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
     )
-    ctx = Context(store, settings, source_factory)
+    ctx = Context(store, settings, source_factory, mirror=mirror)
+    if mirror is not None and private_namespaces(mirror):
+        ctx.privacy = PrivateContent(datastore)
+    if fleet_peers is not None:
+        privacy = ctx.privacy
+        ctx.fleet = Fleet(
+            fleet_peers,
+            local_blob=lambda digest: _local_blob(store, digest),
+            is_private=(lambda digest: privacy.is_private_blob(digest)) if privacy is not None else _never,
+            stats=ctx.mirror_stats,
+            share_private=share_private,
+            peer_timeout=(mirror or MirrorSettings()).peer_timeout,
+            stall_timeout=(mirror or MirrorSettings()).peer_stall_timeout,
+            claim_settle=(mirror or MirrorSettings()).claim_settle,
+        )
     app = RegistryApp(__name__)
     app.peak_body_buffered = 0
     app.config.update(
@@ -231,6 +284,7 @@ def create_app(
     async def handle(path: str = "") -> Response:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         head = req.method == "HEAD"
+        enter_scope(RequestScope())
         try:
             route = match_route(req.path)
             if route is None:
@@ -243,12 +297,40 @@ def create_app(
             log.exception("storage error serving %s %s", req.method, req.path)
             response = error_response(RegistryError("UNKNOWN", {"reason": str(exc)}, status=500), head=head)
         response.headers.update(API_VERSION_HEADER)
+        response.headers.update(response_headers())
         return response
 
     app.add_url_rule("/v2", "registry_root", handle, methods=_ALL_METHODS, strict_slashes=False)
     app.add_url_rule("/v2/", "registry_base", handle, methods=_ALL_METHODS)
     app.add_url_rule("/v2/<path:path>", "registry", handle, methods=_ALL_METHODS)
     return app
+
+
+def _local_blob(store: RegistryStore, digest: str) -> tuple[CID, int] | None:
+    try:
+        info = store.blob_info(parse_digest(digest))
+    except RegistryError:
+        return None
+    return None if info is None else (info.cid, info.size)
+
+
+def _never(digest: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class MirrorParts:
+    """What the composition wires to the node and to /metrics."""
+
+    fleet: Fleet | None
+    stats: MirrorStats
+    privacy: PrivateContent | None
+
+
+def mirror_parts(app: QuartTrio) -> MirrorParts:
+    """The fleet coordinator (answer peers with ``fleet.answer``), counters and private content."""
+    ctx: Context = app.extensions["ipfsreg.registry"]
+    return MirrorParts(ctx.fleet, ctx.mirror_stats, ctx.privacy)
 
 
 def registry_store(app: QuartTrio) -> RegistryStore:

@@ -82,6 +82,8 @@ _PIECE_BYTES: Final = 2 * 1024 * 1024
 LIVE_IDLE_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
+# Called with the batch that will commit these blocks (e.g. to mark them private in the same batch).
+BatchTagger = Callable[[WriteBatch, list[CID]], None]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ class Upload:
     pending_bytes: int = 0
     broken: bool = False
     lease: Lease | None = None
+    # The mirror's hooks: ``tag_blocks`` sees every batch of the upload's blocks before it commits,
+    # ``on_commit`` gets the blocks of each batch, in order, once they are stored (and servable).
+    tag_blocks: BatchTagger | None = None
+    on_commit: Callable[[list[Block]], None] | None = None
+    committing: list[list[Block]] = field(default_factory=list)
 
 
 def _blob_value(info: BlobInfo) -> bytes:
@@ -429,7 +436,7 @@ class RegistryStore:
                 pieces_in, pieces_out = trio.open_memory_channel[list[bytes]](1)
                 batches_in, batches_out = trio.open_memory_channel[tuple[WriteBatch, list[CID]]](1)
                 nursery.start_soon(self._hash_pieces, upload, pieces_out, batches_in)
-                nursery.start_soon(self._commit_batches, batches_out)
+                nursery.start_soon(self._commit_batches, upload, batches_out)
                 async with pieces_in:
                     appended = await self._read_pieces(upload, body, pieces_in, max_bytes)
         except BaseExceptionGroup as group:
@@ -491,10 +498,13 @@ class RegistryStore:
                     cids = self._put_pending(upload, batch)
                     await batches.send((batch, cids))
 
-    async def _commit_batches(self, batches: trio.MemoryReceiveChannel[tuple[WriteBatch, list[CID]]]) -> None:
+    async def _commit_batches(
+        self, upload: Upload, batches: trio.MemoryReceiveChannel[tuple[WriteBatch, list[CID]]]
+    ) -> None:
         """Stage 3: commit the upload's block batches in order, one at a time."""
         async for batch, cids in batches:
             await self._commit(batch, cids)
+            self._committed(upload)
 
     async def _ingest(self, upload: Upload, piece: list[bytes]) -> None:
         """Hash and chunk ``piece`` (the body's chunks as received, never joined) in a worker thread."""
@@ -519,6 +529,7 @@ class RegistryStore:
         batch = self.datastore.batch()
         cids = self._put_pending(upload, batch)
         await self._commit(batch, cids)
+        self._committed(upload)
 
     @staticmethod
     def _put_pending(upload: Upload, batch: WriteBatch) -> list[CID]:
@@ -529,9 +540,23 @@ class RegistryStore:
             if upload.lease is not None:
                 upload.lease.add(block.cid)  # before the commit: no collection sees them unheld
             cids.append(block.cid)
+        if upload.tag_blocks is not None and cids:
+            upload.tag_blocks(batch, cids)
+        if upload.on_commit is not None:
+            upload.committing.append(upload.pending)
         upload.pending = []
         upload.pending_bytes = 0
         return cids
+
+    @staticmethod
+    def _committed(upload: Upload) -> None:
+        """The upload's oldest uncommitted batch is stored: tell its ``on_commit`` hook."""
+        if upload.on_commit is not None and upload.committing:
+            blocks = upload.committing.pop(0)
+            try:
+                upload.on_commit(blocks)
+            except Exception:
+                log.exception("an upload's on_commit hook failed for %d blocks", len(blocks))
 
     async def _commit(self, batch: WriteBatch, cids: list[CID]) -> None:
         """Commit ``batch`` in a worker thread, then announce its blocks.
@@ -567,6 +592,7 @@ class RegistryStore:
             cids = self._put_pending(upload, batch)
             batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
             await self._commit(batch, cids)
+            self._committed(upload)
         except BaseException:
             self.discard_chunk(upload)
             raise
@@ -611,6 +637,7 @@ class RegistryStore:
             if upload.uuid:
                 batch.delete(self.uploads, upload.uuid.encode())
             await self._commit(batch, cids)
+            self._committed(upload)
         finally:
             self._live.pop(upload.uuid, None)
             upload.broken = True
@@ -653,9 +680,18 @@ class RegistryStore:
         return blocks, result.cid, result.size, result.dag_size
 
     async def put_manifest(
-        self, repo: str, body: bytes, content_type: str | None, *, tag: str | None, digest: Digest | None
+        self,
+        repo: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        tag: str | None,
+        digest: Digest | None,
+        tag_blocks: BatchTagger | None = None,
     ) -> tuple[Digest, ParsedManifest]:
-        """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch."""
+        """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch.
+
+        ``tag_blocks`` sees that batch and the CIDs of the blocks it stores before it commits."""
         parsed = parse_manifest(body, content_type)
         algorithm = digest.algorithm if digest is not None else "sha256"
         hasher = new_hasher(algorithm)
@@ -707,6 +743,8 @@ class RegistryStore:
                     json.dumps(descriptor).encode(),
                 )
             batch.put(self.repos, repo.encode(), b"")
+            if tag_blocks is not None and cids:
+                tag_blocks(batch, cids)
         except BaseException:
             batch.discard()
             raise
@@ -914,10 +952,11 @@ class RegistryStore:
             out.append(key[len(prefix) :].decode())
         return out, False
 
-    def list_repos(self, *, last: str | None, limit: int) -> tuple[list[str], bool]:
+    def list_repos(self, *, last: str | None, limit: int, prefix: str = "") -> tuple[list[str], bool]:
+        """Up to ``limit`` repositories starting with ``prefix`` after ``last``, and whether more follow."""
         start = last.encode() if last else None
         out: list[str] = []
-        for key, _ in self.repos.items(start=start):
+        for key, _ in self.repos.items(prefix.encode(), start=start):
             if len(out) == limit:
                 return out, True
             out.append(key.decode())

@@ -45,8 +45,8 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
         raise
     accept = ", ".join(request.headers.getlist("Accept"))
-    proxy = pull_through(ctx.store, ctx.settings)
-    proxied = await proxy.manifest(name, ref, accept) if proxy is not None else None
+    proxy = pull_through(ctx, name)
+    proxied = await proxy.manifest(ref, accept) if proxy is not None else None
     if proxied is not None:  # not stored (or not current) here: the upstream's answer
         if request.method == "HEAD":
             return make_response(200, proxied.headers(), b"", content_length=len(proxied.body))
