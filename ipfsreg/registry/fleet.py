@@ -44,6 +44,7 @@ import trio
 
 from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, DAG_PB, RAW
+from ipfsreg.excgroups import leaves
 from ipfsreg.mirror.claims import fetcher_for
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.blobs.protocol import (
@@ -96,6 +97,11 @@ class FleetPeers(Protocol):
     async def penalise(self, peer: str, reason: str) -> None:
         """Drop and ban a peer that lied."""
         ...
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    errors = leaves(group)
+    return next((e for e in errors if not isinstance(e, trio.Cancelled)), errors[0] if errors else group)
 
 
 class PeerFailed(Exception):
@@ -215,14 +221,22 @@ class PeerSupply:
                     announce(self.size)
                     return await self._read_dag(source, self.root, self.size, emit, offset)
                 return await self._follow(source, emit, offset, announce)
-        except PeerFailed:
-            raise
-        except BlobProtocolError as exc:
-            raise PeerFailed(self.peer, f"broke the blob protocol: {exc}", lied=True) from exc
-        except UnixFSError as exc:
-            raise PeerFailed(self.peer, f"sent a DAG that is not the blob's: {exc}", lied=True) from exc
-        except (NodeError, BlockstoreError) as exc:
-            raise PeerFailed(self.peer, str(exc)) from exc
+        except BaseExceptionGroup as group:
+            raise self._failure(_first_error(group)) from None
+        except Exception as exc:
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What a failure while reading from the peer means: PeerFailed (lied or not), or itself."""
+        if isinstance(exc, PeerFailed):
+            return exc
+        if isinstance(exc, BlobProtocolError):
+            return PeerFailed(self.peer, f"broke the blob protocol: {exc}", lied=True)
+        if isinstance(exc, UnixFSError):
+            return PeerFailed(self.peer, f"sent a DAG that is not the blob's: {exc}", lied=True)
+        if isinstance(exc, NodeError | BlockstoreError):
+            return PeerFailed(self.peer, str(exc))
+        return exc
 
     async def _read_dag(
         self, source: BlockSource, root: CID, size: int | None, emit: Pump, offset: int
