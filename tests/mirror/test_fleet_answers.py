@@ -1,0 +1,221 @@
+"""The fleet coordinator without a network: what it answers peers about stored, private and
+in-flight blobs, and which supplies it picks from scripted peers (have, fetching, claims)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from ipfsreg.cid import CID
+from ipfsreg.mirror.claims import distance
+from ipfsreg.mirror.stats import MirrorStats
+from ipfsreg.node.blobs.protocol import Answer, Claimed, Failed, Fetching, Have, Leaf, Missing, Request
+from ipfsreg.node.errors import NodeError
+from ipfsreg.registry.fleet import Fleet, leaf_of
+from ipfsreg.unixfs.importer import FileImporter, ImportOptions
+
+DIGEST = "sha256:" + "3c" * 32
+ROOT = CID.hash(b"root")
+
+
+class ScriptedPeers:
+    """Peers whose blob-protocol answers are given per peer; no bitswap."""
+
+    def __init__(self, me: str, answers: dict[str, list[Answer]]) -> None:
+        self._me = me
+        self.answers = answers
+        self.asked: list[tuple[str, Request]] = []
+        self.provided: list[str] = []
+        self.penalised: list[str] = []
+
+    @property
+    def peer_id(self) -> str:
+        return self._me
+
+    def connected(self) -> list[str]:
+        return list(self.answers)
+
+    async def find_providers(self, digest: str) -> AsyncIterator[str]:
+        for _ in ():
+            yield ""
+
+    @asynccontextmanager
+    async def query(self, peer: str, request: Request) -> AsyncIterator[AsyncIterator[Answer]]:
+        self.asked.append((peer, request))
+        script = self.answers[peer]
+        if not script:
+            raise NodeError(f"{peer} is gone")
+
+        async def answers() -> AsyncIterator[Answer]:
+            for answer in script:
+                yield answer
+
+        yield answers()
+
+    def provide(self, digest: str) -> None:
+        self.provided.append(digest)
+
+    def block_source(self) -> Any:
+        raise AssertionError("not used here")
+
+    async def penalise(self, peer: str, reason: str) -> None:
+        self.penalised.append(peer)
+
+
+def fleet(peers: ScriptedPeers, *, stored: bool = False, private: bool = False, share: bool = False) -> Fleet:
+    return Fleet(
+        peers,
+        local_blob=lambda digest: (ROOT, 10) if stored else None,
+        is_private=lambda digest: private,
+        stats=MirrorStats(),
+        share_private=share,
+        peer_timeout=1.0,
+        claim_settle=0.05,
+    )
+
+
+async def collect(agen: AsyncGenerator[Answer, None], count: int) -> list[Answer]:
+    out: list[Answer] = []
+    async for answer in agen:
+        out.append(answer)
+        if len(out) == count:
+            break
+    await agen.aclose()
+    return out
+
+
+async def test_a_stored_blob_is_have_and_an_unknown_one_missing() -> None:
+    assert await collect(fleet(ScriptedPeers("me", {}), stored=True).answer("p", Request(DIGEST)), 2) == [
+        Have(ROOT, 10)
+    ]
+    assert await collect(fleet(ScriptedPeers("me", {})).answer("p", Request(DIGEST)), 2) == [Missing()]
+
+
+@pytest.mark.parametrize(("share", "expected"), [(False, [Missing()]), (True, [Have(ROOT, 10)])])
+async def test_a_private_blob_is_offered_only_inside_a_private_swarm(
+    share: bool, expected: list[Answer]
+) -> None:
+    coordinator = fleet(ScriptedPeers("me", {}), stored=True, private=True, share=share)
+    assert await collect(coordinator.answer("p", Request(DIGEST)), 2) == expected
+
+
+async def test_a_private_fetch_is_neither_provided_nor_offered() -> None:
+    peers = ScriptedPeers("me", {})
+    coordinator = fleet(peers)
+    coordinator.begin(DIGEST, private=True)
+    assert peers.provided == []
+    assert await collect(coordinator.answer("p", Request(DIGEST, claim=True)), 2) == [Missing()]
+
+
+def leaf_blocks(data: bytes) -> list[Any]:
+    importer = FileImporter(ImportOptions(chunk_size=4))
+    return importer.write(data)
+
+
+async def test_an_in_flight_fetch_is_claimed_then_streams_its_leaves_then_has_the_root() -> None:
+    peers = ScriptedPeers("me", {})
+    coordinator = fleet(peers)
+    flight = coordinator.begin(DIGEST, private=False)
+    assert peers.provided == [DIGEST]
+    answers = coordinator.answer("asker", Request(DIGEST, claim=True))
+    received: list[Answer] = []
+
+    async def read() -> None:
+        async for answer in answers:
+            received.append(answer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert received == [Claimed(("asker", "me"))]
+        assert flight.claimants == {"asker"}
+        flight.start(12)
+        await trio.testing.wait_all_tasks_blocked()
+        blocks = leaf_blocks(b"abcdefgh")
+        flight.add_blocks(blocks)
+        await trio.testing.wait_all_tasks_blocked()
+        flight.add_blocks(leaf_blocks(b"ijkl"))
+        await trio.testing.wait_all_tasks_blocked()
+        flight.finish(ROOT, 12)
+    leaves = [leaf_of(b.cid, b.data) for b in blocks]
+    assert received[1:] == [
+        Fetching(12, 0, ()),
+        Fetching(12, 0, tuple(leaves)),  # type: ignore[arg-type]
+        Fetching(12, 2, (leaf_of(leaf_blocks(b"ijkl")[0].cid, leaf_blocks(b"ijkl")[0].data),)),  # type: ignore[arg-type]
+        Have(ROOT, 12),
+    ]
+
+
+async def test_a_failed_fetch_says_why() -> None:
+    coordinator = fleet(ScriptedPeers("me", {}))
+    flight = coordinator.begin(DIGEST, private=False)
+    flight.start(None)
+    flight.fail("the upstream sent bytes of another digest")
+    assert await collect(coordinator.answer("p", Request(DIGEST)), 5) == [
+        Failed("the upstream sent bytes of another digest")
+    ]
+
+
+def test_interior_nodes_are_not_leaves() -> None:
+    importer = FileImporter(ImportOptions(chunk_size=2, max_links=2))
+    blocks = importer.write(b"abcdef")
+    rest, _ = importer.finish()
+    kinds = [leaf_of(b.cid, b.data) is not None for b in [*blocks, *rest]]
+    assert kinds.count(True) == 3 and kinds.count(False) >= 2
+
+
+async def supplies(coordinator: Fleet) -> list[Any]:
+    flight = coordinator.begin(DIGEST, private=False)
+    return [supply async for supply in coordinator.supplies(flight)]
+
+
+async def test_peers_that_have_the_blob_come_first_then_those_fetching_it() -> None:
+    peers = ScriptedPeers(
+        "me",
+        {
+            "fetcher": [Fetching(10, 0, (Leaf(ROOT, 2),))],
+            "holder": [Have(ROOT, 10)],
+            "nobody": [Missing()],
+            "gone": [],
+        },
+    )
+    found = await supplies(fleet(peers))
+    assert [(s.peer, s.root) for s in found] == [("holder", ROOT), ("fetcher", None)]
+    assert all(request.claim for _, request in peers.asked)
+
+
+def nearest_and_farthest(peers: list[str]) -> tuple[str, str]:
+    ordered = sorted(peers, key=lambda p: distance(p, DIGEST))
+    return ordered[0], ordered[-1]
+
+
+async def test_simultaneous_claimants_follow_the_one_nearest_the_digest() -> None:
+    near, far = nearest_and_farthest([f"peer{i}" for i in range(10)])
+    # Seen from the far node: the near one claimed too, so the far one follows it.
+    follower = await supplies(fleet(ScriptedPeers(far, {near: [Claimed((near,))]})))
+    assert [(s.peer, s.coordinated) for s in follower] == [(near, True)]
+    # Seen from the near node: it fetches from the upstream itself (no supply).
+    assert await supplies(fleet(ScriptedPeers(near, {far: [Claimed((far,))]}))) == []
+
+
+async def test_a_node_alone_goes_to_the_upstream_at_once() -> None:
+    with trio.fail_after(0.5):
+        assert await supplies(fleet(ScriptedPeers("me", {}))) == []
+
+
+async def test_a_peer_breaking_the_protocol_in_the_survey_is_penalised() -> None:
+    class Lying(ScriptedPeers):
+        @asynccontextmanager
+        async def query(self, peer: str, request: Request) -> AsyncIterator[AsyncIterator[Answer]]:
+            from ipfsreg.node.blobs.protocol import BlobProtocolError
+
+            raise BlobProtocolError("garbage")
+            yield  # pragma: no cover
+
+    peers = Lying("me", {"liar": [Missing()]})
+    assert await supplies(fleet(peers)) == []
+    assert peers.penalised == ["liar"]
