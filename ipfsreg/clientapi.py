@@ -90,6 +90,8 @@ class Backend(Protocol):
 
     def connect(self, multiaddr: str) -> str: ...
 
+    def mirror_stat(self) -> dict[str, Any]: ...
+
 
 class LocalBackend:
     """Runs commands directly on an opened data dir."""
@@ -248,6 +250,9 @@ class LocalBackend:
     def connect(self, multiaddr: str) -> str:
         raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
 
+    def mirror_stat(self) -> dict[str, Any]:
+        raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
+
 
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
@@ -356,6 +361,10 @@ class RemoteBackend:
 
     def connect(self, multiaddr: str) -> str:
         return str(self.request_json("POST", "/connect", params={"arg": multiaddr})["peer_id"])
+
+    def mirror_stat(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request_json("GET", "/mirror/stat")
+        return result
 
     def publish(self, name: str, tag: str) -> CID:
         return CID.parse(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"})["cid"])
