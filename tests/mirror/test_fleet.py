@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from fake_upstream import FakeUpstream, running_upstream
 from fleet_support import Mirror, mirrors, sha256
 
 from ipfsreg.node.bitswap.message import Block
 from ipfsreg.node.blobs.protocol import Answer, Fetching, Have, Request
+from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
 from ipfsreg.node.testing import running_nodes
 from ipfsreg.unixfs.importer import import_bytes
@@ -199,3 +201,38 @@ async def test_a_peer_holding_half_the_blob_serves_that_half_and_the_upstream_th
             assert up.blob_bytes_sent[sha256(layer)] == len(layer) - served  # a Range request
             stat = await node.stat()
             assert stat["bytes"] == {"local": 0, "peer": served, "upstream": len(layer) - served}
+
+
+async def test_private_namespaces_content_is_never_offered_to_peers(serve_node: Any, tmp_path: Path) -> None:
+    secret = random.Random(9).randbytes(600_000)
+    async with running_upstream() as private, running_upstream() as public:
+        private.add_image("team/app", "v1", [secret])
+        public.add_image("library/base", "v1", [LAYER_B])
+        overrides = {
+            "mirror.upstream": [
+                {"registry": "private.example", "url": private.url, "private": True},
+                {"registry": "docker.io", "url": public.url},
+            ],
+            "node.fetch_timeout": 1.0,
+        }
+        async with mirrors(serve_node, 2, **overrides) as (first, second):
+            await first.pull("team/app", "v1", ns="private.example")
+            await first.pull("library/base", "v1", ns="docker.io")
+            # The second node gets the public layer from the first, the private one from its upstream.
+            await second.pull("library/base", "v1", ns="docker.io")
+            await second.pull("team/app", "v1", ns="private.example")
+            assert private.count("GET", f"/blobs/{sha256(secret)}") == 2
+            assert public.count("GET", f"/blobs/{sha256(LAYER_B)}") == 1
+            # Not over bitswap either: a peer asking the first node for the private layer's blocks by
+            # CID is answered as if it had none.
+            async with running_nodes(tmp_path / "outsider") as nodes:
+                outsider = await nodes.start(fetch_timeout=1.0)
+                await outsider.connect(first.p2p)
+                with pytest.raises(BlockFetchTimeout):
+                    await outsider.client.fetch(import_bytes(secret)[1].cid)
+                assert await outsider.client.fetch(import_bytes(LAYER_B)[1].cid)  # public blocks are served
+            # Under a public namespace the private blob is linked only if that upstream has it.
+            leak = await first.client.get(
+                f"/v2/library/base/blobs/{sha256(secret)}", params={"ns": "docker.io"}
+            )
+            assert leak.status_code == 404
