@@ -48,6 +48,13 @@ async def test_second_node_gets_every_layer_from_the_first_and_none_from_the_ups
             assert stat["bytes"]["peer"] >= len(LAYER_A) + len(LAYER_B)
             assert stat["bytes"]["upstream"] == 0
             assert stat["namespaces"]["docker.io"]["misses"] == 3  # config and two layers
+            metrics = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in (await second.client.get("/metrics")).text.splitlines()
+                if line.startswith("ipfsreg_mirror_")
+            }
+            assert metrics['ipfsreg_mirror_bytes_total{source="peer"}'] == stat["bytes"]["peer"]
+            assert metrics['ipfsreg_mirror_requests_total{namespace="docker.io",result="miss"}'] == 3
             # Pulled again: local now.
             await second.pull("library/app", "v1")
             assert (await second.stat())["namespaces"]["docker.io"]["hits"] == 3
