@@ -58,6 +58,10 @@ class RecordExpired(InvalidRecord):
     """A well-formed, correctly signed record whose validity (EOL) has passed."""
 
 
+class NameNotFound(IpnsError):
+    """No record of the name is known here or in the network."""
+
+
 # --- names --------------------------------------------------------------------------------------
 
 
