@@ -7,121 +7,25 @@ the nodes. The same flows over the real DHT are in interop/test_ipns_dht.py once
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-import trio
+from ipns_support import (
+    BIND_ALL,
+    OCI_MANIFEST,
+    MemoryValueStore,
+    digest,
+    eventually,
+    has_seq,
+    own_name,
+    push_image,
+    server,
+)
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 
-from conftest import loopback_config
-from ipfsreg.app import ServerInfo, run_server
 from ipfsreg.ipns.keystore import Keystore
-from ipfsreg.ipns.record import NANOSECONDS, IpnsName, create_record, decode_record
-from ipfsreg.ipns.validator import IpnsValidator
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-class MemoryValueStore:
-    """Puts and gets like a DHT node with the ``/ipns/`` validator; ``answer`` plays a hostile peer."""
-
-    def __init__(self) -> None:
-        self.validator = IpnsValidator()
-        self.values: dict[bytes, bytes] = {}
-        self.hostile: dict[bytes, bytes] = {}
-
-    async def put_value(self, key: bytes, value: bytes) -> None:
-        self.validator.validate(key, value)
-        current = self.values.get(key)
-        if current is None or self.validator.select(key, [value, current]) == 0:
-            self.values[key] = value
-
-    async def get_value(self, key: bytes) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if key in self.hostile:
-            return self.hostile[key]
-        if key not in self.values:
-            raise LookupError("no record")
-        return self.values[key]
-
-
-@asynccontextmanager
-async def server(
-    tmp: Path, label: str, routing: MemoryValueStore, **overrides: Any
-) -> AsyncIterator[ServerInfo]:
-    config = loopback_config(tmp / label, **overrides)
-    async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(
-            lambda task_status: run_server(
-                config, task_status=task_status, handle_signals=False, value_routing=routing
-            )
-        )
-        yield info
-        nursery.cancel_scope.cancel()
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-async def push_image(client: httpx.AsyncClient, url: str, repo: str, tag: str, layer: bytes) -> str:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
-    for blob in (config, layer):
-        resp = await client.post(
-            f"{url}/v2/{repo}/blobs/uploads/", params={"digest": digest(blob)}, content=blob
-        )
-        assert resp.status_code == 201, resp.text
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    resp = await client.put(
-        f"{url}/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST}
-    )
-    assert resp.status_code == 201, resp.text
-    return digest(manifest)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    with trio.fail_after(timeout):
-        while not await check():
-            await trio.sleep(0.1)
-
-
-def own_name(info: ServerInfo) -> IpnsName:
-    assert info.peer_id is not None
-    return IpnsName.parse(info.peer_id)
-
-
-async def record_seq(client: httpx.AsyncClient, url: str, name: IpnsName) -> int | None:
-    resp = await client.get(f"{url}/ipns/{name}", params={"format": "ipns-record"})
-    if resp.status_code != 200:
-        return None
-    assert resp.headers["Content-Type"] == "application/vnd.ipfs.ipns-record"
-    return decode_record(resp.content).sequence
-
-
-BIND_ALL = {"ipns.bind": [{"repository": "*", "key": "self"}]}
+from ipfsreg.ipns.record import NANOSECONDS, create_record, decode_record
 
 
 async def test_b_resolves_a_name_and_pulls_app_v1_by_tag_through_ipns(tmp_path: Path) -> None:
@@ -130,7 +34,7 @@ async def test_b_resolves_a_name_and_pulls_app_v1_by_tag_through_ipns(tmp_path: 
         name = own_name(a)
         layer = b"layer of app v1" * 1000
         manifest_digest = await push_image(client, a.registry_urls[0], "app", "v1", layer)
-        await eventually(lambda: _has_seq(client, a.registry_urls[0], name))
+        await eventually(lambda: has_seq(client, a.registry_urls[0], name))
         assert name.routing_key() in routing.values  # A put its record (PUT_VALUE, validated)
         async with server(tmp_path, "b", routing, **{"node.peers": a.p2p_addrs[:1]}) as b:
             base = f"{b.registry_urls[0]}/v2/ipns/{name}/app"
@@ -152,18 +56,13 @@ async def test_b_resolves_a_name_and_pulls_app_v1_by_tag_through_ipns(tmp_path: 
             assert listing.status_code == 200 and b"imageLayoutVersion" in listing.content
 
 
-async def _has_seq(client: httpx.AsyncClient, url: str, name: IpnsName, at_least: int = 0) -> bool:
-    seq = await record_seq(client, url, name)
-    return seq is not None and seq >= at_least
-
-
 async def test_follower_b_sees_v2_after_its_poll_and_keeps_the_last_valid_record(tmp_path: Path) -> None:
     routing = MemoryValueStore()
     async with httpx.AsyncClient(timeout=30) as client, server(tmp_path, "a", routing, **BIND_ALL) as a:
         name = own_name(a)
         a_url = a.registry_urls[0]
         await push_image(client, a_url, "app", "v1", b"v1 layer" * 500)
-        await eventually(lambda: _has_seq(client, a_url, name))
+        await eventually(lambda: has_seq(client, a_url, name))
         follow = {
             "ipns.follow": [{"name": str(name), "poll": 0.5, "repository": "app", "local": "mirror/app"}]
         }
@@ -184,7 +83,7 @@ async def test_follower_b_sees_v2_after_its_poll_and_keeps_the_last_valid_record
             assert resp.headers["Docker-Content-Digest"] == v2
             best = decode_record(routing.values[name.routing_key()])
             assert best.sequence > seq_before
-            await eventually(lambda: _has_seq(client, b_url, name, best.sequence))
+            await eventually(lambda: has_seq(client, b_url, name, best.sequence))
 
             # A hostile routing answer: signed by another key, a lower sequence, an expired one, or nothing.
             forger = Ed25519PrivateKey.new()
@@ -220,7 +119,7 @@ async def test_c_connected_only_to_b_pulls_a_tag_of_a_through_b(tmp_path: Path) 
         name = own_name(a)
         layer = b"three nodes" * 800
         await push_image(client, a.registry_urls[0], "team/api", "latest", layer)
-        await eventually(lambda: _has_seq(client, a.registry_urls[0], name))
+        await eventually(lambda: has_seq(client, a.registry_urls[0], name))
         follow = {"ipns.follow": [{"name": str(name), "poll": 0.5}]}
         async with server(tmp_path, "b", routing, **{"node.peers": a.p2p_addrs[:1]}, **follow) as b:
             base_b = f"{b.registry_urls[0]}/v2/ipns/{name}/team/api"
