@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import trio
 
-from conftest import loopback_config
 from ipfsreg.app import ServerInfo, run_server
+from ipfsreg.config import load_config
 from ipfsreg.ipns.record import IpnsName, decode_record
 from ipfsreg.ipns.validator import IpnsValidator
 
@@ -47,7 +47,12 @@ class MemoryValueStore:
 async def server(
     tmp: Path, label: str, routing: MemoryValueStore, **overrides: Any
 ) -> AsyncIterator[ServerInfo]:
-    config = loopback_config(tmp / label, **overrides)
+    loopback = {
+        "registry.listen": "127.0.0.1:0",
+        "api.listen": "127.0.0.1:0",
+        "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
+    }
+    config = load_config(data_dir=tmp / label, environ={}, overrides={**loopback, **overrides})
     async with trio.open_nursery() as nursery:
         info: ServerInfo = await nursery.start(
             lambda task_status: run_server(

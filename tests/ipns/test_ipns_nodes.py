@@ -2,7 +2,7 @@
 
 The records travel through an in-memory value store that validates like a DHT peer does (the
 ``/ipns/`` validator on every put, the best record on every get); blocks travel over bitswap between
-the nodes. The same flows over the real DHT are in interop/test_ipns_dht.py once the DHT is on main.
+the nodes. With the DHT on main the same servers take the node's own put_value/get_value instead.
 """
 
 from __future__ import annotations
