@@ -63,6 +63,7 @@ _LAYER_SECTIONS: Final = (
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
     ("gc", "ipfsreg.gc", "GcSettings"),
     ("mirror", "ipfsreg.mirror.settings", "MirrorSettings"),
+    ("ipns", "ipfsreg.ipns.settings", "IpnsSettings"),
 )
 
 

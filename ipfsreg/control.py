@@ -18,6 +18,10 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
     GET  /mirror/stat            the mirror's counters: bytes by source, hits and misses by namespace
+    GET  /key/list, POST /key/gen?arg=NAME, POST /key/rm?arg=NAME        (IPNS keys)
+    POST /name/bind?arg=REPO&key=KEY, POST /name/unbind?arg=REPO, GET /name/bindings
+    POST /name/publish[?key=KEY...], GET /name/resolve?arg=NAME
+    GET  /name/export-roots?arg=REPO&tag=TAG, POST /name/import-roots?arg=CID...   (records in CARs)
 
 Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
 """
@@ -43,6 +47,10 @@ from ipfsreg.cid import CID, CIDError
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
 from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
+from ipfsreg.ipns import ops as ipns_ops
+from ipfsreg.ipns.keystore import KeystoreError
+from ipfsreg.ipns.record import IpnsError, NameNotFound
+from ipfsreg.ipns.service import IpnsService
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.oci.errors import LayoutError
@@ -97,6 +105,9 @@ ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]
     (LayoutError, 422, "layout"),
     (UnixFSError, 422, "unixfs"),
     (BlockstoreError, 500, "storage"),
+    (KeystoreError, 400, "key"),
+    (NameNotFound, 404, "not-found"),
+    (IpnsError, 422, "ipns"),
 )
 
 
@@ -178,6 +189,7 @@ def create_control_app(
     source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
     mirror_stats: MirrorStats | None = None,
+    ipns: IpnsService | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     pins = Pins(store)
@@ -356,6 +368,65 @@ def create_control_app(
         if mirror_stats is None:
             raise ApiError(503, "the mirror is not running in this server", "no-mirror")
         return _json(mirror_stats.as_json())
+
+    def need_ipns() -> IpnsService:
+        if ipns is None:
+            raise ApiError(503, "IPNS is not running in this server", "no-ipns")
+        return ipns
+
+    def required(name: str) -> str:
+        value = request.args.get(name)
+        if not value:
+            raise ApiError(400, f"missing argument {name!r}", "bad-request")
+        return value
+
+    @app.get(f"{PREFIX}/key/list")
+    async def get_keys() -> Response:
+        return _json({"keys": [ipns_ops.key_json(k) for k in need_ipns().keystore.list()]})
+
+    @app.post(f"{PREFIX}/key/gen")
+    async def post_key_gen() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.generate(required("arg"))))
+
+    @app.post(f"{PREFIX}/key/rm")
+    async def post_key_rm() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.remove(required("arg"))))
+
+    @app.post(f"{PREFIX}/name/bind")
+    async def post_bind() -> Response:
+        key = need_ipns().bind(required("arg"), required("key"))
+        return _json({"repository": request.args["arg"], **ipns_ops.key_json(key)})
+
+    @app.post(f"{PREFIX}/name/unbind")
+    async def post_unbind() -> Response:
+        return _json({"repository": request.args.get("arg"), "key": need_ipns().unbind(required("arg"))})
+
+    @app.get(f"{PREFIX}/name/bindings")
+    async def get_bindings() -> Response:
+        return _json({"bindings": need_ipns().bindings()})
+
+    @app.post(f"{PREFIX}/name/publish")
+    async def post_name_publish() -> Response:
+        service = need_ipns()
+        keys = request.args.getlist("key") or service.bound_keys()
+        return _json(
+            {"published": [ipns_ops.published_json(await service.publish(k, republish=True)) for k in keys]}
+        )
+
+    @app.get(f"{PREFIX}/name/resolve")
+    async def get_name_resolve() -> Response:
+        return _json(await ipns_ops.resolve_json(need_ipns(), required("arg")))
+
+    @app.get(f"{PREFIX}/name/export-roots")
+    async def get_export_roots() -> Response:
+        service = need_ipns()
+        roots = await ipns_ops.export_roots(service, source, required("arg"), required("tag"))
+        return _json({"roots": roots})
+
+    @app.post(f"{PREFIX}/name/import-roots")
+    async def post_import_roots() -> Response:
+        roots = [_arg_cid(text) for text in request.args.getlist("arg")]
+        return _json(ipns_ops.import_roots(need_ipns(), roots))
 
     @app.get(f"{PREFIX}/stats")
     async def get_stats() -> Response:

@@ -33,9 +33,21 @@ from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.fleet import Fleet, FleetPeers
-from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
-from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
-from ipfsreg.registry.names import check_name, ipfs_repository_cid, parse_namespace, qualified_name
+from ipfsreg.registry.handlers import blobs, catalog, ipfs, ipns, manifests, referrers, tags, uploads
+from ipfsreg.registry.handlers.base import (
+    API_VERSION_HEADER,
+    Context,
+    IpnsResolver,
+    error_response,
+    get_base,
+)
+from ipfsreg.registry.names import (
+    check_name,
+    ipfs_repository_cid,
+    ipns_repository,
+    parse_namespace,
+    qualified_name,
+)
 from ipfsreg.registry.private import PrivateContent
 from ipfsreg.registry.proxy import RequestScope, enter_scope, response_headers
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
@@ -183,10 +195,13 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
         return await catalog.list_catalog(ctx, req)
     name = route.name
     if scope.from_query:
-        # Another registry's repository, pulled through this mirror (pull-by-CID names included:
+        # Another registry's repository, pulled through this mirror (ipfs/ and ipns/ names included:
         # docker.io/ipfs/... is a Docker Hub repository).
         name = qualified_name(scope.namespace, check_name(route.name))
     else:
+        ipns_repo = ipns_repository(route.name)
+        if ipns_repo is not None:
+            return await ipns.dispatch(ctx, req, route, *ipns_repo)
         ipfs_root = ipfs_repository_cid(route.name)
         if ipfs_root is not None:
             return await ipfs.dispatch(ctx, req, route, ipfs_root)
@@ -331,6 +346,12 @@ def mirror_parts(app: QuartTrio) -> MirrorParts:
     """The fleet coordinator (answer peers with ``fleet.answer``), counters and private content."""
     ctx: Context = app.extensions["ipfsreg.registry"]
     return MirrorParts(ctx.fleet, ctx.mirror_stats, ctx.privacy)
+
+
+def set_ipns_resolver(app: QuartTrio, resolver: IpnsResolver | None) -> None:
+    """Serve ``ipns/<name>/<repository>`` pulls through ``resolver`` (the node's IPNS service)."""
+    ctx: Context = app.extensions["ipfsreg.registry"]
+    ctx.ipns = resolver
 
 
 def registry_store(app: QuartTrio) -> RegistryStore:
