@@ -423,3 +423,108 @@ async def test_three_nodes_missing_a_100mb_layer_at_once_get_it_from_the_upstrea
                         f"/v2/library/big/blobs/{layer['digest']}", params={"ns": "docker.io"}
                     )
                 assert head.status_code == 200 and "X-Ipfs-Path" in head.headers
+
+
+# --- an upstream that lies or hangs: a proxy in front of the real registry ------------------------
+
+
+@dataclass
+class Misbehaving:
+    """Knobs of :func:`misbehaving_proxy` (mutate them while it serves)."""
+
+    target: str
+    corrupt_blobs: bool = False
+    hang: bool = False
+    url: str = ""
+
+
+def _proxy_app(state: Misbehaving) -> Any:
+    from quart import Response, request
+    from quart_trio import QuartTrio
+
+    app = QuartTrio(__name__)
+    client = httpx.AsyncClient(base_url=state.target, timeout=60)
+
+    @app.route("/v2/", defaults={"path": ""}, methods=["GET", "HEAD"])
+    @app.route("/v2/<path:path>", methods=["GET", "HEAD"])
+    async def forward(path: str) -> Response:
+        if state.hang:
+            await trio.sleep_forever()
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("accept", "range", "authorization")
+        }
+        upstream = await client.request(request.method, f"/v2/{path}", headers=headers)
+        body = upstream.content
+        if state.corrupt_blobs and "/blobs/" in path and body:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])  # the same length, other bytes
+        passed = {
+            k: v
+            for k, v in upstream.headers.items()
+            if k.lower() in ("content-type", "docker-content-digest", "content-range", "www-authenticate")
+        }
+        response = Response(body, status=upstream.status_code, headers=passed)
+        response.content_length = (
+            len(body) if request.method == "GET" else int(upstream.headers.get("content-length", 0))
+        )
+        return response
+
+    return app
+
+
+@asynccontextmanager
+async def misbehaving_proxy(state: Misbehaving) -> AsyncIterator[Misbehaving]:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve, _proxy_app(state), config)
+        state.url = binds[0]
+        yield state
+        nursery.cancel_scope.cancel()
+
+
+async def test_containerd_never_gets_an_upstreams_wrong_bytes_and_a_hanging_upstream_is_a_quick_miss(
+    serve_node: Any, tmp_path: Path
+) -> None:
+    policy = policy_file(tmp_path)
+    small_image(tmp_path / "image", "lies")
+    async with stand_in(tmp_path / "hub") as hub, misbehaving_proxy(Misbehaving(hub.url)) as proxy:
+        await push(tmp_path / "image", hub, "library/demo:v1", policy)
+        digest, manifest = await hub.manifest("library/demo:v1")
+        overrides = {
+            "mirror.upstream": [{"registry": "docker.io", "url": proxy.url}],
+            "mirror.upstream_timeout": 2.0,
+            "mirror.tag_ttl": 0.0,
+        }
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(serve_node("node", **overrides))
+            hosts = tmp_path / "hosts"
+            (tmp_path / "node" / "config.toml").write_text(
+                # containerd's own fallback is a closed port: what it gets, it gets through ipfsreg.
+                f'[[mirror.upstream]]\nregistry = "docker.io"\nurl = "http://127.0.0.1:{_free_port()}"\n'
+            )
+            await write_hosts(tmp_path / "node", node.registry_urls[0], hosts, [])
+            daemon = await started(stack.enter_context(containerd(tmp_path / "ctr", hosts)))
+
+            proxy.corrupt_blobs = True
+            wrong = await daemon.pull("docker.io/library/demo:v1", check=False)
+            assert wrong.returncode != 0
+            async with httpx.AsyncClient(base_url=node.registry_urls[0], timeout=30) as client:
+                for layer in manifest["layers"]:
+                    # Nothing of the wrong bytes was kept: each layer is fetched again, now right.
+                    proxy.corrupt_blobs = False
+                    resp = await client.get(
+                        f"/v2/library/demo/blobs/{layer['digest']}", params={"ns": "docker.io"}
+                    )
+                    assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == layer["digest"]
+            await daemon.pull("docker.io/library/demo:v1")
+            assert await daemon.image_digest("docker.io/library/demo:v1") == digest
+
+            proxy.hang = True
+            with trio.fail_after(60):
+                hung = await daemon.pull("docker.io/library/other:v1", check=False)
+            assert hung.returncode != 0
