@@ -23,7 +23,8 @@ Design (blobs are fetched lazily, as distribution's proxy does):
   (with the registry's Accept negotiation). When the last blob (or child manifest) a pending
   manifest references is stored, the manifest is *promoted*: stored by ``put_manifest`` with each
   proxied tag naming it (an ordinary local image from then on: listed, published on IPFS, garbage-
-  collection safe). A manifest by digest the upstream cannot give is asked of fleet peers.
+  collection safe). A manifest by digest is asked of fleet peers first (it is a blob there), then
+  of the upstream.
 - Tags. When the upstream cannot answer (unreachable, 5xx, or silent for ``upstream_timeout``), a
   tag it once named is served from its last known digest, and the response says so:
   ``Ipfsreg-Tag-Stale: <seconds since the upstream last confirmed it>`` (with ``Warning: 110``). An
@@ -480,15 +481,15 @@ class PullThrough:
         repo = target.repo
         head = await self._upstream(target, lambda c: c.head_manifest(target.remote, tag, UPSTREAM_ACCEPT))
         digest = _digest(head.digest) if head.digest is not None else None
-        if digest is None or (
-            self.store.manifest_info(repo, digest) is None and self.pending_manifest(repo, digest) is None
-        ):
-            reference = str(digest) if digest else tag
+        if digest is None:
             fetched = await self._upstream(
-                target, lambda c: c.get_manifest(target.remote, reference, UPSTREAM_ACCEPT)
+                target, lambda c: c.get_manifest(target.remote, tag, UPSTREAM_ACCEPT)
             )
             digest = _digest(fetched.digest)
             await self._keep(repo, digest, fetched.media_type, fetched.body)
+        elif self.store.manifest_info(repo, digest) is None and self.pending_manifest(repo, digest) is None:
+            body, media_type = await self._fetch_manifest(target, digest)  # peers first, then upstream
+            await self._keep(repo, digest, media_type, body)
         self._put_tag_record(repo, tag, TagRecord(digest, self.clock()))
         await self._promote_ready(target)
         info = self.store.manifest_info(repo, digest)
@@ -508,29 +509,39 @@ class PullThrough:
         if pending is not None:
             return pending
         try:
-            fetched = await self._upstream(
-                target, lambda c: c.get_manifest(target.remote, str(digest), UPSTREAM_ACCEPT)
-            )
-            body, media_type = fetched.body, fetched.media_type
+            body, media_type = await self._fetch_manifest(target, digest)
         except UpstreamError as exc:
-            from_peer = (
-                None if isinstance(exc, UpstreamNotFound) else await self._manifest_elsewhere(target, digest)
-            )
-            if from_peer is None:
-                raise self._miss(target, exc, "MANIFEST_UNKNOWN", {"digest": str(digest)}) from exc
-            body, media_type = from_peer
+            raise self._miss(target, exc, "MANIFEST_UNKNOWN", {"digest": str(digest)}) from exc
         await self._keep(repo, digest, media_type, body)
         await self._promote_ready(target)
         info = self.store.manifest_info(repo, digest)
         cid = info.cid if info is not None else None
         return ProxiedManifest(body, media_type, digest, cid)
 
+    async def _fetch_manifest(self, target: Target, digest: Digest) -> tuple[bytes, str]:
+        """A manifest by digest (bytes, media type) not kept for this repository yet; UpstreamError.
+
+        Peers first here too (a manifest is a blob in every ipfsreg): a fleet pulling one image asks
+        its upstream for the manifest about once, and manifest GETs are what registries rate-limit.
+        """
+        found = await self._manifest_elsewhere(target, digest)
+        if found is not None:
+            return found
+        fetched = await self._upstream(
+            target, lambda c: c.get_manifest(target.remote, str(digest), UPSTREAM_ACCEPT)
+        )
+        return fetched.body, fetched.media_type
+
     async def _manifest_elsewhere(self, target: Target, digest: Digest) -> tuple[bytes, str] | None:
-        """A manifest the upstream cannot give: stored here for another repository (by digest: the
-        same bytes), or held by a fleet peer (manifests are blobs there too, fetched like one)."""
+        """A manifest by digest without the upstream: stored here for another repository (by digest:
+        the same bytes), or held by a fleet peer (manifests are blobs there too, fetched like one)."""
         info = self.store.blob_info(digest)
-        if info is None:
-            info = await self._blob_from_peers(target, digest)
+        if info is not None and not target.private and self.privacy and self.privacy.is_private_blob(digest):
+            return None  # a private namespace's: only its upstream says this repository may have it
+        if info is None and self.fleet is not None:
+            have = await self.fleet.find_have(str(digest))
+            if have is not None and have.size <= self.max_manifest_bytes:
+                info = await self._blob_from_peers(target, digest)
         if info is None or info.size > self.max_manifest_bytes:
             return None
         body = await self.store.read_all(info.cid)

@@ -42,8 +42,9 @@ async def test_second_node_gets_every_layer_from_the_first_and_none_from_the_ups
             assert layer_gets == {sha256(LAYER_A): 1, sha256(LAYER_B): 1}
             blobs = await second.pull("library/app", "v1")
             assert blobs[sha256(LAYER_A)] == LAYER_A
-            # The upstream was asked for the tag, never for a layer again.
+            # The upstream was asked for the tag (HEAD), never for the manifest or a layer again.
             assert {d: up.count("GET", f"/blobs/{d}") for d in layer_gets} == layer_gets
+            assert up.count("GET", "/manifests/") == 1
             stat = await second.stat()
             assert stat["bytes"]["peer"] >= len(LAYER_A) + len(LAYER_B)
             assert stat["bytes"]["upstream"] == 0
