@@ -72,6 +72,9 @@ class NodeFleetPeers:
     def query(self, peer: str, request: Request) -> AbstractAsyncContextManager[AsyncIterator[Answer]]:
         return self.node.blobs.query(peer, request)
 
+    def has_routing(self) -> bool:
+        return getattr(self.node, "find_providers", None) is not None and bool(self.connected())
+
     def provide(self, digest: str) -> None:
         provide = getattr(self.node, "provide", None)
         if provide is not None:

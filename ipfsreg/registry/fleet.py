@@ -26,7 +26,8 @@ check: when it fails, the peers that served them are penalised.
 
 Cost for a node alone (no connected peers, no DHT providers): nothing but the survey's empty round.
 With peers: one round trip to each (at most ``peer_timeout``), plus ``claim_settle`` when another
-node claims the same blob at the same time.
+node claims the same blob at the same time. With content routing, a survey that found nobody is
+repeated once after ``claim_settle``: a claim reaches the DHT later than it reaches connected peers.
 
 Private content (pull secrets upstream) is never offered to peers unless the node is in a private
 swarm: the answer for a private blob is ``missing`` (see :class:`Fleet`).
@@ -88,6 +89,10 @@ class FleetPeers(Protocol):
 
     def provide(self, digest: str) -> None:
         """Announce that this node has or is fetching the blob (no-op without content routing)."""
+        ...
+
+    def has_routing(self) -> bool:
+        """Content routing can find peers this node is not connected to (a DHT with peers)."""
         ...
 
     def block_source(self) -> AbstractAsyncContextManager[BlockSource]:
@@ -480,6 +485,14 @@ class Fleet:
         """Peers to read ``flight``'s blob from, best first; exhausted means: go to the upstream."""
         digest = flight.digest
         survey = await self._survey(digest, claim=True)
+        if (
+            not (survey.haves or survey.fetching or survey.claimants or flight.claimants)
+            and self.peers.has_routing()
+        ):
+            # Content routing learns of claims later than connected peers do (a claim's provider
+            # record must reach the DHT first): after the settle time, look once more.
+            await trio.sleep_until(flight.started + self.claim_settle)
+            survey = await self._survey(digest, claim=True)
         for peer, have in survey.haves:
             yield PeerSupply(self, peer, digest, have.size, have.root)
         for peer, fetching in sorted(survey.fetching, key=lambda item: -len(item[1].leaves)):

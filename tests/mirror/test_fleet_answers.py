@@ -59,6 +59,11 @@ class ScriptedPeers:
     def provide(self, digest: str) -> None:
         self.provided.append(digest)
 
+    def has_routing(self) -> bool:
+        return self.routing
+
+    routing = False
+
     def block_source(self) -> Any:
         raise AssertionError("not used here")
 
@@ -200,6 +205,29 @@ async def test_simultaneous_claimants_follow_the_one_nearest_the_digest() -> Non
     assert [(s.peer, s.coordinated) for s in follower] == [(near, True)]
     # Seen from the near node: it fetches from the upstream itself (no supply).
     assert await supplies(fleet(ScriptedPeers(near, {far: [Claimed((far,))]}))) == []
+
+
+async def test_with_content_routing_a_quiet_first_survey_is_asked_again_after_the_settle_time() -> None:
+    near, far = nearest_and_farthest([f"peer{i}" for i in range(10)])
+
+    class Late(ScriptedPeers):
+        """No connected peers; the DHT finds the other claimant only on the second look."""
+
+        routing = True
+        rounds = 0
+
+        def connected(self) -> list[str]:
+            return []
+
+        async def find_providers(self, digest: str) -> AsyncIterator[str]:
+            self.rounds += 1
+            if self.rounds == 2:
+                yield near
+
+    peers = Late(far, {near: [Claimed((near,))]})
+    found = await supplies(fleet(peers))
+    assert peers.rounds == 2
+    assert [(s.peer, s.coordinated) for s in found] == [(near, True)]
 
 
 async def test_a_node_alone_goes_to_the_upstream_at_once() -> None:
