@@ -49,6 +49,8 @@ class FakeUpstream:
     gate: trio.Event | None = None  # a blob GET sends three chunks, then waits for this
     blob_started: trio.Event = field(default_factory=trio.Event)  # set when a blob's first chunk went out
     chunk_delay: float = 0.0  # seconds between blob chunks (a slow upstream)
+    ranges: bool = True  # honour "Range: bytes=N-" on blobs (else the whole blob, 200)
+    static_tokens: set[str] = field(default_factory=set)  # bearer tokens accepted as they stand
     hang: bool = False  # take requests and never answer them
     blob_bytes_sent: dict[str, int] = field(default_factory=dict)  # digest -> blob bytes sent, all GETs
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -121,6 +123,8 @@ def build_app(state: FakeUpstream) -> QuartTrio:
         if state.auth == "basic":
             return basic_user() is not None
         header = request.headers.get("Authorization", "")
+        if header.removeprefix("Bearer ") in state.static_tokens:
+            return True
         granted = state.tokens.get(header.removeprefix("Bearer ")) if header.startswith("Bearer ") else None
         return granted is not None and (not scope or scope in granted.split())
 
@@ -219,7 +223,7 @@ def _blob_response(state: FakeUpstream, repo: str, digest: str) -> Response:
     status = 200
     extra: dict[str, str] = {}
     ranged = request.headers.get("Range", "")
-    if ranged.startswith("bytes=") and ranged.endswith("-") and ranged[6:-1].isdigit():
+    if state.ranges and ranged.startswith("bytes=") and ranged.endswith("-") and ranged[6:-1].isdigit():
         start = int(ranged[6:-1])
         status = 206
         extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
