@@ -78,7 +78,7 @@ class Node:
             datastore.blocks, self.network, settings, on_blocks_stored=self.server.notify_new_blocks
         )
         self.peering = Peering(self.host, settings.peers, max_backoff=settings.peering_max_backoff)
-        # Fleet peers ask each other about OCI blobs by digest (the registry answers: serve_blobs).
+        # Fleet peers ask each other about OCI blobs by digest (the registry answers: blobs.serve).
         self.blobs = BlobService(self.host)
         self.network.on_message = self._on_message
         self.network.on_violation = self.client.penalise
