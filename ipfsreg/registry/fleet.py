@@ -499,6 +499,9 @@ class Fleet:
             yield PeerSupply(self, peer, digest, fetching.size)
         claimants = (survey.claimants | flight.claimants) - {self.peers.peer_id}
         if not claimants:
+            # Nobody else has, fetches or claims it: this node fetches it upstream, and says so at
+            # once ("fetching"), so a node that asks from now on follows it instead of claiming too.
+            flight.start(None)
             return
         # Others missed it at the same moment: give late claims a moment, then the rule decides.
         await trio.sleep_until(flight.started + self.claim_settle)
@@ -509,6 +512,7 @@ class Fleet:
             log.info(
                 "fleet: %s claimed by %d nodes, this one fetches it upstream", digest, len(claimants) + 1
             )
+            flight.start(None)
             return
         # Follow the fetcher (its followers read from it and from each other over bitswap).
         yield PeerSupply(self, fetcher, digest, None, wait_for_start=self.peer_timeout, coordinated=True)

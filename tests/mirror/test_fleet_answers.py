@@ -247,3 +247,14 @@ async def test_a_peer_breaking_the_protocol_in_the_survey_is_penalised() -> None
     peers = Lying("me", {"liar": [Missing()]})
     assert await supplies(fleet(peers)) == []
     assert peers.penalised == ["liar"]
+
+
+async def test_a_node_that_found_nobody_says_fetching_before_it_reaches_the_upstream() -> None:
+    # A node asking a moment later follows this one instead of claiming the blob too.
+    coordinator = fleet(ScriptedPeers("me", {"quiet": [Missing()]}))
+    flight = coordinator.begin(DIGEST, private=False)
+    assert [s async for s in coordinator.supplies(flight)] == []
+    assert flight.state == "fetching"
+    assert await collect(coordinator.answer("late", Request(DIGEST, claim=True)), 1) == [
+        Fetching(None, 0, ())
+    ]
