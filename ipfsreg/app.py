@@ -27,6 +27,7 @@ from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.pnet_conn import load_swarm_key
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
@@ -79,7 +80,12 @@ async def run_server(
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
-        node = Node(store, node_settings, identity)
+        psk = load_swarm_key(config.data_dir, node_settings.swarm_key)
+        node = Node(store, node_settings, identity, psk=psk)
+        if psk is not None:
+            log.info(
+                "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
+            )
         import_options = ImportOptions(
             chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
         )

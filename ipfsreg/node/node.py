@@ -38,6 +38,7 @@ from ipfsreg.node.host import (
     with_peer_id,
 )
 from ipfsreg.node.identity import Identity
+from ipfsreg.node.pnet import fingerprint
 from ipfsreg.node.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,15 @@ class NodeStats:
 
 
 class Node:
-    def __init__(self, datastore: Datastore, settings: NodeSettings, identity: Identity) -> None:
+    def __init__(
+        self, datastore: Datastore, settings: NodeSettings, identity: Identity, *, psk: bytes | None = None
+    ) -> None:
+        """``psk``: the private network key (see ipfsreg/node/pnet_conn.py load_swarm_key), if any."""
         self.datastore = datastore
         self.settings = settings
         self.identity = identity
-        self.host = build_host(identity, settings.p2p_listen)
+        self.host = build_host(identity, settings.p2p_listen, psk=psk)
+        self.swarm_key_fingerprint = fingerprint(psk).hex() if psk is not None else None
         self.network = BitswapNetwork(self.host, settings)
         self.server = BitswapServer(datastore.blocks, self.network, settings)
         self.client = BitswapClient(
