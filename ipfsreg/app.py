@@ -28,9 +28,12 @@ from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
+from ipfsreg.node.routing.local import LocalRouter, RoutingUnavailable
+from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
+from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
 from ipfsreg.unixfs.importer import ImportOptions
 
 log = logging.getLogger("ipfsreg")
@@ -72,6 +75,7 @@ async def run_server(
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
+    routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
@@ -117,6 +121,13 @@ async def run_server(
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
                 )
+                if routing_settings.http_api:
+                    register_routing_v1(
+                        registry,
+                        LocalRouter(node),
+                        unavailable=(RoutingUnavailable,),
+                        settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
+                    )
                 collector = collector_for(store, registry_store(registry))
                 if gc_settings.interval > 0:
                     nursery.start_soon(collector.run_every, gc_settings.interval)
