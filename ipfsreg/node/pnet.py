@@ -6,8 +6,8 @@ nonce as its first bytes, then XSalsa20(PSK, nonce) XORs everything it sends (go
 p2p/net/pnet/psk_conn.go). A peer without the key, or with another, reads noise and hangs up.
 
 This module is pure: key file parsing and formatting (core/pnet/codec.go), Kubo's key fingerprint,
-HSalsa20/XSalsa20 (the keystream is pycryptodome's Salsa20 in C; only the per-connection HSalsa20
-subkey is computed here), and the two directions of a connection as state machines
+XSalsa20 (libsodium's, the copy PyNaCl ships; else HSalsa20 here and pycryptodome's Salsa20), and
+the two directions of a connection as state machines
 (:class:`PnetSender`, :class:`PnetReceiver`). The connection wrapper is ipfsreg/node/pnet_conn.py.
 
 py-libp2p 0.8's ``libp2p.security.pnet`` is not compatible with go-libp2p: it sends an 8-byte
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import hashlib
 import os
 import struct
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from Crypto.Cipher import Salsa20
 
@@ -148,19 +150,101 @@ def hsalsa20(key: bytes, nonce: bytes) -> bytes:
     return struct.pack("<8I", x[0], x[5], x[10], x[15], x[6], x[7], x[8], x[9])
 
 
+class _SodiumXSalsa20:
+    """libsodium's XSalsa20 (the copy PyNaCl ships), called through ``ctypes.PyDLL``.
+
+    libsodium picks an AVX2 Salsa20 core where the CPU has one: 2.4 GB/s here against 1.1 GB/s
+    for pycryptodome's portable C. ``crypto_stream_xsalsa20_xor_ic`` starts at a 64-byte block, so
+    a call that starts inside a block first XORs the rest of that block (one 64-byte call). PyDLL
+    keeps the GIL through the call, which at these speeds is shorter than a thread switch.
+    """
+
+    __slots__ = ("_key", "_lib", "_nonce", "_pos")
+
+    def __init__(self, lib: ctypes.PyDLL, key: bytes, nonce: bytes) -> None:
+        self._lib = lib
+        self._key = key
+        self._nonce = nonce
+        self._pos = 0
+
+    def _keystream_block(self, block: int) -> bytes:
+        out = ctypes.create_string_buffer(64)
+        self._lib.crypto_stream_xsalsa20_xor_ic(out, bytes(64), 64, self._nonce, block, self._key)
+        return out.raw
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        size = len(data)
+        if not size:
+            return b""
+        source = data if isinstance(data, bytes) else bytes(data)
+        pos = self._pos
+        self._pos = pos + size
+        head = b""
+        skip = pos % 64
+        if skip:
+            take = min(64 - skip, size)
+            stream = self._keystream_block(pos // 64)[skip : skip + take]
+            head = (int.from_bytes(source[:take], "little") ^ int.from_bytes(stream, "little")).to_bytes(
+                take, "little"
+            )
+            if take == size:
+                return head
+            source = source[take:]
+            pos += take
+        rest = len(source)
+        out = ctypes.create_string_buffer(rest)
+        self._lib.crypto_stream_xsalsa20_xor_ic(out, source, rest, self._nonce, pos // 64, self._key)
+        return head + out.raw if head else out.raw
+
+
+def _load_sodium() -> ctypes.PyDLL | None:
+    try:
+        import nacl
+
+        path = next(Path(nacl.__path__[0]).glob("_sodium*.so"))
+        lib = ctypes.PyDLL(str(path))
+        if lib.sodium_init() < 0:
+            return None
+        data = ctypes.c_char_p
+        lib.crypto_stream_xsalsa20_xor_ic.argtypes = [
+            data,
+            data,
+            ctypes.c_ulonglong,
+            data,
+            ctypes.c_uint64,
+            data,
+        ]
+        lib.crypto_stream_xsalsa20_xor_ic.restype = ctypes.c_int
+        return lib
+    except (ImportError, StopIteration, OSError, AttributeError):
+        return None  # no usable libsodium: pycryptodome's Salsa20 does the same, slower
+
+
+_SODIUM = _load_sodium()
+
+
 class XSalsa20:
-    """The XSalsa20 keystream (24-byte nonce) XORed onto data, continuing across calls."""
+    """The XSalsa20 keystream (24-byte nonce) XORed onto data, continuing across calls.
+
+    libsodium when it can be loaded; ``sodium=False`` (and the fallback) is HSalsa20 here plus
+    pycryptodome's Salsa20.
+    """
 
     __slots__ = ("_cipher",)
 
-    def __init__(self, key: bytes, nonce: bytes) -> None:
+    def __init__(self, key: bytes, nonce: bytes, *, sodium: bool = True) -> None:
         if len(key) != 32 or len(nonce) != NONCE_SIZE:
             raise PnetError(f"XSalsa20 takes a 32-byte key and a {NONCE_SIZE}-byte nonce")
-        self._cipher = Salsa20.new(key=hsalsa20(key, nonce[:16]), nonce=nonce[16:])
+        self._cipher: _SodiumXSalsa20 | Any
+        if sodium and _SODIUM is not None:
+            self._cipher = _SodiumXSalsa20(_SODIUM, bytes(key), bytes(nonce))
+        else:
+            self._cipher = Salsa20.new(key=hsalsa20(key, nonce[:16]), nonce=nonce[16:])
 
     def xor(self, data: bytes | bytearray | memoryview) -> bytes:
         """``data`` XOR the next ``len(data)`` keystream bytes (encryption and decryption alike)."""
-        return self._cipher.encrypt(data)
+        result: bytes = self._cipher.encrypt(data)
+        return result
 
 
 class PnetSender:

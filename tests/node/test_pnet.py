@@ -13,6 +13,7 @@ from Crypto.Cipher import Salsa20
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ipfsreg.node import pnet
 from ipfsreg.node.pnet import (
     MULTISTREAM_HEADER,
     NONCE_SIZE,
@@ -114,26 +115,38 @@ def test_hsalsa20_matches_the_nacl_core2_vector() -> None:
     assert hsalsa20(first, nonce).hex() == second
 
 
+BACKENDS = pytest.mark.parametrize("sodium", [True, False], ids=["libsodium", "pycryptodome"])
+
+
+def test_libsodium_backend_is_loaded() -> None:
+    # The fast path: PyNaCl's libsodium through ctypes (the fallback is about half as fast).
+    assert pnet._SODIUM is not None
+
+
+@BACKENDS
 @given(
     key=st.binary(min_size=32, max_size=32),
     nonce=st.binary(min_size=24, max_size=24),
     size=st.integers(0, 3000),
 )
-def test_xsalsa20_keystream_equals_libsodiums(key: bytes, nonce: bytes, size: int) -> None:
+def test_xsalsa20_keystream_equals_libsodium_secretbox(
+    sodium: bool, key: bytes, nonce: bytes, size: int
+) -> None:
     # libsodium's secretbox is XSalsa20-Poly1305: its ciphertext after the 16-byte tag is the message
     # XOR the XSalsa20 keystream from byte 32 on (the first 32 bytes key Poly1305).
     message = os.urandom(size)
     box = nacl.secret.SecretBox(key).encrypt(message, nonce).ciphertext
-    stream = XSalsa20(key, nonce)
+    stream = XSalsa20(key, nonce, sodium=sodium)
     stream.xor(bytes(32))
     assert stream.xor(message) == box[16:]
 
 
+@BACKENDS
 @given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=8))
-def test_xsalsa20_continues_across_calls_of_any_size(data: bytes, cuts: list[int]) -> None:
+def test_xsalsa20_continues_across_calls_of_any_size(sodium: bool, data: bytes, cuts: list[int]) -> None:
     nonce = bytes(range(24))
-    whole = XSalsa20(KEY, nonce).xor(data)
-    stream = XSalsa20(KEY, nonce)
+    whole = XSalsa20(KEY, nonce, sodium=False).xor(data)
+    stream = XSalsa20(KEY, nonce, sodium=sodium)
     assert b"".join(stream.xor(piece) for piece in _split(data, cuts)) == whole
 
 
