@@ -267,15 +267,37 @@ def register_routing_v1(
     async def unknown(path: str = "") -> Response:
         return _text(400, f"unknown Routing V1 path /routing/v1/{path}")
 
-    for rule, endpoint, view, methods in (
-        ("/routing/v1/providers/<cid>", "routing_v1_providers", providers, ["GET"]),
-        ("/routing/v1/peers/<peer_id>", "routing_v1_peers", peers, ["GET"]),
-        ("/routing/v1/ipns/<name>", "routing_v1_ipns_get", get_ipns, ["GET"]),
-        ("/routing/v1/ipns/<name>", "routing_v1_ipns_put", put_ipns, ["PUT"]),
-        ("/routing/v1/", "routing_v1_root", unknown, ["GET"]),
-        ("/routing/v1/<path:path>", "routing_v1_unknown", unknown, ["GET"]),
-    ):
-        app.add_url_rule(rule, endpoint, view, methods=methods)
+    routes: list[tuple[str, str, dict[str, Any]]] = [
+        ("/routing/v1/providers/<cid>", "routing_v1_providers", {"GET": providers}),
+        ("/routing/v1/peers/<peer_id>", "routing_v1_peers", {"GET": peers}),
+        ("/routing/v1/ipns/<name>", "routing_v1_ipns", {"GET": get_ipns, "PUT": put_ipns}),
+        ("/routing/v1/", "routing_v1_root", {"GET": unknown}),
+        ("/routing/v1/<path:path>", "routing_v1_unknown", {"GET": unknown}),
+    ]
+    for rule, endpoint, views in routes:
+        app.add_url_rule(rule, endpoint, _dispatch(views), methods=ALL_METHODS)
+
+
+#: Every method is routed here, so that what the API does not do is answered 501 (the spec), never
+#: by the framework's HTML 405 page; OPTIONS is the CORS preflight.
+ALL_METHODS: Final = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]
+CORS: Final = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, PUT, OPTIONS"}
+
+
+def _dispatch(views: dict[str, Any]) -> Any:
+    async def view(**kwargs: str) -> Response:
+        method = request.method
+        if method == "OPTIONS":
+            response = Response(b"", status=204)
+        elif method in views or (method == "HEAD" and "GET" in views):
+            response = await views[method if method in views else "GET"](**kwargs)
+        else:
+            allowed = ", ".join(sorted(views))
+            response = _text(501, f"{method} is not supported here (supported: {allowed})")
+        response.headers.update(CORS)
+        return response
+
+    return view
 
 
 def _filters() -> Filters:
