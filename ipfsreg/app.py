@@ -28,7 +28,8 @@ from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
-from ipfsreg.node.routing.local import LocalRouter, RoutingUnavailable
+from ipfsreg.node.routing.http_client import HttpRouters
+from ipfsreg.node.routing.local import LocalRouter, NoRecord, RoutingUnavailable
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
@@ -106,7 +107,13 @@ async def run_server(
             info.p2p_addrs = node.listen_addrs()
             # One bitswap session shared by the registry and the control API; the gateway opens one
             # per request.
-            async with node.block_source() as source, trio.open_nursery() as servers:
+            async with (
+                node.block_source() as source,
+                HttpRouters(
+                    routing_settings.http_routers, timeout=routing_settings.http_timeout
+                ) as http_routers,
+                trio.open_nursery() as servers,
+            ):
                 registry = create_app(
                     store,
                     registry_settings,
@@ -124,7 +131,8 @@ async def run_server(
                 if routing_settings.http_api:
                     register_routing_v1(
                         registry,
-                        LocalRouter(node),
+                        LocalRouter(node, http_routers),
+                        not_found=(NoRecord,),
                         unavailable=(RoutingUnavailable,),
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )

@@ -53,3 +53,22 @@ async def test_a_swarm_key_in_the_data_dir_keeps_the_node_in_its_private_network
             refused = await api_outsider.post("/api/v0/connect", params={"arg": a.p2p_addrs[0]})
         assert refused.status_code != 200
         assert "swarm key" in refused.text
+
+
+async def test_routing_v1_also_answers_from_the_configured_http_routers(serve_node: Any) -> None:
+    blob = random.Random(10).randbytes(100_000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    _blocks, result = import_bytes(blob)
+    async with serve_node("a") as a:
+        async with httpx.AsyncClient(base_url=a.registry_urls[0]) as http_a:
+            assert (
+                await http_a.post(f"/v2/x/blobs/uploads/?digest={digest}", content=blob)
+            ).status_code == 201
+        async with (
+            serve_node("b", **{"routing.http_routers": [a.registry_urls[0]]}) as b,
+            httpx.AsyncClient(base_url=b.registry_urls[0]) as http_b,
+        ):
+            delegated = await http_b.get(f"/routing/v1/providers/{result.cid.to_v1()}")
+            peer = await http_b.get(f"/routing/v1/peers/{a.peer_id}")
+    assert [p["ID"] for p in delegated.json()["Providers"]] == [a.peer_id]
+    assert peer.json()["Peers"][0]["ID"] == a.peer_id

@@ -113,7 +113,7 @@ def test_txt_strings_that_are_not_peer_addresses_are_skipped() -> None:
     bad = [
         b"dnsaddr=/ip4/198.18.0.3/tcp/1",  # no /p2p/
         b"dnsaddr=not a multiaddr/p2p/" + PEER.encode(),
-        b"dnsaddr1=/ip4/198.18.0.3/tcp/1/p2p/" + PEER.encode(),  # py-libp2p's extra keys: go ignores them too
+        b"dnsaddr2=/ip4/198.18.0.3/tcp/1/p2p/" + PEER.encode(),  # py-libp2p's extra keys: go ignores them too
         b"something=else",
     ]
     good = b"dnsaddr=/ip4/198.18.0.4/tcp/1/p2p/" + OTHER.encode()

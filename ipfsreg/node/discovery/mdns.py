@@ -9,7 +9,7 @@ is handed to ``on_peer`` with its addresses, at most once per ``retry_after`` se
 time; the wire format is ipfsreg/node/discovery/mdns_message.py.
 
 py-libp2p 0.8 has ``libp2p.discovery.mdns`` (zeroconf, in threads): its announcement puts the
-first address under ``dnsaddr=`` and the others under ``dnsaddr1=``, ``dnsaddr2=``... (TXT keys
+first address under ``dnsaddr=`` and the others under ``dnsaddr2=``, ``dnsaddr3=``... (TXT keys
 of a dict must differ), which go-libp2p ignores, so only one address of each peer gets across.
 """
 
