@@ -150,6 +150,14 @@ def test_xsalsa20_continues_across_calls_of_any_size(sodium: bool, data: bytes, 
     assert b"".join(stream.xor(piece) for piece in _split(data, cuts)) == whole
 
 
+def test_xsalsa20_large_and_consecutive_calls_keep_earlier_results_intact() -> None:
+    nonce = bytes(range(24))
+    pieces = [os.urandom(n) for n in (300_001, 700_000, 5, 262_144, 600_000)]  # past the scratch buffer
+    stream = XSalsa20(KEY, nonce)
+    results = [stream.xor(piece) for piece in pieces]  # each result survives the next call
+    assert b"".join(results) == XSalsa20(KEY, nonce, sodium=False).xor(b"".join(pieces))
+
+
 # --- the two directions of a connection (go-libp2p p2p/net/pnet/psk_conn.go) ---------------------
 
 
