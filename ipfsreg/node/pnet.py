@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -161,28 +162,27 @@ class _SodiumXSalsa20:
     call, which at these speeds is shorter than a thread switch.
     """
 
-    __slots__ = ("_key", "_lib", "_nonce", "_pos", "_scratch")
+    __slots__ = ("_key", "_lib", "_nonce", "_pos")
 
     def __init__(self, lib: ctypes.PyDLL, key: bytes, nonce: bytes) -> None:
         self._lib = lib
         self._key = key
         self._nonce = nonce
         self._pos = 0
-        self._scratch = ctypes.create_string_buffer(0)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         size = len(data)
         if not size:
             return b""
         source = data if isinstance(data, bytes) else bytes(data)
-        # The keystream is XORed into a scratch buffer kept for the next call (a fresh 256 KiB
-        # buffer per call, zeroed, then copied out, cost a third of the cipher's speed), then
-        # copied out once into the bytes returned. Calls larger than SCRATCH_LIMIT get their own.
-        out = self._scratch
+        # The keystream is XORed into a scratch buffer kept for the next call, one per thread (a
+        # fresh 256 KiB buffer per call, zeroed, then copied out, cost a third of the cipher's
+        # speed), then copied out once into the bytes returned. Larger calls get their own.
+        out: ctypes.Array[ctypes.c_char] = getattr(_scratch, "buffer", _NO_SCRATCH)
         if len(out) < size:
             out = ctypes.create_string_buffer(size)
             if size <= SCRATCH_LIMIT:
-                self._scratch = out
+                _scratch.buffer = out
         src = ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value or 0
         dst = ctypes.addressof(out)
         pos = self._pos
@@ -201,6 +201,10 @@ class _SodiumXSalsa20:
         if done < size:
             xor(dst + done, src + done, size - done, self._nonce, (pos + done) // 64, self._key)
         return ctypes.string_at(dst, size)
+
+
+_scratch = threading.local()
+_NO_SCRATCH = ctypes.create_string_buffer(0)
 
 
 def _load_sodium() -> ctypes.PyDLL | None:
