@@ -64,7 +64,7 @@ def parse_swarm_key(data: bytes) -> bytes:
         raise SwarmKeyError(f"a swarm key starts with the line {PSK_V1_HEADER.decode()!r}, not {shown!r}")
     encoding, body = _line(rest)
     if encoding == b"/base16/":
-        text = body.lstrip()[: 2 * PSK_SIZE]
+        text = body.strip()[: 2 * PSK_SIZE]
         if len(text) < 2 * PSK_SIZE:
             raise SwarmKeyError(f"the /base16/ swarm key has {len(text)} hex digits, not {2 * PSK_SIZE}")
         try:
