@@ -48,6 +48,8 @@ MAX_JSON_BODY: Final = 1024 * 1024
 #: Largest NDJSON line, and the most bytes of one NDJSON stream.
 MAX_NDJSON_LINE: Final = 64 * 1024
 MAX_NDJSON_BODY: Final = 4 * 1024 * 1024
+#: Most lines read from one NDJSON stream (each costs a peer ID and multiaddr parse).
+MAX_NDJSON_LINES: Final = 1000
 
 
 class HttpRoutingError(NodeError):
@@ -152,6 +154,7 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
 async def _lines(response: httpx.Response, url: str) -> AsyncIterator[bytes]:
     pending = bytearray()
     total = 0
+    count = 0
     async for chunk in response.aiter_bytes():
         total += len(chunk)
         if total > MAX_NDJSON_BODY:
@@ -160,6 +163,9 @@ async def _lines(response: httpx.Response, url: str) -> AsyncIterator[bytes]:
         while (end := pending.find(b"\n")) >= 0:
             line = bytes(pending[:end])
             del pending[: end + 1]
+            count += 1
+            if count > MAX_NDJSON_LINES:
+                raise HttpRoutingError(f"{url}: NDJSON stream of more than {MAX_NDJSON_LINES} records")
             yield line
         if len(pending) > MAX_NDJSON_LINE:
             raise HttpRoutingError(f"{url}: NDJSON line over {MAX_NDJSON_LINE} bytes")
