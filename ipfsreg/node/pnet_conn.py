@@ -49,7 +49,7 @@ class PnetConnection(IRawConnection):
                 if not receiver.started:
                     raise self._refused(
                         "the peer closed the connection before sending its private network nonce:"
-                        " it has no swarm key or a different one"
+                        " it probably has no swarm key or a different one"
                     )
                 return b""
             try:
