@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from interop.kubo import KuboCallError, KuboPeer
+from interop.kubo import KuboCallError, KuboPeer, KuboStartError
 from ipfsreg.cid import CID
 from ipfsreg.node.pnet import PnetHandshakeError, format_swarm_key
 from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all, running_nodes
@@ -87,3 +87,13 @@ async def test_kubo_with_another_swarm_key_is_refused_both_ways(
         await kubo.aconnect(node.listen_addrs()[0])
     assert node.peers() == []
     assert await kubo.apeers() == []
+
+
+def test_kubo_forced_into_a_private_network_without_a_key_refuses_to_start(
+    kubo_factory: Callable[..., KuboPeer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Why the harness sets LIBP2P_FORCE_PNET=1 with a key: a Kubo that failed to load it stops
+    # instead of running on the public network.
+    monkeypatch.setenv("LIBP2P_FORCE_PNET", "1")
+    with pytest.raises(KuboStartError, match="private network was not configured but is enforced"):
+        kubo_factory()
