@@ -23,6 +23,10 @@ from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
+from ipfsreg.ipns.keystore import Keystore
+from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.settings import IpnsSettings
+from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
@@ -32,7 +36,13 @@ from ipfsreg.node.routing.http_client import HttpRouters
 from ipfsreg.node.routing.local import LocalRouter, NoRecord, RoutingUnavailable
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
+from ipfsreg.registry.app import (
+    create_app,
+    hypercorn_config,
+    registry_store,
+    serve_registry,
+    set_ipns_resolver,
+)
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
 from ipfsreg.unixfs.importer import ImportOptions
@@ -70,14 +80,19 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
+    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
+
+    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
+    """
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
     routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
+    ipns_settings: IpnsSettings = config.section("ipns")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
     except ValueError as exc:
@@ -100,6 +115,7 @@ async def run_server(
             await shutdown.wait()
 
         info = ServerInfo(peer_id=node.peer_id)
+        ipns_validator = IpnsValidator()  # IPNS records through the Routing V1 API and HTTP routers
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
@@ -110,7 +126,9 @@ async def run_server(
             async with (
                 node.block_source() as source,
                 HttpRouters(
-                    routing_settings.http_routers, timeout=routing_settings.http_timeout
+                    routing_settings.http_routers,
+                    timeout=routing_settings.http_timeout,
+                    validator=ipns_validator,
                 ) as http_routers,
                 trio.open_nursery() as servers,
             ):
@@ -122,21 +140,41 @@ async def run_server(
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                 )
+                routing = value_routing
+                if routing is None and isinstance(node, ValueRouting):
+                    routing = node  # the node's DHT (put_value / get_value), once it has one
+                if routing is None and routing_settings.http_routers:
+                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
+                ipns = IpnsService(
+                    store,
+                    registry_store(registry),
+                    Keystore(config.data_dir),
+                    ipns_settings,
+                    routing=routing,
+                    source_factory=node.block_source,
+                    on_blocks_stored=node.notify_new_blocks,
+                )
+                registry_store(registry).on_tags_changed = ipns.notify_tags_changed
+                set_ipns_resolver(registry, ipns)
                 register_gateway(
                     registry,
                     node.block_source,
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
+                    ipns=ipns,
                 )
                 if routing_settings.http_api:
                     register_routing_v1(
                         registry,
                         LocalRouter(node, http_routers),
+                        validator=ipns_validator,
                         not_found=(NoRecord,),
                         unavailable=(RoutingUnavailable,),
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )
+                await nursery.start(ipns.run)
                 collector = collector_for(store, registry_store(registry))
+                collector.root_sources.append(ipns.store.live_roots)
                 if gc_settings.interval > 0:
                     nursery.start_soon(collector.run_every, gc_settings.interval)
                 control = create_control_app(
@@ -147,6 +185,7 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    ipns=ipns,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.

@@ -1,20 +1,16 @@
 """What the Routing V1 API needs to know of an IPNS record: its DHT key, and its TTL and validity for
-the cache headers. Validation (signature, sequence, expiry) is the injected validator's job.
-
-An IpnsEntry is protobuf (ipfs/specs ipns-record.md): validity type 3, validity 4 (RFC 3339), TTL
-6 (nanoseconds), and the same fields in the DAG-CBOR ``data`` (field 9) of V2 records, which is
-read when the V1 fields are absent. Pure functions.
+the cache headers (read with ipfsreg/ipns/record.py). Validation (signature, sequence, expiry) is
+the injected validator's job. Pure functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
-import dag_cbor
-
-from ipfsreg.cid import CID, LIBP2P_KEY, CIDError, decode_varint
+from ipfsreg.cid import CID, LIBP2P_KEY, CIDError
+from ipfsreg.ipns.record import VALIDITY_EOL, IpnsError, decode_record
 from ipfsreg.routing_v1.records import RecordError, peer_id_bytes
 
 IPNS_PREFIX: Final = b"/ipns/"
@@ -44,22 +40,15 @@ def ipns_key(name: str) -> bytes:
 
 
 def record_times(record: bytes) -> RecordTimes:
-    """TTL and expiry of a record for the cache headers; fields that are absent or unreadable are None."""
-    fields = _protobuf_fields(record)
-    ttl_ns = fields.get(6)
-    validity = fields.get(4)
-    validity_type = fields.get(3, 0)
-    if (ttl_ns is None or validity is None) and isinstance(fields.get(9), bytes):
-        try:
-            data: Any = dag_cbor.decode(fields[9])
-        except Exception:
-            data = {}
-        if isinstance(data, dict):
-            ttl_ns = ttl_ns if ttl_ns is not None else data.get("TTL")
-            validity = validity if validity is not None else data.get("Validity")
-            validity_type = data.get("ValidityType", validity_type)
-    ttl = ttl_ns / 1e9 if isinstance(ttl_ns, int) and ttl_ns > 0 else None
-    expires = _rfc3339(validity) if validity_type == 0 and isinstance(validity, bytes) else None
+    """TTL and expiry of a record for the cache headers (None for what it does not set, or when it
+    does not decode: the validator, not this, rejects bad records)."""
+    try:
+        decoded = decode_record(record)
+        eol_ns = decoded.eol_ns if decoded.validity_type == VALIDITY_EOL else None
+    except IpnsError:
+        return RecordTimes(None, None)
+    ttl = decoded.ttl / 1e9 if decoded.ttl > 0 else None
+    expires = datetime.fromtimestamp(eol_ns / 1e9, UTC) if eol_ns is not None else None
     return RecordTimes(ttl, expires)
 
 
@@ -86,49 +75,3 @@ def cache_headers(record: bytes, now: datetime | None = None) -> dict[str, str]:
         control = f"public, max-age={max_age}"
     headers["Cache-Control"] = control
     return headers
-
-
-def _rfc3339(raw: bytes) -> datetime | None:
-    text = raw.decode("ascii", "replace").strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # Go writes nanoseconds; Python's parser takes at most microseconds.
-    head, dot, rest = text.partition(".")
-    if dot:
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6]}{zone}"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _protobuf_fields(data: bytes) -> dict[int, Any]:
-    """Top-level varint and length-delimited fields of a protobuf message (last one wins); {} on
-    malformed input (the validator, not this, rejects bad records)."""
-    fields: dict[int, Any] = {}
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = decode_varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = decode_varint(data, pos)
-                fields[number] = value
-            elif wire == 2:
-                length, pos = decode_varint(data, pos)
-                if pos + length > len(data):
-                    return {}
-                fields[number] = bytes(data[pos : pos + length])
-                pos += length
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            else:
-                return {}
-    except (CIDError, ValueError, IndexError):
-        return {}
-    return fields

@@ -13,7 +13,7 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from ipfsreg.cid import CID
-from ipfsreg.routing_v1.server import register_routing_v1
+from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
 
 PEER_A = "12D3KooWHbTFAGSwmikm7yzuk3DkzXCKE95MRFmKLCKLb6aMArr8"
 PEER_B = "12D3KooWESo69MhW55zWQ4AVvbSmCHZ5ahreyS6fP1nKs9xjb9Qn"
@@ -83,7 +83,6 @@ def record_for(key: bytes, sequence: int) -> bytes:
 def routing_app(
     router: MemoryRouter, *, validator: PrefixValidator | None = None, timeout: float = 30.0
 ) -> QuartTrio:
-    from ipfsreg.routing_v1.server import RoutingServerSettings
 
     app = QuartTrio(__name__)
     register_routing_v1(

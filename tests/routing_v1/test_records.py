@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import dag_cbor
 import pytest
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from routing_support import PEER_A, PEER_B, PEER_C
 
-from ipfsreg.cid import CID, LIBP2P_KEY, b58decode, encode_varint
+from ipfsreg.cid import CID, LIBP2P_KEY, b58decode
+from ipfsreg.ipns.record import create_record
 from ipfsreg.routing_v1.ipns import cache_headers as ipns_cache_headers
 from ipfsreg.routing_v1.ipns import ipns_key, record_times
 from ipfsreg.routing_v1.records import (
@@ -224,10 +225,13 @@ def test_cache_headers_are_longer_with_results_than_without() -> None:
 # --- IPNS ---------------------------------------------------------------------------------------
 
 
-def _field(number: int, value: bytes | int) -> bytes:
-    if isinstance(value, int):
-        return encode_varint(number << 3) + encode_varint(value)
-    return encode_varint(number << 3 | 2) + encode_varint(len(value)) + value
+KEY = Ed25519PrivateKey.new()
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _record(ttl_s: int, valid_for: timedelta, *, v1: bool = True) -> bytes:
+    eol_ns = int((NOW + valid_for).timestamp()) * 10**9
+    return create_record(KEY, "/ipfs/bafkqaaa", 1, eol_ns, ttl_s * 10**9, v1_compatible=v1)
 
 
 def test_ipns_key_of_a_name_as_cid_or_peer_id() -> None:
@@ -240,38 +244,23 @@ def test_ipns_key_of_a_name_as_cid_or_peer_id() -> None:
         ipns_key("not-a-name")
 
 
-def test_ipns_record_times_from_v1_fields() -> None:
-    record = (
-        _field(1, b"/ipfs/bafy")
-        + _field(3, 0)
-        + _field(4, b"2030-01-01T00:00:00.123456789Z")
-        + _field(6, 30 * 10**9)
-    )
-    times = record_times(record)
+@pytest.mark.parametrize("v1", [True, False], ids=["v1-compatible", "v2-only"])
+def test_ipns_record_times_are_its_ttl_and_end_of_validity(v1: bool) -> None:
+    times = record_times(_record(30, timedelta(hours=2), v1=v1))
     assert times.ttl == 30
-    assert times.expires == datetime(2030, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
-
-
-def test_ipns_record_times_from_v2_cbor_data() -> None:
-    data = dag_cbor.encode(
-        {"TTL": 5 * 10**9, "Validity": b"2031-06-01T12:00:00Z", "ValidityType": 0, "Value": b"/ipfs/x"}
-    )
-    times = record_times(_field(8, b"sig") + _field(9, data))
-    assert times.ttl == 5
-    assert times.expires == datetime(2031, 6, 1, 12, 0, tzinfo=UTC)
+    assert times.expires == NOW + timedelta(hours=2)
 
 
 def test_ipns_cache_headers_follow_ttl_and_validity() -> None:
-    now = datetime(2030, 1, 1, tzinfo=UTC)
-    record = (
-        _field(3, 0)
-        + _field(4, (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ").encode())
-        + _field(6, 30 * 10**9)
-    )
-    headers = ipns_cache_headers(record, now)
+    headers = ipns_cache_headers(_record(30, timedelta(hours=1)), NOW)
     assert headers["Cache-Control"] == "public, max-age=30, stale-while-revalidate=3600, stale-if-error=3600"
     assert headers["Expires"] == "Tue, 01 Jan 2030 01:00:00 GMT"
     assert headers["Etag"].startswith('"') and headers["Vary"] == "Accept"
+
+
+def test_ipns_cache_max_age_never_outlives_the_record() -> None:
+    headers = ipns_cache_headers(_record(3600, timedelta(seconds=20)), NOW)
+    assert headers["Cache-Control"].startswith("public, max-age=20,")
 
 
 def test_ipns_cache_headers_of_unreadable_record_default_to_60s() -> None:
