@@ -79,10 +79,10 @@ class LocalRouter:
         await self._http_or_unavailable().put_ipns(self._ipns_name(key), value)
 
     def _http_or_unavailable(self) -> HttpRouters:
-        if self._http is None or self._http.validator is None:
+        if self._http is None or not self._http.routers or self._http.validator is None:
             raise RoutingUnavailable(
                 "records are stored in the DHT, which this node does not run, or in HTTP routers"
-                " with an IPNS validator, of which none is configured"
+                " ([routing] http_routers, checked with an IPNS validator), of which none is configured"
             )
         return self._http
 
