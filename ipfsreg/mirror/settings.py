@@ -43,7 +43,7 @@ class UpstreamSettings:
         default=False,
         metadata={
             "help": "its content needs pull secrets: never provided on the DHT, never served to peers "
-            "unless this node runs in a private swarm ([node] swarm_key)"
+            "unless this node runs in a private swarm (a swarm key: [node] swarm_key or DATA/swarm.key)"
         },
     )
     tag_ttl: float | None = field(

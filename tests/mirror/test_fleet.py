@@ -20,6 +20,7 @@ from ipfsreg.node.bitswap.message import Block
 from ipfsreg.node.blobs.protocol import Answer, Fetching, Have, Request
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
+from ipfsreg.node.pnet import format_swarm_key
 from ipfsreg.node.testing import running_nodes
 from ipfsreg.unixfs.importer import import_bytes
 
@@ -244,3 +245,22 @@ async def test_private_namespaces_content_is_never_offered_to_peers(serve_node: 
                 f"/v2/library/base/blobs/{sha256(secret)}", params={"ns": "docker.io"}
             )
             assert leak.status_code == 404
+
+
+async def test_inside_a_private_swarm_private_content_comes_from_peers(
+    serve_node: Any, tmp_path: Path
+) -> None:
+    secret = random.Random(10).randbytes(600_000)
+    key = tmp_path / "swarm.key"
+    key.write_bytes(format_swarm_key(bytes(range(32))))
+    async with running_upstream() as private:
+        private.add_image("team/app", "v1", [secret])
+        overrides = {
+            "mirror.upstream": [{"registry": "private.example", "url": private.url, "private": True}],
+            "node.swarm_key": str(key),
+        }
+        async with mirrors(serve_node, 2, **overrides) as (first, second):
+            await first.pull("team/app", "v1", ns="private.example")
+            await second.pull("team/app", "v1", ns="private.example")
+            assert private.count("GET", f"/blobs/{sha256(secret)}") == 1
+            assert (await second.stat())["bytes"]["peer"] >= len(secret)
