@@ -1,0 +1,1039 @@
+"""Fleet benchmark: N ipfsreg nodes behind shaped links pull one image at once, P2P against the central
+reference registry, on a simulated network (network namespaces, see bench/netns.py), in one run.
+
+``python -m bench fleet [--nodes 8] [--link-mbit 100] [--latency-ms 1] [--image-mb 200]
+[--scenarios central,cold,rolling,kill] [--json FILE] [--plot FILE]`` (root only).
+
+One host namespace per node plus one for the upstream: Debian ``docker-registry`` (CNCF distribution,
+the reference registry) holding the test image, behind the same link shape as every node. Each node
+runs an ``ipfsreg serve`` (its own data dir) whose command line is :func:`fleet_node_command`, and its
+client (skopeo) on the node's loopback. Scenarios, each timed per node from "pull starts" to "the
+client has the whole image" (skopeo verifies every blob's digest while it copies; the bench then checks
+the copy's manifest digest and re-hashes every blob before it counts the node as verified):
+
+1. central: every node's client pulls straight from the upstream at the same moment (the anchor);
+2. cold: every node pulls through its own ipfsreg at the same moment, nothing cached anywhere;
+3. rolling: node 0 pulls, then the others at the same moment (the Spegel case);
+4. kill: the cold wave, with the node the upstream has served most killed (SIGKILL) half-way through
+   (at half the cold wave's p50 measured just before, else half the line-rate ideal): the others
+   must still finish, verified.
+
+Each scenario starts a fresh fleet (empty data dirs, every node peered with every other through
+``--peer``, all connections up before the pull). Figures: per-node seconds as a ratio to the line-rate
+ideal (image size / link rate), p50/p99/max, the bytes the upstream served (from its access log) as
+a multiple of the image size and per layer, CPU seconds and peak RSS per ipfsreg node; the issue's
+goals are printed beside them. The link's shaping is checked first with a raw TCP transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import importlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from bench._common import ipfsreg_command, print_table
+from bench.netns import Host, LineRateCheck, LinkShape, NetnsError, SimulatedNetwork
+from interop.oci_images import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+    OCILayout,
+    random_tar_file,
+)
+
+MB: Final = 1_000_000
+MIB: Final = 1024 * 1024
+LAYERS: Final = 4
+REPOSITORY: Final = "bench/fleet"
+TAG: Final = "latest"
+REGISTRY_PORT: Final = 5000
+P2P_PORT: Final = 4001
+UPSTREAM: Final = "upstream"
+SCENARIOS: Final = ("central", "cold", "rolling", "kill")
+CACHE_ENV: Final = "BENCH_FLEET_CACHE"
+# A pull that takes longer than this many times the slowest plausible case (every node queued behind
+# the upstream's link) plus a start-up allowance is a failure, not a figure.
+PULL_TIME_FACTOR: Final = 4.0
+PULL_TIME_ALLOWANCE: Final = 120.0
+START_TIMEOUT: Final = 60.0
+
+GOALS: Final = {
+    "central": "anchor: p99 about N x line rate",
+    "cold": "p99 <= 1.5x line rate (Kraken 1.8x), upstream <= 1.2x image (at N = 8)",
+    "rolling": "p99 <= 1.2x line rate",
+    "kill": "every other node finishes, verified",
+}
+
+
+class FleetError(Exception):
+    """The fleet benchmark could not run a scenario (a process failed to start, a pull timed out...)."""
+
+
+# --- the image ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FleetImage:
+    """The test image: an OCI layout of ``LAYERS`` incompressible layers, built once and cached."""
+
+    layout: Path
+    manifest: Blob
+    config: Blob
+    layers: tuple[Blob, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes a pull moves: the manifest, the config and every layer."""
+        return self.manifest.size + self.config.size + sum(layer.size for layer in self.layers)
+
+    def blobs(self) -> tuple[Blob, ...]:
+        return (self.config, *self.layers)
+
+
+def cache_dir() -> Path:
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ipfsreg-bench"
+
+
+def fleet_image(image_mb: float) -> FleetImage:
+    """The cached image of ``image_mb`` MB (built on first use: random bytes, so nothing compresses)."""
+    root = cache_dir() / f"fleet-image-{image_mb:g}MB"
+    if not (root / "index.json").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+        try:
+            write_image(scratch, int(image_mb * MB))
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(root)
+            os.replace(scratch, root)  # index.json appears only with a whole layout
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return read_image(root)
+
+
+def write_image(root: Path, size: int) -> None:
+    """An OCI layout of ``LAYERS`` gzip layers (tar+gzip, as real images ship; stored blocks, since
+    random bytes do not compress) of about ``size`` bytes in all. Compressed layers are what
+    registries and clients move as they are: skopeo would gzip an uncompressed layer on push."""
+    layout = OCILayout(root)
+    layers: list[Descriptor] = []
+    diff_ids: list[str] = []
+    for index in range(LAYERS):
+        tar = root / f"layer-{index}.tar"
+        random_tar_file(tar, size // LAYERS, seed=index + 1)
+        compressed = root / f"layer-{index}.tar.gz"
+        diff = hashlib.sha256()
+        with (
+            tar.open("rb") as src,
+            compressed.open("wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=0, mtime=0) as out,
+        ):
+            while chunk := src.read(4 * MIB):
+                diff.update(chunk)
+                out.write(chunk)
+        tar.unlink()
+        layers.append(layout.add_blob_file(compressed, OCI_LAYER_GZIP))
+        diff_ids.append("sha256:" + diff.hexdigest())
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "config": {"Cmd": ["/bin/sh"]},
+    }
+    config_desc = layout.add_blob(json.dumps(config, sort_keys=True).encode(), OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_desc.to_json(),
+        "layers": [layer.to_json() for layer in layers],
+    }
+    layout.tag(layout.add_blob(json.dumps(manifest, sort_keys=True).encode(), OCI_MANIFEST), TAG)
+
+
+def read_image(root: Path) -> FleetImage:
+    index = json.loads((root / "index.json").read_text())
+    entry = index["manifests"][0]
+    manifest_path = root / "blobs" / "sha256" / entry["digest"].split(":", 1)[1]
+    manifest = json.loads(manifest_path.read_text())
+    return FleetImage(
+        layout=root,
+        manifest=Blob(entry["digest"], manifest_path.stat().st_size),
+        config=Blob(manifest["config"]["digest"], manifest["config"]["size"]),
+        layers=tuple(Blob(layer["digest"], layer["size"]) for layer in manifest["layers"]),
+    )
+
+
+def verify_copy(layout: Path, image: FleetImage) -> None:
+    """The client's copy is the image: same manifest digest, and every blob re-hashed to its digest."""
+    index = json.loads((layout / "index.json").read_text())
+    digests = [entry["digest"] for entry in index["manifests"]]
+    if digests != [image.manifest.digest]:
+        raise FleetError(f"{layout}: manifest {digests} is not {image.manifest.digest}")
+    for blob in (image.manifest, *image.blobs()):
+        path = layout / "blobs" / "sha256" / blob.digest.split(":", 1)[1]
+        hasher = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(4 * MIB):
+                hasher.update(chunk)
+        if path.stat().st_size != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
+            raise FleetError(f"{path}: bytes do not match {blob.digest}")
+
+
+# --- processes on the simulated hosts -------------------------------------------------------------
+
+
+def _policy_file(directory: Path) -> Path:
+    path = directory / "policy.json"
+    path.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    return path
+
+
+_WAIT_HTTP: Final = r"""
+import re, sys, time, urllib.request
+url, pattern, minimum = sys.argv[1], sys.argv[3], float(sys.argv[4])
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            body = resp.read().decode("utf-8", "replace")
+            if not pattern:
+                sys.exit(0)
+            match = re.search(pattern, body, re.M)
+            if match and float(match.group(1)) >= minimum:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit(f"{url}: not ready in time")
+"""
+
+
+def wait_http(host: Host, url: str, timeout: float, pattern: str = "", minimum: float = 0) -> None:
+    """Wait (from inside ``host``'s namespace) until ``url`` answers 200, and, given ``pattern`` (a
+    regex with one number group), until that number reaches ``minimum``."""
+    result = subprocess.run(
+        host.command([sys.executable, "-c", _WAIT_HTTP, url, str(timeout), pattern, str(minimum)]),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise FleetError(result.stderr.strip() or f"{url} not ready")
+
+
+@dataclass
+class Upstream:
+    """The reference registry on its own host; its access log tells what it served to whom."""
+
+    host: Host
+    proc: subprocess.Popen[bytes]
+    access_log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host.address}:{REGISTRY_PORT}"
+
+    def log_offset(self) -> int:
+        return self.access_log.stat().st_size
+
+    def served_since(self, offset: int) -> UpstreamServed:
+        with self.access_log.open("rb") as f:
+            f.seek(offset)
+            return parse_access_log(f.read().decode("utf-8", "replace"))
+
+
+def start_upstream(net: SimulatedNetwork, workdir: Path, image: FleetImage, policy: Path) -> Upstream:
+    host = net.hosts[UPSTREAM]
+    root = workdir / "upstream-data"
+    root.mkdir(parents=True)
+    config = workdir / "upstream.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  formatter: text\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root}\n"
+        f"http:\n  addr: {host.address}:{REGISTRY_PORT}\n"
+    )
+    access_log = workdir / "upstream-access.log"
+    with access_log.open("wb") as out:
+        proc = net.spawn(
+            host, ["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    upstream = Upstream(host, proc, access_log)
+    wait_http(host, f"{upstream.url}/v2/", START_TIMEOUT)
+    # Pushed from the upstream's own namespace: its own address goes over loopback, not the link.
+    result = subprocess.run(
+        host.command(
+            [
+                "skopeo",
+                "--policy",
+                str(policy),
+                "copy",
+                "--dest-tls-verify=false",
+                f"oci:{image.layout}:{TAG}",
+                f"docker://{host.address}:{REGISTRY_PORT}/{REPOSITORY}:{TAG}",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise FleetError(f"pushing the image to the upstream failed: {result.stderr[-2000:]}")
+    return upstream
+
+
+# Gorilla's combined log format, as distribution writes its access log:
+# 198.18.0.11 - - [date] "GET /v2/bench/fleet/blobs/sha256:... HTTP/1.1" 200 50001536 "" "skopeo/1.9.3"
+_ACCESS_LINE: Final = re.compile(
+    r'^(?P<client>\S+) \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" '
+    r"(?P<status>\d{3}) (?P<bytes>\d+|-)"
+)
+_BLOB_PATH: Final = re.compile(r"/blobs/(sha256:[0-9a-f]{64})")
+
+
+@dataclass
+class UpstreamServed:
+    """What the upstream sent, from its access log: body bytes in all, by client address, by blob."""
+
+    total_bytes: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+    blob_bytes: dict[str, int] = field(default_factory=dict)
+    blob_gets: dict[str, int] = field(default_factory=dict)
+
+
+def parse_access_log(text: str) -> UpstreamServed:
+    served = UpstreamServed()
+    for line in text.splitlines():
+        match = _ACCESS_LINE.match(line)
+        if not match or match["bytes"] == "-":
+            continue
+        size = int(match["bytes"])
+        client = match["client"].rsplit(":", 1)[0] if match["client"].count(":") == 1 else match["client"]
+        served.total_bytes += size
+        served.by_client[client] = served.by_client.get(client, 0) + size
+        blob = _BLOB_PATH.search(match["path"])
+        if blob and match["method"] == "GET":
+            digest = blob.group(1)
+            served.blob_bytes[digest] = served.blob_bytes.get(digest, 0) + size
+            served.blob_gets[digest] = served.blob_gets.get(digest, 0) + 1
+    return served
+
+
+@dataclass
+class FleetNode:
+    """One ipfsreg of the fleet on its own host."""
+
+    index: int
+    host: Host
+    data: Path
+    peer_id: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def p2p_addr(self) -> str:
+        return f"/ip4/{self.host.address}/tcp/{P2P_PORT}/p2p/{self.peer_id}"
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{REGISTRY_PORT}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the ipfsreg process (all its threads) so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_bytes(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise FleetError(f"node {self.index}: no VmHWM")
+
+
+def fleet_node_command(node: FleetNode, upstream_url: str, peers: Sequence[FleetNode]) -> list[str]:
+    """The command line of one fleet node: the one place that says what a fleet node is.
+
+    Today: a pull-through cache of the upstream, peered with every other node (bitswap between them
+    works for content that is local somewhere; the pull-through path itself asks only the upstream).
+    """
+    return [
+        *ipfsreg_command(),
+        "serve",
+        "--data",
+        str(node.data),
+        "--registry-listen",
+        node.registry,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        f"/ip4/{node.host.address}/tcp/{P2P_PORT}",
+        "--upstream",
+        upstream_url,
+        *(arg for peer in peers for arg in ("--peer", peer.p2p_addr)),
+    ]
+
+
+def pull_source(node: FleetNode) -> str:
+    """What a node's client pulls through its own ipfsreg."""
+    return f"docker://{node.registry}/{REPOSITORY}:{TAG}"
+
+
+@contextlib.contextmanager
+def running_fleet(
+    net: SimulatedNetwork, hosts: Sequence[Host], workdir: Path, upstream: Upstream
+) -> Iterator[list[FleetNode]]:
+    """Fresh ipfsreg nodes on ``hosts`` (empty data dirs), every one connected to every other."""
+    from ipfsreg.node.identity import load_or_create_identity
+
+    nodes = []
+    for index, host in enumerate(hosts):
+        data = workdir / f"node{index}"
+        nodes.append(FleetNode(index, host, data, load_or_create_identity(data).peer_id_str))
+    try:
+        for node in nodes:
+            log = (workdir / f"node{node.index}.log").open("ab")
+            others = [peer for peer in nodes if peer is not node]
+            env = {**os.environ, "IPFSREG_LOG_LEVEL": "info"}
+            node.proc = net.spawn(
+                node.host,
+                fleet_node_command(node, upstream.url, others),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            log.close()
+        for node in nodes:
+            wait_http(
+                node.host,
+                f"http://{node.registry}/metrics",
+                START_TIMEOUT,
+                r"^ipfsreg_connected_peers (\S+)",
+                len(nodes) - 1,
+            )
+        yield nodes
+    finally:
+        stop_fleet(nodes)
+
+
+def stop_fleet(nodes: Sequence[FleetNode]) -> None:
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.terminate()
+    for node in nodes:
+        if node.proc is not None:
+            try:
+                node.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+
+
+# --- pulls ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pull:
+    """One client's pull: when it started and ended, and whether the copy it made is the image."""
+
+    node: int
+    began: float = 0.0
+    ended: float = 0.0
+    ok: bool = False
+    error: str = ""
+    killed: bool = False  # this node's ipfsreg was killed by the scenario: its pull does not count
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.began
+
+
+def pull_command(policy: Path, source: str, dest: Path) -> list[str]:
+    return [
+        "skopeo",
+        "--policy",
+        str(policy),
+        "copy",
+        "--src-tls-verify=false",
+        source,
+        f"oci:{dest}:{TAG}",
+    ]
+
+
+def pull_all(
+    net: SimulatedNetwork,
+    jobs: Sequence[tuple[int, Host, str]],
+    workdir: Path,
+    policy: Path,
+    time_limit: float,
+    during: Callable[[float], None] | None = None,
+) -> list[Pull]:
+    """Start every job's client at the same moment; return when all have ended. ``during(elapsed)``
+    is called about every 50 ms while they run (the kill scenario acts from there)."""
+    pulls = [Pull(index) for index, _, _ in jobs]
+    procs: list[subprocess.Popen[bytes]] = []
+    began = time.perf_counter()
+    for pull, (index, host, source) in zip(pulls, jobs, strict=True):
+        dest = workdir / f"pull{index}"
+        shutil.rmtree(dest, ignore_errors=True)
+        pull.began = time.perf_counter()
+        procs.append(
+            net.spawn(
+                host, pull_command(policy, source, dest), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        )
+    stderr: dict[int, bytes] = {}
+
+    def drain(n: int, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        stderr[n] = proc.stderr.read()
+        proc.wait()
+        pulls[n].ended = time.perf_counter()
+
+    threads = [threading.Thread(target=drain, args=(n, proc), daemon=True) for n, proc in enumerate(procs)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        elapsed = time.perf_counter() - began
+        if elapsed > time_limit:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+            for thread in threads:
+                thread.join()
+            raise FleetError(f"pulls still running after {time_limit:.0f} s")
+        if during is not None:
+            during(elapsed)
+        time.sleep(0.05)
+    for n, (pull, proc) in enumerate(zip(pulls, procs, strict=True)):
+        if proc.returncode != 0:
+            pull.error = (
+                stderr.get(n, b"").decode("utf-8", "replace").strip()[-500:] or f"exit {proc.returncode}"
+            )
+    return pulls
+
+
+def verify_pulls(pulls: Sequence[Pull], workdir: Path, image: FleetImage) -> None:
+    """Re-check every successful copy against the image; drop the copies afterwards."""
+    for pull in pulls:
+        dest = workdir / f"pull{pull.node}"
+        if not pull.error:
+            try:
+                verify_copy(dest, image)
+                pull.ok = True
+            except (OSError, ValueError, KeyError, FleetError) as exc:
+                pull.error = f"verification failed: {exc}"
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeStats:
+    node: int
+    cpu_seconds: float
+    peak_rss_bytes: int
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    nodes: int
+    ideal_seconds: float
+    image_bytes: int
+    pulls: list[Pull]
+    upstream: UpstreamServed
+    node_stats: list[NodeStats] = field(default_factory=list)
+    first: Pull | None = None  # rolling: the node that pulled before the others
+    killed_node: int | None = None
+    killed_at: float | None = None
+
+    def counted(self) -> list[Pull]:
+        return [pull for pull in self.pulls if not pull.killed]
+
+    def seconds(self) -> list[float]:
+        return sorted(pull.seconds for pull in self.counted() if pull.ok)
+
+    @property
+    def all_verified(self) -> bool:
+        return all(pull.ok for pull in self.counted())
+
+    @property
+    def upstream_multiple(self) -> float:
+        return self.upstream.total_bytes / self.image_bytes
+
+    def layer_multiples(self, image: FleetImage) -> dict[str, float]:
+        """Bytes of each layer the upstream sent, as a multiple of the layer's size."""
+        return {
+            layer.digest: self.upstream.blob_bytes.get(layer.digest, 0) / layer.size for layer in image.layers
+        }
+
+    def summary(self) -> dict[str, float]:
+        values = self.seconds()
+        if not values:
+            return {}
+        return {
+            "p50": percentile(values, 50),
+            "p99": percentile(values, 99),
+            "max": values[-1],
+        }
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (with a handful of nodes, p99 is the slowest node)."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class Fleet:
+    """What every scenario shares: the network, the upstream, the image and where files go."""
+
+    net: SimulatedNetwork
+    upstream: Upstream
+    image: FleetImage
+    workdir: Path
+    policy: Path
+    node_hosts: list[Host]
+
+    @property
+    def ideal_seconds(self) -> float:
+        return self.image.size / self.net.shape.bytes_per_second
+
+    @property
+    def time_limit(self) -> float:
+        return PULL_TIME_FACTOR * self.ideal_seconds * len(self.node_hosts) + PULL_TIME_ALLOWANCE
+
+    def result(self, name: str, pulls: list[Pull], offset: int) -> ScenarioResult:
+        verify_pulls(pulls, self.workdir, self.image)
+        return ScenarioResult(
+            name=name,
+            nodes=len(self.node_hosts),
+            ideal_seconds=self.ideal_seconds,
+            image_bytes=self.image.size,
+            pulls=pulls,
+            upstream=self.upstream.served_since(offset),
+        )
+
+    def scenario_dir(self, name: str) -> Path:
+        path = self.workdir / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        return path
+
+
+def _stats(nodes: Sequence[FleetNode], cpu_before: dict[int, float]) -> list[NodeStats]:
+    stats = []
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            stats.append(
+                NodeStats(node.index, node.cpu_seconds() - cpu_before[node.index], node.peak_rss_bytes())
+            )
+    return stats
+
+
+def run_central(fleet: Fleet) -> ScenarioResult:
+    source = f"docker://{fleet.upstream.host.address}:{REGISTRY_PORT}/{REPOSITORY}:{TAG}"
+    offset = fleet.upstream.log_offset()
+    jobs = [(index, host, source) for index, host in enumerate(fleet.node_hosts)]
+    pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit)
+    return fleet.result("central", pulls, offset)
+
+
+def run_cold(fleet: Fleet, name: str = "cold", kill_at: float | None = None) -> ScenarioResult:
+    workdir = fleet.scenario_dir(name)
+    with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+        cpu_before = {node.index: node.cpu_seconds() for node in nodes}
+        offset = fleet.upstream.log_offset()
+        jobs = [(node.index, node.host, pull_source(node)) for node in nodes]
+        killed: list[tuple[int, float]] = []
+
+        def kill_half_way(elapsed: float) -> None:
+            if kill_at is None or killed or elapsed < kill_at:
+                return
+            victim = _most_served(nodes, fleet.upstream.served_since(offset))
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGKILL)
+            killed.append((victim.index, elapsed))
+
+        pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit, kill_half_way)
+        stats = _stats(nodes, cpu_before)
+    result = fleet.result(name, pulls, offset)
+    result.node_stats = stats
+    if killed:
+        result.killed_node, result.killed_at = killed[0]
+        result.pulls[result.killed_node].killed = True
+    elif kill_at is not None:
+        raise FleetError(f"the cold wave ended before the kill at {kill_at:.1f} s")
+    return result
+
+
+def _most_served(nodes: Sequence[FleetNode], served: UpstreamServed) -> FleetNode:
+    """The node the upstream has sent the most bytes so far (the last one on a tie)."""
+    return max(reversed(nodes), key=lambda node: served.by_client.get(node.host.address, 0))
+
+
+def run_rolling(fleet: Fleet) -> ScenarioResult:
+    workdir = fleet.scenario_dir("rolling")
+    with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+        cpu_before = {node.index: node.cpu_seconds() for node in nodes}
+        offset = fleet.upstream.log_offset()
+        first_node, *others = nodes
+        (first,) = pull_all(
+            fleet.net,
+            [(0, first_node.host, pull_source(first_node))],
+            fleet.workdir,
+            fleet.policy,
+            fleet.time_limit,
+        )
+        verify_pulls([first], fleet.workdir, fleet.image)
+        if not first.ok:
+            raise FleetError(f"rolling: the first pull failed: {first.error}")
+        jobs = [(node.index, node.host, pull_source(node)) for node in others]
+        pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit)
+        stats = _stats(nodes, cpu_before)
+    result = fleet.result("rolling", pulls, offset)
+    result.first = first
+    result.node_stats = stats
+    return result
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    nodes: int = 8
+    link_mbit: float = 100.0
+    latency_ms: float = 1.0
+    image_mb: float = 200.0
+    scenarios: tuple[str, ...] = SCENARIOS
+    workdir: Path | None = None
+    json_path: Path | None = None
+    plot_path: Path | None = None
+
+
+@dataclass
+class FleetReport:
+    options: FleetOptions
+    image: FleetImage
+    line_rate: LineRateCheck
+    rtt_ms: float
+    netem: bool
+    scenarios: list[ScenarioResult]
+    namespaces_left: list[str]
+
+    def scenario(self, name: str) -> ScenarioResult:
+        return next(result for result in self.scenarios if result.name == name)
+
+
+def default_workdir_parent() -> str | None:
+    """Data dirs and the clients' copies go to tmpfs when there is one: on this one machine every
+    simulated node would otherwise share one disk, which no real fleet does."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def run_fleet(options: FleetOptions, out: Callable[[str], None] = print) -> FleetReport:
+    """Build the network, run the scenarios, tear everything down; the report has every figure."""
+    for name in options.scenarios:
+        if name not in SCENARIOS:
+            raise FleetError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    if options.nodes < 2:
+        raise FleetError("a fleet needs at least 2 nodes")
+    for tool in ("skopeo", "docker-registry"):
+        if shutil.which(tool) is None:
+            raise FleetError(f"{tool} is not installed (Debian package {tool}; `make system-deps`)")
+    image = fleet_image(options.image_mb)
+    out(f"image: {image.size / MB:.1f} MB in {len(image.layers)} layers ({image.layout})")
+    host_names = [UPSTREAM, *(f"node{index}" for index in range(options.nodes))]
+    shape = LinkShape(options.link_mbit, options.latency_ms)
+    workdir_parent = str(options.workdir) if options.workdir else default_workdir_parent()
+    results: list[ScenarioResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-", dir=workdir_parent) as tmp:
+        workdir = Path(tmp)
+        with SimulatedNetwork(host_names, shape) as net:
+            pid = net.pid
+            hosts = [net.hosts[name] for name in host_names[1:]]
+            line_rate = net.check_line_rate(net.hosts[UPSTREAM], hosts[0])
+            rtt = net.rtt_ms(hosts[0], net.hosts[UPSTREAM])
+            out(
+                f"links: {shape.mbit:g} Mbit/s each way; line-rate check (raw TCP, upstream -> node0): "
+                f"{line_rate.mbit:.1f} Mbit/s = {line_rate.ratio:.2f} x configured; RTT {rtt:.2f} ms"
+            )
+            if not net.netem and shape.latency_ms > 0:
+                out(
+                    "latency: netem is not in this kernel; the links add no latency "
+                    f"(asked {shape.latency_ms:g} ms)"
+                )
+            policy = _policy_file(workdir)
+            upstream = start_upstream(net, workdir, image, policy)
+            fleet = Fleet(net, upstream, image, workdir, policy, hosts)
+            out(
+                f"line-rate ideal: {fleet.ideal_seconds:.2f} s per node "
+                f"({image.size / MB:.1f} MB at {shape.mbit:g} Mbit/s)"
+            )
+            for name in options.scenarios:
+                out(f"--- scenario {name} (N = {options.nodes}) ---")
+                if name == "central":
+                    result = run_central(fleet)
+                elif name == "cold":
+                    result = run_cold(fleet)
+                elif name == "rolling":
+                    result = run_rolling(fleet)
+                else:
+                    cold = next((r for r in results if r.name == "cold" and r.seconds()), None)
+                    half_way = (cold.summary()["p50"] if cold else fleet.ideal_seconds) / 2
+                    result = run_cold(fleet, "kill", kill_at=half_way)
+                results.append(result)
+                print_scenario(result, image, out)
+    from bench.netns import run_namespaces
+
+    report = FleetReport(options, image, line_rate, rtt, net.netem, results, run_namespaces(pid))
+    print_summary(report, out)
+    if options.json_path:
+        options.json_path.write_text(json.dumps(report_json(report), indent=2))
+        out(f"figures written to {options.json_path}")
+    if options.plot_path:
+        plot(report, options.plot_path)
+        out(f"plot written to {options.plot_path}")
+    return report
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def print_scenario(result: ScenarioResult, image: FleetImage, out: Callable[[str], None]) -> None:
+    stats = {s.node: s for s in result.node_stats}
+    rows = []
+    pulls = ([result.first] if result.first else []) + result.pulls
+    for pull in pulls:
+        node_stats = stats.get(pull.node)
+        status = "killed" if pull.killed else ("verified" if pull.ok else f"FAILED: {pull.error[:80]}")
+        if result.first is pull:
+            status += " (first)"
+        rows.append(
+            [
+                f"node{pull.node}",
+                pull.seconds,
+                pull.seconds / result.ideal_seconds,
+                node_stats.cpu_seconds if node_stats else "-",
+                f"{node_stats.peak_rss_bytes / MIB:.0f}" if node_stats else "-",
+                status,
+            ]
+        )
+    print_table(["node", "seconds", "x line rate", "cpu s", "peak RSS MiB", "result"], rows)
+    layers = ", ".join(f"{value:.2f}" for value in result.layer_multiples(image).values())
+    out(
+        f"upstream served {result.upstream.total_bytes / MB:.1f} MB = {result.upstream_multiple:.2f} x image "
+        f"(per layer: {layers})"
+    )
+    if result.killed_node is not None:
+        out(f"node{result.killed_node} killed at {result.killed_at:.1f} s")
+
+
+def print_summary(report: FleetReport, out: Callable[[str], None]) -> None:
+    out(
+        f"=== fleet N = {report.options.nodes}, {report.image.size / MB:.0f} MB, "
+        f"{report.options.link_mbit:g} Mbit/s ==="
+    )
+    rows = []
+    for result in report.scenarios:
+        summary = result.summary()
+        ideal = result.ideal_seconds
+        if summary:
+            figures: list[object] = [
+                summary["p50"],
+                summary["p99"],
+                summary["max"],
+                summary["p50"] / ideal,
+                summary["p99"] / ideal,
+                summary["max"] / ideal,
+            ]
+        else:
+            figures = ["-"] * 6
+        verified = sum(pull.ok for pull in result.counted())
+        rows.append(
+            [
+                result.name,
+                *figures,
+                result.upstream_multiple,
+                f"{verified}/{len(result.counted())}",
+                GOALS[result.name],
+            ]
+        )
+    print_table(
+        [
+            "scenario",
+            "p50 s",
+            "p99 s",
+            "max s",
+            "p50 x",
+            "p99 x",
+            "max x",
+            "upstream x image",
+            "verified",
+            "goal",
+        ],
+        rows,
+    )
+    out("(x: multiple of the line-rate ideal, image size / link rate; p99 is nearest-rank: the slowest node)")
+    if report.namespaces_left:
+        out(f"WARNING: namespaces left behind: {report.namespaces_left}")
+
+
+def report_json(report: FleetReport) -> dict[str, Any]:
+    options = asdict(report.options)
+    options = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
+    return {
+        "options": options,
+        "image": {
+            "bytes": report.image.size,
+            "manifest": report.image.manifest.digest,
+            "layers": [asdict(layer) for layer in report.image.layers],
+        },
+        "line_rate_check": {
+            "bytes": report.line_rate.bytes_sent,
+            "seconds": report.line_rate.seconds,
+            "mbit": report.line_rate.mbit,
+            "ratio": report.line_rate.ratio,
+        },
+        "rtt_ms": report.rtt_ms,
+        "netem": report.netem,
+        "goals": GOALS,
+        "scenarios": [
+            {
+                "name": result.name,
+                "nodes": result.nodes,
+                "ideal_seconds": result.ideal_seconds,
+                "summary": result.summary(),
+                "summary_x_line_rate": {k: v / result.ideal_seconds for k, v in result.summary().items()},
+                "all_verified": result.all_verified,
+                "upstream_bytes": result.upstream.total_bytes,
+                "upstream_x_image": result.upstream_multiple,
+                "upstream_by_client": result.upstream.by_client,
+                "upstream_layer_x": result.layer_multiples(report.image),
+                "upstream_blob_gets": result.upstream.blob_gets,
+                "first": asdict(result.first) | {"seconds": result.first.seconds} if result.first else None,
+                "pulls": [asdict(pull) | {"seconds": pull.seconds} for pull in result.pulls],
+                "node_stats": [asdict(stats) for stats in result.node_stats],
+                "killed_node": result.killed_node,
+                "killed_at": result.killed_at,
+            }
+            for result in report.scenarios
+        ],
+        "namespaces_left": report.namespaces_left,
+    }
+
+
+def plot(report: FleetReport, path: Path) -> None:
+    """Pull time per node, the scenarios side by side, against the line-rate ideal and the goals."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        raise FleetError("--plot needs matplotlib: pip install -e '.[bench]'") from None
+    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(report.scenarios), 4.5))
+    ideal = report.scenarios[0].ideal_seconds if report.scenarios else 0.0
+    for x, result in enumerate(report.scenarios):
+        pulls = ([result.first] if result.first else []) + result.counted()
+        times = [pull.seconds for pull in pulls if pull.ok]
+        offsets = [
+            x + (i - (len(times) - 1) / 2) * min(0.6 / max(len(times), 1), 0.08) for i in range(len(times))
+        ]
+        ax.scatter(offsets, times, s=18, label=None)
+        summary = result.summary()
+        if summary:
+            ax.hlines(summary["p50"], x - 0.35, x + 0.35, colors="gray", linewidth=1)
+    ax.axhline(ideal, color="green", linestyle="--", linewidth=1, label="line rate (image / link)")
+    ax.axhline(1.5 * ideal, color="orange", linestyle=":", linewidth=1, label="cold-wave goal 1.5x")
+    ax.axhline(1.2 * ideal, color="purple", linestyle=":", linewidth=1, label="rolling goal 1.2x")
+    ax.set_xticks(range(len(report.scenarios)), [result.name for result in report.scenarios])
+    ax.set_ylabel("seconds to a verified image, per node")
+    ax.set_ylim(bottom=0)
+    ax.set_title(
+        f"N = {report.options.nodes}, {report.image.size / MB:.0f} MB image, "
+        f"{report.options.link_mbit:g} Mbit/s links"
+    )
+    ax.legend(fontsize="small", loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None) -> FleetOptions:
+    parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=8, help="ipfsreg nodes (default 8; up to 16 on 2 cores)")
+    parser.add_argument(
+        "--link-mbit", type=float, default=100.0, help="every link's rate, each way (default 100)"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=1.0, help="added one-way latency (netem; default 1)"
+    )
+    parser.add_argument(
+        "--image-mb", type=float, default=200.0, help="image size in MB, 4 layers (default 200)"
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="parent of the run's files (default /dev/shm)"
+    )
+    parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument(
+        "--plot", dest="plot_path", type=Path, default=None, help="write a PNG plot (matplotlib)"
+    )
+    args = parser.parse_args(argv)
+    return FleetOptions(
+        nodes=args.nodes,
+        link_mbit=args.link_mbit,
+        latency_ms=args.latency_ms,
+        image_mb=args.image_mb,
+        scenarios=tuple(name.strip() for name in args.scenarios.split(",") if name.strip()),
+        workdir=args.workdir,
+        json_path=args.json_path,
+        plot_path=args.plot_path,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_args(argv if argv is not None else [])
+    if os.geteuid() != 0:
+        print("bench fleet: needs root (network namespaces, veth pairs, tc); skipped", file=sys.stderr)
+        return
+    from bench.netns import raising_on_sigterm
+
+    try:
+        with raising_on_sigterm():
+            run_fleet(options)
+    except (FleetError, NetnsError) as exc:
+        raise SystemExit(f"bench fleet: {exc}") from None
