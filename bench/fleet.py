@@ -320,7 +320,8 @@ _BLOB_PATH: Final = re.compile(r"/blobs/(sha256:[0-9a-f]{64})")
 
 @dataclass
 class UpstreamServed:
-    """What the upstream sent, from its access log: body bytes in all, by client address, by blob."""
+    """What the upstream sent, from its access log: body bytes in all, by client address, and per blob
+    (bytes and successful GETs)."""
 
     total_bytes: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
@@ -332,14 +333,15 @@ def parse_access_log(text: str) -> UpstreamServed:
     served = UpstreamServed()
     for line in text.splitlines():
         match = _ACCESS_LINE.match(line)
-        if not match or match["bytes"] == "-":
+        # A HEAD sends no body, whatever size the log gives it.
+        if not match or match["bytes"] == "-" or match["method"] == "HEAD":
             continue
         size = int(match["bytes"])
-        client = match["client"].rsplit(":", 1)[0] if match["client"].count(":") == 1 else match["client"]
+        client = match["client"]
         served.total_bytes += size
         served.by_client[client] = served.by_client.get(client, 0) + size
         blob = _BLOB_PATH.search(match["path"])
-        if blob and match["method"] == "GET":
+        if blob and match["method"] == "GET" and match["status"] in ("200", "206"):
             digest = blob.group(1)
             served.blob_bytes[digest] = served.blob_bytes.get(digest, 0) + size
             served.blob_gets[digest] = served.blob_gets.get(digest, 0) + 1
@@ -401,6 +403,11 @@ def fleet_node_command(node: FleetNode, upstream_url: str, peers: Sequence[Fleet
     ]
 
 
+# The whole fleet starts at once, so most first dials find their peer not yet listening: a redial
+# backoff of at most a second gets every node peered about a second after the last one listens.
+FLEET_NODE_ENV: Final = {"IPFSREG_LOG_LEVEL": "info", "IPFSREG_NODE_PEERING_MAX_BACKOFF": "1"}
+
+
 def pull_source(node: FleetNode) -> str:
     """What a node's client pulls through its own ipfsreg."""
     return f"docker://{node.registry}/{REPOSITORY}:{TAG}"
@@ -421,7 +428,7 @@ def running_fleet(
         for node in nodes:
             log = (workdir / f"node{node.index}.log").open("ab")
             others = [peer for peer in nodes if peer is not node]
-            env = {**os.environ, "IPFSREG_LOG_LEVEL": "info"}
+            env = {**os.environ, **FLEET_NODE_ENV}
             node.proc = net.spawn(
                 node.host,
                 fleet_node_command(node, upstream.url, others),
@@ -575,6 +582,7 @@ class ScenarioResult:
     first: Pull | None = None  # rolling: the node that pulled before the others
     killed_node: int | None = None
     killed_at: float | None = None
+    fleet_start_seconds: float | None = None  # from starting the ipfsreg nodes to all of them peered
 
     def counted(self) -> list[Pull]:
         return [pull for pull in self.pulls if not pull.killed]
@@ -670,7 +678,9 @@ def run_central(fleet: Fleet) -> ScenarioResult:
 
 def run_cold(fleet: Fleet, name: str = "cold", kill_at: float | None = None) -> ScenarioResult:
     workdir = fleet.scenario_dir(name)
+    starting = time.perf_counter()
     with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+        started = time.perf_counter() - starting
         cpu_before = {node.index: node.cpu_seconds() for node in nodes}
         offset = fleet.upstream.log_offset()
         jobs = [(node.index, node.host, pull_source(node)) for node in nodes]
@@ -688,6 +698,7 @@ def run_cold(fleet: Fleet, name: str = "cold", kill_at: float | None = None) -> 
         stats = _stats(nodes, cpu_before)
     result = fleet.result(name, pulls, offset)
     result.node_stats = stats
+    result.fleet_start_seconds = started
     if killed:
         result.killed_node, result.killed_at = killed[0]
         result.pulls[result.killed_node].killed = True
@@ -703,7 +714,9 @@ def _most_served(nodes: Sequence[FleetNode], served: UpstreamServed) -> FleetNod
 
 def run_rolling(fleet: Fleet) -> ScenarioResult:
     workdir = fleet.scenario_dir("rolling")
+    starting = time.perf_counter()
     with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+        started = time.perf_counter() - starting
         cpu_before = {node.index: node.cpu_seconds() for node in nodes}
         offset = fleet.upstream.log_offset()
         first_node, *others = nodes
@@ -723,6 +736,7 @@ def run_rolling(fleet: Fleet) -> ScenarioResult:
     result = fleet.result("rolling", pulls, offset)
     result.first = first
     result.node_stats = stats
+    result.fleet_start_seconds = started
     return result
 
 
@@ -858,6 +872,8 @@ def print_scenario(result: ScenarioResult, image: FleetImage, out: Callable[[str
     )
     if result.killed_node is not None:
         out(f"node{result.killed_node} killed at {result.killed_at:.1f} s")
+    if result.fleet_start_seconds is not None:
+        out(f"(the fleet was up and fully peered {result.fleet_start_seconds:.1f} s after its start)")
 
 
 def print_summary(report: FleetReport, out: Callable[[str], None]) -> None:
@@ -947,6 +963,7 @@ def report_json(report: FleetReport) -> dict[str, Any]:
                 "node_stats": [asdict(stats) for stats in result.node_stats],
                 "killed_node": result.killed_node,
                 "killed_at": result.killed_at,
+                "fleet_start_seconds": result.fleet_start_seconds,
             }
             for result in report.scenarios
         ],
@@ -962,18 +979,30 @@ def plot(report: FleetReport, path: Path) -> None:
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         raise FleetError("--plot needs matplotlib: pip install -e '.[bench]'") from None
-    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(report.scenarios), 4.5))
+    fig, ax = plt.subplots(figsize=(4.5 + 1.8 * len(report.scenarios), 4.5))
     ideal = report.scenarios[0].ideal_seconds if report.scenarios else 0.0
+
+    def spread(x: int, count: int) -> list[float]:
+        step = min(0.6 / max(count, 1), 0.08)
+        return [x + (i - (count - 1) / 2) * step for i in range(count)]
+
     for x, result in enumerate(report.scenarios):
-        pulls = ([result.first] if result.first else []) + result.counted()
-        times = [pull.seconds for pull in pulls if pull.ok]
-        offsets = [
-            x + (i - (len(times) - 1) / 2) * min(0.6 / max(len(times), 1), 0.08) for i in range(len(times))
-        ]
-        ax.scatter(offsets, times, s=18, label=None)
+        times = [pull.seconds for pull in result.counted() if pull.ok]
+        ax.scatter(spread(x, len(times)), times, s=18, color=f"C{x}")
+        if result.first is not None and result.first.ok:
+            ax.scatter(
+                [x - 0.3], [result.first.seconds], s=30, marker="D", facecolors="none", edgecolors="black"
+            )
+        if result.killed_at is not None:
+            ax.scatter([x + 0.3], [result.killed_at], s=40, marker="x", color="red")
         summary = result.summary()
         if summary:
             ax.hlines(summary["p50"], x - 0.35, x + 0.35, colors="gray", linewidth=1)
+    ax.scatter(
+        [], [], s=30, marker="D", facecolors="none", edgecolors="black", label="rolling: the first node"
+    )
+    ax.scatter([], [], s=40, marker="x", color="red", label="kill: when a node was killed")
+    ax.hlines([], 0, 0, colors="gray", linewidth=1, label="p50")
     ax.axhline(ideal, color="green", linestyle="--", linewidth=1, label="line rate (image / link)")
     ax.axhline(1.5 * ideal, color="orange", linestyle=":", linewidth=1, label="cold-wave goal 1.5x")
     ax.axhline(1.2 * ideal, color="purple", linestyle=":", linewidth=1, label="rolling goal 1.2x")
@@ -984,7 +1013,7 @@ def plot(report: FleetReport, path: Path) -> None:
         f"N = {report.options.nodes}, {report.image.size / MB:.0f} MB image, "
         f"{report.options.link_mbit:g} Mbit/s links"
     )
-    ax.legend(fontsize="small", loc="upper right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

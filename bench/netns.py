@@ -2,16 +2,17 @@
 joined by veth pairs to a bridge in a namespace of its own, each link shaped with ``tc``.
 
 - Addresses come only from 198.18.0.0/15 (RFC 2544, reserved for network benchmarks) and exist only
-  inside these namespaces; a host's only route is its link's /24 (no default route), so nothing run
-  inside can reach any other address, and nothing is ever configured in the caller's namespace (each
-  veth pair is created straight inside its two namespaces).
-- Each link is shaped both ways, like a host's NIC: the host side's egress (its upload) and the bridge
-  side's egress (its download), each with an HTB class at the link rate; netem adds latency when the
-  kernel has it (checked at start; this is reported, never assumed).
+  inside these namespaces (IPv6 is off in them: no link-local addresses either); a host's only route
+  is its link's /24 (no default route), so nothing run inside can reach any other address, and
+  nothing is ever configured in the caller's namespace (each veth pair is created straight inside
+  its two namespaces).
+- Each link is shaped both ways, like a host's NIC: the host side's egress (its upload) and the
+  bridge side's egress (its download), each with an HTB class at the link rate; netem adds latency
+  when the kernel has it (checked at start and reported, never assumed).
 - Namespaces are named ``ipfsreg-fleet-<pid>-<host>``: the pid is the bench process's, so a sweep at
   start removes only the namespaces (and the processes inside them) of bench runs that are gone. A
-  closing network kills what still runs inside its namespaces, then deletes them: on normal exit, on
-  failure, on Ctrl-C and on SIGTERM (the caller turns that into an exception, see :func:`raising_on_sigterm`).
+  closing network kills what still runs inside its namespaces, then deletes them: on normal exit,
+  on failure, on Ctrl-C and on SIGTERM (turned into an exception by :func:`raising_on_sigterm`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,19 @@ class SimulatedNetwork:
     def _add_netns(self, name: str) -> None:
         _run(["ip", "netns", "add", name])
         self._created.append(name)
+        # No IPv6 at all, so not even link-local addresses: 198.18.0.0/15 (and loopback) are the only ones.
+        for scope in ("all", "default"):
+            _run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    name,
+                    "sh",
+                    "-c",
+                    f"echo 1 > /proc/sys/net/ipv6/conf/{scope}/disable_ipv6",
+                ]
+            )
         _run(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def _build(self) -> None:
