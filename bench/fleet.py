@@ -197,13 +197,16 @@ def verify_copy(layout: Path, image: FleetImage) -> None:
     if digests != [image.manifest.digest]:
         raise FleetError(f"{layout}: manifest {digests} is not {image.manifest.digest}")
     for blob in (image.manifest, *image.blobs()):
-        path = layout / "blobs" / "sha256" / blob.digest.split(":", 1)[1]
-        hasher = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(4 * MIB):
-                hasher.update(chunk)
-        if path.stat().st_size != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
-            raise FleetError(f"{path}: bytes do not match {blob.digest}")
+        verify_blob(layout / "blobs" / "sha256" / blob.digest.split(":", 1)[1], blob)
+
+
+def verify_blob(path: Path, blob: Blob) -> None:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MIB):
+            hasher.update(chunk)
+    if path.stat().st_size != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
+        raise FleetError(f"{path}: bytes do not match {blob.digest}")
 
 
 # --- processes on the simulated hosts -------------------------------------------------------------
@@ -313,7 +316,7 @@ def start_upstream(net: SimulatedNetwork, workdir: Path, image: FleetImage, poli
 # 198.18.0.11 - - [date] "GET /v2/bench/fleet/blobs/sha256:... HTTP/1.1" 200 50001536 "" "skopeo/1.9.3"
 _ACCESS_LINE: Final = re.compile(
     r'^(?P<client>\S+) \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" '
-    r"(?P<status>\d{3}) (?P<bytes>\d+|-)"
+    r'(?P<status>\d{3}) (?P<bytes>\d+|-)(?: "[^"]*" "(?P<agent>[^"]*)")?'
 )
 _BLOB_PATH: Final = re.compile(r"/blobs/(sha256:[0-9a-f]{64})")
 
@@ -325,6 +328,7 @@ class UpstreamServed:
 
     total_bytes: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
+    by_agent: dict[str, int] = field(default_factory=dict)  # by the product in the user agent
     blob_bytes: dict[str, int] = field(default_factory=dict)
     blob_gets: dict[str, int] = field(default_factory=dict)
 
@@ -340,6 +344,8 @@ def parse_access_log(text: str) -> UpstreamServed:
         client = match["client"]
         served.total_bytes += size
         served.by_client[client] = served.by_client.get(client, 0) + size
+        agent = (match["agent"] or "-").split("/", 1)[0].split(" ", 1)[0] or "-"
+        served.by_agent[agent] = served.by_agent.get(agent, 0) + size
         blob = _BLOB_PATH.search(match["path"])
         if blob and match["method"] == "GET" and match["status"] in ("200", "206"):
             digest = blob.group(1)
@@ -482,23 +488,164 @@ class Pull:
         return self.ended - self.began
 
 
-def pull_command(policy: Path, source: str, dest: Path) -> list[str]:
-    return [
-        "skopeo",
-        "--policy",
-        str(policy),
-        "copy",
-        "--src-tls-verify=false",
-        source,
-        f"oci:{dest}:{TAG}",
-    ]
+class PullClient:
+    """A container client on every node: how it pulls (straight from the upstream, or through its
+    node's ipfsreg), and how the bench checks what it got."""
+
+    name: str = ""
+
+    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
+        raise NotImplementedError
+
+    def verify(self, index: int, image: FleetImage) -> None:
+        raise NotImplementedError
+
+    def discard(self, index: int) -> None:
+        """Drop what the client pulled on node ``index``, so its next pull starts empty."""
+        raise NotImplementedError
+
+
+@dataclass
+class SkopeoClient(PullClient):
+    """skopeo copy to an OCI layout (it checks every blob's digest while it copies)."""
+
+    workdir: Path
+    policy: Path
+    upstream: str
+    name: str = "skopeo"
+
+    def dest(self, index: int) -> Path:
+        return self.workdir / f"skopeo-pull{index}"
+
+    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
+        source = pull_source(via) if via else f"docker://{self.upstream}/{REPOSITORY}:{TAG}"
+        destination = f"oci:{self.dest(index)}:{TAG}"
+        return ["skopeo", "--policy", str(self.policy), "copy", "--src-tls-verify=false", source, destination]
+
+    def verify(self, index: int, image: FleetImage) -> None:
+        verify_copy(self.dest(index), image)
+
+    def discard(self, index: int) -> None:
+        shutil.rmtree(self.dest(index), ignore_errors=True)
+
+
+@dataclass
+class ContainerdClient(PullClient):
+    """``ctr content fetch`` (every blob, no unpacking) into a containerd the bench starts on each node,
+    with its own root, state, socket and config (never a system containerd). Through ipfsreg it uses
+    a hosts dir naming the node's ipfsreg as the upstream's mirror, as a runtime would be set up
+    (containerd adds ``?ns=<upstream>`` and falls back to the upstream itself if the mirror fails:
+    such bytes show in the upstream's log under containerd's user agent)."""
+
+    net: SimulatedNetwork
+    workdir: Path
+    upstream: str
+    name: str = "ctr"
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def dir(self, index: int) -> Path:
+        return self.workdir / f"containerd{index}"
+
+    def socket(self, index: int) -> Path:
+        return self.dir(index) / "containerd.sock"
+
+    def start(self, index: int, host: Host) -> None:
+        root = self.dir(index)
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        config = root / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{root / "root"}"\n'
+            f'state = "{root / "state"}"\n'
+            # No CRI, and no "opt" plugin (it would create /opt/containerd).
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]\n'
+            f'[grpc]\n  address = "{self.socket(index)}"\n'
+            f'[ttrpc]\n  address = "{self.socket(index)}.ttrpc"\n'
+            '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
+        )
+        hosts = root / "hosts" / self.upstream
+        hosts.mkdir(parents=True)
+        (hosts / "hosts.toml").write_text(containerd_hosts_toml(self.upstream))
+        with (root / "containerd.log").open("wb") as log:
+            self.procs[index] = self.net.spawn(
+                host, ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, index: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while subprocess.run(
+            ["ctr", "-a", str(self.socket(index)), "version"], capture_output=True, stdin=subprocess.DEVNULL
+        ).returncode:
+            if self.procs[index].poll() is not None or time.monotonic() > deadline:
+                raise FleetError(f"containerd on node{index} did not start (see {self.dir(index)})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
+        mirror = ["--hosts-dir", str(self.dir(index) / "hosts")] if via else []
+        reference = f"{self.upstream}/{REPOSITORY}:{TAG}"
+        return ["ctr", "-a", str(self.socket(index)), "content", "fetch", "--plain-http", *mirror, reference]
+
+    def verify(self, index: int, image: FleetImage) -> None:
+        # containerd commits content only under its expected digest; re-hash its files anyway.
+        blobs = self.dir(index) / "root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
+        for blob in (image.manifest, *image.blobs()):
+            verify_blob(blobs / blob.digest.split(":", 1)[1], blob)
+
+    def discard(self, index: int) -> None:
+        # Each scenario starts its own containerds on fresh roots; nothing to drop between pulls.
+        pass
+
+
+def containerd_hosts_toml(upstream: str) -> str:
+    """containerd's hosts.toml for the upstream, with the node's ipfsreg as its mirror."""
+    return (
+        f'server = "http://{upstream}"\n'
+        f'[host."http://127.0.0.1:{REGISTRY_PORT}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+    )
+
+
+CLIENTS: Final = ("skopeo", "ctr")
+
+
+def available_clients() -> tuple[str, ...]:
+    """skopeo, and ctr where containerd is installed."""
+    return ("skopeo", "ctr") if shutil.which("ctr") and shutil.which("containerd") else ("skopeo",)
+
+
+@contextlib.contextmanager
+def pull_client(name: str, fleet: Fleet, workdir: Path) -> Iterator[PullClient]:
+    upstream = f"{fleet.upstream.host.address}:{REGISTRY_PORT}"
+    if name == "skopeo":
+        yield SkopeoClient(workdir, fleet.policy, upstream)
+        return
+    client = ContainerdClient(fleet.net, workdir, upstream)
+    try:
+        for index, host in enumerate(fleet.node_hosts):
+            client.start(index, host)
+        for index in range(len(fleet.node_hosts)):
+            client.wait_ready(index)
+        yield client
+    finally:
+        client.stop()
 
 
 def pull_all(
     net: SimulatedNetwork,
-    jobs: Sequence[tuple[int, Host, str]],
-    workdir: Path,
-    policy: Path,
+    client: PullClient,
+    jobs: Sequence[tuple[int, Host, FleetNode | None]],
     time_limit: float,
     during: Callable[[float], None] | None = None,
 ) -> list[Pull]:
@@ -507,13 +654,12 @@ def pull_all(
     pulls = [Pull(index) for index, _, _ in jobs]
     procs: list[subprocess.Popen[bytes]] = []
     began = time.perf_counter()
-    for pull, (index, host, source) in zip(pulls, jobs, strict=True):
-        dest = workdir / f"pull{index}"
-        shutil.rmtree(dest, ignore_errors=True)
+    for pull, (index, host, via) in zip(pulls, jobs, strict=True):
+        client.discard(index)
         pull.began = time.perf_counter()
         procs.append(
             net.spawn(
-                host, pull_command(policy, source, dest), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                host, client.command(index, host, via), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         )
     stderr: dict[int, bytes] = {}
@@ -547,17 +693,16 @@ def pull_all(
     return pulls
 
 
-def verify_pulls(pulls: Sequence[Pull], workdir: Path, image: FleetImage) -> None:
-    """Re-check every successful copy against the image; drop the copies afterwards."""
+def verify_pulls(pulls: Sequence[Pull], client: PullClient, image: FleetImage) -> None:
+    """Re-check every successful pull against the image; drop the copies afterwards."""
     for pull in pulls:
-        dest = workdir / f"pull{pull.node}"
         if not pull.error:
             try:
-                verify_copy(dest, image)
+                client.verify(pull.node, image)
                 pull.ok = True
             except (OSError, ValueError, KeyError, FleetError) as exc:
                 pull.error = f"verification failed: {exc}"
-        shutil.rmtree(dest, ignore_errors=True)
+        client.discard(pull.node)
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -573,6 +718,7 @@ class NodeStats:
 @dataclass
 class ScenarioResult:
     name: str
+    client: str
     nodes: int
     ideal_seconds: float
     image_bytes: int
@@ -640,10 +786,11 @@ class Fleet:
     def time_limit(self) -> float:
         return PULL_TIME_FACTOR * self.ideal_seconds * len(self.node_hosts) + PULL_TIME_ALLOWANCE
 
-    def result(self, name: str, pulls: list[Pull], offset: int) -> ScenarioResult:
-        verify_pulls(pulls, self.workdir, self.image)
+    def result(self, name: str, client: PullClient, pulls: list[Pull], offset: int) -> ScenarioResult:
+        verify_pulls(pulls, client, self.image)
         return ScenarioResult(
             name=name,
+            client=client.name,
             nodes=len(self.node_hosts),
             ideal_seconds=self.ideal_seconds,
             image_bytes=self.image.size,
@@ -651,8 +798,8 @@ class Fleet:
             upstream=self.upstream.served_since(offset),
         )
 
-    def scenario_dir(self, name: str) -> Path:
-        path = self.workdir / name
+    def scenario_dir(self, name: str, client: str) -> Path:
+        path = self.workdir / f"{name}-{client}"
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir()
         return path
@@ -668,22 +815,28 @@ def _stats(nodes: Sequence[FleetNode], cpu_before: dict[int, float]) -> list[Nod
     return stats
 
 
-def run_central(fleet: Fleet) -> ScenarioResult:
-    source = f"docker://{fleet.upstream.host.address}:{REGISTRY_PORT}/{REPOSITORY}:{TAG}"
-    offset = fleet.upstream.log_offset()
-    jobs = [(index, host, source) for index, host in enumerate(fleet.node_hosts)]
-    pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit)
-    return fleet.result("central", pulls, offset)
+def run_central(fleet: Fleet, client_name: str) -> ScenarioResult:
+    workdir = fleet.scenario_dir("central", client_name)
+    with pull_client(client_name, fleet, workdir) as client:
+        offset = fleet.upstream.log_offset()
+        jobs = [(index, host, None) for index, host in enumerate(fleet.node_hosts)]
+        pulls = pull_all(fleet.net, client, jobs, fleet.time_limit)
+        return fleet.result("central", client, pulls, offset)
 
 
-def run_cold(fleet: Fleet, name: str = "cold", kill_at: float | None = None) -> ScenarioResult:
-    workdir = fleet.scenario_dir(name)
+def run_cold(
+    fleet: Fleet, client_name: str, name: str = "cold", kill_at: float | None = None
+) -> ScenarioResult:
+    workdir = fleet.scenario_dir(name, client_name)
     starting = time.perf_counter()
-    with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+    with (
+        running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes,
+        pull_client(client_name, fleet, workdir) as client,
+    ):
         started = time.perf_counter() - starting
         cpu_before = {node.index: node.cpu_seconds() for node in nodes}
         offset = fleet.upstream.log_offset()
-        jobs = [(node.index, node.host, pull_source(node)) for node in nodes]
+        jobs = [(node.index, node.host, node) for node in nodes]
         killed: list[tuple[int, float]] = []
 
         def kill_half_way(elapsed: float) -> None:
@@ -694,9 +847,9 @@ def run_cold(fleet: Fleet, name: str = "cold", kill_at: float | None = None) -> 
             victim.proc.send_signal(signal.SIGKILL)
             killed.append((victim.index, elapsed))
 
-        pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit, kill_half_way)
+        pulls = pull_all(fleet.net, client, jobs, fleet.time_limit, kill_half_way)
         stats = _stats(nodes, cpu_before)
-    result = fleet.result(name, pulls, offset)
+        result = fleet.result(name, client, pulls, offset)
     result.node_stats = stats
     result.fleet_start_seconds = started
     if killed:
@@ -712,28 +865,25 @@ def _most_served(nodes: Sequence[FleetNode], served: UpstreamServed) -> FleetNod
     return max(reversed(nodes), key=lambda node: served.by_client.get(node.host.address, 0))
 
 
-def run_rolling(fleet: Fleet) -> ScenarioResult:
-    workdir = fleet.scenario_dir("rolling")
+def run_rolling(fleet: Fleet, client_name: str) -> ScenarioResult:
+    workdir = fleet.scenario_dir("rolling", client_name)
     starting = time.perf_counter()
-    with running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes:
+    with (
+        running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes,
+        pull_client(client_name, fleet, workdir) as client,
+    ):
         started = time.perf_counter() - starting
         cpu_before = {node.index: node.cpu_seconds() for node in nodes}
         offset = fleet.upstream.log_offset()
         first_node, *others = nodes
-        (first,) = pull_all(
-            fleet.net,
-            [(0, first_node.host, pull_source(first_node))],
-            fleet.workdir,
-            fleet.policy,
-            fleet.time_limit,
-        )
-        verify_pulls([first], fleet.workdir, fleet.image)
+        (first,) = pull_all(fleet.net, client, [(0, first_node.host, first_node)], fleet.time_limit)
+        verify_pulls([first], client, fleet.image)
         if not first.ok:
             raise FleetError(f"rolling: the first pull failed: {first.error}")
-        jobs = [(node.index, node.host, pull_source(node)) for node in others]
-        pulls = pull_all(fleet.net, jobs, fleet.workdir, fleet.policy, fleet.time_limit)
+        jobs = [(node.index, node.host, node) for node in others]
+        pulls = pull_all(fleet.net, client, jobs, fleet.time_limit)
         stats = _stats(nodes, cpu_before)
-    result = fleet.result("rolling", pulls, offset)
+        result = fleet.result("rolling", client, pulls, offset)
     result.first = first
     result.node_stats = stats
     result.fleet_start_seconds = started
@@ -750,6 +900,7 @@ class FleetOptions:
     latency_ms: float = 1.0
     image_mb: float = 200.0
     scenarios: tuple[str, ...] = SCENARIOS
+    clients: tuple[str, ...] | None = None  # None: skopeo, and ctr where containerd is installed
     workdir: Path | None = None
     json_path: Path | None = None
     plot_path: Path | None = None
@@ -765,8 +916,8 @@ class FleetReport:
     scenarios: list[ScenarioResult]
     namespaces_left: list[str]
 
-    def scenario(self, name: str) -> ScenarioResult:
-        return next(result for result in self.scenarios if result.name == name)
+    def scenario(self, name: str, client: str = "skopeo") -> ScenarioResult:
+        return next(result for result in self.scenarios if result.name == name and result.client == client)
 
 
 def default_workdir_parent() -> str | None:
@@ -783,7 +934,12 @@ def run_fleet(options: FleetOptions, out: Callable[[str], None] = print) -> Flee
             raise FleetError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     if options.nodes < 2:
         raise FleetError("a fleet needs at least 2 nodes")
-    for tool in ("skopeo", "docker-registry"):
+    clients = options.clients or available_clients()
+    for client in clients:
+        if client not in CLIENTS:
+            raise FleetError(f"unknown client {client!r}; choose from {', '.join(CLIENTS)}")
+    tools = {"skopeo", "docker-registry"} | ({"ctr", "containerd"} if "ctr" in clients else set())
+    for tool in sorted(tools):
         if shutil.which(tool) is None:
             raise FleetError(f"{tool} is not installed (Debian package {tool}; `make system-deps`)")
     image = fleet_image(options.image_mb)
@@ -816,19 +972,20 @@ def run_fleet(options: FleetOptions, out: Callable[[str], None] = print) -> Flee
                 f"({image.size / MB:.1f} MB at {shape.mbit:g} Mbit/s)"
             )
             for name in options.scenarios:
-                out(f"--- scenario {name} (N = {options.nodes}) ---")
-                if name == "central":
-                    result = run_central(fleet)
-                elif name == "cold":
-                    result = run_cold(fleet)
-                elif name == "rolling":
-                    result = run_rolling(fleet)
-                else:
-                    cold = next((r for r in results if r.name == "cold" and r.seconds()), None)
-                    half_way = (cold.summary()["p50"] if cold else fleet.ideal_seconds) / 2
-                    result = run_cold(fleet, "kill", kill_at=half_way)
-                results.append(result)
-                print_scenario(result, image, out)
+                for client in clients:
+                    out(f"--- scenario {name} with {client} (N = {options.nodes}) ---")
+                    if name == "central":
+                        result = run_central(fleet, client)
+                    elif name == "cold":
+                        result = run_cold(fleet, client)
+                    elif name == "rolling":
+                        result = run_rolling(fleet, client)
+                    else:
+                        cold = next((r for r in results if (r.name, r.client) == ("cold", client)), None)
+                        p50 = cold.summary().get("p50") if cold else None
+                        result = run_cold(fleet, client, "kill", kill_at=(p50 or fleet.ideal_seconds) / 2)
+                    results.append(result)
+                    print_scenario(result, image, out)
     from bench.netns import run_namespaces
 
     report = FleetReport(options, image, line_rate, rtt, net.netem, results, run_namespaces(pid))
@@ -864,11 +1021,12 @@ def print_scenario(result: ScenarioResult, image: FleetImage, out: Callable[[str
                 status,
             ]
         )
-    print_table(["node", "seconds", "x line rate", "cpu s", "peak RSS MiB", "result"], rows)
+    print_table(["node", "seconds", "x line rate", "ipfsreg cpu s", "peak RSS MiB", "result"], rows)
     layers = ", ".join(f"{value:.2f}" for value in result.layer_multiples(image).values())
+    agents = ", ".join(f"{agent} {size / MB:.1f}" for agent, size in sorted(result.upstream.by_agent.items()))
     out(
         f"upstream served {result.upstream.total_bytes / MB:.1f} MB = {result.upstream_multiple:.2f} x image "
-        f"(per layer: {layers})"
+        f"(per layer: {layers}; MB by user agent: {agents})"
     )
     if result.killed_node is not None:
         out(f"node{result.killed_node} killed at {result.killed_at:.1f} s")
@@ -900,6 +1058,7 @@ def print_summary(report: FleetReport, out: Callable[[str], None]) -> None:
         rows.append(
             [
                 result.name,
+                result.client,
                 *figures,
                 result.upstream_multiple,
                 f"{verified}/{len(result.counted())}",
@@ -909,6 +1068,7 @@ def print_summary(report: FleetReport, out: Callable[[str], None]) -> None:
     print_table(
         [
             "scenario",
+            "client",
             "p50 s",
             "p99 s",
             "max s",
@@ -948,6 +1108,7 @@ def report_json(report: FleetReport) -> dict[str, Any]:
         "scenarios": [
             {
                 "name": result.name,
+                "client": result.client,
                 "nodes": result.nodes,
                 "ideal_seconds": result.ideal_seconds,
                 "summary": result.summary(),
@@ -956,6 +1117,7 @@ def report_json(report: FleetReport) -> dict[str, Any]:
                 "upstream_bytes": result.upstream.total_bytes,
                 "upstream_x_image": result.upstream_multiple,
                 "upstream_by_client": result.upstream.by_client,
+                "upstream_by_agent": result.upstream.by_agent,
                 "upstream_layer_x": result.layer_multiples(report.image),
                 "upstream_blob_gets": result.upstream.blob_gets,
                 "first": asdict(result.first) | {"seconds": result.first.seconds} if result.first else None,
@@ -1006,7 +1168,9 @@ def plot(report: FleetReport, path: Path) -> None:
     ax.axhline(ideal, color="green", linestyle="--", linewidth=1, label="line rate (image / link)")
     ax.axhline(1.5 * ideal, color="orange", linestyle=":", linewidth=1, label="cold-wave goal 1.5x")
     ax.axhline(1.2 * ideal, color="purple", linestyle=":", linewidth=1, label="rolling goal 1.2x")
-    ax.set_xticks(range(len(report.scenarios)), [result.name for result in report.scenarios])
+    ax.set_xticks(
+        range(len(report.scenarios)), [f"{result.name}\n{result.client}" for result in report.scenarios]
+    )
     ax.set_ylabel("seconds to a verified image, per node")
     ax.set_ylim(bottom=0)
     ax.set_title(

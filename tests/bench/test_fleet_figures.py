@@ -32,6 +32,7 @@ def test_access_log_counts_body_bytes_per_client_and_per_blob() -> None:
     assert served.by_client == {"198.18.0.11": 2 + 1024 + 5_000_000, "198.18.0.12": 2_500_000 + 157}
     assert served.blob_bytes == {BLOB: 7_500_000}
     assert served.blob_gets == {BLOB: 2}
+    assert served.by_agent == {"skopeo": 2, "x": 1024 + 5_000_000 + 2_500_000 + 157}
 
 
 def test_access_log_head_requests_and_other_lines_count_nothing() -> None:
