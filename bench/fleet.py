@@ -542,12 +542,14 @@ class ContainerdClient(PullClient):
     upstream: str
     name: str = "ctr"
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Unix socket paths must stay under 108 bytes: the sockets live in a short directory of their own.
+    sockets: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fleet-ctr-", dir="/tmp")))
 
     def dir(self, index: int) -> Path:
         return self.workdir / f"containerd{index}"
 
     def socket(self, index: int) -> Path:
-        return self.dir(index) / "containerd.sock"
+        return self.sockets / f"node{index}.sock"
 
     def start(self, index: int, host: Host) -> None:
         root = self.dir(index)
@@ -591,6 +593,7 @@ class ContainerdClient(PullClient):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
         mirror = ["--hosts-dir", str(self.dir(index) / "hosts")] if via else []

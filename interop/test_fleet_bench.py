@@ -35,12 +35,40 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> FleetReport:
                 image_mb=20,
                 link_mbit=400,
                 latency_ms=0,
+                clients=("skopeo",),
                 workdir=Path(tmp_path_factory.mktemp("fleet")),
             ),
             out=lambda line: None,
         )
     finally:
         del os.environ["BENCH_FLEET_CACHE"]
+
+
+def test_containerd_ctr_pulls_through_each_nodes_ipfsreg_as_its_mirror(tmp_path: Path) -> None:
+    # Real containerd (Debian), one per node, started by the harness with its own root and socket.
+    for tool in ("containerd", "ctr"):
+        assert shutil.which(tool), f"{tool} is not installed (Debian package containerd)"
+    os.environ["BENCH_FLEET_CACHE"] = str(tmp_path / "cache")
+    try:
+        report = run_fleet(
+            FleetOptions(
+                nodes=2,
+                image_mb=20,
+                link_mbit=400,
+                latency_ms=0,
+                scenarios=("cold",),
+                clients=("ctr",),
+                workdir=tmp_path,
+            ),
+            out=lambda line: None,
+        )
+    finally:
+        del os.environ["BENCH_FLEET_CACHE"]
+    cold = report.scenario("cold", "ctr")
+    assert cold.all_verified and len(cold.counted()) == 2, [(pull.node, pull.error) for pull in cold.pulls]
+    # Every byte went through ipfsreg: containerd never fell back to the upstream itself.
+    assert "containerd" not in cold.upstream.by_agent, cold.upstream.by_agent
+    assert report.namespaces_left == []
 
 
 def test_every_scenario_ends_with_every_counted_node_holding_the_verified_image(report: FleetReport) -> None:
