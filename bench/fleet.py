@@ -67,7 +67,7 @@ TAG: Final = "latest"
 REGISTRY_PORT: Final = 5000
 P2P_PORT: Final = 4001
 UPSTREAM: Final = "upstream"
-SCENARIOS: Final = ("central", "cold", "rolling", "kill")
+SCENARIOS: Final = ("central", "cold", "rolling", "rolling-cid", "kill")
 CACHE_ENV: Final = "BENCH_FLEET_CACHE"
 # A pull that takes longer than this many times the slowest plausible case (every node queued behind
 # the upstream's link) plus a start-up allowance is a failure, not a figure.
@@ -79,6 +79,7 @@ GOALS: Final = {
     "central": "anchor: p99 about N x line rate",
     "cold": "p99 <= 1.5x line rate (Kraken 1.8x), upstream <= 1.2x image (at N = 8)",
     "rolling": "p99 <= 1.2x line rate",
+    "rolling-cid": "(today's P2P path: the others pull ipfs/<cid> over bitswap)",
     "kill": "every other node finishes, verified",
 }
 
@@ -494,7 +495,9 @@ class PullClient:
 
     name: str = ""
 
-    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
+    def command(self, index: int, host: Host, via: FleetNode | None, cid: str | None = None) -> list[str]:
+        """Pull from the upstream, or through ``via`` (the node's ipfsreg); with ``cid``, the image by
+        its IPFS address from ``via`` (``ipfs/<cid>:TAG``)."""
         raise NotImplementedError
 
     def verify(self, index: int, image: FleetImage) -> None:
@@ -517,8 +520,11 @@ class SkopeoClient(PullClient):
     def dest(self, index: int) -> Path:
         return self.workdir / f"skopeo-pull{index}"
 
-    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
-        source = pull_source(via) if via else f"docker://{self.upstream}/{REPOSITORY}:{TAG}"
+    def command(self, index: int, host: Host, via: FleetNode | None, cid: str | None = None) -> list[str]:
+        if via and cid:
+            source = f"docker://{via.registry}/ipfs/{cid}:{TAG}"
+        else:
+            source = pull_source(via) if via else f"docker://{self.upstream}/{REPOSITORY}:{TAG}"
         destination = f"oci:{self.dest(index)}:{TAG}"
         return ["skopeo", "--policy", str(self.policy), "copy", "--src-tls-verify=false", source, destination]
 
@@ -595,9 +601,11 @@ class ContainerdClient(PullClient):
                 proc.wait()
         shutil.rmtree(self.sockets, ignore_errors=True)
 
-    def command(self, index: int, host: Host, via: FleetNode | None) -> list[str]:
-        mirror = ["--hosts-dir", str(self.dir(index) / "hosts")] if via else []
-        reference = f"{self.upstream}/{REPOSITORY}:{TAG}"
+    def command(self, index: int, host: Host, via: FleetNode | None, cid: str | None = None) -> list[str]:
+        mirror = ["--hosts-dir", str(self.dir(index) / "hosts")] if via and not cid else []
+        reference = (
+            f"{via.registry}/ipfs/{cid}:{TAG}" if via and cid else f"{self.upstream}/{REPOSITORY}:{TAG}"
+        )
         return ["ctr", "-a", str(self.socket(index)), "content", "fetch", "--plain-http", *mirror, reference]
 
     def verify(self, index: int, image: FleetImage) -> None:
@@ -651,6 +659,7 @@ def pull_all(
     jobs: Sequence[tuple[int, Host, FleetNode | None]],
     time_limit: float,
     during: Callable[[float], None] | None = None,
+    cid: str | None = None,
 ) -> list[Pull]:
     """Start every job's client at the same moment; return when all have ended. ``during(elapsed)``
     is called about every 50 ms while they run (the kill scenario acts from there)."""
@@ -662,7 +671,7 @@ def pull_all(
         pull.began = time.perf_counter()
         procs.append(
             net.spawn(
-                host, client.command(index, host, via), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                host, client.command(index, host, via, cid), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         )
     stderr: dict[int, bytes] = {}
@@ -713,9 +722,14 @@ def verify_pulls(pulls: Sequence[Pull], client: PullClient, image: FleetImage) -
 
 @dataclass
 class NodeStats:
+    """One ipfsreg node over a scenario: CPU, peak RSS, and what bitswap moved (from its /metrics)."""
+
     node: int
     cpu_seconds: float
     peak_rss_bytes: int
+    bitswap_bytes_sent: float = 0.0
+    bitswap_bytes_received: float = 0.0
+    duplicate_blocks: float = 0.0
 
 
 @dataclass
@@ -808,12 +822,45 @@ class Fleet:
         return path
 
 
+_METRICS: Final = r"""
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as resp:
+    sys.stdout.write(resp.read().decode())
+"""
+
+
+def node_metrics(node: FleetNode) -> dict[str, float]:
+    """The node's Prometheus metrics without labels, by name."""
+    result = subprocess.run(
+        node.host.command([sys.executable, "-c", _METRICS, f"http://{node.registry}/metrics"]),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    values = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+            with contextlib.suppress(ValueError):
+                values[parts[0]] = float(parts[1])
+    return values
+
+
 def _stats(nodes: Sequence[FleetNode], cpu_before: dict[int, float]) -> list[NodeStats]:
     stats = []
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
+            cpu = node.cpu_seconds() - cpu_before[node.index]
+            metrics = node_metrics(node)
             stats.append(
-                NodeStats(node.index, node.cpu_seconds() - cpu_before[node.index], node.peak_rss_bytes())
+                NodeStats(
+                    node.index,
+                    cpu,
+                    node.peak_rss_bytes(),
+                    metrics.get("ipfsreg_bitswap_block_bytes_sent_total", 0.0),
+                    metrics.get("ipfsreg_bitswap_block_bytes_received_total", 0.0),
+                    metrics.get("ipfsreg_bitswap_duplicate_blocks_total", 0.0),
+                )
             )
     return stats
 
@@ -863,13 +910,39 @@ def run_cold(
     return result
 
 
+_IMAGE_CID: Final = r"""
+import sys, urllib.request
+request = urllib.request.Request(sys.argv[1], method="HEAD", headers={"Accept": sys.argv[2]})
+with urllib.request.urlopen(request, timeout=10) as resp:
+    print(resp.headers.get("X-Ipfs-Path", ""))
+"""
+
+
+def image_cid(node: FleetNode) -> str:
+    """The IPFS address (CIDv1) of the image directory ``node`` published for the tag it pulled."""
+    from ipfsreg.cid import CID
+
+    url = f"http://{node.registry}/v2/{REPOSITORY}/manifests/{TAG}"
+    result = subprocess.run(
+        node.host.command([sys.executable, "-c", _IMAGE_CID, url, OCI_MANIFEST]),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    path = result.stdout.strip()
+    if result.returncode != 0 or not path.startswith("/ipfs/"):
+        raise FleetError(f"node{node.index} gave no image CID for {REPOSITORY}:{TAG}: {result.stderr[-500:]}")
+    return str(CID.parse(path.removeprefix("/ipfs/")).to_v1())
+
+
 def _most_served(nodes: Sequence[FleetNode], served: UpstreamServed) -> FleetNode:
     """The node the upstream has sent the most bytes so far (the last one on a tie)."""
     return max(reversed(nodes), key=lambda node: served.by_client.get(node.host.address, 0))
 
 
-def run_rolling(fleet: Fleet, client_name: str) -> ScenarioResult:
-    workdir = fleet.scenario_dir("rolling", client_name)
+def run_rolling(fleet: Fleet, client_name: str, by_cid: bool = False) -> ScenarioResult:
+    name = "rolling-cid" if by_cid else "rolling"
+    workdir = fleet.scenario_dir(name, client_name)
     starting = time.perf_counter()
     with (
         running_fleet(fleet.net, fleet.node_hosts, workdir, fleet.upstream) as nodes,
@@ -882,11 +955,12 @@ def run_rolling(fleet: Fleet, client_name: str) -> ScenarioResult:
         (first,) = pull_all(fleet.net, client, [(0, first_node.host, first_node)], fleet.time_limit)
         verify_pulls([first], client, fleet.image)
         if not first.ok:
-            raise FleetError(f"rolling: the first pull failed: {first.error}")
+            raise FleetError(f"{name}: the first pull failed: {first.error}")
+        cid = image_cid(first_node) if by_cid else None
         jobs = [(node.index, node.host, node) for node in others]
-        pulls = pull_all(fleet.net, client, jobs, fleet.time_limit)
+        pulls = pull_all(fleet.net, client, jobs, fleet.time_limit, cid=cid)
         stats = _stats(nodes, cpu_before)
-        result = fleet.result("rolling", client, pulls, offset)
+        result = fleet.result(name, client, pulls, offset)
     result.first = first
     result.node_stats = stats
     result.fleet_start_seconds = started
@@ -981,8 +1055,8 @@ def run_fleet(options: FleetOptions, out: Callable[[str], None] = print) -> Flee
                         result = run_central(fleet, client)
                     elif name == "cold":
                         result = run_cold(fleet, client)
-                    elif name == "rolling":
-                        result = run_rolling(fleet, client)
+                    elif name in ("rolling", "rolling-cid"):
+                        result = run_rolling(fleet, client, by_cid=name == "rolling-cid")
                     else:
                         cold = next((r for r in results if (r.name, r.client) == ("cold", client)), None)
                         p50 = cold.summary().get("p50") if cold else None
@@ -1021,10 +1095,15 @@ def print_scenario(result: ScenarioResult, image: FleetImage, out: Callable[[str
                 pull.seconds / result.ideal_seconds,
                 node_stats.cpu_seconds if node_stats else "-",
                 f"{node_stats.peak_rss_bytes / MIB:.0f}" if node_stats else "-",
+                f"{node_stats.bitswap_bytes_sent / MB:.0f}/{node_stats.bitswap_bytes_received / MB:.0f}"
+                if node_stats
+                else "-",
+                f"{node_stats.duplicate_blocks:.0f}" if node_stats else "-",
                 status,
             ]
         )
-    print_table(["node", "seconds", "x line rate", "ipfsreg cpu s", "peak RSS MiB", "result"], rows)
+    headers = ["node", "seconds", "x line rate", "ipfsreg cpu s", "peak RSS MiB", "bitswap MB out/in", "dups"]
+    print_table([*headers, "result"], rows)
     layers = ", ".join(f"{value:.2f}" for value in result.layer_multiples(image).values())
     agents = ", ".join(f"{agent} {size / MB:.1f}" for agent, size in sorted(result.upstream.by_agent.items()))
     out(

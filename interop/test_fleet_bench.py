@@ -72,14 +72,21 @@ def test_containerd_ctr_pulls_through_each_nodes_ipfsreg_as_its_mirror(tmp_path:
 
 
 def test_every_scenario_ends_with_every_counted_node_holding_the_verified_image(report: FleetReport) -> None:
-    assert [result.name for result in report.scenarios] == ["central", "cold", "rolling", "kill"]
+    assert [result.name for result in report.scenarios] == [
+        "central",
+        "cold",
+        "rolling",
+        "rolling-cid",
+        "kill",
+    ]
     for result in report.scenarios:
         assert result.all_verified, [(pull.node, pull.error) for pull in result.pulls]
     assert len(report.scenario("central").counted()) == NODES
     assert len(report.scenario("cold").counted()) == NODES
-    rolling = report.scenario("rolling")
-    assert rolling.first is not None and rolling.first.ok
-    assert len(rolling.counted()) == NODES - 1
+    for name in ("rolling", "rolling-cid"):
+        rolling = report.scenario(name)
+        assert rolling.first is not None and rolling.first.ok
+        assert len(rolling.counted()) == NODES - 1
 
 
 def test_kill_scenario_killed_one_node_half_way_and_the_others_still_finished(report: FleetReport) -> None:
@@ -107,6 +114,19 @@ def test_through_ipfsreg_the_upstream_sent_each_layer_at_most_once_per_node(repo
             assert 1 <= result.upstream.blob_gets.get(layer.digest, 0) <= NODES, name
             assert result.upstream.blob_bytes[layer.digest] <= NODES * layer.size, name
         assert all(stats.cpu_seconds > 0 and stats.peak_rss_bytes > 0 for stats in result.node_stats)
+
+
+def test_rolling_by_cid_the_upstream_sent_each_layer_once_and_peers_sent_the_rest(
+    report: FleetReport,
+) -> None:
+    # The first node pulls through the upstream; the others pull the image's IPFS address from their
+    # own ipfsreg, which fetches every block over bitswap from the fleet: today's P2P path.
+    result = report.scenario("rolling-cid")
+    for layer in report.image.layers:
+        assert result.upstream.blob_gets[layer.digest] == 1
+    layers = sum(layer.size for layer in report.image.layers)
+    received = sum(stats.bitswap_bytes_received for stats in result.node_stats)
+    assert received >= (NODES - 1) * layers
 
 
 def test_no_network_namespace_is_left_behind(report: FleetReport) -> None:
