@@ -1265,6 +1265,10 @@ def plot(report: FleetReport, path: Path) -> None:
     plt.close(fig)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def parse_args(argv: Sequence[str] | None) -> FleetOptions:
     parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=8, help="ipfsreg nodes (default 8; up to 16 on 2 cores)")
@@ -1281,6 +1285,11 @@ def parse_args(argv: Sequence[str] | None) -> FleetOptions:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {','.join(SCENARIOS)}"
     )
     parser.add_argument(
+        "--clients",
+        default=None,
+        help="comma-separated, from skopeo,ctr (default: skopeo, and ctr if installed)",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="parent of the run's files (default /dev/shm)"
     )
     parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write the figures as JSON")
@@ -1293,7 +1302,8 @@ def parse_args(argv: Sequence[str] | None) -> FleetOptions:
         link_mbit=args.link_mbit,
         latency_ms=args.latency_ms,
         image_mb=args.image_mb,
-        scenarios=tuple(name.strip() for name in args.scenarios.split(",") if name.strip()),
+        scenarios=_names(args.scenarios),
+        clients=_names(args.clients) if args.clients else None,
         workdir=args.workdir,
         json_path=args.json_path,
         plot_path=args.plot_path,
