@@ -815,6 +815,15 @@ class Fleet:
             upstream=self.upstream.served_since(offset),
         )
 
+    def drop_scenario_data(self, name: str, client: str) -> None:
+        """Remove a finished scenario's data dirs and client stores (its logs stay until the run ends):
+        N copies of the image per scenario and client would otherwise pile up in tmpfs."""
+        path = self.workdir / f"{name}-{client}"
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+
     def scenario_dir(self, name: str, client: str) -> Path:
         path = self.workdir / f"{name}-{client}"
         shutil.rmtree(path, ignore_errors=True)
@@ -1063,6 +1072,7 @@ def run_fleet(options: FleetOptions, out: Callable[[str], None] = print) -> Flee
                         result = run_cold(fleet, client, "kill", kill_at=(p50 or fleet.ideal_seconds) / 2)
                     results.append(result)
                     print_scenario(result, image, out)
+                    fleet.drop_scenario_data(name, client)
     from bench.netns import run_namespaces
 
     report = FleetReport(options, image, line_rate, rtt, net.netem, results, run_namespaces(pid))
