@@ -2,27 +2,34 @@
 reference registry, on a simulated network (network namespaces, see bench/netns.py), in one run.
 
 ``python -m bench fleet [--nodes 8] [--link-mbit 100] [--latency-ms 1] [--image-mb 200]
-[--scenarios central,cold,rolling,kill] [--json FILE] [--plot FILE]`` (root only).
+[--scenarios central,cold,rolling,rolling-cid,kill] [--clients skopeo,ctr] [--json FILE]
+[--plot FILE]`` (root only).
 
 One host namespace per node plus one for the upstream: Debian ``docker-registry`` (CNCF distribution,
 the reference registry) holding the test image, behind the same link shape as every node. Each node
-runs an ``ipfsreg serve`` (its own data dir) whose command line is :func:`fleet_node_command`, and its
-client (skopeo) on the node's loopback. Scenarios, each timed per node from "pull starts" to "the
-client has the whole image" (skopeo verifies every blob's digest while it copies; the bench then checks
-the copy's manifest digest and re-hashes every blob before it counts the node as verified):
+runs an ``ipfsreg serve`` (its own data dir) whose command line is :func:`fleet_node_command`, and a
+client on the node's loopback: skopeo (copy to an OCI layout), and containerd's ``ctr`` where it is
+installed (``content fetch`` into a containerd the bench starts on that node). Each pull is timed
+from its start to "the client has the whole image": both clients check every blob's digest as it
+arrives, and the bench then re-hashes every blob the client stored (and, for skopeo, checks the
+manifest digest) before it counts the node as verified. Scenarios:
 
 1. central: every node's client pulls straight from the upstream at the same moment (the anchor);
 2. cold: every node pulls through its own ipfsreg at the same moment, nothing cached anywhere;
 3. rolling: node 0 pulls, then the others at the same moment (the Spegel case);
-4. kill: the cold wave, with the node the upstream has served most killed (SIGKILL) half-way through
+4. rolling-cid: the same, but the others pull the image by the IPFS address node 0 published
+   (``ipfs/<cid>:TAG``), so every block comes over bitswap from the fleet: the P2P path that exists
+   without the fleet mirror;
+5. kill: the cold wave, with the node the upstream has served most killed (SIGKILL) half-way through
    (at half the cold wave's p50 measured just before, else half the line-rate ideal): the others
    must still finish, verified.
 
 Each scenario starts a fresh fleet (empty data dirs, every node peered with every other through
 ``--peer``, all connections up before the pull). Figures: per-node seconds as a ratio to the line-rate
 ideal (image size / link rate), p50/p99/max, the bytes the upstream served (from its access log) as
-a multiple of the image size and per layer, CPU seconds and peak RSS per ipfsreg node; the issue's
-goals are printed beside them. The link's shaping is checked first with a raw TCP transfer.
+a multiple of the image size, per layer and per user agent, CPU seconds, peak RSS and bitswap bytes
+per ipfsreg node; the issue's goals are printed beside them. The link's shaping is checked first
+with a raw TCP transfer.
 """
 
 from __future__ import annotations
