@@ -23,12 +23,21 @@ from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
+from ipfsreg.ipns.keystore import Keystore
+from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
+from ipfsreg.registry.app import (
+    create_app,
+    hypercorn_config,
+    registry_store,
+    serve_registry,
+    set_ipns_resolver,
+)
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.unixfs.importer import ImportOptions
 
@@ -65,13 +74,18 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
+    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
+
+    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
+    """
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
     gc_settings: GcSettings = config.section("gc")
+    ipns_settings: IpnsSettings = config.section("ipns")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
     except ValueError as exc:
@@ -105,13 +119,30 @@ async def run_server(
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                 )
+                routing = value_routing
+                if routing is None and isinstance(node, ValueRouting):
+                    routing = node  # the node's DHT (put_value / get_value), once it has one
+                ipns = IpnsService(
+                    store,
+                    registry_store(registry),
+                    Keystore(config.data_dir),
+                    ipns_settings,
+                    routing=routing,
+                    source_factory=node.block_source,
+                    on_blocks_stored=node.notify_new_blocks,
+                )
+                registry_store(registry).on_tags_changed = ipns.notify_tags_changed
+                set_ipns_resolver(registry, ipns)
                 register_gateway(
                     registry,
                     node.block_source,
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
+                    ipns=ipns,
                 )
+                await nursery.start(ipns.run)
                 collector = collector_for(store, registry_store(registry))
+                collector.root_sources.append(ipns.store.live_roots)
                 if gc_settings.interval > 0:
                     nursery.start_soon(collector.run_every, gc_settings.interval)
                 control = create_control_app(
@@ -122,6 +153,7 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    ipns=ipns,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.

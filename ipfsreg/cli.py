@@ -176,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="list the removed blocks")
 
+    p = command("key", cmd_key, "IPNS keys: gen NAME, list, rm NAME ('self' is the node's own key)")
+    p.add_argument("action", choices=["gen", "list", "rm"])
+    p.add_argument("key_name", metavar="NAME", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = command(
+        "name",
+        cmd_name,
+        "tags on IPNS: bind REPO KEY, unbind REPO, bindings, publish [KEY...], resolve NAME",
+    )
+    p.add_argument("action", choices=["bind", "unbind", "bindings", "publish", "resolve"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--json", action="store_true")
+
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
     return parser
@@ -284,9 +298,15 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _out_stream(args.output) as out, progress_bar(None, "export") as bar:
         target = args.cid_path
+        extra: list[CID] = []
         if _looks_like_image(target):
-            target = str(backend.image_cid(*split_name_tag(target)))
-        backend.export(target, out, progress=bar)
+            name, tag = split_name_tag(target)
+            target = str(backend.image_cid(name, tag))
+            # The repository's current IPNS record travels in the CAR (see ipfsreg/ipns/carfile.py).
+            extra = [CID.parse(c) for c in backend.ipns_call("export_roots", arg=name, tag=tag)["roots"]]
+        backend.export(target, out, progress=bar, extra_roots=extra)
+    if extra:
+        print(f"exported with the IPNS record of {split_name_tag(args.cid_path)[0]}", file=sys.stderr)
     return 0
 
 
@@ -349,6 +369,13 @@ def cmd_push(args: argparse.Namespace, config: Config) -> int:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _in_stream(args.car) as fh:
         roots = backend.import_car(_file_chunks(fh), pin=not args.no_pin)
+        imported = backend.ipns_call("import_roots", arg=[str(r) for r in roots])
+        roots = [CID.parse(text) for text in imported["roots"]]
+        for record in imported["records"]:
+            state = "stored" if record["stored"] else "kept the newer one already here"
+            print(
+                f"IPNS record of {record['name']} seq {record['sequence']} verified: {state}", file=sys.stderr
+            )
         if args.tag:
             if len(roots) != 1:
                 raise CommandError(f"--tag needs a CAR with one root, this one has {len(roots)}")
@@ -424,6 +451,57 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_key(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        if args.action == "list":
+            keys = backend.ipns_call("key_list")["keys"]
+            if args.json:
+                print(json.dumps(keys))
+            for key in [] if args.json else keys:
+                print(f"{key['name']}\t{key['id']}")
+            return 0
+        if not args.key_name:
+            raise CommandError(f"key {args.action} needs a key NAME")
+        key = backend.ipns_call("key_gen" if args.action == "gen" else "key_rm", arg=args.key_name)
+    print(json.dumps(key) if args.json else key["id"])
+    return 0
+
+
+def cmd_name(args: argparse.Namespace, config: Config) -> int:
+    wanted = {"bind": 2, "unbind": 1, "bindings": 0, "resolve": 1}
+    count = wanted.get(args.action)
+    if count is not None and len(args.args) != count:
+        usage = {"bind": "REPO KEY", "unbind": "REPO", "bindings": "", "resolve": "NAME"}[args.action]
+        raise CommandError(f"usage: ipfsreg name {args.action} {usage}".rstrip())
+    with backend_for(config) as backend:
+        if args.action == "bind":
+            result = backend.ipns_call("bind", arg=args.args[0], key=args.args[1])
+            lines = [f"{result['repository']} -> {result['name']} ({result['id']})"]
+        elif args.action == "unbind":
+            result = backend.ipns_call("unbind", arg=args.args[0])
+            lines = [f"{result['repository']} unbound from {result['key']}"]
+        elif args.action == "bindings":
+            result = backend.ipns_call("bindings")
+            lines = [f"{b['repository']}\t{b['key']}\t{b['from']}" for b in result["bindings"]]
+        elif args.action == "publish":
+            result = backend.ipns_call("publish", key=list(args.args))
+            lines = []
+            for item in result["published"]:
+                routed = "routed" if item["routed"] else f"local only: {item['route_error']}"
+                lines.append(f"{item['name']} seq {item['sequence']} -> {item['value']} ({routed})")
+        else:
+            result = backend.ipns_call("resolve", arg=args.args[0])
+            lines = [f"{result['value']} (seq {result['sequence']}, valid until {result['validity']})"]
+            for repo, tags in result["images"].items():
+                lines.extend(f"{repo}:{tag}\t{cid}" for tag, cid in sorted(tags.items()))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(render_toml(config))
     return 0
@@ -442,6 +520,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     Imported on demand: most commands never fail, and these modules pull in the server stack."""
     from ipfsreg.auth.policy import AuthConfigError
+    from ipfsreg.ipns.record import IpnsError
     from ipfsreg.node.errors import NodeError
     from ipfsreg.oci.errors import LayoutError
     from ipfsreg.registry.errors import RegistryError
@@ -458,6 +537,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         AuthConfigError,
         RegistryError,
         LayoutError,
+        IpnsError,
     )
 
 

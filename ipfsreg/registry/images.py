@@ -180,6 +180,8 @@ def record_manifest(
                 value = {"digest": str(digest), "cid": str(image)}
                 batch.put(store.published, repo_key(repo, tag), json.dumps(value).encode())
         batch.put(store.repos, repo.encode(), b"")
+    if tag is not None:
+        store.tags_changed(repo)
 
 
 # --- ipfs/<cid> repositories ------------------------------------------------------------------

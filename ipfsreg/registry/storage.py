@@ -82,6 +82,7 @@ _PIECE_BYTES: Final = 2 * 1024 * 1024
 LIVE_IDLE_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
+TagsChanged = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,8 @@ class RegistryStore:
         self.uploads = datastore.keyspace("reg.uploads")
         self.published = datastore.keyspace("reg.images")
         self._live: dict[str, Upload] = {}
+        self.on_tags_changed: TagsChanged | None = None
+        """Called on the trio thread with a repository whose tags moved or went away (IPNS republishing)."""
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -713,6 +716,8 @@ class RegistryStore:
         # Everything is in this one batch (each tag move carries its own image), so committing it
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
+        if tag is not None:
+            self.tags_changed(repo)
         return actual, parsed
 
     # --- images on IPFS ------------------------------------------------------------------
@@ -817,6 +822,7 @@ class RegistryStore:
                 with self.datastore.batch(sync=True) as batch:
                     cids = self._put_image(batch, repo, tag, info.digest, layout)
             self._announce(cids)
+            self.tags_changed(repo)
             return layout.root
 
     def image(self, repo: str, tag: str) -> ImageInfo | None:
@@ -845,6 +851,7 @@ class RegistryStore:
                     batch.delete(self.published, key)
             if info.subject is not None:
                 batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
+        self.tags_changed(repo)
 
     def delete_tag(self, repo: str, tag: str) -> None:
         if self.tags.get(_rkey(repo, tag)) is None:
@@ -852,6 +859,16 @@ class RegistryStore:
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
             batch.delete(self.published, _rkey(repo, tag))
+        self.tags_changed(repo)
+
+    def tags_changed(self, repo: str) -> None:
+        """Tell ``on_tags_changed`` that ``repo``'s tags changed (a failing listener is only logged)."""
+        if self.on_tags_changed is None:
+            return
+        try:
+            self.on_tags_changed(repo)
+        except Exception:
+            log.exception("on_tags_changed callback failed for %s", repo)
 
     # --- garbage collection support -----------------------------------------------------
 
