@@ -1240,7 +1240,7 @@ def plot(report: FleetReport, path: Path) -> None:
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         raise FleetError("--plot needs matplotlib: pip install -e '.[bench]'") from None
-    fig, ax = plt.subplots(figsize=(4.5 + 1.8 * len(report.scenarios), 4.5))
+    fig, ax = plt.subplots(figsize=(min(4.5 + 1.3 * len(report.scenarios), 16), 5))
     ideal = report.scenarios[0].ideal_seconds if report.scenarios else 0.0
 
     def spread(x: int, count: int) -> list[float]:
