@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +35,13 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboPeer]:
 
 
 @pytest.fixture
-def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KuboPeer]]:
-    """Starts fresh Kubo peers on demand; every one is closed at the end of the test."""
+def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., KuboPeer]]:
+    """Starts fresh Kubo peers on demand (keyword arguments go to KuboPeer.start, e.g. ``swarm_key``);
+    every one is closed at the end of the test."""
     peers: list[KuboPeer] = []
 
-    def start() -> KuboPeer:
-        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"))
+    def start(**options: Any) -> KuboPeer:
+        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"), **options)
         peers.append(peer)
         return peer
 

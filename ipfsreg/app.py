@@ -26,10 +26,15 @@ from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.ipns.keystore import Keystore
 from ipfsreg.ipns.service import IpnsService, ValueRouting
 from ipfsreg.ipns.settings import IpnsSettings
+from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.pnet_conn import load_swarm_key
+from ipfsreg.node.routing.http_client import HttpRouters
+from ipfsreg.node.routing.local import LocalRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import (
     create_app,
@@ -39,6 +44,7 @@ from ipfsreg.registry.app import (
     set_ipns_resolver,
 )
 from ipfsreg.registry.settings import RegistrySettings
+from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
 from ipfsreg.unixfs.importer import ImportOptions
 
 log = logging.getLogger("ipfsreg")
@@ -84,6 +90,7 @@ async def run_server(
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
+    routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
     ipns_settings: IpnsSettings = config.section("ipns")
     try:
@@ -93,7 +100,12 @@ async def run_server(
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
-        node = Node(store, node_settings, identity)
+        psk = load_swarm_key(config.data_dir, node_settings.swarm_key)
+        node = Node(store, node_settings, identity, psk=psk)
+        if psk is not None:
+            log.info(
+                "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
+            )
         import_options = ImportOptions(
             chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
         )
@@ -103,6 +115,7 @@ async def run_server(
             await shutdown.wait()
 
         info = ServerInfo(peer_id=node.peer_id)
+        ipns_validator = IpnsValidator()  # IPNS records through the Routing V1 API and HTTP routers
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
@@ -110,7 +123,15 @@ async def run_server(
             info.p2p_addrs = node.listen_addrs()
             # One bitswap session shared by the registry and the control API; the gateway opens one
             # per request.
-            async with node.block_source() as source, trio.open_nursery() as servers:
+            async with (
+                node.block_source() as source,
+                HttpRouters(
+                    routing_settings.http_routers,
+                    timeout=routing_settings.http_timeout,
+                    validator=ipns_validator,
+                ) as http_routers,
+                trio.open_nursery() as servers,
+            ):
                 registry = create_app(
                     store,
                     registry_settings,
@@ -122,6 +143,8 @@ async def run_server(
                 routing = value_routing
                 if routing is None and isinstance(node, ValueRouting):
                     routing = node  # the node's DHT (put_value / get_value), once it has one
+                if routing is None and routing_settings.http_routers:
+                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
                 ipns = IpnsService(
                     store,
                     registry_store(registry),
@@ -140,6 +163,15 @@ async def run_server(
                     not_found=(BlockNotFound, BlockFetchTimeout),
                     ipns=ipns,
                 )
+                if routing_settings.http_api:
+                    register_routing_v1(
+                        registry,
+                        LocalRouter(node, http_routers),
+                        validator=ipns_validator,
+                        not_found=(NoRecord,),
+                        unavailable=(RoutingUnavailable,),
+                        settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
+                    )
                 await nursery.start(ipns.run)
                 collector = collector_for(store, registry_store(registry))
                 collector.root_sources.append(ipns.store.live_roots)

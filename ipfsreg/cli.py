@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peer to stay connected to (repeatable)",
     )
+    p.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        default=None,
+        help="private network key (Kubo's swarm.key format); default DATA/swarm.key when it exists",
+    )
+    p.add_argument(
+        "--mdns", action="store_const", const=True, default=None, help="discover peers on the LAN (mDNS)"
+    )
 
     p.add_argument("--upstream", metavar="URL", default=None, help="pull-through cache of this registry")
     p.add_argument("--upstream-username", metavar="USER", default=None)
@@ -547,6 +556,8 @@ _FLAG_OPTIONS = (
     ("api.listen", "api_listen"),
     ("node.p2p_listen", "p2p_listen"),
     ("node.peers", "peer_list"),
+    ("node.swarm_key", "swarm_key"),
+    ("node.mdns", "mdns"),
     ("registry.upstream", "upstream"),
     ("registry.upstream_username", "upstream_username"),
     ("registry.htpasswd", "htpasswd"),

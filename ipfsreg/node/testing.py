@@ -64,10 +64,10 @@ class Nodes:
         """The nursery the nodes run in (tests start their own peers in it too)."""
         return self._nursery
 
-    async def start(self, **overrides: Any) -> Node:
+    async def start(self, *, psk: bytes | None = None, **overrides: Any) -> Node:
         self._count += 1
         datastore = self._stack.enter_context(Datastore.open(self._dir / f"node{self._count}"))
-        node = Node(datastore, replace(LOOPBACK_SETTINGS, **overrides), Identity.generate())
+        node = Node(datastore, replace(LOOPBACK_SETTINGS, **overrides), Identity.generate(), psk=psk)
         await self._nursery.start(node.run)
         return node
 

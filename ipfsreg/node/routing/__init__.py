@@ -1,0 +1,1 @@
+"""Content and peer routing of the node: the DHT, delegated routing over HTTP, LAN discovery."""
