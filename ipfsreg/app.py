@@ -47,9 +47,9 @@ from ipfsreg.registry.app import (
     serve_registry,
     set_ipns_resolver,
 )
+from ipfsreg.registry.names import reference_host
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
-from ipfsreg.unixfs.importer import ImportOptions
 
 log = logging.getLogger("ipfsreg")
 
@@ -113,9 +113,7 @@ async def run_server(
             log.info(
                 "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
             )
-        import_options = ImportOptions(
-            chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
-        )
+        import_options = config.importer.options()
         shutdown = trio.Event()
 
         async def shutdown_trigger() -> None:
@@ -203,6 +201,7 @@ async def run_server(
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
                     mirror_stats=mirror.stats,
+                    registry_host=lambda: reference_host(next(iter(info.registry_urls), None)),
                     ipns=ipns,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and

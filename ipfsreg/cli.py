@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -23,11 +24,13 @@ from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
 from ipfsreg.excgroups import leaves
-from ipfsreg.imageops import split_name_tag
+from ipfsreg.imageops import split_name_optional_tag, split_name_tag
 from ipfsreg.malloc import limit_arenas
 from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
+from ipfsreg.unixfs.car import CarV2Writer
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
+from ipfsreg.unixfs.profiles import PROFILES, profile_options
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -154,8 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
     p.add_argument("-H", "--hidden", action="store_true", help="include files whose names start with '.'")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="UnixFS import profile (IPIP-499; default: [import] profile, unixfs-v0-2015)",
+    )
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=None)
-    p.add_argument("--chunk-size", type=int, default=None, help="chunk size in bytes (default 262144)")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="chunk size in bytes (default: the profile's)"
+    )
+    p.add_argument(
+        "--max-links", type=int, default=None, help="most links per file node (default: the profile's)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the root CID")
     p.add_argument(
         "--no-pin", action="store_true", help="do not pin the root (garbage collection may remove it)"
@@ -172,30 +186,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None, help="destination (default: the CID)")
     p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
-    p = command("export", cmd_export, "write an image (NAME:TAG) or the DAG under CID as a CAR v1 file")
+    p = command("export", cmd_export, "write an image (NAME:TAG) or the DAG under CID as a CAR file")
     p.add_argument("cid_path", metavar="NAME:TAG|CID[/path]")
     p.add_argument("-o", "--output", type=Path, required=True, help="CAR file to write ('-' for stdout)")
+    p.add_argument(
+        "--car-version",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="1 (default) or 2: CARv2 with a MultihashIndexSorted index, as go-car writes it",
+    )
 
-    p = command("import", cmd_import, "verify and store every block of a CAR v1 file; prints its roots")
+    p = command("import", cmd_import, "verify and store every block of a CAR v1 or v2 file; prints its roots")
     p.add_argument("car", type=Path, help="CAR file ('-' for stdin)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the roots")
-    p.add_argument("--tag", metavar="NAME:TAG", default=None, help="tag the imported image in the registry")
+    p.add_argument(
+        "--tag",
+        metavar="NAME[:TAG]",
+        default=None,
+        help="tag the imported image in the registry (no TAG: the layout's own)",
+    )
 
-    p = command("publish", cmd_publish, "(re)publish NAME:TAG as an OCI image layout on IPFS; prints its CID")
+    p = command(
+        "publish",
+        cmd_publish,
+        "(re)publish NAME:TAG as an OCI image layout on IPFS; prints its pull reference HOST/ipfs/<cid>:TAG",
+    )
     p.add_argument("image", metavar="NAME[:TAG]")
 
-    p = command("images", cmd_images, "list published images: NAME:TAG, manifest digest, CID")
+    p = command("images", cmd_images, "list published images: NAME:TAG, manifest digest, CID, pull reference")
     p.add_argument("--json", action="store_true")
 
     p = command("pull", cmd_pull, "bring an image from IPFS into the registry (fetching over bitswap)")
     p.add_argument("cid", metavar="/ipfs/CID")
-    p.add_argument("image", metavar="NAME[:TAG]", nargs="?", help="default: repository ipfs/<cid>")
+    p.add_argument(
+        "image",
+        metavar="NAME[:TAG]",
+        nargs="?",
+        help="default: repository ipfs/<cid>; no TAG: the layout's own tag of the image",
+    )
     p.add_argument(
         "--ref", default=None, help="the layout's tag or digest to pull (default: TAG or its only image)"
     )
     p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
-    p = command("push", cmd_push, "import an OCI layout directory or docker save tarball as NAME:TAG")
+    p = command(
+        "push",
+        cmd_push,
+        "import an OCI layout directory or docker save tarball as NAME:TAG; prints its pull reference",
+    )
     p.add_argument("path", type=Path)
     p.add_argument("image", metavar="NAME[:TAG]")
 
@@ -276,10 +315,20 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
 
 
 def _import_options(args: argparse.Namespace, config: Config) -> ImportOptions:
-    cid_version = args.cid_version if args.cid_version is not None else config.importer.cid_version
-    chunk_size = args.chunk_size if args.chunk_size is not None else config.importer.chunk_size
+    """The [import] settings, with a --profile flag in place of the configured profile and the
+    other flags over both (as Kubo's `ipfs add` flags override its Import config)."""
+    settings = config.importer
+    if args.profile is not None and args.profile != settings.profile:
+        settings = dataclasses.replace(
+            settings, profile=args.profile, chunk_size=None, cid_version=None, max_links=None
+        )
     try:
-        return ImportOptions(chunk_size=chunk_size, cid_version=cid_version)
+        return profile_options(
+            settings.profile,
+            chunk_size=args.chunk_size if args.chunk_size is not None else settings.chunk_size,
+            cid_version=args.cid_version if args.cid_version is not None else settings.cid_version,
+            max_links=args.max_links if args.max_links is not None else settings.max_links,
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -360,7 +409,13 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
             target = str(backend.image_cid(name, tag))
             # The repository's current IPNS record travels in the CAR (see ipfsreg/ipns/carfile.py).
             extra = [CID.parse(c) for c in backend.ipns_call("export_roots", arg=name, tag=tag)["roots"]]
-        backend.export(target, out, progress=bar, extra_roots=extra)
+        if args.car_version == 1:
+            backend.export(target, out, progress=bar, extra_roots=extra)
+        else:
+            # The backend streams a CARv1 (a server sends one); it is wrapped here, index included.
+            wrapper = CarV2Writer(out, seekable=str(args.output) != "-")
+            backend.export(target, wrapper, progress=bar, extra_roots=extra)
+            wrapper.close()
     if extra:
         print(f"exported with the IPNS record of {split_name_tag(args.cid_path)[0]}", file=sys.stderr)
     return 0
@@ -386,13 +441,18 @@ def _cid_arg(text: str) -> CID:
 
 
 def _print_pulled(result: dict[str, Any]) -> None:
-    print(f"{result['name']}:{result['tag']} {result['digest']} ({result['blobs']} blobs)", file=sys.stderr)
-    print(result["cid"])
+    """stdout: the pull reference (``HOST/ipfs/<cidv1>:TAG``); stderr: what was stored, with the
+    Kubo-parity CID (``ipfs get`` takes it, as X-Ipfs-Path gives it)."""
+    image = f"{result['name']}:{result['tag']}"
+    print(f"{image} {result['digest']} ({result['blobs']} blobs) /ipfs/{result['cid']}", file=sys.stderr)
+    print(result["reference"])
 
 
 def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend:
-        print(backend.publish(*split_name_tag(args.image)))
+        published = backend.publish(*split_name_tag(args.image))
+    print(f"{published['name']}:{published['tag']} /ipfs/{published['cid']}", file=sys.stderr)
+    print(published["reference"])
     return 0
 
 
@@ -403,13 +463,14 @@ def cmd_images(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(images))
     else:
         for image in images:
-            print(f"{image['name']}:{image['tag']}\t{image['digest']}\t{image['cid']}")
+            name = f"{image['name']}:{image['tag']}"
+            print(f"{name}\t{image['digest']}\t{image['cid']}\t{image['reference']}")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace, config: Config) -> int:
     cid = _cid_arg(args.cid)
-    target = split_name_tag(args.image) if args.image else None
+    target = split_name_optional_tag(args.image) if args.image else None
     with backend_for(config) as backend:
         _print_pulled(backend.pull(cid, args.ref, target, args.peer))
     return 0
@@ -435,9 +496,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
         if args.tag:
             if len(roots) != 1:
                 raise CommandError(f"--tag needs a CAR with one root, this one has {len(roots)}")
-            name, tag = split_name_tag(args.tag)
+            name, tag = split_name_optional_tag(args.tag)
             tagged = backend.tag(roots[0], name, tag, None)
-            print(f"tagged {name}:{tag} {tagged['digest']}", file=sys.stderr)
+            print(f"tagged {name}:{tagged['tag']} {tagged['digest']} {tagged['reference']}", file=sys.stderr)
     for root in roots:
         print(root)
     return 0

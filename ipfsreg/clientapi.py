@@ -21,7 +21,6 @@ from ipfsreg.apifile import PREFIX, read_api_file
 from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
-from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.pins import Pins
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
@@ -33,6 +32,12 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int], None]
 _TIMEOUT: Final = httpx.Timeout(30.0, read=None, write=None)
+
+
+class ByteSink(Protocol):
+    """Where exported bytes go: a binary file, or a wrapper such as ``unixfs.car.CarV2Writer``."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class ControlApiError(Exception):
@@ -59,7 +64,7 @@ class Backend(Protocol):
     ) -> None: ...
 
     def export(
-        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
     ) -> None: ...
 
     def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]: ...
@@ -72,19 +77,19 @@ class Backend(Protocol):
 
     def gc(self, *, dry_run: bool) -> dict[str, Any]: ...
 
-    def publish(self, name: str, tag: str) -> CID: ...
+    def publish(self, name: str, tag: str) -> dict[str, str]: ...
 
     def images(self) -> list[dict[str, str]]: ...
 
     def image_cid(self, name: str, tag: str) -> CID: ...
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]: ...
 
     def push(self, path: Path, name: str, tag: str) -> dict[str, Any]: ...
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]: ...
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]: ...
 
     def identity(self) -> tuple[str, list[str]]: ...
 
@@ -171,7 +176,7 @@ class LocalBackend:
         trio.run(with_node)
 
     def export(
-        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
     ) -> None:
         async def run() -> None:
             root = await resolve(self.source, cid_path)
@@ -214,9 +219,11 @@ class LocalBackend:
 
         return RegistryStore(self.store, import_options=import_options(self.config))
 
-    def publish(self, name: str, tag: str) -> CID:
-        registry = self.registry()
-        return trio.run(registry.publish, name, tag)
+    def publish(self, name: str, tag: str) -> dict[str, str]:
+        from ipfsreg.registry.names import pull_reference
+
+        cid = trio.run(self.registry().publish, name, tag)
+        return {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag)}
 
     def images(self) -> list[dict[str, str]]:
         from ipfsreg.imageops import image_json
@@ -229,7 +236,7 @@ class LocalBackend:
         return cid if cid is not None else trio.run(registry.publish, name, tag)
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]:
         from ipfsreg.registry import images
 
@@ -238,7 +245,7 @@ class LocalBackend:
 
         async def run(source: BlockSource) -> None:
             if target is None:
-                result.append(await images.mirror_image(registry, source, cid, ref or LATEST))
+                result.append(await images.mirror_image(registry, source, cid, ref))
             else:
                 result.append(await images.pull_image(registry, source, cid, ref, *target))
 
@@ -252,7 +259,7 @@ class LocalBackend:
 
         return pulled_json(trio.run(push_image, self.registry(), path, name, tag))
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]:
         from ipfsreg.imageops import pulled_json
         from ipfsreg.registry.images import tag_image_from_cid
 
@@ -382,7 +389,7 @@ class RemoteBackend:
         trio.run(run)
 
     def export(
-        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
     ) -> None:
         root, path = parse_cid_path(cid_path)
         if path:
@@ -429,8 +436,8 @@ class RemoteBackend:
         result: dict[str, Any] = self.request_json("GET", "/mirror/stat")
         return result
 
-    def publish(self, name: str, tag: str) -> CID:
-        return CID.parse(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"})["cid"])
+    def publish(self, name: str, tag: str) -> dict[str, str]:
+        return dict(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"}))
 
     def images(self) -> list[dict[str, str]]:
         return list(self.request_json("GET", "/images")["images"])
@@ -439,14 +446,14 @@ class RemoteBackend:
         return CID.parse(self.request_json("GET", "/image/cid", params={"arg": f"{name}:{tag}"})["cid"])
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]:
         self._connect_all(peers)
         params = {"arg": str(cid)}
         if ref is not None:
             params["ref"] = ref
         if target is not None:
-            params["name"] = f"{target[0]}:{target[1]}"
+            params["name"] = _name_arg(*target)
         result: dict[str, Any] = self.request_json("POST", "/image/pull", params=params)
         return result
 
@@ -456,8 +463,8 @@ class RemoteBackend:
         result: dict[str, Any] = self.request_json("POST", "/image/push", params=params)
         return result
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
-        params = {"arg": str(cid), "name": f"{name}:{tag}"}
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]:
+        params = {"arg": str(cid), "name": _name_arg(name, tag)}
         if ref is not None:
             params["ref"] = ref
         result: dict[str, Any] = self.request_json("POST", "/image/tag", params=params)
@@ -497,8 +504,12 @@ class RemoteBlockSource:
         self._hints.extend(cids)
 
 
+def _name_arg(name: str, tag: str | None) -> str:
+    return name if tag is None else f"{name}:{tag}"
+
+
 def import_options(config: Config) -> ImportOptions:
-    return ImportOptions(chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version)
+    return config.importer.options()
 
 
 @contextlib.contextmanager

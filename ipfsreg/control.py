@@ -11,10 +11,11 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /prefetch?arg=CID...    hint that these blocks will be read soon
     GET  /export?arg=CID         a CAR v1 stream of the DAG
     POST /pin/add?arg=CID, POST /pin/rm?arg=CID, GET /pin/ls
-    POST /image/publish?arg=NAME:TAG, GET /images, GET /image/cid?arg=NAME:TAG
-    POST /image/pull?arg=CID[&ref=REF][&name=NAME:TAG]   (fetches over bitswap)
+    POST /image/publish?arg=NAME:TAG, GET /images, GET /image/cid?arg=NAME:TAG   (with "reference":
+                                 HOST/ipfs/<cidv1>:TAG, what container clients pull)
+    POST /image/pull?arg=CID[&ref=REF][&name=NAME[:TAG]]   (fetches over bitswap; no TAG: the layout's)
     POST /image/push?path=PATH&name=NAME:TAG   (PATH is read by the server: same machine)
-    POST /image/tag?arg=CID&name=NAME:TAG[&ref=REF]      (image blocks already local)
+    POST /image/tag?arg=CID&name=NAME[:TAG][&ref=REF]    (image blocks already local)
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
     GET  /mirror/stat            the mirror's counters: bytes by source, hits and misses by namespace
@@ -46,7 +47,13 @@ from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, Invali
 from ipfsreg.cid import CID, CIDError
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
-from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
+from ipfsreg.imageops import (
+    image_json,
+    pulled_json,
+    push_image,
+    split_name_optional_tag,
+    split_name_tag,
+)
 from ipfsreg.ipns import ops as ipns_ops
 from ipfsreg.ipns.keystore import KeystoreError
 from ipfsreg.ipns.record import IpnsError, NameNotFound
@@ -54,11 +61,11 @@ from ipfsreg.ipns.service import IpnsService
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.oci.errors import LayoutError
-from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import BlockSink, OpsError, cat, parse_cid_path
 from ipfsreg.pins import Pins
 from ipfsreg.registry import images
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.names import pull_reference
 from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
@@ -189,9 +196,16 @@ def create_control_app(
     source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
     mirror_stats: MirrorStats | None = None,
+    registry_host: Callable[[], str | None] | None = None,
     ipns: IpnsService | None = None,
 ) -> QuartTrio:
+    """The control API app. ``registry_host`` gives the registry's ``host:port`` (once it listens) for
+    the pull references in image responses; without it they carry no host."""
     app = QuartTrio(__name__)
+
+    def host() -> str | None:
+        return registry_host() if registry_host is not None else None
+
     pins = Pins(store)
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
 
@@ -299,11 +313,13 @@ def create_control_app(
     async def post_publish() -> Response:
         name, tag = name_tag(request.args.get("arg"))
         cid = await need_registry().publish(name, tag)
-        return _json({"name": name, "tag": tag, "cid": str(cid)})
+        return _json(
+            {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag, host())}
+        )
 
     @app.get(f"{PREFIX}/images")
     async def get_images() -> Response:
-        return _json({"images": [image_json(info) for info in need_registry().images()]})
+        return _json({"images": [image_json(info, host()) for info in need_registry().images()]})
 
     @app.get(f"{PREFIX}/image/cid")
     async def get_image_cid() -> Response:
@@ -312,7 +328,9 @@ def create_control_app(
         cid = store.image_cid(name, tag)
         if cid is None:
             cid = await store.publish(name, tag)
-        return _json({"name": name, "tag": tag, "cid": str(cid)})
+        return _json(
+            {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag, host())}
+        )
 
     @app.post(f"{PREFIX}/image/pull")
     async def post_pull() -> Response:
@@ -323,10 +341,12 @@ def create_control_app(
         factory = source_factory if source_factory is not None else (lambda: source)
         async with open_source(factory) as pull_source:
             if target:
-                pulled = await images.pull_image(store, pull_source, cid, ref, *name_tag(target))
+                pulled = await images.pull_image(
+                    store, pull_source, cid, ref, *split_name_optional_tag(target)
+                )
             else:
-                pulled = await images.mirror_image(store, pull_source, cid, ref or LATEST)
-        return _json(pulled_json(pulled))
+                pulled = await images.mirror_image(store, pull_source, cid, ref)
+        return _json(pulled_json(pulled, host()))
 
     @app.post(f"{PREFIX}/image/push")
     async def post_push() -> Response:
@@ -334,14 +354,18 @@ def create_control_app(
         if not path:
             raise ApiError(400, "missing argument 'path'", "bad-request")
         name, tag = name_tag(request.args.get("name"))
-        return _json(pulled_json(await push_image(need_registry(), Path(path), name, tag)))
+        return _json(pulled_json(await push_image(need_registry(), Path(path), name, tag), host()))
 
     @app.post(f"{PREFIX}/image/tag")
     async def post_tag() -> Response:
         cid = _arg_cid(request.args.get("arg"))
-        name, tag = name_tag(request.args.get("name"))
+        target = request.args.get("name")
+        if not target:
+            raise ApiError(400, "missing NAME[:TAG]", "bad-request")
+        name, tag = split_name_optional_tag(target)
         ref = request.args.get("ref") or None
-        return _json(pulled_json(await images.tag_image_from_cid(need_registry(), cid, name, tag, ref)))
+        tagged = await images.tag_image_from_cid(need_registry(), cid, name, tag, ref)
+        return _json(pulled_json(tagged, host()))
 
     @app.get(f"{PREFIX}/id")
     async def get_id() -> Response:

@@ -1,4 +1,5 @@
-"""Repository-name and tag grammar of the distribution spec, and ``ipfs/<cid>`` names, as pure checks."""
+"""Repository-name and tag grammar of the distribution spec, ``ipfs/<cid>`` names, and the pull references
+(``HOST/ipfs/<cidv1>:TAG``) that name images on IPFS, as pure functions."""
 
 from __future__ import annotations
 
@@ -133,3 +134,33 @@ def ipns_repository(name: str) -> tuple[str, str] | None:
             {"name": name[:300], "reason": "expected ipns/<name>/<repository> with a valid repository name"},
         )
     return ipns_text, repository
+
+
+def pull_reference(cid: CID, tag: str, host: str | None = None) -> str:
+    """``[HOST/]ipfs/<CIDv1 base32>:TAG``: the image directory ``cid`` as docker, podman and skopeo
+    pull it from any ipfsreg (they refuse the CIDv0 ``Qm...`` form: repository names are lowercase)."""
+    reference = f"{ipfs_repository_name(cid)}:{tag}"
+    return f"{host}/{reference}" if host else reference
+
+
+_HOST_RE: Final = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_WILDCARDS: Final = ("0.0.0.0", "[::]", "::")
+
+
+def reference_host(host: str | None) -> str | None:
+    """``host[:port]`` as a pull reference's registry part, or None when it cannot be one.
+
+    A wildcard listen address (0.0.0.0, [::]) becomes ``localhost``: the CLI prints references on
+    the machine the server runs on."""
+    if not host:
+        return None
+    text = host.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1].split("/", 1)[0]
+    match = _HOST_RE.fullmatch(text)
+    if match is None:
+        return None
+    name, port = match.group(1), match.group(2) or ""
+    if name in _WILDCARDS:
+        name = "localhost"
+    return name + port

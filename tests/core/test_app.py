@@ -1,5 +1,5 @@
 """The composed server: registry pushes reach bitswap peers that were already waiting for the blocks
-(the registry tells the node about every block it commits)."""
+(the registry tells the node about every block it commits); the [import] config shapes pushed blobs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import trio
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from ipfsreg.unixfs.importer import import_bytes
 
@@ -38,3 +39,19 @@ async def test_a_peer_waiting_for_a_blob_gets_it_once_it_is_pushed(serve_node: A
                         or "X-Ipfs-Path" not in pushed.headers
                     )
         assert got == [blob]
+
+
+async def test_import_profile_in_the_config_sets_the_cids_of_pushed_blobs(serve_node: Any) -> None:
+    # IPIP-499's unixfs-v1-2025 fixture: 1 MiB + 1 byte of Kubo's deterministic ChaCha20 stream.
+    key = hashlib.sha256(b"chunk-v1-seed").digest()
+    blob = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(1048577))
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    async with (
+        serve_node("v1", **{"import.profile": "unixfs-v1-2025"}) as server,
+        httpx.AsyncClient(base_url=server.registry_urls[0], timeout=60) as registry,
+    ):
+        pushed = await registry.post(f"/v2/x/blobs/uploads/?digest={digest}", content=blob)
+        assert pushed.status_code == 201, pushed.text
+        head = await registry.head(f"/v2/x/blobs/{digest}")
+    expected = "/ipfs/bafybeigmix7t42i6jacydtquhet7srwvgpizfg7gjbq7627d35mjomtu64"
+    assert pushed.headers["X-Ipfs-Path"] == head.headers["X-Ipfs-Path"] == expected
