@@ -83,6 +83,9 @@ class NodeFleetPeers:
     def block_source(self) -> AbstractAsyncContextManager[BlockSource]:
         return self.node.block_source()
 
+    def received_bytes(self) -> int:
+        return self.node.client.stats.block_bytes_received
+
     async def penalise(self, peer: str, reason: str) -> None:
         try:
             peer_id = ID.from_base58(peer)

@@ -17,12 +17,14 @@ misses blob D:
    waiting at most ``peer_timeout`` for it to start; otherwise
 4. goes to the upstream.
 
-A peer that stalls for ``peer_stall_timeout``, breaks the protocol or sends a DAG that does not add
-up is dropped and the next source continues from the byte where the last one stopped (an upstream
-continues with a ``Range`` request). Every block is verified against its CID by bitswap; the whole
-blob is checked against its digest by the store as it streams through the importer, and becomes
-visible only then (see proxy.py). Bytes that passed through several sources still meet one digest
-check: when it fails, the peers that served them are penalised.
+A peer that stalls for ``peer_stall_timeout`` (no block arrives at all meanwhile: one whose link is
+busy serving the fleet is waited for while blocks keep coming, up to ``STALL_PATIENCE`` rounds),
+breaks the protocol or sends a DAG that does not add up is dropped and the next source continues
+from the byte where the last one stopped (an upstream continues with a ``Range`` request). Every
+block is verified against its CID by bitswap; the whole blob is checked against its digest by the
+store as it streams through the importer, and becomes visible only then (see proxy.py). Bytes that
+passed through several sources still meet one digest check: when it fails, the peers that served
+them are penalised.
 
 Cost for a node alone (no connected peers, no DHT providers): nothing but the survey's empty round.
 With peers: one round trip to each (at most ``peer_timeout``), plus ``claim_settle`` when another
@@ -35,11 +37,12 @@ swarm: the answer for a private blob is ``missing`` (see :class:`Fleet`).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import trio
 
@@ -69,6 +72,9 @@ from ipfsreg.unixfs.importer import Block
 log = logging.getLogger(__name__)
 
 LEAF_WINDOW = 32  # leaves of an in-flight blob fetched ahead of the one being read
+# Rounds of ``peer_stall_timeout`` a wait may last while the node's bitswap still receives blocks.
+STALL_PATIENCE = 4
+T = TypeVar("T")
 
 
 class FleetPeers(Protocol):
@@ -101,6 +107,10 @@ class FleetPeers(Protocol):
 
     async def penalise(self, peer: str, reason: str) -> None:
         """Drop and ban a peer that lied."""
+        ...
+
+    def received_bytes(self) -> int:
+        """Block bytes this node's bitswap has received so far (a monotonic progress counter)."""
         ...
 
 
@@ -243,18 +253,45 @@ class PeerSupply:
             return PeerFailed(self.peer, str(exc))
         return exc
 
+    async def _patiently(self, wait: Callable[[], Awaitable[T]], what: str) -> T:
+        """``wait()``, allowed ``stall_timeout`` at a time while this node's bitswap makes progress.
+
+        A peer whose link is saturated (serving the whole fleet) answers late but answers: as long
+        as blocks keep arriving from the fleet, the wait goes on, up to STALL_PATIENCE rounds. With
+        no block at all for ``stall_timeout``, the peer has stalled.
+        """
+        stall = self.fleet.stall_timeout
+        seen = self.fleet.peers.received_bytes()
+        for _ in range(STALL_PATIENCE):
+            with trio.move_on_after(stall):
+                return await wait()
+            now = self.fleet.peers.received_bytes()
+            if now == seen:
+                break
+            seen = now
+        raise PeerFailed(self.peer, f"{what} for {stall:g}s")
+
     async def _read_dag(
         self, source: BlockSource, root: CID, size: int | None, emit: Pump, offset: int
     ) -> int:
-        stall = self.fleet.stall_timeout
+        """Read the blob's DAG from ``offset``: a reader task fills a channel, so waiting is cancel-safe."""
+        send, receive = trio.open_memory_channel[bytes](4)
+
+        async def reader() -> None:
+            async with (
+                send,
+                aclosing(cast(AsyncGenerator[bytes, None], read_file(source, root, offset))) as chunks,
+            ):
+                async for chunk in chunks:
+                    await send.send(chunk)
+
         position = offset
-        async with aclosing(cast(AsyncGenerator[bytes, None], read_file(source, root, offset))) as chunks:
+        async with trio.open_nursery() as nursery, receive:
+            nursery.start_soon(reader)
             while True:
-                with trio.move_on_after(stall) as waited:
-                    chunk = await anext(chunks, None)
-                if waited.cancelled_caught:
-                    raise PeerFailed(self.peer, f"no block of {self.digest} for {stall:g}s")
-                if chunk is None:
+                try:
+                    chunk = await self._patiently(receive.receive, "no block of the blob arrived")
+                except trio.EndOfChannel:
                     break
                 position += len(chunk)
                 if size is not None and position > size:
@@ -292,10 +329,9 @@ class PeerSupply:
                         source.prefetch([leaf.cid for leaf in state.leaves[max(prefetched, index) : upto]])
                         prefetched = upto
                     leaf = state.leaves[index]
-                    with trio.move_on_after(fleet.stall_timeout) as waited:
-                        block = await source.get(leaf.cid)
-                    if waited.cancelled_caught:
-                        raise PeerFailed(self.peer, f"leaf {leaf.cid} did not arrive")
+                    block = await self._patiently(
+                        functools.partial(source.get, leaf.cid), f"leaf {leaf.cid} did not arrive"
+                    )
                     data = leaf_bytes(leaf.cid, block)
                     if len(data) != leaf.size:
                         raise PeerFailed(
@@ -313,12 +349,7 @@ class PeerSupply:
                     break
                 if state.ended:
                     raise PeerFailed(self.peer, "its blob stream ended before the blob did")
-                with trio.move_on_after(fleet.stall_timeout) as waited:
-                    await state.wait_change()
-                if waited.cancelled_caught:
-                    raise PeerFailed(
-                        self.peer, f"announced no leaf of {self.digest} for {fleet.stall_timeout:g}s"
-                    )
+                await self._patiently(state.wait_change, "it announced no leaf")
             nursery.cancel_scope.cancel()
         return position
 

@@ -884,7 +884,7 @@ class PullThrough:
                         except PeerFailed as exc:
                             self.stats.peer_failures += 1
                             log.warning(
-                                "fleet: %s of %s at byte %d; trying the next source", exc, digest, offset
+                                "fleet: %s (blob %s, at byte %d); trying the next source", exc, digest, offset
                             )
                             if exc.lied:
                                 await fleet.peers.penalise(exc.peer, str(exc))

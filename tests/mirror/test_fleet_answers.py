@@ -15,7 +15,7 @@ from ipfsreg.mirror.claims import distance
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.blobs.protocol import Answer, Claimed, Failed, Fetching, Have, Leaf, Missing, Request
 from ipfsreg.node.errors import NodeError
-from ipfsreg.registry.fleet import Fleet, leaf_of
+from ipfsreg.registry.fleet import Fleet, PeerFailed, PeerSupply, leaf_of
 from ipfsreg.unixfs.importer import FileImporter, ImportOptions
 
 DIGEST = "sha256:" + "3c" * 32
@@ -61,6 +61,9 @@ class ScriptedPeers:
 
     def has_routing(self) -> bool:
         return self.routing
+
+    def received_bytes(self) -> int:
+        return 0
 
     routing = False
 
@@ -258,3 +261,38 @@ async def test_a_node_that_found_nobody_says_fetching_before_it_reaches_the_upst
     assert await collect(coordinator.answer("late", Request(DIGEST, claim=True)), 1) == [
         Fetching(None, 0, ())
     ]
+
+
+class Progressing(ScriptedPeers):
+    """Bitswap keeps receiving blocks (from anyone) while a supply waits."""
+
+    def received_bytes(self) -> int:
+        return int(trio.current_time() * 1000)
+
+
+async def test_a_busy_peer_that_answers_late_is_waited_for_while_bitswap_makes_progress(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    supply = PeerSupply(fleet(Progressing("me", {})), "busy", DIGEST, None)
+    supply.fleet.stall_timeout = 1.0
+
+    arrives = trio.current_time() + 2.5  # a saturated link: three rounds, with blocks arriving meanwhile
+
+    async def late() -> str:  # each round waits again for the same arrival (a channel, a fetch)
+        await trio.sleep_until(arrives)
+        return "answer"
+
+    assert await supply._patiently(late, "nothing came") == "answer"
+    with pytest.raises(PeerFailed, match="nothing came"):
+        await supply._patiently(trio.sleep_forever, "nothing came")  # patience has a cap
+
+
+async def test_a_peer_that_answers_nothing_while_nothing_arrives_at_all_has_stalled(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    supply = PeerSupply(fleet(ScriptedPeers("me", {})), "gone", DIGEST, None)
+    supply.fleet.stall_timeout = 1.0
+    start = trio.current_time()
+    with pytest.raises(PeerFailed, match="no block"):
+        await supply._patiently(trio.sleep_forever, "no block")
+    assert trio.current_time() - start == pytest.approx(1.0)
