@@ -9,7 +9,8 @@ Where misses go (see ``ipfsreg.mirror.rules`` for the matching itself):
   mirror with a path) is the same repository. Tags therefore never collide across registries;
   blobs and blocks are shared (same digest, same bytes). Responses carry ``OCI-Namespace``.
 - A request without either uses ``[registry] upstream`` (distribution's ``proxy.remoteurl``): one
-  upstream for unqualified names, as before.
+  upstream for unqualified names, as before. It also serves ``?ns=<its own host>`` when no
+  ``[[mirror.upstream]]`` names that host (containerd pulling ``HOST/repo`` through this mirror).
 - A namespaced repository without an upstream is served from the local store and fleet peers only.
 
 Design (blobs are fetched lazily, as distribution's proxy does):
@@ -63,6 +64,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 from quart import current_app
@@ -70,7 +72,7 @@ from quart import current_app
 from ipfsreg.blockstore import WriteBatch
 from ipfsreg.cid import CID
 from ipfsreg.excgroups import leaves
-from ipfsreg.mirror.rules import route
+from ipfsreg.mirror.rules import mirrored_namespaces, route
 from ipfsreg.mirror.settings import MirrorSettings
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.registry.digests import Digest, parse_digest
@@ -86,6 +88,7 @@ from ipfsreg.registry.manifest import (
     parse_manifest,
     pick_platform,
 )
+from ipfsreg.registry.names import canonical_namespace
 from ipfsreg.registry.private import PrivateContent
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BatchTagger, BlobInfo, RegistryStore
@@ -353,21 +356,31 @@ class PullThrough:
             self._clients[key] = client
         return client
 
+    def _legacy_client(self) -> UpstreamClient:
+        assert self.legacy is not None
+        legacy = self.legacy
+        return self._client(
+            legacy.upstream, legacy.upstream_username, legacy.upstream_password, None, legacy=True
+        )
+
+    def _is_legacy(self, namespace: str) -> bool:
+        """``namespace`` names the host of ``[registry] upstream``."""
+        return (
+            self.legacy is not None
+            and canonical_namespace(urlsplit(self.legacy.upstream).netloc) == namespace
+        )
+
     def target(self, namespace: str, repo: str) -> Target | None:
         """How misses of ``repo`` (a store name, ``<namespace>/<name>`` when namespaced) are served."""
         if not namespace:
             if self.legacy is None:
                 return None
-            client = self._client(
-                self.legacy.upstream,
-                self.legacy.upstream_username,
-                self.legacy.upstream_password,
-                None,
-                legacy=True,
-            )
-            return Target(repo, "", repo, client, self.tag_ttl, check_membership=True)
+            return Target(repo, "", repo, self._legacy_client(), self.tag_ttl, check_membership=True)
         name = repo[len(namespace) + 1 :] if repo.startswith(namespace + "/") else repo
         found = route(self.mirror, namespace, name)
+        if found is None and namespace not in mirrored_namespaces(self.mirror) and self._is_legacy(namespace):
+            # containerd with the single upstream as its registry sends ?ns=<that registry's host>.
+            return Target(repo, namespace, name, self._legacy_client(), self.tag_ttl, check_membership=True)
         if found is None:
             return Target(repo, namespace, name, None, self.mirror.tag_ttl)
         client = self._client(found.url, found.username, found.password, found.token_file, legacy=False)

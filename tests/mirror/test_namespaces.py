@@ -237,3 +237,16 @@ async def test_prefix_rules_pick_the_longest_match_with_its_own_credentials(tmp_
             assert (await pull(reg, "myorg/app", "v1", "docker.io"))[0] == private_digest
             assert private.count("GET", "/v2/hub/myorg/app/manifests/") == 1
             assert public.count("GET", "myorg") == 0
+
+
+async def test_the_single_upstream_also_serves_the_namespace_of_its_own_host(tmp_path: Path) -> None:
+    # containerd pulling HOST/repo:tag with ipfsreg as HOST's mirror sends ?ns=HOST.
+    async with running_upstream() as hub:
+        digest, _ = hub.add_image("bench/app", "v1", [LAYER])
+        host = hub.url.removeprefix("http://")
+        settings = RegistrySettings(listen="127.0.0.1:0", upstream=hub.url)
+        async with running_registry(tmp_path / "data", settings, mirror=MirrorSettings()) as reg:
+            assert (await pull(reg, "bench/app", "v1", host))[0] == digest
+            assert reg.store.resolve_tag(f"{host}/bench/app", "v1") == parse_digest(digest)
+            other = await reg.client.get("/v2/bench/app/manifests/v1", params={"ns": "quay.io"})
+            assert other.status_code == 404
