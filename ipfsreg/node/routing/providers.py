@@ -1,0 +1,142 @@
+"""The provider store: who provides which key, in a LevelDB keyspace, bounded and expiring.
+
+Layout of keyspace ``dht.providers``::
+
+    varint(len(key)) + key + provider peer ID
+        -> u64 expiry (unix ms) + varint(n) + n * (varint(len) + multiaddr)
+
+Records expire ``ttl`` after they were added (48 h, the spec's provide validity) and are swept by
+:meth:`ProviderStore.expire`; reads never return an expired one. The store holds at most
+``max_records`` records and ``max_per_key`` providers per key: past either bound a new record is
+refused (an existing one is still refreshed), so no amount of ADD_PROVIDER traffic grows it further.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from ipfsreg.blockstore import Datastore
+from ipfsreg.cid import CIDError, decode_varint, encode_varint
+
+PROVIDE_VALIDITY: Final = 48 * 3600.0
+MAX_RECORDS: Final = 100_000
+MAX_PER_KEY: Final = 64
+MAX_ADDRS: Final = 16
+_EXPIRY: Final = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRecord:
+    peer: bytes  # binary peer ID
+    addrs: tuple[bytes, ...]  # binary multiaddrs as the provider announced them
+    expires: float  # unix time
+
+
+def _prefix(key: bytes) -> bytes:
+    return encode_varint(len(key)) + key
+
+
+def _encode_value(expires: float, addrs: Sequence[bytes]) -> bytes:
+    parts = [_EXPIRY.pack(int(expires * 1000)), encode_varint(len(addrs))]
+    for addr in addrs:
+        parts += [encode_varint(len(addr)), addr]
+    return b"".join(parts)
+
+
+def _decode_value(raw: bytes) -> tuple[float, tuple[bytes, ...]] | None:
+    """(expiry, addrs), or None for a value this code did not write (treated as expired)."""
+    try:
+        (millis,) = _EXPIRY.unpack_from(raw)
+        count, pos = decode_varint(raw, _EXPIRY.size)
+        addrs = []
+        for _ in range(count):
+            length, pos = decode_varint(raw, pos)
+            addrs.append(raw[pos : pos + length])
+            pos += length
+        if pos != len(raw):
+            return None
+    except (struct.error, CIDError):
+        return None
+    return millis / 1000.0, tuple(addrs)
+
+
+class ProviderStore:
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        keyspace: str = "dht.providers",
+        ttl: float = PROVIDE_VALIDITY,
+        max_records: int = MAX_RECORDS,
+        max_per_key: int = MAX_PER_KEY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.datastore = datastore
+        self.keyspace = datastore.keyspace(keyspace)
+        self.ttl = ttl
+        self.max_records = max_records
+        self.max_per_key = max_per_key
+        self.clock = clock
+        self.refused = 0  # records not stored because a bound was reached
+        self._count = sum(1 for _ in self.keyspace.keys(b""))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes] = ()) -> bool:
+        """Record ``peer`` as a provider of ``key`` for ``ttl``; False if a bound refused a new record."""
+        prefix = _prefix(key)
+        record_key = prefix + peer
+        value = _encode_value(self.clock() + self.ttl, list(dict.fromkeys(addrs))[:MAX_ADDRS])
+        if self.keyspace.get(record_key) is not None:
+            self.keyspace.put(record_key, value)
+            return True
+        if self._count >= self.max_records or self._providers_of(prefix) >= self.max_per_key:
+            self.refused += 1
+            return False
+        self.keyspace.put(record_key, value)
+        self._count += 1
+        return True
+
+    def get(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
+        """Unexpired providers of ``key`` (up to ``limit``)."""
+        prefix = _prefix(key)
+        now = self.clock()
+        found: list[ProviderRecord] = []
+        for record_key, raw in self.keyspace.items(prefix):
+            decoded = _decode_value(raw)
+            if decoded is None or decoded[0] <= now:
+                continue
+            found.append(ProviderRecord(record_key[len(prefix) :], decoded[1], decoded[0]))
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    def remove(self, key: bytes, peer: bytes) -> None:
+        record_key = _prefix(key) + peer
+        if self.keyspace.get(record_key) is not None:
+            self.keyspace.delete(record_key)
+            self._count -= 1
+
+    def expire(self) -> int:
+        """Delete every expired record; returns how many (run it from a worker thread for big stores)."""
+        now = self.clock()
+        doomed = [k for k, raw in self.keyspace.items() if (d := _decode_value(raw)) is None or d[0] <= now]
+        for start in range(0, len(doomed), 1000):
+            with self.datastore.batch() as batch:
+                for record_key in doomed[start : start + 1000]:
+                    batch.delete(self.keyspace, record_key)
+        self._count = max(0, self._count - len(doomed))
+        return len(doomed)
+
+    def _providers_of(self, prefix: bytes) -> int:
+        count = 0
+        for _ in self.keyspace.items(prefix):
+            count += 1
+            if count >= self.max_per_key:
+                break
+        return count
