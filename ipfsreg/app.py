@@ -27,9 +27,12 @@ from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.routing.records import Validator
+from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
 from ipfsreg.registry.settings import RegistrySettings
+from ipfsreg.unixfs.exporter import LocalBlockSource
 from ipfsreg.unixfs.importer import ImportOptions
 
 log = logging.getLogger("ipfsreg")
@@ -71,6 +74,7 @@ async def run_server(
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
+    routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
@@ -79,7 +83,7 @@ async def run_server(
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
-        node = Node(store, node_settings, identity)
+        node = Node(store, node_settings, identity, routing=routing_settings, validators=record_validators())
         import_options = ImportOptions(
             chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
         )
@@ -104,12 +108,14 @@ async def run_server(
                     import_options=import_options,
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
+                    on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
                 )
                 register_gateway(
                     registry,
                     node.block_source,
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
+                    local_source_factory=lambda: LocalBlockSource(store.blocks),
                 )
                 collector = collector_for(store, registry_store(registry))
                 if gc_settings.interval > 0:
@@ -122,6 +128,8 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    routing=node.routing,
+                    on_committed=node.provide,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
@@ -139,6 +147,15 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def record_validators() -> dict[str, Validator]:
+    """Validators of DHT records by namespace, beyond ``pk`` (built into the node): none yet.
+
+    The IPNS layer adds ``"ipns"`` here; until then /ipns/ records are refused, as the spec asks of
+    records whose namespace has no validator.
+    """
+    return {}
 
 
 def _health(store: Datastore) -> str | None:

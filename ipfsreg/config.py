@@ -59,6 +59,7 @@ class ImportSettings:
 _LAYER_SECTIONS: Final = (
     ("api", "ipfsreg.apifile", "ApiSettings"),
     ("node", "ipfsreg.node.settings", "NodeSettings"),
+    ("routing", "ipfsreg.node.routing.settings", "RoutingSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
     ("gc", "ipfsreg.gc", "GcSettings"),

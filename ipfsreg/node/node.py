@@ -100,7 +100,7 @@ class Node:
         self.network = BitswapNetwork(self.host, settings)
         self.server = BitswapServer(datastore.blocks, self.network, settings)
         self.client = BitswapClient(
-            datastore.blocks, self.network, settings, on_blocks_stored=self.server.notify_new_blocks
+            datastore.blocks, self.network, settings, on_blocks_stored=self._fetched_blocks_stored
         )
         self.peering = Peering(self.host, settings.peers, max_backoff=settings.peering_max_backoff)
         self.network.on_message = self._on_message
@@ -261,8 +261,16 @@ class Node:
         return True
 
     def notify_new_blocks(self, cids: list[CID]) -> None:
-        """Tell the bitswap server about blocks added locally (answers peers waiting for them)."""
+        """Tell the bitswap server about blocks added locally (answers peers waiting for them).
+
+        With the ``all`` provide strategy they are announced on the DHT too.
+        """
         self.server.notify_new_blocks(cids)
+        if self.routing_settings.provide_strategy == "all":
+            self.routing.provide(cids)
+
+    def _fetched_blocks_stored(self, cids: list[CID]) -> None:
+        self.notify_new_blocks(cids)
 
     def stats(self) -> NodeStats:
         server, client, net = self.server.stats, self.client.stats, self.network.stats

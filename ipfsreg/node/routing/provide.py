@@ -42,6 +42,8 @@ _HEADER: Final = struct.Struct(">QB")
 _BLOCKLESS: Final = 1
 
 ProvideKey = Callable[[CID], Awaitable[int]]  # announce one key; returns how many peers took it
+# Without one (``None``), a queue only records what to announce: the CLI working on a data dir that
+# no server holds queues there what the next ``ipfsreg serve`` announces.
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ProvideQueue:
     def __init__(
         self,
         datastore: Datastore,
-        provide_key: ProvideKey,
+        provide_key: ProvideKey | None,
         *,
         strategy: str = "roots",
         reprovide_interval: float = 22 * 3600.0,
@@ -113,6 +115,20 @@ class ProvideQueue:
             self._wake.set()
         return added
 
+    def mark_provided(self, cid: CID) -> None:
+        """``cid`` was just announced by someone else than the worker (``ipfsreg routing provide``)."""
+        if self.strategy == "none":
+            return
+        key = cid.multihash
+        with self.datastore.batch() as batch:
+            if self.queue.get(key) is not None:
+                self._queued -= 1
+                batch.delete(self.queue, key)
+            if self.provided.get(key) is None:
+                self._provided += 1
+            blockless = not self.datastore.blocks.has(cid)
+            batch.put(self.provided, key, _encode_provided(self.clock(), blockless, cid))
+
     def unprovide(self, cids: Iterable[CID]) -> None:
         """Stop announcing ``cids`` (records already out expire within 48 h)."""
         with self.datastore.batch() as batch:
@@ -133,6 +149,9 @@ class ProvideQueue:
     # --- workers -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Announce what is queued and reprovide, until cancelled (needs ``provide_key``)."""
+        if self.provide_key is None:
+            raise RuntimeError("a ProvideQueue without provide_key can only queue (offline use)")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce_loop)
             nursery.start_soon(self._reprovide_loop)
@@ -180,11 +199,13 @@ class ProvideQueue:
     async def _announce(self, cids: list[CID]) -> dict[bytes, int]:
         """Announce ``cids`` concurrently; multihash -> peers that took it."""
         results: dict[bytes, int] = {}
+        provide_key = self.provide_key
+        assert provide_key is not None
 
         async def one(cid: CID) -> None:
             async with self._limiter:
                 try:
-                    results[cid.multihash] = await self.provide_key(cid)
+                    results[cid.multihash] = await provide_key(cid)
                 except Exception:
                     logger.exception("providing %s failed", cid)
                     results[cid.multihash] = 0

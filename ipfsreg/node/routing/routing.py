@@ -229,6 +229,22 @@ class Routing:
                 nursery.start_soon(one, dht)
         return told
 
+    async def announce(self, cids: Sequence[CID]) -> dict[CID, int]:
+        """Announce ``cids`` now and wait: CID -> peers that took it (0: queued to retry later)."""
+        results: dict[CID, int] = {}
+
+        async def one(cid: CID) -> None:
+            results[cid] = await self.provide_now(cid)
+            if results[cid] > 0:
+                self.queue.mark_provided(cid)
+            else:
+                self.queue.enqueue([cid])
+
+        async with trio.open_nursery() as nursery:
+            for cid in dict.fromkeys(cids):
+                nursery.start_soon(one, cid)
+        return results
+
     async def find_providers(self, cid: CID, limit: int = 20) -> AsyncIterator[ProviderInfo]:
         """Providers of ``cid`` (other than this node) as they are found, at most ``limit``.
 
@@ -290,7 +306,8 @@ class Routing:
     # --- peer routing --------------------------------------------------------------------------
 
     async def find_peer(self, peer_id: str) -> list[str]:
-        """Multiaddrs of ``peer_id`` (connected: what identify said; else from the DHTs); [] if unknown."""
+        """Multiaddrs (without /p2p) of ``peer_id``: what identify said if connected, else what the DHTs
+        know; [] if nobody does."""
         try:
             target = ID.from_base58(peer_id)
         except Exception:
@@ -300,7 +317,7 @@ class Routing:
                 known = self.host.get_peerstore().addrs(target)
             except Exception:
                 known = []
-            addrs = [str(a) for a in known if dial_addr_of(a, target) is not None]
+            addrs = list(dict.fromkeys(str(d) for a in known if (d := dial_addr_of(a, target)) is not None))
             if addrs:
                 return addrs
         found: list[str] = []
