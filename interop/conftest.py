@@ -2,7 +2,8 @@
 
 Every test collected under interop/ is marked `interop` (`make check` deselects them). Fixtures:
 - `kubo`: one Kubo node per test module (started on first use, closed after the module);
-- `kubo_factory`: call it to start fresh Kubo nodes for one test; all are closed when the test ends.
+- `kubo_factory`: call it to start fresh Kubo nodes for one test (``kubo_factory(routing="dht")``
+  for a loopback-only DHT); all are closed when the test ends.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboPeer]:
 
 
 @pytest.fixture
-def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KuboPeer]]:
+def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., KuboPeer]]:
     """Starts fresh Kubo peers on demand; every one is closed at the end of the test."""
     peers: list[KuboPeer] = []
 
-    def start() -> KuboPeer:
-        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"))
+    def start(*, routing: str = "none") -> KuboPeer:
+        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"), routing=routing)
         peers.append(peer)
         return peer
 
