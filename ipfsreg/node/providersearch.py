@@ -3,8 +3,8 @@
 When a want finds no connected peer with the block, the client asks :meth:`ProviderSearch.search`
 for its CID. One search per CID runs at a time (wants for the same CID share it, and a finished
 one is reused for ``memory`` seconds, so a miss does not walk the DHT once per reader); it reads
-``find_providers`` to its end and dials up to ``MAX_DIALS_PER_SEARCH`` of the providers, in
-parallel, each within the dial timeout. Connected providers reach every active want through the
+``find_providers`` to its end and dials every provider it names, ``MAX_DIALS_PER_SEARCH`` at a
+time, each within the dial timeout. Connected providers reach every active want through the
 client's peer-connected event; the end of the search reaches the wants for its CID through
 ``on_done``, so that a want can fail at once when the search found nobody and every connected
 peer has said it lacks the block.
@@ -102,23 +102,22 @@ class ProviderSearch:
 
     async def _run(self, search: Search) -> None:
         self.searches_run += 1
+        dial_slots = trio.CapacityLimiter(MAX_DIALS_PER_SEARCH)
         try:
             async with self._limiter, trio.open_nursery() as dials:
-                dialled = 0
                 async for provider in self._find(search.cid, 20):
                     search.found += 1
-                    if dialled < MAX_DIALS_PER_SEARCH:
-                        dialled += 1
-                        dials.start_soon(self._dial, search, provider)
+                    dials.start_soon(self._dial, search, provider, dial_slots)
         except Exception:
             logger.exception("provider search for %s failed", search.cid)
         finally:
             self._finish(search)
 
-    async def _dial(self, search: Search, provider: ProviderInfo) -> None:
+    async def _dial(self, search: Search, provider: ProviderInfo, slots: trio.CapacityLimiter) -> None:
         try:
-            if await self._connect(provider):
-                search.connected += 1
+            async with slots:
+                if await self._connect(provider):
+                    search.connected += 1
         except Exception as exc:
             logger.debug("provider %s of %s: %r", provider.peer_id, search.cid, exc)
 

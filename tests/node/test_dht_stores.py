@@ -83,6 +83,17 @@ def test_provider_store_is_bounded_in_total_and_per_key(store: Datastore) -> Non
     assert providers.refused == 1 + 11
 
 
+def test_one_provider_cannot_take_more_than_its_share_of_the_store(tmp_path: Path) -> None:
+    with Datastore.open(tmp_path / "data") as store:
+        providers = ProviderStore(store, max_records=1000)
+        assert providers.max_per_peer == 50
+        stored = sum(providers.add(_mh(i), b"flooder") for i in range(200))
+        assert stored == 50 and providers.records_of(b"flooder") == 50
+        assert providers.add(_mh(1), b"honest")  # the others still get in
+    with Datastore.open(tmp_path / "data") as store:
+        assert ProviderStore(store, max_records=1000).records_of(b"flooder") == 50  # counted on open
+
+
 def test_provider_records_survive_reopening_the_store(tmp_path: Path) -> None:
     with Datastore.open(tmp_path / "data") as store:
         ProviderStore(store).add(_mh(1), b"peer-a", [b"addr"])

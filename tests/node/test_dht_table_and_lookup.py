@@ -233,3 +233,16 @@ def test_undialable_or_foreign_addresses_are_dropped() -> None:
     assert parse_dial_addr(mine, ID(_peer(1))) == base
     assert parse_dial_addr(mine, ID(_peer(2))) is None  # an address of some other peer
     assert parse_dial_addr(mine + b"\x06\x00\x01") is None  # trailing components
+
+
+def test_half_of_each_batch_goes_to_peers_vouched_for_by_live_ones() -> None:
+    # A trusted peer names one peer; an unknown peer names 60 that sort nearer to the target.
+    target = kad_id(b"target")
+    honest_referral = max((_peer(i) for i in range(1, 400)), key=lambda p: kad_id(p) ^ target)  # the farthest
+    crowd = sorted((_peer(i) for i in range(1000, 1200)), key=lambda p: kad_id(p) ^ target)[:60]
+    lookup = Lookup(target, [_peer(900), _peer(901)], local=_peer(0), alpha=4, trusted=[_peer(900)])
+    first = lookup.next_queries()
+    assert set(first) == {_peer(900), _peer(901)}
+    lookup.responded(_peer(901), crowd)  # the unknown peer answers first, with its crowd
+    lookup.responded(_peer(900), [honest_referral])
+    assert honest_referral in lookup.next_queries()  # asked at once, though 60 others are nearer

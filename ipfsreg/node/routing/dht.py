@@ -74,11 +74,14 @@ STREAM_IDLE_TIMEOUT: Final = 60.0
 BAN_SECONDS: Final = 600.0
 UNREACHABLE_SECONDS: Final = 30.0  # a peer that could not be dialled is not dialled again for this long
 MAX_REMEMBERED_PEERS: Final = 4096  # bans, unreachable peers and rate-limit buckets kept at most
-MAX_DIALS: Final = 16  # dials in flight at once
+MAX_DIALS: Final = 64  # dials in flight at once (all lookups together)
 PROBE_WORKERS: Final = 4
 PROBE_QUEUE: Final = 256
 IDENTIFY_WAIT: Final = 3.0
 MAX_PROVIDERS_SERVED: Final = 100  # provider records in one GET_PROVIDERS answer
+# Provider records are not signed: one peer's answer may name any number of peers that never
+# answer. Taking only a few from each answer keeps such a peer from filling a lookup's quota.
+MAX_PROVIDERS_PER_ANSWER: Final = 5
 STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
 
 
@@ -140,42 +143,55 @@ class Connector:
         self._dialling: dict[ID, trio.Event] = {}
 
     def is_connected(self, peer: ID) -> bool:
-        return bool(self.host.get_network().connections.get(peer))
+        """An open connection to ``peer`` (one being closed, still listed for a moment, does not count)."""
+        for conn in self.host.get_network().connections.get(peer, ()):
+            if not getattr(conn, "is_closed", False) and not getattr(conn.muxed_conn, "is_closed", False):
+                return True
+        return False
 
     def recently_unreachable(self, peer: ID) -> bool:
         failed = self._unreachable.get(peer)
         return failed is not None and trio.current_time() - failed < UNREACHABLE_SECONDS
 
     async def ensure(self, peer: ID, addrs: Sequence[DialAddr]) -> None:
-        """Be connected to ``peer``, dialling ``addrs`` if needed; RoutingError if that fails."""
-        if self.is_connected(peer):
-            return
+        """Be connected to ``peer``, dialling ``addrs`` if needed; RoutingError if that fails.
+
+        A connection still being closed when we dial is waited out and dialled past (py-libp2p
+        lists it for a moment and a dial then returns without a usable connection).
+        """
         if peer == self.host.get_id():
             raise RoutingError("refusing to dial ourselves")
-        if self.recently_unreachable(peer):
-            raise RoutingError(f"{peer} was unreachable less than {UNREACHABLE_SECONDS:g}s ago")
-        pending = self._dialling.get(peer)
-        if pending is not None:
-            await pending.wait()
+        with trio.move_on_after(self.dial_timeout):
+            for _ in range(3):
+                if self.is_connected(peer):
+                    return
+                pending = self._dialling.get(peer)
+                if pending is not None:
+                    await pending.wait()  # someone else's dial: then look again
+                    continue
+                if self.recently_unreachable(peer):
+                    raise RoutingError(f"{peer} was unreachable less than {UNREACHABLE_SECONDS:g}s ago")
+                if not addrs:
+                    raise RoutingError(f"no usable address for {peer}")
+                await self._dial(peer, addrs)
+                if not self.is_connected(peer):
+                    await trio.sleep(0.05)  # a stale connection on its way out: dial again
             if self.is_connected(peer):
                 return
             raise RoutingError(f"cannot connect to {peer}")
-        if not addrs:
-            raise RoutingError(f"no usable address for {peer}")
+        self._unreachable.put(peer, trio.current_time())
+        raise RoutingError(f"connecting to {peer} timed out after {self.dial_timeout:g}s")
+
+    async def _dial(self, peer: ID, addrs: Sequence[DialAddr]) -> None:
         done = trio.Event()
         self._dialling[peer] = done
         try:
             async with self._limiter:
-                with trio.move_on_after(self.dial_timeout) as scope:
-                    try:
-                        await self.host.connect(PeerInfo(peer, [a.multiaddr() for a in addrs]))
-                    except Exception as exc:
-                        self._unreachable.put(peer, trio.current_time())
-                        raise RoutingError(f"cannot connect to {peer}: {exc}") from None
-            if scope.cancelled_caught:
-                self._unreachable.put(peer, trio.current_time())
-                raise RoutingError(f"connecting to {peer} timed out after {self.dial_timeout:g}s")
+                await self.host.connect(PeerInfo(peer, [a.multiaddr() for a in addrs]))
             self._unreachable.pop(peer)
+        except Exception as exc:
+            self._unreachable.put(peer, trio.current_time())
+            raise RoutingError(f"cannot connect to {peer}: {exc!r}") from None
         finally:
             del self._dialling[peer]
             done.set()
@@ -228,6 +244,10 @@ async def _close(stream: INetStream) -> None:
 
 
 ProviderSink = Callable[[Found], bool]  # True: enough providers, stop the lookup
+
+
+class _NoStream(RoutingError):
+    """No stream could be opened to the peer (protocol refused, or the connection is gone)."""
 
 
 class KademliaDHT:
@@ -555,9 +575,9 @@ class KademliaDHT:
             raise RoutingError(f"{peer} is banned")
         self.stats.requests_out += 1
         try:
-            await self.connector.ensure(peer, addrs)
-            with trio.fail_after(self.settings.request_timeout):
-                return await self._exchange(peer, message, expect_answer=True)  # type: ignore[return-value]
+            answer = await self._connected_exchange(peer, message, addrs, expect_answer=True)
+            assert answer is not None
+            return answer
         except trio.TooSlowError:
             self.stats.requests_failed += 1
             raise RoutingError(
@@ -571,9 +591,7 @@ class KademliaDHT:
         """Send a message that gets no answer (ADD_PROVIDER)."""
         self.stats.requests_out += 1
         try:
-            await self.connector.ensure(peer, addrs)
-            with trio.fail_after(self.settings.request_timeout):
-                await self._exchange(peer, message, expect_answer=False)
+            await self._connected_exchange(peer, message, addrs, expect_answer=False)
         except trio.TooSlowError:
             self.stats.requests_failed += 1
             raise RoutingError(f"sending {message.type.name} to {peer} timed out") from None
@@ -581,11 +599,25 @@ class KademliaDHT:
             self.stats.requests_failed += 1
             raise
 
+    async def _connected_exchange(
+        self, peer: ID, message: Message, addrs: Sequence[DialAddr], *, expect_answer: bool
+    ) -> Message | None:
+        for attempt in (1, 2):
+            await self.connector.ensure(peer, addrs)
+            try:
+                with trio.fail_after(self.settings.request_timeout):
+                    return await self._exchange(peer, message, expect_answer=expect_answer)
+            except _NoStream:
+                # A connection that was closing when we used it: dial again once, if we can.
+                if attempt == 2 or self.connector.is_connected(peer) or not addrs:
+                    raise
+        raise AssertionError("unreachable")
+
     async def _exchange(self, peer: ID, message: Message, *, expect_answer: bool) -> Message | None:
         try:
             stream = await self.host.new_stream(peer, [TProtocol(self.protocol)])
         except Exception as exc:
-            raise RoutingError(f"{peer} does not speak {self.protocol}: {exc}") from None
+            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
         try:
             await stream.write(encode_frame(message))
             if not expect_answer:
@@ -633,7 +665,7 @@ class KademliaDHT:
         known: dict[bytes, tuple[DialAddr, ...]] = {e.peer: tuple(e.addrs) for e in seeds}
         state = Lookup(
             target, [e.peer for e in seeds], local=self.local.to_bytes(), alpha=self.settings.alpha,
-            beta=beta, followup=followup,
+            beta=beta, followup=followup, trusted=[e.peer for e in seeds],
         )  # fmt: skip
         results_send, results_recv = trio.open_memory_channel[tuple[bytes, list[Found] | None]](K * 4)
 
@@ -666,6 +698,7 @@ class KademliaDHT:
                         state.failed(peer_bytes)
                         continue
                     heard: list[bytes] = []
+                    state.trust(p.peer.to_bytes() for p in found if p.peer.to_bytes() in self.table)
                     for item in found:
                         raw = item.peer.to_bytes()
                         if raw == self.local.to_bytes() or self.is_banned(item.peer):
@@ -689,13 +722,17 @@ class KademliaDHT:
 
         async def on_answer(peer: ID, answer: Message) -> bool:
             enough = False
-            for item in self._parse_peers(answer.provider_peers):
+            for item in self._parse_peers(answer.provider_peers)[:MAX_PROVIDERS_PER_ANSWER]:
                 addrs = item.addrs or self._addrs_of(item.peer)
                 if sink(Found(item.peer, addrs)):
                     enough = True
             return enough
 
-        await self.lookup(key, Message(MessageType.GET_PROVIDERS, key=key), on_answer=on_answer)
+        # With the follow-up, as Kubo: every one of the k nearest live peers is asked, not only the
+        # first three to answer (a live provider's record may sit with a slower one).
+        await self.lookup(
+            key, Message(MessageType.GET_PROVIDERS, key=key), followup=True, on_answer=on_answer
+        )
 
     async def provide(self, key: bytes) -> int:
         """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it."""
@@ -730,9 +767,8 @@ class KademliaDHT:
                     return True
             return False
 
-        await self.lookup(
-            target.to_bytes(), Message(MessageType.FIND_NODE, key=target.to_bytes()), on_answer=on_answer
-        )
+        request = Message(MessageType.FIND_NODE, key=target.to_bytes())
+        await self.lookup(target.to_bytes(), request, followup=True, on_answer=on_answer)
         return tuple(found)
 
     async def put_value(self, key: bytes, record: Record) -> int:
@@ -777,7 +813,7 @@ class KademliaDHT:
                 accepted += 1
             return accepted >= quorum
 
-        await self.lookup(key, Message(MessageType.GET_VALUE, key=key), on_answer=on_answer)
+        await self.lookup(key, Message(MessageType.GET_VALUE, key=key), followup=True, on_answer=on_answer)
         return answers
 
     # --- routing table maintenance ------------------------------------------------------------

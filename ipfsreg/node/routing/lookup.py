@@ -13,6 +13,14 @@ paths cost d times the queries, and what a lying peer can do to a lookup here is
 (records are validated, peer lists capped, every lookup ends by the time limit its driver sets).
 Memory is bounded too: at most ``max_candidates`` peers are remembered, the nearest ones, and
 at most ``max_queries`` requests are made.
+
+One departure from a plain nearest-first order: each candidate has a *referral depth*, 0 for
+peers we already know to be live DHT servers (``trusted``: the routing table's), 1 for peers a
+depth-0 peer named, and so on. Of each batch of requests, half go to the nearest candidates and
+half to the least deep ones (nearest first among equals). Peers named by others may not exist,
+or accept a connection and never answer; without this, a few peers that name dozens of such
+addresses fill every slot with dials that time out, and the lookup never reaches the live peers
+that live peers told it about. The nearest-first half keeps the lookup converging as Kademlia's.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class _Candidate:
     peer: bytes
     distance: int
     state: State
+    depth: int  # referral depth: 0 trusted, n + 1 when named by a depth-n peer
 
 
 class Lookup:
@@ -60,6 +69,7 @@ class Lookup:
         followup: bool = False,
         max_candidates: int = MAX_CANDIDATES,
         max_queries: int = MAX_QUERIES,
+        trusted: Iterable[bytes] = (),
     ) -> None:
         if alpha < 1 or beta < 1 or k < 1:
             raise ValueError("alpha, beta and k must be at least 1")
@@ -74,15 +84,21 @@ class Lookup:
         self.queries = 0
         self.stopped = False  # set by stop(): the caller found what it looked for
         self._peers: dict[bytes, _Candidate] = {}
+        self._trusted: set[bytes] = set(trusted)
         self.add_heard(seeds)
 
     # --- events ------------------------------------------------------------------------------
 
-    def add_heard(self, peers: Iterable[bytes]) -> None:
+    def add_heard(self, peers: Iterable[bytes], depth: int = 1) -> None:
         for peer in peers:
-            if peer == self.local or peer in self._peers:
+            if peer == self.local:
                 continue
-            self._peers[peer] = _Candidate(peer, kad_id(peer) ^ self.target, State.HEARD)
+            level = 0 if peer in self._trusted else depth
+            known = self._peers.get(peer)
+            if known is not None:
+                known.depth = min(known.depth, level)
+                continue
+            self._peers[peer] = _Candidate(peer, kad_id(peer) ^ self.target, State.HEARD, level)
         if len(self._peers) > self.max_candidates:
             self._trim()
 
@@ -91,7 +107,7 @@ class Lookup:
         candidate = self._peers.get(peer)
         if candidate is not None and candidate.state is State.WAITING:
             candidate.state = State.QUERIED
-        self.add_heard(closer)
+        self.add_heard(closer, depth=(candidate.depth if candidate is not None else 1) + 1)
 
     def failed(self, peer: bytes) -> None:
         """``peer`` could not be dialled, timed out or answered garbage."""
@@ -101,6 +117,14 @@ class Lookup:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def trust(self, peers: Iterable[bytes]) -> None:
+        """Mark ``peers`` as known live DHT servers (see the module docstring)."""
+        for peer in peers:
+            self._trusted.add(peer)
+            known = self._peers.get(peer)
+            if known is not None:
+                known.depth = 0
 
     # --- decisions ---------------------------------------------------------------------------
 
@@ -116,14 +140,23 @@ class Lookup:
         else:
             budget = self.alpha - waiting
             wanted = [c for c in self._sorted() if c.state is State.HEARD]
-        chosen: list[bytes] = []
-        for candidate in wanted[: max(0, budget)]:
-            if self.queries >= self.max_queries:
-                break
+        budget = min(max(0, budget), self.max_queries - self.queries)
+        vouched = sorted(wanted, key=lambda c: (c.depth, c.distance))
+        chosen: list[_Candidate] = []
+        # Alternate: the least deep candidate left, then the nearest one left (see the docstring).
+        orders = [iter(vouched), iter(wanted)]
+        turn = 0
+        while len(chosen) < budget:
+            candidate = next((c for c in orders[turn % 2] if c.state is State.HEARD), None)
+            if candidate is None:
+                candidate = next((c for c in orders[(turn + 1) % 2] if c.state is State.HEARD), None)
+                if candidate is None:
+                    break
             candidate.state = State.WAITING
-            self.queries += 1
-            chosen.append(candidate.peer)
-        return chosen
+            chosen.append(candidate)
+            turn += 1
+        self.queries += len(chosen)
+        return [c.peer for c in chosen]
 
     @property
     def done(self) -> bool:

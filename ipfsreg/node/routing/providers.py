@@ -7,8 +7,11 @@ Layout of keyspace ``dht.providers``::
 
 Records expire ``ttl`` after they were added (48 h, the spec's provide validity) and are swept by
 :meth:`ProviderStore.expire`; reads never return an expired one. The store holds at most
-``max_records`` records and ``max_per_key`` providers per key: past either bound a new record is
-refused (an existing one is still refreshed), so no amount of ADD_PROVIDER traffic grows it further.
+``max_records`` records, ``max_per_key`` providers per key and ``max_per_peer`` records of one
+provider (5 % of the total by default, so that one peer flooding ADD_PROVIDER cannot lock the
+others out): past any bound a new record is refused (an existing one is still refreshed), so no
+amount of ADD_PROVIDER traffic grows the store further. The count per provider is kept in memory
+(one entry per provider peer in the store, so bounded by ``max_records``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ class ProviderRecord:
 
 def _prefix(key: bytes) -> bytes:
     return encode_varint(len(key)) + key
+
+
+def _peer_of(record_key: bytes) -> bytes | None:
+    try:
+        length, pos = decode_varint(record_key)
+    except CIDError:
+        return None
+    peer = record_key[pos + length :]
+    return peer or None
 
 
 def _encode_value(expires: float, addrs: Sequence[bytes]) -> bytes:
@@ -73,6 +85,7 @@ class ProviderStore:
         ttl: float = PROVIDE_VALIDITY,
         max_records: int = MAX_RECORDS,
         max_per_key: int = MAX_PER_KEY,
+        max_per_peer: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.datastore = datastore
@@ -80,12 +93,30 @@ class ProviderStore:
         self.ttl = ttl
         self.max_records = max_records
         self.max_per_key = max_per_key
+        self.max_per_peer = max_per_peer if max_per_peer is not None else max(10, max_records // 20)
         self.clock = clock
         self.refused = 0  # records not stored because a bound was reached
-        self._count = sum(1 for _ in self.keyspace.keys(b""))
+        self._count = 0
+        self._per_peer: dict[bytes, int] = {}
+        for record_key in self.keyspace.keys(b""):
+            self._counted(record_key, +1)
 
     def __len__(self) -> int:
         return self._count
+
+    def records_of(self, peer: bytes) -> int:
+        return self._per_peer.get(peer, 0)
+
+    def _counted(self, record_key: bytes, delta: int) -> None:
+        peer = _peer_of(record_key)
+        self._count += delta
+        if peer is None:
+            return
+        left = self._per_peer.get(peer, 0) + delta
+        if left > 0:
+            self._per_peer[peer] = left
+        else:
+            self._per_peer.pop(peer, None)
 
     def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes] = ()) -> bool:
         """Record ``peer`` as a provider of ``key`` for ``ttl``; False if a bound refused a new record."""
@@ -95,11 +126,15 @@ class ProviderStore:
         if self.keyspace.get(record_key) is not None:
             self.keyspace.put(record_key, value)
             return True
-        if self._count >= self.max_records or self._providers_of(prefix) >= self.max_per_key:
+        if (
+            self._count >= self.max_records
+            or self._per_peer.get(peer, 0) >= self.max_per_peer
+            or self._providers_of(prefix) >= self.max_per_key
+        ):
             self.refused += 1
             return False
         self.keyspace.put(record_key, value)
-        self._count += 1
+        self._counted(record_key, +1)
         return True
 
     def get(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
@@ -120,7 +155,7 @@ class ProviderStore:
         record_key = _prefix(key) + peer
         if self.keyspace.get(record_key) is not None:
             self.keyspace.delete(record_key)
-            self._count -= 1
+            self._counted(record_key, -1)
 
     def expire(self) -> int:
         """Delete every expired record; returns how many (run it from a worker thread for big stores)."""
@@ -130,7 +165,8 @@ class ProviderStore:
             with self.datastore.batch() as batch:
                 for record_key in doomed[start : start + 1000]:
                     batch.delete(self.keyspace, record_key)
-        self._count = max(0, self._count - len(doomed))
+        for record_key in doomed:
+            self._counted(record_key, -1)
         return len(doomed)
 
     def _providers_of(self, prefix: bytes) -> int:

@@ -111,6 +111,7 @@ class Routing:
         self.dhts: list[KademliaDHT] = []
         self._nursery: trio.Nursery | None = None
         self._running = False
+        self._joined = trio.Event()  # the first bootstrap has ended (joined, or gave up)
 
     @property
     def local(self) -> ID:
@@ -165,18 +166,32 @@ class Routing:
             self._nursery = None
 
     async def bootstrap(self) -> None:
-        """Connect to the bootstrap peers, then fill the routing tables (a self lookup per DHT)."""
-        addrs = self.settings.bootstrap_addrs()
-        if addrs:
-            async with trio.open_nursery() as nursery:
-                for addr in addrs:
-                    nursery.start_soon(self._connect_bootstrap, addr)
-            with trio.move_on_after(BOOTSTRAP_WAIT):
-                while not all(len(d.table) for d in self.dhts if d.lan):  # noqa: ASYNC110 - probes fill it
-                    await trio.sleep(0.05)
+        """Connect to the bootstrap peers, then fill the routing tables (a self lookup per DHT).
+
+        Lookups started meanwhile wait until a bootstrap peer is in a routing table (at most
+        ``BOOTSTRAP_WAIT``), not for the refresh lookups that follow.
+        """
+        try:
+            addrs = self.settings.bootstrap_addrs()
+            if addrs:
+                async with trio.open_nursery() as nursery:
+                    for addr in addrs:
+                        nursery.start_soon(self._connect_bootstrap, addr)
+                with trio.move_on_after(BOOTSTRAP_WAIT):
+                    while not any(len(d.table) for d in self.dhts):  # noqa: ASYNC110 - probes fill them
+                        await trio.sleep(0.05)
+        finally:
+            self._joined.set()
         for dht in self.dhts:
             if len(dht.table):
-                await dht.refresh()
+                try:
+                    await dht.refresh()
+                except Exception:
+                    logger.exception("routing: the first refresh of the %s failed", dht.name)
+
+    async def _wait_joined(self) -> None:
+        with trio.move_on_after(BOOTSTRAP_WAIT + self.settings.dial_timeout):
+            await self._joined.wait()
 
     async def _connect_bootstrap(self, addr: str) -> None:
         targets = [addr]
@@ -217,6 +232,7 @@ class Routing:
 
     async def provide_now(self, cid: CID) -> int:
         """Announce one key on every DHT; returns how many peers took it in all."""
+        await self._wait_joined()
         self.providers.add(cid.multihash, self.local.to_bytes(), [a.raw for a in self.local_addrs()])
         told = 0
 
@@ -277,16 +293,19 @@ class Routing:
 
         async def search() -> None:
             async with send:
-                with scope, trio.move_on_after(self.settings.lookup_timeout):
+                with scope:
                     for record in self.providers.get(cid.multihash, limit + 1):
                         addrs = [str(Multiaddr(a)) for a in record.addrs]
                         if emit(ProviderInfo(ID(record.peer).to_base58(), addrs)):
                             return
                     async with trio.open_nursery() as nursery:
-                        for dht in self.dhts:
-                            nursery.start_soon(dht.find_providers, cid.multihash, emit_found)
                         for router in self.content_routers:
                             nursery.start_soon(self._ask_router, router, cid, limit, emit)
+                        await self._wait_joined()
+                        with trio.move_on_after(self.settings.lookup_timeout):
+                            async with trio.open_nursery() as lookups:
+                                for dht in self.dhts:
+                                    lookups.start_soon(dht.find_providers, cid.multihash, emit_found)
 
         self._nursery.start_soon(search)
         async with receive:
@@ -297,9 +316,10 @@ class Routing:
         self, router: ContentRouter, cid: CID, limit: int, emit: Callable[[ProviderInfo], bool]
     ) -> None:
         try:
-            async for info in router.find_providers(cid, limit):
-                if emit(info):
-                    return
+            with trio.move_on_after(self.settings.lookup_timeout):
+                async for info in router.find_providers(cid, limit):
+                    if emit(info):
+                        return
         except Exception as exc:
             logger.info("routing: content router %r failed for %s: %r", router, cid, exc)
 
@@ -321,6 +341,7 @@ class Routing:
             if addrs:
                 return addrs
         found: list[str] = []
+        await self._wait_joined()
         with trio.move_on_after(self.settings.lookup_timeout):
             async with trio.open_nursery() as nursery:
 
@@ -341,6 +362,7 @@ class Routing:
         """Validate, store here and on the k closest peers of every DHT; returns how many peers stored it."""
         self.validators.validate(key, value)
         self.records.put(key, value)
+        await self._wait_joined()
         stored = 0
 
         async def one(dht: KademliaDHT) -> None:
@@ -361,6 +383,7 @@ class Routing:
         if local is not None and self._valid(key, local.value):
             candidates.append(local.value)
         answers: list[tuple[KademliaDHT, ID, bytes | None]] = []
+        await self._wait_joined()
 
         async def one(dht: KademliaDHT) -> None:
             for peer, value in await dht.get_values(key, lambda v: self._valid(key, v), VALUE_QUORUM):
