@@ -12,7 +12,7 @@ from libp2p.peer.id import ID
 from ipfsreg.cid import CID
 from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound
 from ipfsreg.node.node import Node
-from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN
+from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN, Message, MessageType
 from ipfsreg.node.testing import LOOPBACK_ROUTING, Nodes, add_bytes, random_bytes, read_all, wait_until
 
 
@@ -151,3 +151,19 @@ async def test_loopback_nodes_use_the_lan_dht_and_leave_the_public_one_empty(nod
     assert stats[PROTOCOL_LAN].server and stats[PROTOCOL_LAN].routing_table_size == 1
     assert not stats[PROTOCOL_AMINO].server and stats[PROTOCOL_AMINO].routing_table_size == 0
     assert a.peer_id
+
+
+async def test_requests_to_a_peer_reuse_one_stream_and_replace_a_dead_one(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = b.routing.dhts[0]
+    peer = a.identity.peer_id
+    opened = dht.stats.streams_opened
+    for _ in range(5):
+        await dht.request(peer, Message(MessageType.FIND_NODE, key=b"some key"))
+    assert dht.stats.streams_opened - opened <= 1  # at most the first opened one
+    stream = dht.streams.take(peer)
+    assert stream is not None
+    await stream.reset()  # the pooled stream dies (as when the peer closes an idle one)
+    dht.streams.give_back(peer, stream)
+    answer = await dht.request(peer, Message(MessageType.FIND_NODE, key=b"again"))
+    assert answer.type is MessageType.FIND_NODE

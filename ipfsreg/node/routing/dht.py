@@ -82,6 +82,9 @@ MAX_PROVIDERS_SERVED: Final = 100  # provider records in one GET_PROVIDERS answe
 # Provider records are not signed: one peer's answer may name any number of peers that never
 # answer. Taking only a few from each answer keeps such a peer from filling a lookup's quota.
 MAX_PROVIDERS_PER_ANSWER: Final = 5
+IDLE_REUSE: Final = 45.0  # seconds an idle pooled stream may be reused (Kubo closes after 60)
+MAX_IDLE_PER_PEER: Final = 4
+MAX_IDLE: Final = 512
 STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
 
 
@@ -95,6 +98,7 @@ class DHTStats:
     providers_refused: int = 0
     add_provider_throttled: int = 0
     streams_refused: int = 0
+    streams_opened: int = 0  # outgoing; requests reuse them (see StreamPool)
     lookups: int = 0
 
 
@@ -250,6 +254,68 @@ class _NoStream(RoutingError):
     """No stream could be opened to the peer (protocol refused, or the connection is gone)."""
 
 
+class _StaleStream(RoutingError):
+    """A stream kept for reuse was dead when used (nothing of the request reached the peer's handler)."""
+
+
+class StreamPool:
+    """Outgoing DHT streams kept open between requests, as Kubo's message sender keeps them.
+
+    A request takes an idle stream of its peer (or opens one) and gives it back once answered,
+    which saves the protocol negotiation of a new stream on every request (one round trip each).
+    At most ``MAX_IDLE_PER_PEER`` idle streams per peer and ``MAX_IDLE`` in all are kept; a stream
+    idle for ``IDLE_REUSE`` seconds is closed rather than reused (Kubo's handler closes streams
+    idle for a minute).
+    """
+
+    def __init__(self) -> None:
+        self._idle: OrderedDict[ID, list[tuple[INetStream, float]]] = OrderedDict()
+        self._count = 0
+        self.nursery: trio.Nursery | None = None  # where streams no longer kept are closed
+
+    def _discard(self, stream: INetStream) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(_close, stream)
+
+    def take(self, peer: ID) -> INetStream | None:
+        streams = self._idle.get(peer)
+        now = trio.current_time()
+        while streams:
+            stream, since = streams.pop()
+            self._count -= 1
+            if now - since < IDLE_REUSE:
+                if not streams:
+                    del self._idle[peer]
+                return stream
+            self._discard(stream)
+        self._idle.pop(peer, None)
+        return None
+
+    def give_back(self, peer: ID, stream: INetStream) -> None:
+        streams = self._idle.setdefault(peer, [])
+        self._idle.move_to_end(peer)
+        if len(streams) >= MAX_IDLE_PER_PEER:
+            self._discard(stream)
+            return
+        streams.append((stream, trio.current_time()))
+        self._count += 1
+        while self._count > MAX_IDLE:
+            oldest_peer, oldest = next(iter(self._idle.items()))
+            old_stream, _ = oldest.pop(0)
+            self._count -= 1
+            if not oldest:
+                del self._idle[oldest_peer]
+            self._discard(old_stream)
+
+    def forget(self, peer: ID) -> None:
+        for stream, _ in self._idle.pop(peer, []):
+            self._count -= 1
+            self._discard(stream)
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class KademliaDHT:
     def __init__(
         self,
@@ -277,6 +343,7 @@ class KademliaDHT:
         self._local_addrs = local_addrs
         self.local = host.get_id()
         self.table = RoutingTable(self.local.to_bytes())
+        self.streams = StreamPool()
         self.stats = DHTStats()
         self._banned = _Remembered()
         self._buckets: OrderedDict[ID, _Bucket] = OrderedDict()
@@ -296,6 +363,7 @@ class KademliaDHT:
         """Serve (in server mode), admit connected DHT peers to the table and refresh it, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.streams.nursery = nursery
             if self.server:
                 self.host.set_stream_handler(TProtocol(self.protocol), self._handle_stream)
             self.host.get_network().register_notifee(_ConnectionEvents(self._probe_send.clone()))
@@ -327,6 +395,7 @@ class KademliaDHT:
         self.stats.violations += 1
         logger.warning("%s: dropping peer %s: %s", self.name, peer, reason)
         self.table.remove(peer.to_bytes())
+        self.streams.forget(peer)
         self._banned.put(peer, trio.current_time() + BAN_SECONDS)
         try:
             await self.host.disconnect(peer)
@@ -614,32 +683,61 @@ class KademliaDHT:
         raise AssertionError("unreachable")
 
     async def _exchange(self, peer: ID, message: Message, *, expect_answer: bool) -> Message | None:
+        """One request on a stream of the pool (a fresh one if a reused stream turns out dead)."""
+        reused = self.streams.take(peer)
+        if reused is not None:
+            try:
+                return await self._exchange_on(peer, reused, message, expect_answer=expect_answer)
+            except _StaleStream:
+                pass  # the peer closed its end while the stream sat idle: a fresh one
         try:
             stream = await self.host.new_stream(peer, [TProtocol(self.protocol)])
         except Exception as exc:
             raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+        self.stats.streams_opened += 1
         try:
-            await stream.write(encode_frame(message))
+            return await self._exchange_on(peer, stream, message, expect_answer=expect_answer)
+        except _StaleStream as exc:
+            raise RoutingError(f"{peer} closed a new stream at once: {exc}") from None
+
+    async def _exchange_on(
+        self, peer: ID, stream: INetStream, message: Message, *, expect_answer: bool
+    ) -> Message | None:
+        """Write ``message`` on ``stream`` and read its answer; the stream goes back to the pool."""
+        sent = False
+        try:
+            try:
+                await stream.write(encode_frame(message))
+            except Exception as exc:
+                raise _StaleStream(repr(exc)) from None
+            sent = True
             if not expect_answer:
-                await _close(stream)
+                self.streams.give_back(peer, stream)
                 return None
             reader = FrameReader(self.limits.max_message_size)
             while True:
                 chunk = await _read(stream)
                 if not chunk:
-                    raise DHTProtocolError(f"{peer} closed the stream without answering {message.type.name}")
+                    if reader.at_boundary():
+                        raise _StaleStream("end of stream before the answer")
+                    raise DHTProtocolError(f"{peer} closed the stream in its answer to {message.type.name}")
                 reader.feed(chunk)
                 for body in reader.frames():
                     answer = decode_message(body, self.limits)
                     if answer.type is not message.type:
                         raise DHTProtocolError(f"{peer} answered {message.type.name} with {answer.type.name}")
-                    await _close(stream)
+                    if reader.at_boundary():
+                        self.streams.give_back(peer, stream)
+                    else:
+                        raise DHTProtocolError(f"{peer} sent more than the answer to {message.type.name}")
                     return answer
         except BaseException as exc:
             await _reset(stream)
             if isinstance(exc, DHTProtocolError | trio.Cancelled | RoutingError):
                 raise
             if isinstance(exc, Exception):
+                if not sent:
+                    raise _StaleStream(repr(exc)) from None
                 raise RoutingError(f"{message.type.name} to {peer} failed: {exc!r}") from None
             raise
 
@@ -735,26 +833,37 @@ class KademliaDHT:
         )
 
     async def provide(self, key: bytes) -> int:
-        """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it."""
+        """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it.
+
+        In two waves: at once to the k peers of our routing table nearest to the key (no lookup to
+        wait for: on a small network, or near our own ID, they are the closest; elsewhere they lie
+        on the paths other lookups take), then, after the lookup, to any of the k closest peers the
+        first wave missed.
+        """
         me = self._self_entry()
         if not me.addrs:
             return 0  # no address in this DHT's scope: nobody here could reach us
-        peers = await self.closest_peers(key)
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
-        told = 0
+        told: set[ID] = set()
+        asked: set[ID] = set()
 
         async def tell(peer: ID, addrs: tuple[DialAddr, ...]) -> None:
-            nonlocal told
             try:
                 await self.send(peer, message, addrs)
-                told += 1
+                told.add(peer)
             except (RoutingError, DHTProtocolError) as exc:
                 logger.debug("%s: ADD_PROVIDER to %s failed: %s", self.name, peer, exc)
 
         async with trio.open_nursery() as nursery:
-            for peer, addrs in peers:
-                nursery.start_soon(tell, peer, addrs)
-        return told
+            for entry in self.table.closest(kad_id(key), K):
+                peer = ID(entry.peer)
+                asked.add(peer)
+                nursery.start_soon(tell, peer, tuple(entry.addrs))
+            for peer, addrs in await self.closest_peers(key):
+                if peer not in asked:
+                    asked.add(peer)
+                    nursery.start_soon(tell, peer, addrs)
+        return len(told)
 
     async def find_peer(self, target: ID) -> tuple[DialAddr, ...]:
         """Addresses of ``target`` in this DHT's scope (empty if nobody knows it)."""

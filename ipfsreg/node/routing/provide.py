@@ -87,10 +87,13 @@ class ProvideQueue:
         self.announced = 0  # keys announced to at least one peer since start
         self._wake = trio.Event()
         self._dirty = False  # enqueued since the announcer last read the queue
+        self._fresh: list[bytes] = []  # queued since the announcer last looked: they go first
+        self._in_flight: set[bytes] = set()
+        self._reached_nobody = False  # an announcement reached no peer: back off
         self._reproviding = False
         self._queued = sum(1 for _ in self.queue.keys(b""))
         self._provided = sum(1 for _ in self.provided.keys(b""))
-        self._limiter = trio.CapacityLimiter(CONCURRENT_PROVIDES)
+        self._limiter = trio.Semaphore(CONCURRENT_PROVIDES)  # released by the task it was taken for
 
     # --- API -----------------------------------------------------------------------------------
 
@@ -108,6 +111,7 @@ class ProvideQueue:
                 seen.add(key)
                 if self.queue.get(key) is None:
                     added += 1
+                    self._fresh.append(key)
                 batch.put(self.queue, key, cid.to_bytes())
         self._queued += added
         if added:
@@ -158,35 +162,70 @@ class ProvideQueue:
             task_status.started()
 
     async def _announce_loop(self) -> None:
+        """Start an announcement for every queued key, at most CONCURRENT_PROVIDES at once.
+
+        Each runs on its own (a key queued while others are in flight goes out at once, not after
+        them). A key that reached nobody stays queued; the loop then stops starting the others and
+        waits, with backoff, for peers, waking early for newly queued keys.
+        """
         backoff = RETRY_FIRST
-        while True:
-            self._dirty = False
-            pending = list(self.queue.items())
-            if not pending:
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._dirty = False
+                if self._reached_nobody:
+                    self._reached_nobody = False
+                    await self._wait_for_more(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX)
+                    self._dirty = False
+                fresh, self._fresh = self._fresh, []
+                fresh_set = set(fresh)
+                backlog = [k for k in self.queue.keys(b"") if k not in fresh_set]
+                for key in [*fresh, *backlog]:
+                    if self._reached_nobody:
+                        break  # no DHT peers, it seems: wait before trying the rest
+                    if key in self._in_flight:
+                        continue
+                    await self._limiter.acquire()
+                    raw = self.queue.get(key)
+                    cid = _parse_cid(raw) if raw is not None else None
+                    if cid is None:
+                        self._limiter.release()
+                        if raw is not None:  # not a CID: this code never queues such a value
+                            self.queue.delete(key)
+                            self._queued -= 1
+                        continue
+                    self._in_flight.add(key)
+                    nursery.start_soon(self._announce_one, key, cid)
+                if not self._reached_nobody:
+                    backoff = RETRY_FIRST
                 await self._wait_for_more(None)
-                continue
-            results = await self._announce([cid for _, raw in pending if (cid := _parse_cid(raw))])
-            reached = 0
+
+    async def _announce_one(self, key: bytes, cid: CID) -> None:
+        provide_key = self.provide_key
+        assert provide_key is not None
+        try:
+            try:
+                peers = await provide_key(cid)
+            except Exception:
+                logger.exception("providing %s failed", cid)
+                peers = 0
+            if peers == 0:
+                self._reached_nobody = True
+                self._dirty = True
+                self._wake.set()
+                return
             with self.datastore.batch() as batch:
-                for key, raw in pending:
-                    cid = _parse_cid(raw)
-                    peers = results.get(key, 0) if cid is not None else 0
-                    if cid is None or peers > 0:
-                        batch.delete(self.queue, key)
-                        self._queued -= 1
-                    if cid is not None and peers > 0:
-                        reached += 1
-                        if self.provided.get(key) is None:
-                            self._provided += 1
-                        blockless = not self.datastore.blocks.has(cid)
-                        batch.put(self.provided, key, _encode_provided(self.clock(), blockless, cid))
-            self.announced += reached
-            if reached == len(pending):
-                backoff = RETRY_FIRST
-                continue
-            # Some keys reached nobody (no DHT peers yet): try again later, or as soon as more are queued.
-            await self._wait_for_more(backoff)
-            backoff = min(backoff * 2, RETRY_MAX)
+                if self.queue.get(key) is not None:
+                    batch.delete(self.queue, key)
+                    self._queued -= 1
+                if self.provided.get(key) is None:
+                    self._provided += 1
+                blockless = not self.datastore.blocks.has(cid)
+                batch.put(self.provided, key, _encode_provided(self.clock(), blockless, cid))
+            self.announced += 1
+        finally:
+            self._in_flight.discard(key)
+            self._limiter.release()
 
     async def _wait_for_more(self, patience: float | None) -> None:
         """Sleep until more is queued, or ``patience`` seconds (None: no limit)."""
