@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,11 +37,12 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboPeer]:
 
 @pytest.fixture
 def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., KuboPeer]]:
-    """Starts fresh Kubo peers on demand; every one is closed at the end of the test."""
+    """Starts fresh Kubo peers on demand (keyword arguments go to KuboPeer.start, e.g. ``swarm_key``);
+    every one is closed at the end of the test."""
     peers: list[KuboPeer] = []
 
-    def start(*, routing: str = "none") -> KuboPeer:
-        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"), routing=routing)
+    def start(**options: Any) -> KuboPeer:
+        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"), **options)
         peers.append(peer)
         return peer
 

@@ -90,6 +90,7 @@ KUBO_DEFAULT_CHUNKER: Final = "size-262144"
 LOG_TAIL_LINES: Final = 25
 _PORT_ATTEMPTS: Final = 5
 FLATFS_SHARDING: Final = "/repo/flatfs/shard/v1/next-to-last/2"
+SWARM_KEY_INPUT: Final = "swarm.key.in"  # in the workdir: copied into the repo as swarm.key
 
 # Every IPv4 range except 127.0.0.0/8, and all of IPv6: Kubo's connection gater refuses to dial these.
 NON_LOOPBACK_FILTERS: Final = (
@@ -299,13 +300,29 @@ class KuboPeer:
     log_path: Path
     startup_seconds: float
 
-    def __init__(self, workdir: Path, *, start_timeout: float = START_TIMEOUT, routing: str = "none") -> None:
-        """Create a repo under ``workdir`` and start the node; prefer :meth:`start` or the fixtures."""
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        start_timeout: float = START_TIMEOUT,
+        swarm_key: bytes | None = None,
+        routing: str = "none",
+    ) -> None:
+        """Create a repo under ``workdir`` and start the node; prefer :meth:`start` or the fixtures.
+
+        ``swarm_key``: the text of a swarm.key file put in the repo before the node starts (a
+        private network); the child then runs with ``LIBP2P_FORCE_PNET=1`` so that a key Kubo
+        failed to load stops it instead of leaving it on the public network. ``routing``: the
+        Routing.Type written to its config (see :func:`loopback_only_config`).
+        """
         if routing not in ROUTING_TYPES:
             raise ValueError(f"routing must be one of {ROUTING_TYPES}, got {routing!r}")
         self.routing = routing
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.swarm_key = swarm_key
+        if swarm_key is not None:
+            (self.workdir / SWARM_KEY_INPUT).write_bytes(swarm_key)
         self.repo = self.workdir / "repo"
         self.log_path = self.workdir / "kubo.log"
         self._lock = threading.Lock()
@@ -338,8 +355,15 @@ class KuboPeer:
         self.multiaddr = f"{loopback[0]}/p2p/{self.peer_id}"
 
     @classmethod
-    def start(cls, workdir: Path, *, start_timeout: float = START_TIMEOUT, routing: str = "none") -> KuboPeer:
-        return cls(workdir, start_timeout=start_timeout, routing=routing)
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        start_timeout: float = START_TIMEOUT,
+        swarm_key: bytes | None = None,
+        routing: str = "none",
+    ) -> KuboPeer:
+        return cls(workdir, start_timeout=start_timeout, swarm_key=swarm_key, routing=routing)
 
     def __enter__(self) -> KuboPeer:
         return self
@@ -376,6 +400,7 @@ class KuboPeer:
                 pass_fds=(command_read, reply_write),
                 close_fds=True,
                 cwd=self.workdir,
+                env={**os.environ, "LIBP2P_FORCE_PNET": "1"} if self.swarm_key is not None else None,
             )
         finally:
             log.close()
@@ -694,6 +719,9 @@ class _Worker:
         created = self.lib.CreateRepo(self._repo_c)
         if created < 0:
             raise RuntimeError(f"CreateRepo({self.repo}) returned {created}")
+        swarm_key = self.workdir / SWARM_KEY_INPUT
+        if swarm_key.exists():
+            (self.repo / "swarm.key").write_bytes(swarm_key.read_bytes())
         config_path = self.repo / "config"
         original = json.loads(config_path.read_text())
         last_error = "no attempt"

@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="DHT mode (default auto: server on the LAN DHT, and on the public one when reachable)",
     )
+    p.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        default=None,
+        help="private network key (Kubo's swarm.key format); default DATA/swarm.key when it exists",
+    )
+    p.add_argument(
+        "--mdns", action="store_const", const=True, default=None, help="discover peers on the LAN (mDNS)"
+    )
 
     p.add_argument("--upstream", metavar="URL", default=None, help="pull-through cache of this registry")
     p.add_argument("--upstream-username", metavar="USER", default=None)
@@ -207,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("stat", help="routing tables, provider records, provide queue, last reprovide")
     _common(q, top=False)
     q.add_argument("--json", action="store_true")
+    p = command("key", cmd_key, "IPNS keys: gen NAME, list, rm NAME ('self' is the node's own key)")
+    p.add_argument("action", choices=["gen", "list", "rm"])
+    p.add_argument("key_name", metavar="NAME", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = command(
+        "name",
+        cmd_name,
+        "tags on IPNS: bind REPO KEY, unbind REPO, bindings, publish [KEY...], resolve NAME",
+    )
+    p.add_argument("action", choices=["bind", "unbind", "bindings", "publish", "resolve"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--json", action="store_true")
 
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
@@ -316,9 +338,15 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _out_stream(args.output) as out, progress_bar(None, "export") as bar:
         target = args.cid_path
+        extra: list[CID] = []
         if _looks_like_image(target):
-            target = str(backend.image_cid(*split_name_tag(target)))
-        backend.export(target, out, progress=bar)
+            name, tag = split_name_tag(target)
+            target = str(backend.image_cid(name, tag))
+            # The repository's current IPNS record travels in the CAR (see ipfsreg/ipns/carfile.py).
+            extra = [CID.parse(c) for c in backend.ipns_call("export_roots", arg=name, tag=tag)["roots"]]
+        backend.export(target, out, progress=bar, extra_roots=extra)
+    if extra:
+        print(f"exported with the IPNS record of {split_name_tag(args.cid_path)[0]}", file=sys.stderr)
     return 0
 
 
@@ -381,6 +409,13 @@ def cmd_push(args: argparse.Namespace, config: Config) -> int:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _in_stream(args.car) as fh:
         roots = backend.import_car(_file_chunks(fh), pin=not args.no_pin)
+        imported = backend.ipns_call("import_roots", arg=[str(r) for r in roots])
+        roots = [CID.parse(text) for text in imported["roots"]]
+        for record in imported["records"]:
+            state = "stored" if record["stored"] else "kept the newer one already here"
+            print(
+                f"IPNS record of {record['name']} seq {record['sequence']} verified: {state}", file=sys.stderr
+            )
         if args.tag:
             if len(roots) != 1:
                 raise CommandError(f"--tag needs a CAR with one root, this one has {len(roots)}")
@@ -498,6 +533,57 @@ def _print_routing_stat(stat: dict[str, Any]) -> None:
     print(f"last reprovide: {when}{' (running)' if queue['reprovide_running'] else ''}")
 
 
+def cmd_key(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        if args.action == "list":
+            keys = backend.ipns_call("key_list")["keys"]
+            if args.json:
+                print(json.dumps(keys))
+            for key in [] if args.json else keys:
+                print(f"{key['name']}\t{key['id']}")
+            return 0
+        if not args.key_name:
+            raise CommandError(f"key {args.action} needs a key NAME")
+        key = backend.ipns_call("key_gen" if args.action == "gen" else "key_rm", arg=args.key_name)
+    print(json.dumps(key) if args.json else key["id"])
+    return 0
+
+
+def cmd_name(args: argparse.Namespace, config: Config) -> int:
+    wanted = {"bind": 2, "unbind": 1, "bindings": 0, "resolve": 1}
+    count = wanted.get(args.action)
+    if count is not None and len(args.args) != count:
+        usage = {"bind": "REPO KEY", "unbind": "REPO", "bindings": "", "resolve": "NAME"}[args.action]
+        raise CommandError(f"usage: ipfsreg name {args.action} {usage}".rstrip())
+    with backend_for(config) as backend:
+        if args.action == "bind":
+            result = backend.ipns_call("bind", arg=args.args[0], key=args.args[1])
+            lines = [f"{result['repository']} -> {result['name']} ({result['id']})"]
+        elif args.action == "unbind":
+            result = backend.ipns_call("unbind", arg=args.args[0])
+            lines = [f"{result['repository']} unbound from {result['key']}"]
+        elif args.action == "bindings":
+            result = backend.ipns_call("bindings")
+            lines = [f"{b['repository']}\t{b['key']}\t{b['from']}" for b in result["bindings"]]
+        elif args.action == "publish":
+            result = backend.ipns_call("publish", key=list(args.args))
+            lines = []
+            for item in result["published"]:
+                routed = "routed" if item["routed"] else f"local only: {item['route_error']}"
+                lines.append(f"{item['name']} seq {item['sequence']} -> {item['value']} ({routed})")
+        else:
+            result = backend.ipns_call("resolve", arg=args.args[0])
+            lines = [f"{result['value']} (seq {result['sequence']}, valid until {result['validity']})"]
+            for repo, tags in result["images"].items():
+                lines.extend(f"{repo}:{tag}\t{cid}" for tag, cid in sorted(tags.items()))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(render_toml(config))
     return 0
@@ -516,6 +602,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     Imported on demand: most commands never fail, and these modules pull in the server stack."""
     from ipfsreg.auth.policy import AuthConfigError
+    from ipfsreg.ipns.record import IpnsError
     from ipfsreg.node.errors import NodeError
     from ipfsreg.oci.errors import LayoutError
     from ipfsreg.registry.errors import RegistryError
@@ -532,6 +619,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         AuthConfigError,
         RegistryError,
         LayoutError,
+        IpnsError,
     )
 
 
@@ -543,6 +631,8 @@ _FLAG_OPTIONS = (
     ("node.peers", "peer_list"),
     ("routing.bootstrap", "bootstrap_list"),
     ("routing.mode", "routing_mode"),
+    ("node.swarm_key", "swarm_key"),
+    ("node.mdns", "mdns"),
     ("registry.upstream", "upstream"),
     ("registry.upstream_username", "upstream_username"),
     ("registry.htpasswd", "htpasswd"),

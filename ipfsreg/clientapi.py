@@ -58,7 +58,9 @@ class Backend(Protocol):
         self, cid_path: str, dest: Path, *, progress: Progress | None, peers: Sequence[str] = ()
     ) -> None: ...
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None: ...
+    def export(
+        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None: ...
 
     def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]: ...
 
@@ -97,6 +99,22 @@ class Backend(Protocol):
     def find_peer(self, peer_id: str) -> list[str]: ...
 
     def routing_stat(self) -> dict[str, Any]: ...
+    def ipns_call(self, op: str, **args: Any) -> Any: ...
+
+
+# IPNS operations: op -> (HTTP method, control API route). Arguments are query parameters.
+IPNS_ROUTES: Final = {
+    "key_list": ("GET", "/key/list"),
+    "key_gen": ("POST", "/key/gen"),
+    "key_rm": ("POST", "/key/rm"),
+    "bind": ("POST", "/name/bind"),
+    "unbind": ("POST", "/name/unbind"),
+    "bindings": ("GET", "/name/bindings"),
+    "publish": ("POST", "/name/publish"),
+    "resolve": ("GET", "/name/resolve"),
+    "export_roots": ("GET", "/name/export-roots"),
+    "import_roots": ("POST", "/name/import-roots"),
+}
 
 
 class LocalBackend:
@@ -157,10 +175,12 @@ class LocalBackend:
 
         trio.run(with_node)
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+    def export(
+        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None:
         async def run() -> None:
             root = await resolve(self.source, cid_path)
-            async for chunk in export_car(self.source, [root]):
+            async for chunk in export_car(self.source, [root, *extra_roots]):
                 out.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
@@ -284,6 +304,43 @@ class LocalBackend:
             " (start `ipfsreg serve` first)"
         )
 
+    def ipns_call(self, op: str, **args: Any) -> Any:
+        """An IPNS operation on the data dir itself: records are made and resolved locally (no DHT)."""
+        from ipfsreg.ipns import ops as ipns_ops
+        from ipfsreg.ipns.keystore import Keystore
+        from ipfsreg.ipns.service import IpnsService
+
+        service = IpnsService(
+            self.store, self.registry(), Keystore(self.config.data_dir), self.config.section("ipns")
+        )
+        keystore = service.keystore
+        if op == "key_list":
+            return {"keys": [ipns_ops.key_json(k) for k in keystore.list()]}
+        if op == "key_gen":
+            return ipns_ops.key_json(keystore.generate(args["arg"]))
+        if op == "key_rm":
+            return ipns_ops.key_json(keystore.remove(args["arg"]))
+        if op == "bind":
+            return {"repository": args["arg"], **ipns_ops.key_json(service.bind(args["arg"], args["key"]))}
+        if op == "unbind":
+            return {"repository": args["arg"], "key": service.unbind(args["arg"])}
+        if op == "bindings":
+            return {"bindings": service.bindings()}
+        if op == "publish":
+            keys = args.get("key") or service.bound_keys()
+
+            async def publish_all() -> list[Any]:
+                return [ipns_ops.published_json(await service.publish(k, republish=True)) for k in keys]
+
+            return {"published": trio.run(publish_all)}
+        if op == "resolve":
+            return trio.run(ipns_ops.resolve_json, service, args["arg"])
+        if op == "export_roots":
+            return {"roots": trio.run(ipns_ops.export_roots, service, self.source, args["arg"], args["tag"])}
+        if op == "import_roots":
+            return ipns_ops.import_roots(service, [CID.parse(text) for text in args["arg"]])
+        raise ValueError(f"unknown IPNS operation {op!r}")
+
 
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
@@ -354,11 +411,16 @@ class RemoteBackend:
 
         trio.run(run)
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+    def export(
+        self, cid_path: str, out: BinaryIO, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None:
         root, path = parse_cid_path(cid_path)
         if path:
             raise ControlApiError("export takes a CID, not a path inside one")
-        with self.client.stream("GET", self.url + "/export", params={"arg": str(root)}) as response:
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("arg", str(cid)) for cid in [root, *extra_roots]
+        ]
+        with self.client.stream("GET", self.url + "/export", params=params) as response:
             _raise_for(response)
             for chunk in response.iter_bytes(READ_SIZE):
                 out.write(chunk)
@@ -447,6 +509,14 @@ class RemoteBackend:
     def routing_stat(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request_json("GET", "/routing/stat")
         return result
+
+    def ipns_call(self, op: str, **args: Any) -> Any:
+        method, route = IPNS_ROUTES[op]
+        params: list[tuple[str, str]] = []
+        for key, value in args.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            params.extend((key, str(v)) for v in values)
+        return self.request_json(method, route, params=params)
 
     def _connect_all(self, peers: Sequence[str]) -> None:
         for addr in peers:

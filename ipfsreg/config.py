@@ -63,6 +63,7 @@ _LAYER_SECTIONS: Final = (
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
     ("gc", "ipfsreg.gc", "GcSettings"),
+    ("ipns", "ipfsreg.ipns.settings", "IpnsSettings"),
 )
 
 

@@ -21,6 +21,10 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /routing/provide?arg=CID...            announce now -> {"provided": [{"cid", "peers"}]}
     GET  /routing/findpeer?arg=PEER_ID          {"peer_id", "addrs"}
     GET  /routing/stat                          routing tables, stores, provide queue, last reprovide
+    GET  /key/list, POST /key/gen?arg=NAME, POST /key/rm?arg=NAME        (IPNS keys)
+    POST /name/bind?arg=REPO&key=KEY, POST /name/unbind?arg=REPO, GET /name/bindings
+    POST /name/publish[?key=KEY...], GET /name/resolve?arg=NAME
+    GET  /name/export-roots?arg=REPO&tag=TAG, POST /name/import-roots?arg=CID...   (records in CARs)
 
 Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
 """
@@ -46,6 +50,10 @@ from ipfsreg.cid import CID, CIDError, b58decode, split_multihash
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
 from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
+from ipfsreg.ipns import ops as ipns_ops
+from ipfsreg.ipns.keystore import KeystoreError
+from ipfsreg.ipns.record import IpnsError, NameNotFound
+from ipfsreg.ipns.service import IpnsService
 from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, NodeError, RecordNotFound, RoutingError
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.reader import LATEST
@@ -114,6 +122,9 @@ ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]
     (LayoutError, 422, "layout"),
     (UnixFSError, 422, "unixfs"),
     (BlockstoreError, 500, "storage"),
+    (KeystoreError, 400, "key"),
+    (NameNotFound, 404, "not-found"),
+    (IpnsError, 422, "ipns"),
 )
 
 
@@ -196,6 +207,7 @@ def create_control_app(
     spool_dir: Path | None = None,
     routing: RoutingControl | None = None,
     on_committed: Callable[[list[CID]], None] | None = None,
+    ipns: IpnsService | None = None,
 ) -> QuartTrio:
     """``on_committed`` (e.g. ``node.provide``) hears of the roots of imports and of pins."""
     app = QuartTrio(__name__)
@@ -417,6 +429,65 @@ def create_control_app(
     @app.get(f"{PREFIX}/routing/stat")
     async def get_routing_stat() -> Response:
         return _json(dataclasses.asdict(need_routing().stat()))
+
+    def need_ipns() -> IpnsService:
+        if ipns is None:
+            raise ApiError(503, "IPNS is not running in this server", "no-ipns")
+        return ipns
+
+    def required(name: str) -> str:
+        value = request.args.get(name)
+        if not value:
+            raise ApiError(400, f"missing argument {name!r}", "bad-request")
+        return value
+
+    @app.get(f"{PREFIX}/key/list")
+    async def get_keys() -> Response:
+        return _json({"keys": [ipns_ops.key_json(k) for k in need_ipns().keystore.list()]})
+
+    @app.post(f"{PREFIX}/key/gen")
+    async def post_key_gen() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.generate(required("arg"))))
+
+    @app.post(f"{PREFIX}/key/rm")
+    async def post_key_rm() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.remove(required("arg"))))
+
+    @app.post(f"{PREFIX}/name/bind")
+    async def post_bind() -> Response:
+        key = need_ipns().bind(required("arg"), required("key"))
+        return _json({"repository": request.args["arg"], **ipns_ops.key_json(key)})
+
+    @app.post(f"{PREFIX}/name/unbind")
+    async def post_unbind() -> Response:
+        return _json({"repository": request.args.get("arg"), "key": need_ipns().unbind(required("arg"))})
+
+    @app.get(f"{PREFIX}/name/bindings")
+    async def get_bindings() -> Response:
+        return _json({"bindings": need_ipns().bindings()})
+
+    @app.post(f"{PREFIX}/name/publish")
+    async def post_name_publish() -> Response:
+        service = need_ipns()
+        keys = request.args.getlist("key") or service.bound_keys()
+        return _json(
+            {"published": [ipns_ops.published_json(await service.publish(k, republish=True)) for k in keys]}
+        )
+
+    @app.get(f"{PREFIX}/name/resolve")
+    async def get_name_resolve() -> Response:
+        return _json(await ipns_ops.resolve_json(need_ipns(), required("arg")))
+
+    @app.get(f"{PREFIX}/name/export-roots")
+    async def get_export_roots() -> Response:
+        service = need_ipns()
+        roots = await ipns_ops.export_roots(service, source, required("arg"), required("tag"))
+        return _json({"roots": roots})
+
+    @app.post(f"{PREFIX}/name/import-roots")
+    async def post_import_roots() -> Response:
+        roots = [_arg_cid(text) for text in request.args.getlist("arg")]
+        return _json(ipns_ops.import_roots(need_ipns(), roots))
 
     @app.get(f"{PREFIX}/stats")
     async def get_stats() -> Response:

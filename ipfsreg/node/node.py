@@ -35,6 +35,7 @@ from ipfsreg.node.bitswap.message import Message
 from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.bitswap.server import BitswapServer
 from ipfsreg.node.blocksource import NetworkBlockSource
+from ipfsreg.node.discovery.mdns import MdnsDiscovery
 from ipfsreg.node.errors import NodeError, ProtocolViolation
 from ipfsreg.node.host import (
     Peering,
@@ -47,6 +48,7 @@ from ipfsreg.node.host import (
     with_peer_id,
 )
 from ipfsreg.node.identity import Identity
+from ipfsreg.node.pnet import fingerprint
 from ipfsreg.node.providersearch import ProviderSearch
 from ipfsreg.node.routing.addrs import dial_addr_of
 from ipfsreg.node.routing.records import Validator
@@ -87,16 +89,19 @@ class Node:
         settings: NodeSettings,
         identity: Identity,
         *,
+        psk: bytes | None = None,
         routing: RoutingSettings | None = None,
         validators: Mapping[str, Validator] | None = None,
         content_routers: Sequence[ContentRouter] = (),
     ) -> None:
-        """``validators`` check DHT records by namespace (``pk`` is built in; the app adds ``ipns``);
+        """``psk``: the private network key (see ipfsreg/node/pnet_conn.py load_swarm_key), if any.
+        ``validators`` check DHT records by namespace (``pk`` is built in; the app adds ``ipns``);
         ``content_routers`` are asked for providers alongside the DHTs (e.g. Routing V1 clients)."""
         self.datastore = datastore
         self.settings = settings
         self.identity = identity
-        self.host = build_host(identity, settings.p2p_listen)
+        self.host = build_host(identity, settings.p2p_listen, psk=psk)
+        self.swarm_key_fingerprint = fingerprint(psk).hex() if psk is not None else None
         self.network = BitswapNetwork(self.host, settings)
         self.server = BitswapServer(datastore.blocks, self.network, settings)
         self.client = BitswapClient(
@@ -108,6 +113,11 @@ class Node:
         self.network.on_peer_connected = self.client.peer_connected
         self.network.refuse = self.client.is_banned
         self.network.on_peer_disconnected = self._on_peer_disconnected
+        self.mdns = (
+            MdnsDiscovery(self.peer_id, self.listen_addrs, self._connect_discovered)
+            if settings.mdns
+            else None
+        )
         self.routing_settings = routing if routing is not None else RoutingSettings()
         self.routing = Routing(
             self.host,
@@ -140,6 +150,8 @@ class Node:
                 await nursery.start(self.routing.run)
                 await nursery.start(self.provider_search.run)
                 self._running = True
+                if self.mdns is not None:
+                    await nursery.start(self.mdns.run)
                 task_status.started()
         finally:
             self._running = False
@@ -163,6 +175,20 @@ class Node:
         self._require_running()
         peer = await connect(self.host, multiaddr)
         return peer.to_base58()
+
+    async def _connect_discovered(self, peer_id: str, addrs: list[str]) -> None:
+        """Connect to a peer found on the LAN (mDNS), trying its addresses in order."""
+        if any(p.peer_id == peer_id for p in self.peers()):
+            return
+        errors = []
+        for addr in addrs:
+            try:
+                await self.connect(addr)
+                logger.info("mdns: connected to %s", addr)
+                return
+            except NodeError as exc:
+                errors.append(str(exc))
+        raise NodeError("; ".join(errors) or f"no address for {peer_id}")
 
     def keep_connected(self, multiaddr: str) -> None:
         """Add a peering: reconnect to ``multiaddr`` with backoff whenever the connection drops."""

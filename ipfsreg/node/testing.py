@@ -67,7 +67,9 @@ class Nodes:
         """The nursery the nodes run in (tests start their own peers in it too)."""
         return self._nursery
 
-    async def start(self, *, routing: RoutingSettings | None = None, **overrides: Any) -> Node:
+    async def start(
+        self, *, psk: bytes | None = None, routing: RoutingSettings | None = None, **overrides: Any
+    ) -> Node:
         """A node with LOOPBACK_SETTINGS and ``overrides``; ``routing`` defaults to LOOPBACK_ROUTING."""
         self._count += 1
         datastore = self._stack.enter_context(Datastore.open(self._dir / f"node{self._count}"))
@@ -75,6 +77,7 @@ class Nodes:
             datastore,
             replace(LOOPBACK_SETTINGS, **overrides),
             Identity.generate(),
+            psk=psk,
             routing=routing if routing is not None else LOOPBACK_ROUTING,
         )
         await self._nursery.start(node.run)

@@ -26,9 +26,15 @@ from ipfsreg.gateway.routes import SourceFactory
 from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
-from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
-from ipfsreg.registry.names import check_name, ipfs_repository_cid
+from ipfsreg.registry.handlers import blobs, catalog, ipfs, ipns, manifests, referrers, tags, uploads
+from ipfsreg.registry.handlers.base import (
+    API_VERSION_HEADER,
+    Context,
+    IpnsResolver,
+    error_response,
+    get_base,
+)
+from ipfsreg.registry.names import check_name, ipfs_repository_cid, ipns_repository
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -171,6 +177,9 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
         return await get_base(ctx, req)
     if route.kind == "catalog":
         return await catalog.list_catalog(ctx, req)
+    ipns_repo = ipns_repository(route.name)
+    if ipns_repo is not None:
+        return await ipns.dispatch(ctx, req, route, *ipns_repo)
     ipfs_root = ipfs_repository_cid(route.name)
     if ipfs_root is not None:
         return await ipfs.dispatch(ctx, req, route, ipfs_root)
@@ -252,6 +261,12 @@ def create_app(
     app.add_url_rule("/v2/", "registry_base", handle, methods=_ALL_METHODS)
     app.add_url_rule("/v2/<path:path>", "registry", handle, methods=_ALL_METHODS)
     return app
+
+
+def set_ipns_resolver(app: QuartTrio, resolver: IpnsResolver | None) -> None:
+    """Serve ``ipns/<name>/<repository>`` pulls through ``resolver`` (the node's IPNS service)."""
+    ctx: Context = app.extensions["ipfsreg.registry"]
+    ctx.ipns = resolver
 
 
 def registry_store(app: QuartTrio) -> RegistryStore:

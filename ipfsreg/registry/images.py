@@ -182,6 +182,8 @@ def record_manifest(
                 batch.put(store.published, repo_key(repo, tag), json.dumps(value).encode())
         batch.put(store.repos, repo.encode(), b"")
     store.committed([manifest.cid, *([image] if image is not None and tag is not None else [])])
+    if tag is not None:
+        store.tags_changed(repo)
 
 
 # --- ipfs/<cid> repositories ------------------------------------------------------------------

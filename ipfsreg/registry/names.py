@@ -60,3 +60,35 @@ def ipfs_repository_cid(name: str) -> CID | None:
 def ipfs_repository_name(cid: CID) -> str:
     """``ipfs/<CIDv1 base32>``: the repository that serves the image directory ``cid``."""
     return IPFS_PREFIX + str(cid.to_v1())
+
+
+IPNS_PREFIX: Final = "ipns/"
+
+
+def ipns_repository(name: str) -> tuple[str, str] | None:
+    """``(ipns name, repository)`` of an ``ipns/<k51... name>/<repository>`` repository name, else None.
+
+    The name must be the lowercase base36 CIDv1 (``k51...``) docker's grammar allows; any other form
+    gets NAME_INVALID with the name to use instead.
+    """
+    if not name.startswith(IPNS_PREFIX):
+        return None
+    from ipfsreg.ipns.record import IpnsError, IpnsName
+
+    ipns_text, _, repository = name[len(IPNS_PREFIX) :].partition("/")
+    try:
+        parsed = IpnsName.parse(ipns_text)
+    except IpnsError as exc:
+        raise RegistryError("NAME_INVALID", {"name": name[:300], "reason": str(exc)}) from None
+    if str(parsed) != ipns_text:
+        raise RegistryError(
+            "NAME_INVALID",
+            {"name": name[:300], "reason": f"use the base36 form of the IPNS name: {parsed}"},
+            message="repository names are lowercase: pull by IPNS name as ipns/<k51...>/<repository>",
+        )
+    if not repository or not is_valid_name(repository):
+        raise RegistryError(
+            "NAME_INVALID",
+            {"name": name[:300], "reason": "expected ipns/<name>/<repository> with a valid repository name"},
+        )
+    return ipns_text, repository

@@ -84,6 +84,7 @@ _PIECE_BYTES: Final = 2 * 1024 * 1024
 LIVE_IDLE_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
+TagsChanged = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,8 @@ class RegistryStore:
         self.uploads = datastore.keyspace("reg.uploads")
         self.published = datastore.keyspace("reg.images")
         self._live: dict[str, Upload] = {}
+        self.on_tags_changed: TagsChanged | None = None
+        """Called on the trio thread with a repository whose tags moved or went away (IPNS republishing)."""
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -729,6 +732,8 @@ class RegistryStore:
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
         self.committed([stored.cid, *([layout.root] if layout is not None else [])])
+        if tag is not None:
+            self.tags_changed(repo)
         return actual, parsed
 
     # --- images on IPFS ------------------------------------------------------------------
@@ -834,6 +839,7 @@ class RegistryStore:
                     cids = self._put_image(batch, repo, tag, info.digest, layout)
             self._announce(cids)
             self.committed([layout.root])
+            self.tags_changed(repo)
             return layout.root
 
     def image(self, repo: str, tag: str) -> ImageInfo | None:
@@ -862,6 +868,7 @@ class RegistryStore:
                     batch.delete(self.published, key)
             if info.subject is not None:
                 batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
+        self.tags_changed(repo)
 
     def delete_tag(self, repo: str, tag: str) -> None:
         if self.tags.get(_rkey(repo, tag)) is None:
@@ -869,6 +876,16 @@ class RegistryStore:
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
             batch.delete(self.published, _rkey(repo, tag))
+        self.tags_changed(repo)
+
+    def tags_changed(self, repo: str) -> None:
+        """Tell ``on_tags_changed`` that ``repo``'s tags changed (a failing listener is only logged)."""
+        if self.on_tags_changed is None:
+            return
+        try:
+            self.on_tags_changed(repo)
+        except Exception:
+            log.exception("on_tags_changed callback failed for %s", repo)
 
     # --- garbage collection support -----------------------------------------------------
 

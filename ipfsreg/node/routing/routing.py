@@ -14,7 +14,8 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import trio
 from libp2p.abc import IHost
@@ -48,9 +49,12 @@ class ProviderInfo:
 
 
 class ContentRouter(Protocol):
-    """Another source of providers, asked in parallel with the DHTs (e.g. a Routing V1 HTTP client)."""
+    """Another source of providers, asked in parallel with the DHTs: the Routing V1 HTTP routers
+    (``HttpRouters`` of ``http_client.py``) have this shape."""
 
-    def find_providers(self, cid: CID, limit: int) -> AsyncIterator[ProviderInfo]: ...
+    async def providers_into(
+        self, cid: CID, send: trio.MemorySendChannel[Any], *, limit: int = 20
+    ) -> None: ...  # sends items with .peer_id and .addrs, then closes ``send``
 
 
 @dataclass(frozen=True)
@@ -312,14 +316,23 @@ class Routing:
             async for info in receive:
                 yield info
 
+    def add_content_router(self, router: ContentRouter) -> None:
+        """Ask ``router`` too from now on (the app adds the HTTP routers once their client is open)."""
+        self.content_routers.append(router)
+
     async def _ask_router(
         self, router: ContentRouter, cid: CID, limit: int, emit: Callable[[ProviderInfo], bool]
     ) -> None:
+        send, receive = trio.open_memory_channel[Any](limit)
         try:
             with trio.move_on_after(self.settings.lookup_timeout):
-                async for info in router.find_providers(cid, limit):
-                    if emit(info):
-                        return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(router.providers_into, cid, send, limit=limit))
+                    async with receive:
+                        async for found in receive:
+                            if emit(ProviderInfo(str(found.peer_id), [str(a) for a in found.addrs])):
+                                nursery.cancel_scope.cancel()
+                                return
         except Exception as exc:
             logger.info("routing: content router %r failed for %s: %r", router, cid, exc)
 

@@ -1,4 +1,5 @@
-"""Settings of content and peer routing: the DHT's mode, bootstrap peers, provide strategy and bounds."""
+"""Settings of content and peer routing: the DHT's mode, bootstrap peers, provide strategy and bounds;
+delegated routing over HTTP (Routing V1) as client and server."""
 
 from __future__ import annotations
 
@@ -88,6 +89,21 @@ class RoutingSettings:
     refresh_interval: float = field(
         default=600.0, metadata={"help": "seconds between routing table refreshes"}
     )
+    http_routers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Routing V1 HTTP endpoints (IPNI, someguy; base URL without /routing/v1) asked for"
+            " providers, peers and IPNS records alongside the DHT"
+        },
+    )
+    http_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a lookup waits for the HTTP routers before it ends with what it has"},
+    )
+    http_api: bool = field(
+        default=True,
+        metadata={"help": "serve the Routing V1 HTTP API (/routing/v1/...) on the registry port"},
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -102,6 +118,11 @@ class RoutingSettings:
                 raise ConfigError(f"routing.{name} must be positive")
         if self.alpha < 1:
             raise ConfigError("routing.alpha must be at least 1")
+        for url in self.http_routers:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"routing.http_routers: {url!r} is not an http:// or https:// URL")
+        if not self.http_timeout > 0:
+            raise ConfigError(f"routing.http_timeout must be positive, got {self.http_timeout}")
 
     def bootstrap_addrs(self) -> list[str]:
         """``bootstrap`` with the ``amino`` preset expanded."""
