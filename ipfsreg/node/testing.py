@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +15,7 @@ from ipfsreg.blockstore import Datastore
 from ipfsreg.cid import CID
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.routing.records import Validator
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.unixfs.importer import ImportOptions, import_bytes
@@ -68,7 +69,12 @@ class Nodes:
         return self._nursery
 
     async def start(
-        self, *, psk: bytes | None = None, routing: RoutingSettings | None = None, **overrides: Any
+        self,
+        *,
+        psk: bytes | None = None,
+        routing: RoutingSettings | None = None,
+        validators: Mapping[str, Validator] | None = None,
+        **overrides: Any,
     ) -> Node:
         """A node with LOOPBACK_SETTINGS and ``overrides``; ``routing`` defaults to LOOPBACK_ROUTING."""
         self._count += 1
@@ -79,6 +85,7 @@ class Nodes:
             Identity.generate(),
             psk=psk,
             routing=routing if routing is not None else LOOPBACK_ROUTING,
+            validators=validators,
         )
         await self._nursery.start(node.run)
         return node

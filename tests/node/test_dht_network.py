@@ -167,3 +167,31 @@ async def test_requests_to_a_peer_reuse_one_stream_and_replace_a_dead_one(nodes:
     dht.streams.give_back(peer, stream)
     answer = await dht.request(peer, Message(MessageType.FIND_NODE, key=b"again"))
     assert answer.type is MessageType.FIND_NODE
+
+
+async def test_ipns_records_go_through_the_dht_checked_by_the_ipns_validator(nodes: Nodes) -> None:
+    import time
+
+    from ipfsreg.ipns.record import IpnsName, create_record, decode_record
+    from ipfsreg.ipns.validator import IpnsValidator
+
+    ipns = {"ipns": IpnsValidator()}
+    a = await nodes.start(validators=ipns, routing=LOOPBACK_ROUTING)
+    b = await nodes.start(validators=ipns, routing=replace(LOOPBACK_ROUTING, bootstrap=[a.listen_addrs()[0]]))
+    c = await nodes.start(validators=ipns, routing=replace(LOOPBACK_ROUTING, bootstrap=[b.listen_addrs()[0]]))
+    await wait_until(lambda: c.routing_stat().dhts[0].routing_table_size >= 1)
+    pair = create_new_key_pair()
+    key = IpnsName.from_public_key(pair.public_key).routing_key()
+    eol = time.time_ns() + 3600 * 10**9
+    first = create_record(pair.private_key, "/ipfs/bafkqaaa", 1, eol)
+    second = create_record(pair.private_key, "/ipfs/bafkqaab", 2, eol)
+    assert await a.put_value(key, first) >= 1
+    assert decode_record(await c.get_value(key)).sequence == 1
+    assert await a.put_value(key, second) >= 1
+    assert decode_record(await c.get_value(key)).sequence == 2
+    forged = create_record(create_new_key_pair().private_key, "/ipfs/bafkqaac", 3, eol)
+    with pytest.raises(InvalidRecord):
+        await a.put_value(key, forged)  # signed by another key than the name's
+    with pytest.raises(InvalidRecord):
+        await b.put_value(key, first)  # lower sequence than the stored one
+    assert decode_record(await c.get_value(key)).sequence == 2

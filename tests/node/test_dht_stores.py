@@ -160,7 +160,9 @@ def test_a_validator_that_raises_anything_makes_the_record_invalid() -> None:
 def test_record_store_keeps_the_best_record(store: Datastore) -> None:
     records = RecordStore(store, Validators({"seq": _Sequence()}))
     assert records.put(b"/seq/a", b"5")
-    assert not records.put(b"/seq/a", b"3")  # worse: kept out
+    with pytest.raises(InvalidRecord, match="better seq record"):
+        records.put(b"/seq/a", b"3")  # worse: kept out
+    assert not records.put(b"/seq/a", b"5")  # the same again: nothing to do
     assert records.put(b"/seq/a", b"9")
     stored = records.get(b"/seq/a")
     assert stored is not None and stored.value == b"9"

@@ -157,9 +157,10 @@ class RecordStore:
         return self._count
 
     def put(self, key: bytes, value: bytes) -> bool:
-        """Validate and store ``value`` unless the stored one is better; True if it was stored.
+        """Validate and store ``value``; True if stored, False if it is the one stored already.
 
-        InvalidRecord if the record is invalid (or its namespace unknown) or the store is full.
+        InvalidRecord if the record is invalid (or its namespace unknown), if the stored record is
+        better (as Kubo refuses to replace a newer value with an older one), or the store is full.
         """
         self.validators.validate(key, value)
         existing = self._load(key)
@@ -172,7 +173,7 @@ class RecordStore:
             if existing.value == value:
                 return False
             if self.validators.select(key, [value, existing.value]) != 0:
-                return False
+                raise InvalidRecord(f"a better {namespace_of(key)} record for this key is stored already")
         elif self.keyspace.get(key) is None and self._count >= self.max_records:
             raise InvalidRecord(f"the record store is full ({self.max_records} records)")
         fresh = self.keyspace.get(key) is None
