@@ -90,6 +90,7 @@ def test_one_provider_cannot_take_more_than_its_share_of_the_store(tmp_path: Pat
         stored = sum(providers.add(_mh(i), b"flooder") for i in range(200))
         assert stored == 50 and providers.records_of(b"flooder") == 50
         assert providers.add(_mh(1), b"honest")  # the others still get in
+        assert all(providers.add(_mh(i), b"me", own=True) for i in range(100))  # our own: no bound
     with Datastore.open(tmp_path / "data") as store:
         assert ProviderStore(store, max_records=1000).records_of(b"flooder") == 50  # counted on open
 

@@ -118,15 +118,19 @@ class ProviderStore:
         else:
             self._per_peer.pop(peer, None)
 
-    def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes] = ()) -> bool:
-        """Record ``peer`` as a provider of ``key`` for ``ttl``; False if a bound refused a new record."""
+    def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes] = (), *, own: bool = False) -> bool:
+        """Record ``peer`` as a provider of ``key`` for ``ttl``; False if a bound refused a new record.
+
+        ``own``: this node's record of what it provides itself, which no bound refuses (there is one
+        per key this node provides, so they grow with its own content, not with anyone's traffic).
+        """
         prefix = _prefix(key)
         record_key = prefix + peer
         value = _encode_value(self.clock() + self.ttl, list(dict.fromkeys(addrs))[:MAX_ADDRS])
         if self.keyspace.get(record_key) is not None:
             self.keyspace.put(record_key, value)
             return True
-        if (
+        if not own and (
             self._count >= self.max_records
             or self._per_peer.get(peer, 0) >= self.max_per_peer
             or self._providers_of(prefix) >= self.max_per_key

@@ -225,7 +225,7 @@ class Routing:
         me = self.local.to_bytes()
         raw_addrs = [a.raw for a in self.local_addrs()]
         for cid in cids:
-            self.providers.add(cid.multihash, me, raw_addrs)
+            self.providers.add(cid.multihash, me, raw_addrs, own=True)
         self.queue.enqueue(cids)
 
     def unprovide(self, cids: Sequence[CID]) -> None:
@@ -237,7 +237,9 @@ class Routing:
     async def provide_now(self, cid: CID) -> int:
         """Announce one key on every DHT; returns how many peers took it in all."""
         await self._wait_joined()
-        self.providers.add(cid.multihash, self.local.to_bytes(), [a.raw for a in self.local_addrs()])
+        self.providers.add(
+            cid.multihash, self.local.to_bytes(), [a.raw for a in self.local_addrs()], own=True
+        )
         told = 0
 
         async def one(dht: KademliaDHT) -> None:
