@@ -20,7 +20,7 @@ On a network of ten every server is among the k = 20 closest peers of every key,
 reaches them all: the figures compare how soon each implementation announces what it stored.
 Prints p50 / p99 in milliseconds and the ipfsreg / Kubo ratios of "record held" (the same
 measurement for both; goal: <= 1). The observer is an in-process ipfsreg node in DHT client mode:
-in nobody's routing table, it gets no records itself; it asks every 5 ms.
+in nobody's routing table, it gets no records itself; it asks every 2 ms.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from ipfsreg.node.settings import NodeSettings
 
 IPFSREG_NODES: Final = 5
 KUBO_NODES: Final = 5
-POLL: Final = 0.005  # seconds between two requests of the observer
+POLL: Final = 0.002  # seconds between two requests of the observer
 GIVE_UP: Final = 30.0  # a measurement taking longer than this counts as failed
 START_TIMEOUT: Final = 60.0
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"

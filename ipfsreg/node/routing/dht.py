@@ -656,11 +656,13 @@ class KademliaDHT:
             self.stats.requests_failed += 1
             raise
 
-    async def send(self, peer: ID, message: Message, addrs: Sequence[DialAddr] = ()) -> None:
-        """Send a message that gets no answer (ADD_PROVIDER)."""
+    async def send(
+        self, peer: ID, message: Message, addrs: Sequence[DialAddr] = (), *, frame: bytes | None = None
+    ) -> None:
+        """Send a message that gets no answer (ADD_PROVIDER); ``frame``: the message already encoded."""
         self.stats.requests_out += 1
         try:
-            await self._connected_exchange(peer, message, addrs, expect_answer=False)
+            await self._connected_exchange(peer, message, addrs, expect_answer=False, frame=frame)
         except trio.TooSlowError:
             self.stats.requests_failed += 1
             raise RoutingError(f"sending {message.type.name} to {peer} timed out") from None
@@ -669,25 +671,34 @@ class KademliaDHT:
             raise
 
     async def _connected_exchange(
-        self, peer: ID, message: Message, addrs: Sequence[DialAddr], *, expect_answer: bool
+        self,
+        peer: ID,
+        message: Message,
+        addrs: Sequence[DialAddr],
+        *,
+        expect_answer: bool,
+        frame: bytes | None = None,
     ) -> Message | None:
         for attempt in (1, 2):
             await self.connector.ensure(peer, addrs)
             try:
                 with trio.fail_after(self.settings.request_timeout):
-                    return await self._exchange(peer, message, expect_answer=expect_answer)
+                    return await self._exchange(peer, message, expect_answer=expect_answer, frame=frame)
             except _NoStream:
                 # A connection that was closing when we used it: dial again once, if we can.
                 if attempt == 2 or self.connector.is_connected(peer) or not addrs:
                     raise
         raise AssertionError("unreachable")
 
-    async def _exchange(self, peer: ID, message: Message, *, expect_answer: bool) -> Message | None:
+    async def _exchange(
+        self, peer: ID, message: Message, *, expect_answer: bool, frame: bytes | None = None
+    ) -> Message | None:
         """One request on a stream of the pool (a fresh one if a reused stream turns out dead)."""
+        frame = frame if frame is not None else encode_frame(message)
         reused = self.streams.take(peer)
         if reused is not None:
             try:
-                return await self._exchange_on(peer, reused, message, expect_answer=expect_answer)
+                return await self._exchange_on(peer, reused, message, frame, expect_answer=expect_answer)
             except _StaleStream:
                 pass  # the peer closed its end while the stream sat idle: a fresh one
         try:
@@ -696,18 +707,19 @@ class KademliaDHT:
             raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
         self.stats.streams_opened += 1
         try:
-            return await self._exchange_on(peer, stream, message, expect_answer=expect_answer)
+            return await self._exchange_on(peer, stream, message, frame, expect_answer=expect_answer)
         except _StaleStream as exc:
             raise RoutingError(f"{peer} closed a new stream at once: {exc}") from None
 
     async def _exchange_on(
-        self, peer: ID, stream: INetStream, message: Message, *, expect_answer: bool
+        self, peer: ID, stream: INetStream, message: Message, frame: bytes, *, expect_answer: bool
     ) -> Message | None:
-        """Write ``message`` on ``stream`` and read its answer; the stream goes back to the pool."""
+        """Write ``message`` (encoded: ``frame``) on ``stream`` and read its answer; the stream goes
+        back to the pool."""
         sent = False
         try:
             try:
-                await stream.write(encode_frame(message))
+                await stream.write(frame)
             except Exception as exc:
                 raise _StaleStream(repr(exc)) from None
             sent = True
@@ -844,12 +856,13 @@ class KademliaDHT:
         if not me.addrs:
             return 0  # no address in this DHT's scope: nobody here could reach us
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
+        frame = encode_frame(message)  # the same bytes to every peer
         told: set[ID] = set()
         asked: set[ID] = set()
 
         async def tell(peer: ID, addrs: tuple[DialAddr, ...]) -> None:
             try:
-                await self.send(peer, message, addrs)
+                await self.send(peer, message, addrs, frame=frame)
                 told.add(peer)
             except (RoutingError, DHTProtocolError) as exc:
                 logger.debug("%s: ADD_PROVIDER to %s failed: %s", self.name, peer, exc)
@@ -859,6 +872,8 @@ class KademliaDHT:
                 peer = ID(entry.peer)
                 asked.add(peer)
                 nursery.start_soon(tell, peer, tuple(entry.addrs))
+        # The first wave is out before the lookup competes with it for the event loop.
+        async with trio.open_nursery() as nursery:
             for peer, addrs in await self.closest_peers(key):
                 if peer not in asked:
                     asked.add(peer)

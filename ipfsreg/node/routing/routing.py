@@ -116,13 +116,18 @@ class Routing:
         self._nursery: trio.Nursery | None = None
         self._running = False
         self._joined = trio.Event()  # the first bootstrap has ended (joined, or gave up)
+        self._local_addrs: tuple[float, list[DialAddr]] | None = None
 
     @property
     def local(self) -> ID:
         return self.host.get_id()
 
     def local_addrs(self) -> list[DialAddr]:
-        return _local_dial_addrs(self.host)
+        """Our dialable listen addresses (looked up again at most once a second: every provide needs them)."""
+        now = trio.current_time()
+        if self._local_addrs is None or now - self._local_addrs[0] > 1.0:
+            self._local_addrs = (now, _local_dial_addrs(self.host))
+        return list(self._local_addrs[1])
 
     def _build_dhts(self) -> list[KademliaDHT]:
         mode = self.settings.mode
