@@ -28,12 +28,13 @@ from ipfsreg.ipns.service import IpnsService, ValueRouting
 from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
-from ipfsreg.node.errors import BlockFetchTimeout
+from ipfsreg.node.errors import BlockFetchTimeout, RecordNotFound
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
 from ipfsreg.node.routing.http_client import HttpRouters
-from ipfsreg.node.routing.local import LocalRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.local import LocalRouter, NodeRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.records import Validator
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import (
@@ -46,6 +47,7 @@ from ipfsreg.registry.app import (
 from ipfsreg.registry.names import reference_host
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
+from ipfsreg.unixfs.exporter import LocalBlockSource
 
 log = logging.getLogger("ipfsreg")
 
@@ -101,7 +103,15 @@ async def run_server(
     try:
         identity = load_or_create_identity(config.data_dir)
         psk = load_swarm_key(config.data_dir, node_settings.swarm_key)
-        node = Node(store, node_settings, identity, psk=psk)
+        ipns_validator = IpnsValidator()  # IPNS records: the DHT, the Routing V1 API and HTTP routers
+        node = Node(
+            store,
+            node_settings,
+            identity,
+            psk=psk,
+            routing=routing_settings,
+            validators=record_validators(ipns_validator),
+        )
         if psk is not None:
             log.info(
                 "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
@@ -113,7 +123,6 @@ async def run_server(
             await shutdown.wait()
 
         info = ServerInfo(peer_id=node.peer_id)
-        ipns_validator = IpnsValidator()  # IPNS records through the Routing V1 API and HTTP routers
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
@@ -130,6 +139,8 @@ async def run_server(
                 ) as http_routers,
                 trio.open_nursery() as servers,
             ):
+                if routing_settings.http_routers:
+                    node.routing.add_content_router(http_routers)  # asked beside the DHTs
                 registry = create_app(
                     store,
                     registry_settings,
@@ -137,6 +148,7 @@ async def run_server(
                     import_options=import_options,
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
+                    on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
                 )
                 routing = value_routing
                 if routing is None and isinstance(node, ValueRouting):
@@ -160,13 +172,14 @@ async def run_server(
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
                     ipns=ipns,
+                    local_source_factory=lambda: LocalBlockSource(store.blocks),
                 )
                 if routing_settings.http_api:
                     register_routing_v1(
                         registry,
-                        LocalRouter(node, http_routers),
+                        NodeRouter(node, LocalRouter(node, http_routers)),
                         validator=ipns_validator,
-                        not_found=(NoRecord,),
+                        not_found=(NoRecord, RecordNotFound),
                         unavailable=(RoutingUnavailable,),
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )
@@ -185,6 +198,8 @@ async def run_server(
                     spool_dir=config.data_dir,
                     registry_host=lambda: reference_host(next(iter(info.registry_urls), None)),
                     ipns=ipns,
+                    routing=node.routing,
+                    on_committed=node.provide,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
@@ -202,6 +217,11 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def record_validators(ipns: Validator) -> dict[str, Validator]:
+    """Validators of DHT records by namespace, beyond ``pk`` (built into the node)."""
+    return {"ipns": ipns}
 
 
 def _health(store: Datastore) -> str | None:
