@@ -2,7 +2,8 @@
 
 Every test collected under interop/ is marked `interop` (`make check` deselects them). Fixtures:
 - `kubo`: one Kubo node per test module (started on first use, closed after the module);
-- `kubo_factory`: call it to start fresh Kubo nodes for one test; all are closed when the test ends.
+- `kubo_factory`: call it to start fresh Kubo nodes for one test (``kubo_factory(routing="dht")``
+  for a loopback-only DHT); all are closed when the test ends.
 """
 
 from __future__ import annotations

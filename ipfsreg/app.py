@@ -18,6 +18,7 @@ import trio
 from ipfsreg.apifile import ApiSettings
 from ipfsreg.auth import auth_app
 from ipfsreg.blockstore import BlockNotFound, Datastore
+from ipfsreg.cid import CID
 from ipfsreg.config import Config, ConfigError
 from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
@@ -31,12 +32,13 @@ from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.mirror.node import NodeFleetPeers
 from ipfsreg.mirror.rules import check_settings
 from ipfsreg.mirror.settings import MirrorSettings
-from ipfsreg.node.errors import BlockFetchTimeout
+from ipfsreg.node.errors import BlockFetchTimeout, RecordNotFound
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
 from ipfsreg.node.routing.http_client import HttpRouters
-from ipfsreg.node.routing.local import LocalRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.local import LocalRouter, NodeRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.records import Validator
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import (
@@ -50,6 +52,7 @@ from ipfsreg.registry.app import (
 from ipfsreg.registry.names import reference_host
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
+from ipfsreg.unixfs.exporter import LocalBlockSource
 
 log = logging.getLogger("ipfsreg")
 
@@ -108,7 +111,15 @@ async def run_server(
     try:
         identity = load_or_create_identity(config.data_dir)
         psk = load_swarm_key(config.data_dir, node_settings.swarm_key)
-        node = Node(store, node_settings, identity, psk=psk)
+        ipns_validator = IpnsValidator()  # IPNS records: the DHT, the Routing V1 API and HTTP routers
+        node = Node(
+            store,
+            node_settings,
+            identity,
+            psk=psk,
+            routing=routing_settings,
+            validators=record_validators(ipns_validator),
+        )
         if psk is not None:
             log.info(
                 "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
@@ -120,7 +131,6 @@ async def run_server(
             await shutdown.wait()
 
         info = ServerInfo(peer_id=node.peer_id)
-        ipns_validator = IpnsValidator()  # IPNS records through the Routing V1 API and HTTP routers
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
@@ -137,6 +147,8 @@ async def run_server(
                 ) as http_routers,
                 trio.open_nursery() as servers,
             ):
+                if routing_settings.http_routers:
+                    node.routing.add_content_router(http_routers)  # asked beside the DHTs
                 # In a private swarm (a swarm key) every peer may get private namespaces' content.
                 share_private = psk is not None
                 registry = create_app(
@@ -146,6 +158,7 @@ async def run_server(
                     import_options=import_options,
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
+                    on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
                     mirror=mirror_settings,
                     fleet_peers=NodeFleetPeers(node),
                     share_private=share_private,
@@ -154,7 +167,14 @@ async def run_server(
                 if mirror.fleet is not None:
                     node.blobs.serve(mirror.fleet.answer)
                 if mirror.privacy is not None and not share_private:
-                    node.server.withhold = mirror.privacy.is_private_block
+                    privacy = mirror.privacy
+                    node.server.withhold = privacy.is_private_block
+
+                    def notify_public(cids: list[CID]) -> None:
+                        # Private blocks are neither served nor (provide strategy "all") provided.
+                        node.notify_new_blocks([cid for cid in cids if not privacy.is_private_block(cid)])
+
+                    registry_store(registry).on_blocks_stored = notify_public
                 routing = value_routing
                 if routing is None and isinstance(node, ValueRouting):
                     routing = node  # the node's DHT (put_value / get_value), once it has one
@@ -177,13 +197,14 @@ async def run_server(
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
                     ipns=ipns,
+                    local_source_factory=lambda: LocalBlockSource(store.blocks),
                 )
                 if routing_settings.http_api:
                     register_routing_v1(
                         registry,
-                        LocalRouter(node, http_routers),
+                        NodeRouter(node, LocalRouter(node, http_routers)),
                         validator=ipns_validator,
-                        not_found=(NoRecord,),
+                        not_found=(NoRecord, RecordNotFound),
                         unavailable=(RoutingUnavailable,),
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )
@@ -203,6 +224,8 @@ async def run_server(
                     mirror_stats=mirror.stats,
                     registry_host=lambda: reference_host(next(iter(info.registry_urls), None)),
                     ipns=ipns,
+                    routing=node.routing,
+                    on_committed=node.provide,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
@@ -220,6 +243,11 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def record_validators(ipns: Validator) -> dict[str, Validator]:
+    """Validators of DHT records by namespace, beyond ``pk`` (built into the node)."""
+    return {"ipns": ipns}
 
 
 def _health(store: Datastore) -> str | None:

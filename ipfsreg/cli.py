@@ -1,4 +1,4 @@
-"""The `ipfsreg` command line: serve, add, cat, get, export, import, config, mirror.
+"""The `ipfsreg` command line: serve, add, cat, get, export, import, routing, config, mirror.
 
 Every command takes ``--data DIR`` (before or after the command name). Errors are printed as one
 line on stderr with exit status 1; usage errors exit with 2.
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -97,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="peer to stay connected to (repeatable)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        dest="bootstrap_list",
+        metavar="MULTIADDR",
+        action="append",
+        default=None,
+        help='DHT peer to join through (repeatable); "amino" names the public IPFS bootstrap peers',
+    )
+    p.add_argument(
+        "--routing-mode",
+        choices=["auto", "server", "client"],
+        default=None,
+        help="DHT mode (default auto: server on the LAN DHT, and on the public one when reachable)",
     )
     p.add_argument(
         "--swarm-key",
@@ -246,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="list the removed blocks")
 
+    p = command("routing", cmd_routing, "content and peer routing through the running node's DHT")
+    actions = p.add_subparsers(dest="routing_command", required=True, metavar="ACTION")
+    q = actions.add_parser("findprovs", help="print the providers of CID as they are found")
+    _common(q, top=False)
+    q.add_argument("cid", metavar="CID")
+    q.add_argument("-n", "--num-providers", type=_nonnegative, default=20, help="stop after N (default 20)")
+    q.add_argument("--json", action="store_true", help="one JSON object per provider")
+    q = actions.add_parser("provide", help="announce that this node provides CID (now, then reprovided)")
+    _common(q, top=False)
+    q.add_argument("cids", metavar="CID", nargs="+")
+    q = actions.add_parser("findpeer", help="print the multiaddrs of a peer")
+    _common(q, top=False)
+    q.add_argument("peer_id", metavar="PEER_ID")
+    q = actions.add_parser("stat", help="routing tables, provider records, provide queue, last reprovide")
+    _common(q, top=False)
+    q.add_argument("--json", action="store_true")
     p = command("key", cmd_key, "IPNS keys: gen NAME, list, rm NAME ('self' is the node's own key)")
     p.add_argument("action", choices=["gen", "list", "rm"])
     p.add_argument("key_name", metavar="NAME", nargs="?")
@@ -568,6 +599,48 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_routing(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        action = args.routing_command
+        if action == "findprovs":
+            for provider in backend.find_providers(_cid_arg(args.cid), args.num_providers):
+                if args.json:
+                    print(json.dumps(provider), flush=True)
+                else:
+                    print(provider["peer_id"], " ".join(provider["addrs"]), flush=True)
+        elif action == "provide":
+            for result in backend.provide([_cid_arg(text) for text in args.cids]):
+                if result["peers"]:
+                    print(f"provided {result['cid']} to {result['peers']} peers")
+                else:
+                    print(f"queued {result['cid']}: no DHT peer took it yet (retried)", file=sys.stderr)
+        elif action == "findpeer":
+            addrs = backend.find_peer(args.peer_id)
+            if not addrs:
+                raise CommandError(f"peer {args.peer_id} was not found")
+            for addr in addrs:
+                print(addr)
+        else:
+            stat = backend.routing_stat()
+            if args.json:
+                print(json.dumps(stat))
+            else:
+                _print_routing_stat(stat)
+    return 0
+
+
+def _print_routing_stat(stat: dict[str, Any]) -> None:
+    for dht in stat["dhts"]:
+        mode = "server" if dht["server"] else "client"
+        print(f"{dht['protocol']} ({mode}): {dht['routing_table_size']} peers in the routing table")
+    queue = stat["provide_queue"]
+    print(f"provider records: {stat['provider_records']}, value records: {stat['value_records']}")
+    print(f"provide queue: {queue['queued']} waiting, {queue['provided']} provided")
+    last = queue["last_reprovide"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never (since start)"
+    print(f"last reprovide: {when}{' (running)' if queue['reprovide_running'] else ''}")
+
+
 def cmd_key(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend:
         if args.action == "list":
@@ -730,6 +803,8 @@ _FLAG_OPTIONS = (
     ("api.listen", "api_listen"),
     ("node.p2p_listen", "p2p_listen"),
     ("node.peers", "peer_list"),
+    ("routing.bootstrap", "bootstrap_list"),
+    ("routing.mode", "routing_mode"),
     ("node.swarm_key", "swarm_key"),
     ("node.mdns", "mdns"),
     ("registry.upstream", "upstream"),

@@ -99,6 +99,13 @@ class Backend(Protocol):
 
     def mirror_stat(self) -> dict[str, Any]: ...
 
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]: ...
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]: ...
+
+    def find_peer(self, peer_id: str) -> list[str]: ...
+
+    def routing_stat(self) -> dict[str, Any]: ...
     def ipns_call(self, op: str, **args: Any) -> Any: ...
 
 
@@ -199,6 +206,14 @@ class LocalBackend:
         with self.store.batch(sync=True) as batch:
             for cid in cids:
                 pins.add(cid, batch=batch)
+        self.queue_provides(list(cids))
+
+    def queue_provides(self, cids: list[CID]) -> None:
+        """Put ``cids`` in the data dir's provide queue: the next `ipfsreg serve` announces them."""
+        from ipfsreg.node.routing.provide import ProvideQueue
+
+        strategy = self.config.section("routing").provide_strategy
+        ProvideQueue(self.store, None, strategy=strategy).enqueue(cids)
 
     def unpin(self, cid: CID) -> None:
         if not Pins(self.store).remove(cid):
@@ -217,7 +232,9 @@ class LocalBackend:
     def registry(self) -> RegistryStore:
         from ipfsreg.registry.storage import RegistryStore
 
-        return RegistryStore(self.store, import_options=import_options(self.config))
+        return RegistryStore(
+            self.store, import_options=import_options(self.config), on_committed=self.queue_provides
+        )
 
     def publish(self, name: str, tag: str) -> dict[str, str]:
         from ipfsreg.registry.names import pull_reference
@@ -280,6 +297,24 @@ class LocalBackend:
 
     def mirror_stat(self) -> dict[str, Any]:
         raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
+
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]:
+        raise self._needs_server("routing findprovs")
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]:
+        raise self._needs_server("routing provide")
+
+    def find_peer(self, peer_id: str) -> list[str]:
+        raise self._needs_server("routing findpeer")
+
+    def routing_stat(self) -> dict[str, Any]:
+        raise self._needs_server("routing stat")
+
+    def _needs_server(self, what: str) -> ControlApiError:
+        return ControlApiError(
+            f"{what} needs the running node: no server is running on {self.config.data_dir}"
+            " (start `ipfsreg serve` first)"
+        )
 
     def ipns_call(self, op: str, **args: Any) -> Any:
         """An IPNS operation on the data dir itself: records are made and resolved locally (no DHT)."""
@@ -468,6 +503,27 @@ class RemoteBackend:
         if ref is not None:
             params["ref"] = ref
         result: dict[str, Any] = self.request_json("POST", "/image/tag", params=params)
+        return result
+
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]:
+        params: dict[str, str | int] = {"arg": str(cid), "limit": limit}
+        with self.client.stream("GET", self.url + "/routing/findprovs", params=params) as response:
+            _raise_for(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]:
+        result = self.request_json("POST", "/routing/provide", params=[("arg", str(c)) for c in cids])
+        return list(result["provided"])
+
+    def find_peer(self, peer_id: str) -> list[str]:
+        return [
+            str(a) for a in self.request_json("GET", "/routing/findpeer", params={"arg": peer_id})["addrs"]
+        ]
+
+    def routing_stat(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request_json("GET", "/routing/stat")
         return result
 
     def ipns_call(self, op: str, **args: Any) -> Any:

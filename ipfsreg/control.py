@@ -19,6 +19,10 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
     GET  /mirror/stat            the mirror's counters: bytes by source, hits and misses by namespace
+    GET  /routing/findprovs?arg=CID[&limit=N]   providers as they are found: NDJSON {"peer_id", "addrs"}
+    POST /routing/provide?arg=CID...            announce now -> {"provided": [{"cid", "peers"}]}
+    GET  /routing/findpeer?arg=PEER_ID          {"peer_id", "addrs"}
+    GET  /routing/stat                          routing tables, stores, provide queue, last reprovide
     GET  /key/list, POST /key/gen?arg=NAME, POST /key/rm?arg=NAME        (IPNS keys)
     POST /name/bind?arg=REPO&key=KEY, POST /name/unbind?arg=REPO, GET /name/bindings
     POST /name/publish[?key=KEY...], GET /name/resolve?arg=NAME
@@ -44,7 +48,7 @@ from quart_trio import QuartTrio
 
 from ipfsreg.apifile import PREFIX, ApiSettings, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
-from ipfsreg.cid import CID, CIDError
+from ipfsreg.cid import CID, CIDError, b58decode, split_multihash
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
 from ipfsreg.imageops import (
@@ -59,7 +63,7 @@ from ipfsreg.ipns.keystore import KeystoreError
 from ipfsreg.ipns.record import IpnsError, NameNotFound
 from ipfsreg.ipns.service import IpnsService
 from ipfsreg.mirror.stats import MirrorStats
-from ipfsreg.node.errors import BlockFetchTimeout, NodeError
+from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, NodeError, RecordNotFound, RoutingError
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.ops import BlockSink, OpsError, cat, parse_cid_path
 from ipfsreg.pins import Pins
@@ -85,6 +89,18 @@ class NodeControl(Protocol):
     async def connect(self, multiaddr: str) -> str: ...
 
 
+class RoutingControl(Protocol):
+    """What the control API needs of content and peer routing (the node's ``routing``)."""
+
+    def find_providers(self, cid: CID, limit: int = 20) -> AsyncIterator[Any]: ...  # peer_id, addrs
+
+    async def announce(self, cids: Sequence[CID]) -> dict[CID, int]: ...
+
+    async def find_peer(self, peer_id: str) -> list[str]: ...
+
+    def stat(self) -> Any: ...  # a dataclass
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "error") -> None:
         super().__init__(message)
@@ -104,6 +120,9 @@ ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]
     (RegistryError, None, None),
     (BlockNotFound, 404, "not-found"),
     (BlockFetchTimeout, 404, "not-found"),
+    (RecordNotFound, 404, "not-found"),
+    (InvalidRecord, 422, "invalid-record"),
+    (RoutingError, 502, "routing"),
     (PathNotFound, 404, "not-found"),
     (CarError, 400, "bad-car"),
     (InvalidBlock, 400, "invalid-block"),
@@ -198,9 +217,12 @@ def create_control_app(
     mirror_stats: MirrorStats | None = None,
     registry_host: Callable[[], str | None] | None = None,
     ipns: IpnsService | None = None,
+    routing: RoutingControl | None = None,
+    on_committed: Callable[[list[CID]], None] | None = None,
 ) -> QuartTrio:
     """The control API app. ``registry_host`` gives the registry's ``host:port`` (once it listens) for
-    the pull references in image responses; without it they carry no host."""
+    the pull references in image responses; without it they carry no host. ``on_committed`` (e.g.
+    ``node.provide``) hears of the roots of imports and of pins."""
     app = QuartTrio(__name__)
 
     def host() -> str | None:
@@ -208,6 +230,10 @@ def create_control_app(
 
     pins = Pins(store)
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
+
+    def committed(cids: list[CID]) -> None:
+        if on_committed is not None and cids:
+            on_committed(cids)
 
     def need_node() -> NodeControl:
         if node is None:
@@ -230,6 +256,7 @@ def create_control_app(
                 for root in roots:
                     pins.add(root, batch=batch)
         store.flush()
+        committed(list(roots))
         return _json({"roots": [str(r) for r in roots]})
 
     @app.post(f"{PREFIX}/pin/add")
@@ -240,6 +267,7 @@ def create_control_app(
         with store.batch(sync=True) as batch:
             for cid in cids:
                 pins.add(cid, batch=batch)
+        committed(cids)  # pinned roots are provided (as Kubo's "roots" strategy does)
         return _json({"pinned": [str(c) for c in cids]})
 
     @app.post(f"{PREFIX}/pin/rm")
@@ -392,6 +420,48 @@ def create_control_app(
         if mirror_stats is None:
             raise ApiError(503, "the mirror is not running in this server", "no-mirror")
         return _json(mirror_stats.as_json())
+
+    def need_routing() -> RoutingControl:
+        if routing is None:
+            raise ApiError(503, "routing is not running in this server", "no-routing")
+        return routing
+
+    @app.get(f"{PREFIX}/routing/findprovs")
+    async def get_findprovs() -> Response:
+        cid = _arg_cid(request.args.get("arg"))
+        limit = _int_arg("limit")
+        providers = need_routing().find_providers(cid, limit if limit else 20)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for provider in providers:
+                yield (json.dumps({"peer_id": provider.peer_id, "addrs": provider.addrs}) + "\n").encode()
+
+        response = Response(lines(), content_type="application/x-ndjson")
+        response.timeout = None
+        return response
+
+    @app.post(f"{PREFIX}/routing/provide")
+    async def post_provide() -> Response:
+        cids = [_arg_cid(text) for text in request.args.getlist("arg")]
+        if not cids:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        results = await need_routing().announce(cids)
+        return _json({"provided": [{"cid": str(cid), "peers": peers} for cid, peers in results.items()]})
+
+    @app.get(f"{PREFIX}/routing/findpeer")
+    async def get_findpeer() -> Response:
+        peer_id = request.args.get("arg")
+        if not peer_id:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        try:
+            split_multihash(b58decode(peer_id))
+        except (CIDError, ValueError):
+            raise ApiError(400, f"invalid peer ID {peer_id[:100]!r}", "bad-request") from None
+        return _json({"peer_id": peer_id, "addrs": await need_routing().find_peer(peer_id)})
+
+    @app.get(f"{PREFIX}/routing/stat")
+    async def get_routing_stat() -> Response:
+        return _json(dataclasses.asdict(need_routing().stat()))
 
     def need_ipns() -> IpnsService:
         if ipns is None:

@@ -7,6 +7,10 @@ view with one opened source; a streamed body runs in a producer task in the app'
 source of its own, handing chunks to the response through a small channel. That keeps every
 nursery and cancel scope inside one task, never suspended across a ``yield`` of the response body.
 When the client goes away the producer is cancelled and its source closed.
+
+``Cache-Control: only-if-cached`` requests are answered from the local blocks only (the
+``local_source_factory``): a root or path block that is not stored answers 412 Precondition
+Failed at once, with no body, as the path gateway spec asks; nothing is fetched from peers.
 """
 
 from __future__ import annotations
@@ -119,6 +123,10 @@ def _error(error: GatewayError, head: bool) -> Response:
     return response
 
 
+def _only_if_cached(cache_control: str) -> bool:
+    return any(part.strip().lower() == "only-if-cached" for part in cache_control.split(","))
+
+
 class IpnsRecords(Protocol):
     """What ``/ipns/`` needs: the best valid record of a name (raises ``ipfsreg.ipns`` errors)."""
 
@@ -134,6 +142,7 @@ def register_gateway(
     *,
     settings: GatewaySettings = DEFAULT_SETTINGS,
     not_found: tuple[type[BaseException], ...] = (BlockNotFound,),
+    local_source_factory: SourceFactory | None = None,
     ipns: IpnsRecords | None = None,
 ) -> None:
     """Add the gateway routes under ``/ipfs/`` to ``app`` (nothing if ``settings.enabled`` is off).
@@ -146,11 +155,13 @@ def register_gateway(
     once for the body's producer task) and may return a BlockSource or an async context manager of one.
     Exceptions of the ``not_found`` types raised before the response starts (root or path blocks
     unavailable) become 404; pass the node's fetch-timeout error too so "no peer has it" is a 404.
+    ``local_source_factory`` (blocks stored here, nothing fetched) serves ``only-if-cached`` requests;
+    without it they use ``source_factory`` like any other.
     """
     if not settings.enabled:
         return
 
-    def to_quart(response: GatewayResponse, head: bool) -> Response:
+    def to_quart(response: GatewayResponse, head: bool, factory: SourceFactory) -> Response:
         body: bytes | AsyncIterator[bytes]
         if head:
             # a HEAD of a streamed response has no Content-Length, as its GET has none
@@ -158,7 +169,7 @@ def register_gateway(
         elif isinstance(response.body, bytes):
             body = response.body
         else:
-            body = stream_body(app.nursery, source_factory, response.body)
+            body = stream_body(app.nursery, factory, response.body)
         quart_response = Response(body, status=response.status, headers=response.headers)
         if response.content_length is not None:
             quart_response.content_length = response.content_length
@@ -170,8 +181,10 @@ def register_gateway(
     async def serve_ipfs_path(content_path: str, head: bool, extra: dict[str, str]) -> Response:
         query = {key: request.args.get(key, "") for key in request.args}
         headers = {key.lower(): value for key, value in request.headers.items()}
+        cached_only = local_source_factory is not None and _only_if_cached(headers.get("cache-control", ""))
+        factory = local_source_factory if cached_only and local_source_factory else source_factory
         try:
-            async with open_source(source_factory) as source:
+            async with open_source(factory) as source:
                 response = await handle_request(
                     source,
                     request.method,
@@ -184,11 +197,13 @@ def register_gateway(
         except GatewayError as exc:
             return _error(exc, head)
         except not_found as exc:
+            if cached_only:
+                return Response(b"", status=412)  # not stored here, and the client asked for no fetch
             return _error(GatewayError(f"content not found: {exc}", status=404), head)
         except UnixFSError as exc:
             log.info("gateway: malformed DAG for %s: %s", content_path, exc)
             return _error(GatewayError(f"cannot process the DAG: {exc}", status=502), head)
-        return to_quart(response, head)
+        return to_quart(response, head, factory)
 
     def encoded_path() -> str:
         raw_path: bytes = request.scope.get("raw_path") or request.path.encode()

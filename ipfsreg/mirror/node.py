@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final
+from typing import Final
 
-import trio
 from libp2p.peer.id import ID
 
 from ipfsreg.node.blobs.protocol import Answer, Request, digest_cid
-from ipfsreg.node.errors import NodeError, ProtocolViolation
+from ipfsreg.node.errors import ProtocolViolation
 from ipfsreg.node.node import Node
 from ipfsreg.unixfs.exporter import BlockSource
 
@@ -43,42 +42,20 @@ class NodeFleetPeers:
         ]
 
     async def find_providers(self, digest: str) -> AsyncIterator[str]:
-        """Providers of the digest CID from the node's content routing, each connected first."""
-        find = getattr(self.node, "find_providers", None)
-        if find is None:  # no content routing in this node: the connected peers are the fleet
-            return
-        connected = set(self.connected())
-        found: Any
-        async for found in find(digest_cid(digest), limit=self.provider_limit):
-            peer = str(found.peer_id)
-            if peer == self.node.peer_id:
-                continue
-            if peer not in connected and not await self._connect(peer, list(found.addrs)):
-                continue
-            connected.add(peer)
-            yield peer
-
-    async def _connect(self, peer: str, addrs: list[str]) -> bool:
-        for addr in addrs:
-            full = addr if addr.endswith(f"/p2p/{peer}") else f"{addr}/p2p/{peer}"
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    await self.node.connect(full)
-                return True
-            except (NodeError, trio.TooSlowError) as exc:
-                log.debug("fleet: cannot reach provider %s at %s: %s", peer, addr, exc)
-        return False
+        """Providers of the digest CID (the node's DHTs and content routers), each connected first."""
+        async for found in self.node.find_providers(digest_cid(digest), limit=self.provider_limit):
+            if found.peer_id != self.node.peer_id and await self.node._connect_provider(found):
+                yield found.peer_id
 
     def query(self, peer: str, request: Request) -> AbstractAsyncContextManager[AsyncIterator[Answer]]:
         return self.node.blobs.query(peer, request)
 
     def has_routing(self) -> bool:
-        return getattr(self.node, "find_providers", None) is not None and bool(self.connected())
+        # The DHTs reach peers this node is not connected to only through those it is connected to.
+        return bool(self.connected())
 
     def provide(self, digest: str) -> None:
-        provide = getattr(self.node, "provide", None)
-        if provide is not None:
-            provide([digest_cid(digest)])
+        self.node.provide([digest_cid(digest)])
 
     def block_source(self) -> AbstractAsyncContextManager[BlockSource]:
         return self.node.block_source()

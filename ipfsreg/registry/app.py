@@ -235,6 +235,7 @@ def create_app(
     import_options: ImportOptions | None = None,
     source_factory: SourceFactory | None = None,
     on_blocks_stored: BlocksStored | None = None,
+    on_committed: BlocksStored | None = None,
     mirror: MirrorSettings | None = None,
     fleet_peers: FleetPeers | None = None,
     share_private: bool = False,
@@ -244,7 +245,8 @@ def create_app(
     Pulls by CID (``ipfs/<cid>`` repositories) open a source per request from ``source_factory``
     (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
     ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
-    CIDs of every batch of blocks that uploads and manifest pushes commit.
+    CIDs of every batch of blocks that uploads and manifest pushes commit. ``on_committed`` (e.g.
+    ``node.provide``) gets the CID of every blob, manifest and image directory once it is stored.
 
     ``mirror`` routes ``?ns=`` requests to their upstreams; ``fleet_peers`` (the p2p node, adapted)
     makes the mirror ask fleet peers for missing blobs first and answer theirs (see
@@ -261,6 +263,7 @@ def create_app(
         upload_ttl=settings.upload_session_ttl,
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
+        on_committed=on_committed,
     )
     ctx = Context(store, settings, source_factory, mirror=mirror)
     if mirror is not None and private_namespaces(mirror):

@@ -140,6 +140,7 @@ def record_blob(
             batch.put(store.blobs, digest.key(), encode_blob_value(info))
         batch.put(store.repo_blobs, repo_key(repo, str(digest)), b"")
         batch.put(store.repos, repo.encode(), b"")
+    store.committed([info.cid])
     return info
 
 
@@ -180,6 +181,7 @@ def record_manifest(
                 value = {"digest": str(digest), "cid": str(image)}
                 batch.put(store.published, repo_key(repo, tag), json.dumps(value).encode())
         batch.put(store.repos, repo.encode(), b"")
+    store.committed([manifest.cid, *([image] if image is not None and tag is not None else [])])
     if tag is not None:
         store.tags_changed(repo)
 

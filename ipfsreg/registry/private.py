@@ -47,11 +47,14 @@ class PrivateContent:
     def is_private_block(self, cid: CID) -> bool:
         return self.blocks.get(cid.multihash) is not None
 
-    async def make_public(self, digest: Digest | str, root: CID) -> None:
-        """The blob is now held by a public namespace too: clear its marks and its blocks'."""
+    async def make_public(self, digest: Digest | str, root: CID) -> bool:
+        """The blob is now held by a public namespace too: clear its marks and its blocks'.
+
+        Returns whether it was private (its caller then announces it, as it does public blobs)."""
         if not self.is_private_blob(digest):
-            return
+            return False
         cids = [cid async for cid, _ in walk_dag(LocalBlockSource(self.datastore.blocks), root)]
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.blobs, str(digest).encode())
             self.clear_blocks(batch, cids)
+        return True

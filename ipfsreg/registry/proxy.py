@@ -75,6 +75,7 @@ from ipfsreg.excgroups import leaves
 from ipfsreg.mirror.rules import mirrored_namespaces, route
 from ipfsreg.mirror.settings import MirrorSettings
 from ipfsreg.mirror.stats import MirrorStats
+from ipfsreg.node.blobs.protocol import digest_cid
 from ipfsreg.registry.digests import Digest, parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.fleet import Fleet, InFlight, PeerFailed
@@ -673,7 +674,13 @@ class PullThrough:
         targets: list[str | None] = [*tags] if tags else [None]
         for tag in targets:
             await self.store.put_manifest(
-                target.repo, body, media_type, tag=tag, digest=digest, tag_blocks=self._tagger(target, digest)
+                target.repo,
+                body,
+                media_type,
+                tag=tag,
+                digest=digest,
+                tag_blocks=self._tagger(target, digest),
+                announce=not target.private,
             )
 
     # --- blobs ---------------------------------------------------------------------------
@@ -721,8 +728,14 @@ class PullThrough:
             except UpstreamError as exc:
                 raise self._miss(target, exc, "BLOB_UNKNOWN", {"digest": str(digest)}) from exc
         info = self.store.mount_blob(target.repo, digest, None)
-        if info is not None and private_here and not target.private and self.privacy is not None:
-            await self.privacy.make_public(digest, info.cid)
+        public_now = info is not None and private_here and not target.private
+        if (
+            public_now
+            and info is not None
+            and self.privacy
+            and await self.privacy.make_public(digest, info.cid)
+        ):
+            self.store.committed([info.cid, digest_cid(str(digest))])  # public now: announced like others
 
     async def _stat(self, target: Target, digest: Digest) -> int | None:
         """The size of a blob missing here (HEAD): the upstream's answer, else a fleet peer's."""
@@ -801,6 +814,7 @@ class PullThrough:
         target, digest = fetch.target, fetch.digest
         upload = self.store.scratch_upload(target.repo)
         upload.tag_blocks = self._tagger(target, digest)
+        upload.announce = not target.private  # a private namespace's content stays off the DHT
         if fetch.flight is not None:
             upload.on_commit = fetch.flight.add_blocks
         # The client's last piece waits until the blob is committed (and its manifests promoted):

@@ -32,7 +32,9 @@ which has no persisted record.
 
 ``on_blocks_stored`` (e.g. the node's ``notify_new_blocks``) is called on the trio thread with
 the CIDs of every batch of blocks an upload or manifest commits, so peers waiting for them over
-bitswap learn of them at once.
+bitswap learn of them at once. ``on_committed`` (e.g. the node's ``provide``) is called with the
+CIDs of what became addressable content once it has committed: every blob root, manifest and
+published image directory, however it arrived (push, pull-through, pull by CID, import).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
 from ipfsreg.blockstore.store import Lease
 from ipfsreg.cid import CID, decode_varint, encode_varint
 from ipfsreg.excgroups import leaves
+from ipfsreg.node.blobs.protocol import digest_cid
 from ipfsreg.oci.blobs import layout_blob
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.layout import LayoutBlob, LayoutResult, build_image_layout
@@ -139,6 +142,8 @@ class Upload:
     tag_blocks: BatchTagger | None = None
     on_commit: Callable[[list[Block]], None] | None = None
     committing: list[list[Block]] = field(default_factory=list)
+    # Announce the finished blob to ``on_committed`` (content routing); a private namespace's is not.
+    announce: bool = True
 
 
 def _blob_value(info: BlobInfo) -> bytes:
@@ -178,9 +183,11 @@ class RegistryStore:
         upload_ttl: float = 24 * 3600.0,
         max_blob_bytes: int = 0,
         on_blocks_stored: BlocksStored | None = None,
+        on_committed: BlocksStored | None = None,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
+        self.on_committed = on_committed
         self.local_source: BlockSource = LocalBlockSource(datastore.blocks)
         self.block_source: BlockSource = block_source if block_source is not None else self.local_source
         self.import_options = import_options if import_options is not None else ImportOptions()
@@ -579,6 +586,16 @@ class RegistryStore:
             # The blocks are stored whatever a listener does; a failing one must not fail the write.
             log.exception("on_blocks_stored callback failed for %d blocks", len(cids))
 
+    def committed(self, cids: list[CID]) -> None:
+        """Tell ``on_committed`` that ``cids`` (blob roots, manifests, image directories) are stored."""
+        if self.on_committed is None or not cids:
+            return
+        try:
+            self.on_committed(cids)
+        except Exception:
+            # The content is stored whatever a listener does; a failing one must not fail the write.
+            log.exception("on_committed callback failed for %d CIDs", len(cids))
+
     def discard_chunk(self, upload: Upload) -> None:
         """Forget the in-memory progress of a failed chunk; the session resumes from its last save."""
         upload.broken = True
@@ -645,6 +662,9 @@ class RegistryStore:
             self._live.pop(upload.uuid, None)
             upload.broken = True
             self._release(upload)  # after the commit: the blob index now reaches every block
+        if upload.announce:
+            # Its root, and the digest CID fleet mirrors look it up by (it names the blob, not a block).
+            self.committed([info.cid, digest_cid(str(digest))])
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -691,6 +711,7 @@ class RegistryStore:
         tag: str | None,
         digest: Digest | None,
         tag_blocks: BatchTagger | None = None,
+        announce: bool = True,
     ) -> tuple[Digest, ParsedManifest]:
         """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch.
 
@@ -754,6 +775,9 @@ class RegistryStore:
         # Everything is in this one batch (each tag move carries its own image), so committing it
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
+        if announce:
+            image = [layout.root] if layout is not None else []
+            self.committed([stored.cid, digest_cid(str(actual)), *image])
         if tag is not None:
             self.tags_changed(repo)
         return actual, parsed
@@ -860,6 +884,7 @@ class RegistryStore:
                 with self.datastore.batch(sync=True) as batch:
                     cids = self._put_image(batch, repo, tag, info.digest, layout)
             self._announce(cids)
+            self.committed([layout.root])
             self.tags_changed(repo)
             return layout.root
 

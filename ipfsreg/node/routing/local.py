@@ -1,12 +1,15 @@
-"""A router from what the node knows by itself, and from the configured HTTP routers: it provides the
-blocks it holds, it knows its own and its connected peers' addresses, and it asks delegated routers
-(``[routing] http_routers``) for the rest. It answers the Routing V1 server
-(ipfsreg/routing_v1/server.py) until the node's DHT lookups (``Node.find_providers`` and friends,
-which ask the HTTP routers beside the DHT) take its place.
+"""Routers for the Routing V1 server (ipfsreg/routing_v1/server.py).
+
+``LocalRouter`` answers from what the node knows by itself and from the configured HTTP routers:
+it provides the blocks it holds, it knows its own and its connected peers' addresses, and it asks
+delegated routers (``[routing] http_routers``) for the rest. ``NodeRouter`` (what the server uses)
+adds the node's DHT: ``Node.find_providers`` and friends, which ask the HTTP routers beside the
+DHT, with ``LocalRouter`` as the fallback for peers and records.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -91,3 +94,46 @@ class LocalRouter:
         if not key.startswith(b"/ipns/"):
             raise RoutingUnavailable(f"HTTP routers hold IPNS records only, not {key[:20]!r}")
         return CID.v1(LIBP2P_KEY, key[len(b"/ipns/") :]).encode()
+
+
+class NodeRouter:
+    """The Routing V1 server's router once the node runs its DHT: this node if it holds the block,
+    then ``Node.find_providers`` (the local provider store, the DHTs and the HTTP routers, at once);
+    peers and records from the DHT, then from the HTTP routers (``fallback``)."""
+
+    def __init__(self, node: Node, fallback: LocalRouter) -> None:
+        self._node = node
+        self._fallback = fallback
+
+    async def find_providers(self, cid: CID, limit: int = 20) -> AsyncIterator[LocalProvider]:
+        found = 0
+        if limit > 0 and self._node.datastore.blocks.has(cid):
+            found += 1
+            yield LocalProvider(self._node.peer_id, [_without_peer_id(a) for a in self._node.listen_addrs()])
+        if found >= limit:
+            return
+        async for provider in self._node.find_providers(cid, limit=limit - found):
+            yield LocalProvider(provider.peer_id, list(provider.addrs))
+
+    async def find_peer(self, peer_id: str) -> list[str]:
+        if peer_id != self._node.peer_id:
+            addrs = await self._node.find_peer(peer_id)
+            if addrs:
+                return addrs
+        return await self._fallback.find_peer(peer_id)
+
+    async def get_value(self, key: bytes) -> bytes:
+        from ipfsreg.node.errors import RecordNotFound
+
+        try:
+            return await self._node.get_value(key)
+        except RecordNotFound:
+            try:
+                return await self._fallback.get_value(key)
+            except RoutingUnavailable:
+                raise NoRecord(f"no valid record for {key[:80]!r} in the DHT") from None
+
+    async def put_value(self, key: bytes, value: bytes) -> None:
+        await self._node.put_value(key, value)
+        with contextlib.suppress(RoutingUnavailable):  # no HTTP routers: the DHT has it
+            await self._fallback.put_value(key, value)
