@@ -64,7 +64,7 @@ from ipfsreg.node.blobs.protocol import (
     Missing,
     Request,
 )
-from ipfsreg.node.errors import NodeError
+from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.exporter import BlockSource, decode_unixfs_node, read_file
 from ipfsreg.unixfs.importer import Block
@@ -274,7 +274,43 @@ class PeerSupply:
     async def _read_dag(
         self, source: BlockSource, root: CID, size: int | None, emit: Pump, offset: int
     ) -> int:
-        """Read the blob's DAG from ``offset``: a reader task fills a channel, so waiting is cancel-safe."""
+        """Read the blob's DAG from ``offset`` to its end; return that end.
+
+        A block bitswap reports missing while this node's bitswap still receives blocks (the peer's
+        link is saturated, its answer late) is asked again, from the byte reached, up to
+        STALL_PATIENCE times; a miss while nothing arrives at all fails the peer.
+        """
+        reached = [offset]
+
+        async def counted(chunk: bytes) -> None:
+            reached[0] += len(chunk)
+            await emit(chunk)
+
+        for attempt in range(STALL_PATIENCE):
+            seen = self.fleet.peers.received_bytes()
+            try:
+                return await self._read_dag_once(source, root, size, counted, reached[0])
+            except BaseExceptionGroup as group:
+                error = _first_error(group)
+                if not isinstance(error, BlockFetchTimeout) or attempt == STALL_PATIENCE - 1:
+                    raise
+                if self.fleet.peers.received_bytes() == seen:
+                    raise error from None
+            except BlockFetchTimeout:
+                if attempt == STALL_PATIENCE - 1 or self.fleet.peers.received_bytes() == seen:
+                    raise
+            log.info(
+                "fleet: a block of %s from %s came late; asking again from byte %d",
+                self.digest,
+                self.peer,
+                reached[0],
+            )
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _read_dag_once(
+        self, source: BlockSource, root: CID, size: int | None, emit: Pump, offset: int
+    ) -> int:
+        """One read of the DAG from ``offset``: a reader task fills a channel (waiting is cancel-safe)."""
         send, receive = trio.open_memory_channel[bytes](4)
 
         async def reader() -> None:
@@ -319,16 +355,23 @@ class PeerSupply:
             state.raise_failure(self.peer)
             announce(state.size)
             position = offset
-            index, skip = _leaf_at(state.leaves, offset)
-            prefetched = index
+            index = 0  # the next leaf to read; it starts at byte leaf_start of the blob
+            leaf_start = 0
+            prefetched = 0
             while True:
                 state.raise_failure(self.peer)
+                if state.size is not None and position >= state.size:
+                    break  # every byte is here: no need to wait for the peer's root
                 if index < len(state.leaves):
+                    leaf = state.leaves[index]
+                    if leaf_start + leaf.size <= position:  # all before what this node has: skip it
+                        leaf_start += leaf.size
+                        index += 1
+                        continue
                     if prefetched < min(len(state.leaves), index + LEAF_WINDOW):
                         upto = min(len(state.leaves), index + LEAF_WINDOW)
                         source.prefetch([leaf.cid for leaf in state.leaves[max(prefetched, index) : upto]])
                         prefetched = upto
-                    leaf = state.leaves[index]
                     block = await self._patiently(
                         functools.partial(source.get, leaf.cid), f"leaf {leaf.cid} did not arrive"
                     )
@@ -337,11 +380,16 @@ class PeerSupply:
                         raise PeerFailed(
                             self.peer, f"leaf {leaf.cid} holds {len(data)} bytes, not {leaf.size}", lied=True
                         )
-                    if skip:
-                        data, skip = data[skip:], 0
+                    if position > leaf_start:
+                        data = data[position - leaf_start :]
+                    if state.size is not None and position + len(data) > state.size:
+                        raise PeerFailed(
+                            self.peer, f"its leaves hold more than {state.size} bytes", lied=True
+                        )
                     if data:
                         position += len(data)
                         await emit(data)
+                    leaf_start += leaf.size
                     index += 1
                     continue
                 if state.root is not None:
@@ -352,16 +400,6 @@ class PeerSupply:
                 await self._patiently(state.wait_change, "it announced no leaf")
             nursery.cancel_scope.cancel()
         return position
-
-
-def _leaf_at(leaves: Sequence[Leaf], offset: int) -> tuple[int, int]:
-    """The index of the leaf holding byte ``offset`` and the bytes of it to skip."""
-    position = 0
-    for index, leaf in enumerate(leaves):
-        if position + leaf.size > offset:
-            return index, offset - position
-        position += leaf.size
-    return len(leaves), offset - position
 
 
 @dataclass

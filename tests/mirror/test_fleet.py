@@ -17,12 +17,13 @@ from fake_upstream import FakeUpstream, running_upstream
 from fleet_support import Mirror, mirrors, sha256
 
 from ipfsreg.node.bitswap.message import Block
-from ipfsreg.node.blobs.protocol import Answer, Fetching, Have, Request
+from ipfsreg.node.blobs.protocol import Answer, Fetching, Have, Leaf, Request
 from ipfsreg.node.errors import BlockFetchTimeout
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet import format_swarm_key
 from ipfsreg.node.testing import running_nodes
-from ipfsreg.unixfs.importer import import_bytes
+from ipfsreg.registry.fleet import leaf_bytes
+from ipfsreg.unixfs.importer import dag_pb_cid, file_node_block, import_bytes
 
 LAYER_A = bytes(range(256)) * 4000  # 1 024 000 bytes: four UnixFS leaves
 LAYER_B = b"second layer " * 30_000
@@ -92,9 +93,9 @@ async def test_nodes_missing_one_layer_at_once_fetch_it_from_the_upstream_once(s
 
 
 @asynccontextmanager
-async def fake_peer(tmp_path: Path, answer: Any) -> AsyncIterator[Node]:
+async def fake_peer(tmp_path: Path, answer: Any, name: str = "fake-peer") -> AsyncIterator[Node]:
     """A bare ipfsreg node whose blob-protocol answers come from ``answer(peer, request)``."""
-    async with running_nodes(tmp_path / "fake-peer") as nodes:
+    async with running_nodes(tmp_path / name) as nodes:
         node = await nodes.start()
         node.blobs.serve(answer)
         yield node
@@ -264,3 +265,40 @@ async def test_inside_a_private_swarm_private_content_comes_from_peers(
             await second.pull("team/app", "v1", ns="private.example")
             assert private.count("GET", f"/blobs/{sha256(secret)}") == 1
             assert (await second.stat())["bytes"]["peer"] >= len(secret)
+
+
+async def test_after_a_peer_fails_mid_blob_an_in_flight_peer_continues_at_the_same_byte(
+    serve_node: Any, tmp_path: Path
+) -> None:
+    layer = random.Random(8).randbytes(1_300_000)  # five leaves
+    async with running_upstream() as up:
+        up.add_image("library/app", "v1", [layer])
+        blocks, result = import_bytes(layer)
+        leaves = [b for b in blocks if b.cid != result.cid]
+        sizes = [len(leaf_bytes(b.cid, b.data)) for b in leaves]
+        # The first peer's DAG: the blob's first three leaves, then a fourth nobody has.
+        lost = dag_pb_cid(b"a leaf nobody has", 0)
+        links = [(b.cid, b.cid.to_bytes(), len(b.data), size) for b, size in zip(leaves, sizes, strict=True)]
+        links[3] = (lost, lost.to_bytes(), links[3][2], links[3][3])
+        broken_root = file_node_block(links, len(layer))
+        broken = dag_pb_cid(broken_root, 0)
+
+        async def fetching(peer: str, request: Request) -> AsyncGenerator[Answer, None]:
+            announced = tuple(Leaf(b.cid, size) for b, size in zip(leaves, sizes, strict=True))
+            yield Fetching(len(layer), 0, announced)  # every leaf stored, the root still to come
+            await trio.sleep_forever()
+
+        overrides = mirror_of(up, **{"mirror.peer_stall_timeout": 1.0, "node.want_timeout": 0.5})
+        async with (
+            mirrors(serve_node, 1, **overrides) as (node,),
+            fake_peer(tmp_path, answering(Have(broken, len(layer))), "broken") as first,
+            fake_peer(tmp_path, fetching, "in-flight") as in_flight,
+        ):
+            first.datastore.blocks.put_many([(broken, broken_root), *((b.cid, b.data) for b in leaves[:3])])
+            in_flight.datastore.blocks.put_many((b.cid, b.data) for b in leaves)
+            for peer in (first, in_flight):
+                await node.control.post("/api/v0/connect", params={"arg": peer.listen_addrs()[0]})
+            resp = await node.client.get(f"/v2/library/app/blobs/{sha256(layer)}", params={"ns": "docker.io"})
+            assert resp.content == layer
+            assert up.count("GET", f"/blobs/{sha256(layer)}") == 0  # the fleet had every byte
+            assert (await node.stat())["peer_failures"] == 1  # the first peer, at the lost leaf
