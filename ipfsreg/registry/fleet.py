@@ -283,8 +283,8 @@ class PeerSupply:
         reached = [offset]
 
         async def counted(chunk: bytes) -> None:
-            reached[0] += len(chunk)
             await emit(chunk)
+            reached[0] += len(chunk)  # once delivered (a cancelled emit delivered nothing)
 
         for attempt in range(STALL_PATIENCE):
             seen = self.fleet.peers.received_bytes()

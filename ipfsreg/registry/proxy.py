@@ -893,9 +893,11 @@ class PullThrough:
             nonlocal offset
             if serving is not None and serving not in fetch.peers_used:
                 fetch.peers_used.append(serving)
+            await out.send(chunk)
+            # Counted once delivered: a send cancelled by a failing source delivered nothing, and the
+            # next source must start at exactly the byte the store has.
             offset += len(chunk)
             self.stats.add_bytes(fetch.source, len(chunk))
-            await out.send(chunk)
 
         async with out:
             fleet, flight = self.fleet, fetch.flight

@@ -3,6 +3,7 @@ in-flight blobs, and which supplies it picks from scripted peers (have, fetching
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from ipfsreg.cid import CID
 from ipfsreg.mirror.claims import distance
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.blobs.protocol import Answer, Claimed, Failed, Fetching, Have, Leaf, Missing, Request
-from ipfsreg.node.errors import NodeError
+from ipfsreg.node.errors import BlockFetchTimeout, NodeError
 from ipfsreg.registry.fleet import Fleet, PeerFailed, PeerSupply, leaf_of
 from ipfsreg.unixfs.importer import FileImporter, ImportOptions
 
@@ -296,3 +297,54 @@ async def test_a_peer_that_answers_nothing_while_nothing_arrives_at_all_has_stal
     with pytest.raises(PeerFailed, match="no block"):
         await supply._patiently(trio.sleep_forever, "no block")
     assert trio.current_time() - start == pytest.approx(1.0)
+
+
+class FlakySource:
+    """Blocks of one DAG; the first get of ``flaky`` fails as bitswap does when no peer answers in time."""
+
+    def __init__(self, blocks: dict[CID, bytes], flaky: CID) -> None:
+        self.blocks = blocks
+        self.flaky: CID | None = flaky
+
+    async def get(self, cid: CID) -> bytes:
+        await trio.sleep(0.01)
+        if cid == self.flaky:
+            self.flaky = None
+            raise BlockFetchTimeout(cid, 0.5, "none of the connected peers has it")
+        return self.blocks[cid]
+
+    def prefetch(self, cids: object) -> None:
+        return None
+
+
+async def test_a_dag_read_cut_by_a_late_block_resumes_at_exactly_the_byte_delivered() -> None:
+    data = random.Random(5).randbytes(10 * 1024 + 4)  # ten distinct leaves of 1024 bytes and one of 4
+    importer = FileImporter(ImportOptions(chunk_size=1024, cid_version=1))
+    blocks = importer.write(data)
+    rest, result = importer.finish()
+    store = {b.cid: b.data for b in [*blocks, *rest]}
+    leaves = [b.cid for b in blocks if b.cid.codec == 0x55]
+
+    class Peers(Progressing):
+        def block_source(self) -> Any:
+            source = FlakySource(store, leaves[3])
+
+            @asynccontextmanager
+            async def opened() -> AsyncIterator[FlakySource]:
+                yield source
+
+            return opened()
+
+    supply = PeerSupply(fleet(Peers("me", {})), "slow", DIGEST, len(data), result.cid)
+    delivered: list[bytes] = []
+    gate = trio.Event()
+
+    async def emit(chunk: bytes) -> None:
+        if len(delivered) == 2 and not gate.is_set():
+            gate.set()
+            await trio.sleep_forever()  # a slow client: cancelled here when the read fails behind it
+        delivered.append(chunk)
+
+    with trio.fail_after(10):
+        assert await supply.pump(emit, 0, lambda size: None) == len(data)
+    assert b"".join(delivered) == data
