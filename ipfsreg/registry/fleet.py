@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 LEAF_WINDOW = 32  # leaves of an in-flight blob fetched ahead of the one being read
 # Rounds of ``peer_stall_timeout`` a wait may last while the node's bitswap still receives blocks.
 STALL_PATIENCE = 4
+# Reads of a peer's DAG restarted (from the byte reached) after bitswap reported a block missing
+# while blocks kept arriving: its answers are late, not absent (a link busy serving the fleet).
+MISS_RETRIES = 12
 T = TypeVar("T")
 
 
@@ -271,6 +274,17 @@ class PeerSupply:
             seen = now
         raise PeerFailed(self.peer, f"{what} for {stall:g}s")
 
+    async def _leaf(self, source: BlockSource, cid: CID) -> bytes:
+        """A leaf of an in-flight blob, asked again while bitswap reports it missing but blocks arrive."""
+        for attempt in range(MISS_RETRIES):
+            seen = self.fleet.peers.received_bytes()
+            try:
+                return await self._patiently(functools.partial(source.get, cid), f"leaf {cid} did not arrive")
+            except BlockFetchTimeout:
+                if attempt == MISS_RETRIES - 1 or self.fleet.peers.received_bytes() == seen:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def _read_dag(
         self, source: BlockSource, root: CID, size: int | None, emit: Pump, offset: int
     ) -> int:
@@ -278,7 +292,7 @@ class PeerSupply:
 
         A block bitswap reports missing while this node's bitswap still receives blocks (the peer's
         link is saturated, its answer late) is asked again, from the byte reached, up to
-        STALL_PATIENCE times; a miss while nothing arrives at all fails the peer.
+        MISS_RETRIES times; a miss while nothing arrives at all fails the peer.
         """
         reached = [offset]
 
@@ -286,18 +300,18 @@ class PeerSupply:
             await emit(chunk)
             reached[0] += len(chunk)  # once delivered (a cancelled emit delivered nothing)
 
-        for attempt in range(STALL_PATIENCE):
+        for attempt in range(MISS_RETRIES):
             seen = self.fleet.peers.received_bytes()
             try:
                 return await self._read_dag_once(source, root, size, counted, reached[0])
             except BaseExceptionGroup as group:
                 error = _first_error(group)
-                if not isinstance(error, BlockFetchTimeout) or attempt == STALL_PATIENCE - 1:
+                if not isinstance(error, BlockFetchTimeout) or attempt == MISS_RETRIES - 1:
                     raise
                 if self.fleet.peers.received_bytes() == seen:
                     raise error from None
             except BlockFetchTimeout:
-                if attempt == STALL_PATIENCE - 1 or self.fleet.peers.received_bytes() == seen:
+                if attempt == MISS_RETRIES - 1 or self.fleet.peers.received_bytes() == seen:
                     raise
             log.info(
                 "fleet: a block of %s from %s came late; asking again from byte %d",
@@ -372,9 +386,7 @@ class PeerSupply:
                         upto = min(len(state.leaves), index + LEAF_WINDOW)
                         source.prefetch([leaf.cid for leaf in state.leaves[max(prefetched, index) : upto]])
                         prefetched = upto
-                    block = await self._patiently(
-                        functools.partial(source.get, leaf.cid), f"leaf {leaf.cid} did not arrive"
-                    )
+                    block = await self._leaf(source, leaf.cid)
                     data = leaf_bytes(leaf.cid, block)
                     if len(data) != leaf.size:
                         raise PeerFailed(
