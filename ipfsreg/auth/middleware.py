@@ -57,6 +57,7 @@ from ipfsreg.auth.token import (
     load_private_key,
     load_public_keys,
 )
+from ipfsreg.httpserver import TrackedReceive, drain_body
 from ipfsreg.registry.settings import RegistrySettings
 
 Scope = MutableMapping[str, Any]
@@ -179,6 +180,7 @@ class AuthApp:
         method: str = scope.get("method", "GET").upper()
         query: bytes = scope.get("query_string", b"")
         head = method == "HEAD"
+        receive = TrackedReceive(receive)  # early answers read away only what is left of the body
         if path == TOKEN_PATH and self.issuer is not None:
             await self._token_endpoint(scope, receive, send)
             return
@@ -439,9 +441,9 @@ async def _send_response(
     *,
     head: bool,
 ) -> None:
-    """Answer without the app, reading away any request body the client is still sending (the
-    server must not be left with an unread body). ``connection: close`` when a body was announced:
-    the client must not send its next request on a connection that is still mid-body."""
+    """Answer without the app. A request body the client is still sending is read away first
+    (bounded: :func:`~ipfsreg.httpserver.drain_body`), so a client that sent all of it keeps its
+    connection; past the bounds the answer says ``connection: close``."""
     raw = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -449,15 +451,10 @@ async def _send_response(
         API_VERSION,
         *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
     ]
-    if _announces_body(scope):
+    if not await drain_body(scope, receive):
         raw.append((b"connection", b"close"))
-    # The body is read away while the response is sent: hypercorn delivers body events through a
-    # bounded queue and, once the response ends, queues http.disconnect; an app that only sent
-    # would leave that queue full and the connection stuck.
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_drain, receive)
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": b"" if head else body})
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -480,25 +477,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _announces_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length").strip()
-    if length:
-        return length != "0"
-    return "chunked" in _header(scope, b"transfer-encoding").lower()
-
-
-async def _drain(receive: Receive) -> None:
-    while True:
-        with trio.move_on_after(DRAIN_IDLE_SECONDS):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                return
-            continue
-        return
 
 
 def auth_enabled(settings: RegistrySettings) -> bool:

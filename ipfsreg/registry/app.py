@@ -11,18 +11,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, RawData
 from hypercorn.trio import serve
 from quart import Request, Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
 
+from ipfsreg import httpserver
 from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.gateway.routes import SourceFactory
+from ipfsreg.httpserver import EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS
 from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
@@ -41,12 +41,6 @@ log = logging.getLogger(__name__)
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _expects_body(request: Request) -> bool:
-    if request.content_length:
-        return True
-    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-
-
 class StreamingRequest(TrioRequest):
     body_class = StreamingBody
 
@@ -55,37 +49,33 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
     """Serves one request, reading its body no faster than the handler consumes it.
 
     Quart's receive loop would buffer a whole upload in memory; this one stops pulling body
-    events from hypercorn while more than ``high_water`` bytes wait unread. When the handler
-    answers before the body has fully arrived (an early error), the rest of the body is read
-    and discarded: hypercorn's event queue must never be left full, or it blocks for good.
+    events from hypercorn while more than ``high_water`` bytes wait unread.
+
+    When the handler answers before the whole body has arrived (an early error), the rest of the
+    body is read and dropped before the response goes out, up to :data:`EARLY_DRAIN_BYTES` and
+    :data:`EARLY_DRAIN_SECONDS`: a client that sent all of a small body then keeps its connection
+    (requests pipelined behind it are served). Past those bounds the response says
+    ``Connection: close`` and the server closes after it (lingering: see ipfsreg/httpserver.py).
     """
 
     high_water = 1024 * 1024
-    drain_idle_timeout = 30.0
-    _waiting: trio.CancelScope | None = None
 
     async def __call__(self, receive: Callable[[], Awaitable[Any]], send: Callable[..., Any]) -> None:
         request = self._create_request_from_scope(send)
-        body = request.body
-        responded = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, nursery, request, receive, responded)
+            nursery.start_soon(self._receive, nursery, request, receive)
             await self._respond(request, send)
-            responded.set()
-            if isinstance(body, StreamingBody) and not body.complete:
-                body.release()  # the receiver drains the rest of the body, then ends
-                if self._waiting is not None:
-                    self._waiting.deadline = trio.current_time() + self.drain_idle_timeout
-            else:
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
     async def _respond(self, request: Request, send: Callable[..., Any]) -> None:
         response = await self.app.handle_request(request)
         body = request.body
-        if isinstance(response, Response) and _expects_body(request) and not getattr(body, "complete", True):
-            # Answered before the whole body arrived (an early error): the client must not send
-            # its next request on this connection, whose request stream is still mid-body.
-            response.headers["Connection"] = "close"
+        if isinstance(body, StreamingBody) and not body.complete:
+            whole = await body.drain(EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS, request.content_length)
+            if not whole and isinstance(response, Response):
+                # The request stream is still mid-body: the client must not send its next request
+                # on this connection.
+                response.headers["Connection"] = "close"
         timeout = response.timeout if isinstance(response, Response) else Ellipsis
         if timeout is Ellipsis:
             timeout = self.app.config["RESPONSE_TIMEOUT"]
@@ -93,42 +83,25 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
             await self._send_response(send, response)
 
     async def _receive(
-        self,
-        nursery: trio.Nursery,
-        request: Request,
-        receive: Callable[[], Awaitable[Any]],
-        responded: trio.Event,
+        self, nursery: trio.Nursery, request: Request, receive: Callable[[], Awaitable[Any]]
     ) -> None:
         body = request.body
-        # One cancel scope for the whole body (a scope per event costs more than the event's
-        # parsing); it gets a deadline only once the response is out, renewed by each event.
-        with trio.CancelScope() as waiting:
-            self._waiting = waiting
-            while True:
-                if responded.is_set():
-                    waiting.deadline = trio.current_time() + self.drain_idle_timeout
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-                if message["type"] != "http.request":
-                    continue
-                more = bool(message.get("more_body", False))
-                if responded.is_set():
-                    if not more:
-                        break
-                    continue
-                body.append(message.get("body", b""))
-                if isinstance(body, StreamingBody):
-                    app = self.app
-                    if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
-                        app.peak_body_buffered = body.buffered
-                    if more:
-                        await body.wait_below(self.high_water)
-                if not more:
-                    body.set_complete()
-        # Cancelled: the client went quiet after an early response (hypercorn closes the connection).
-        self._waiting = None
-        nursery.cancel_scope.cancel()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                nursery.cancel_scope.cancel()  # the client went away: the handler stops too
+                return
+            if message["type"] != "http.request":
+                continue
+            more = bool(message.get("more_body", False))
+            body.append(message.get("body", b""))
+            if isinstance(body, StreamingBody) and more:
+                app = self.app
+                if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
+                    app.peak_body_buffered = body.buffered
+                await body.wait_below(self.high_water)
+            if not more:
+                body.set_complete()
 
 
 class RegistryApp(QuartTrio):
@@ -257,47 +230,6 @@ def registry_store(app: QuartTrio) -> RegistryStore:
     return ctx.store
 
 
-# hypercorn reads a socket 64 KiB at a time and every read becomes one body event through h11,
-# hypercorn and Quart: pushes then spend more on those events than on hashing. Reads of up to
-# 1 MiB (a read returns only what the kernel holds) cut the main thread's work per upload by ~30%.
-SOCKET_READ_BYTES = 1024 * 1024
-
-
-# While a large body streams in, each read pays a fixed cost on the event loop (h11, hypercorn's
-# protocol, the app's body queue: ~0.2 ms) however little it returns, and a fast loop reads the
-# socket as soon as a few dozen KiB have arrived. After a read of at least GATHER_AFTER_BYTES
-# (a body is streaming), the reader waits GATHER_SECONDS before reading again, so the kernel
-# gathers a few hundred KiB per read (the socket buffer holds megabytes; the sender never stalls).
-GATHER_AFTER_BYTES = 32 * 1024
-GATHER_SECONDS = 0.002
-
-
-def raise_socket_read_size() -> None:
-    """Let hypercorn's trio server read up to :data:`SOCKET_READ_BYTES` per call, gathering
-    streamed bodies into fewer, larger reads (process-wide)."""
-    if hypercorn_tcp.MAX_RECV < SOCKET_READ_BYTES:
-        hypercorn_tcp.MAX_RECV = SOCKET_READ_BYTES
-    if getattr(hypercorn_tcp.TCPServer._read_data, "_ipfsreg_gathering", False):
-        return
-
-    async def _read_data(self: Any) -> None:
-        while True:
-            try:
-                with trio.fail_after(self.config.read_timeout or float("inf")):
-                    data = await self.stream.receive_some(hypercorn_tcp.MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-                break
-            await self.protocol.handle(RawData(bytes(data)))
-            if data == b"":
-                break
-            if GATHER_AFTER_BYTES <= len(data) < hypercorn_tcp.MAX_RECV // 2:
-                await trio.sleep(GATHER_SECONDS)
-        await self.protocol.handle(Closed())
-
-    _read_data._ipfsreg_gathering = True  # type: ignore[attr-defined]
-    hypercorn_tcp.TCPServer._read_data = _read_data  # type: ignore[method-assign]
-
-
 def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [settings.listen]
@@ -327,7 +259,7 @@ async def serve_registry(
     ``task_status.started`` reports the bound addresses (``http://host:port``), so callers
     using port 0 learn the real port.
     """
-    raise_socket_read_size()
+    httpserver.install()
     coalesce.install()
     config = hypercorn_config(settings)
     kwargs: dict[str, Any] = {"task_status": task_status}
