@@ -234,6 +234,9 @@ def install() -> None:
     _installed = True
 
 
+USER_SCOPE_KEY: Final = "ipfsreg.user"
+"""ASGI scope key where the auth middleware puts the authenticated user's name (for per-user limits)."""
+
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 

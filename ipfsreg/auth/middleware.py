@@ -57,7 +57,7 @@ from ipfsreg.auth.token import (
     load_private_key,
     load_public_keys,
 )
-from ipfsreg.httpserver import TrackedReceive, drain_body
+from ipfsreg.httpserver import USER_SCOPE_KEY, TrackedReceive, drain_body
 from ipfsreg.registry.settings import RegistrySettings
 
 Scope = MutableMapping[str, Any]
@@ -79,6 +79,11 @@ class _Rights(Protocol):
     @property
     def authenticated(self) -> bool: ...
 
+    @property
+    def user(self) -> str:
+        """The authenticated user's name ("" when anonymous or not named)."""
+        ...
+
     def allows(self, resource: Resource, action: str) -> bool: ...
 
 
@@ -91,6 +96,10 @@ class _PolicyRights:
     def authenticated(self) -> bool:
         return not self.principal.anonymous
 
+    @property
+    def user(self) -> str:
+        return "" if self.principal.anonymous else self.principal.name
+
     def allows(self, resource: Resource, action: str) -> bool:
         return self.policy.allows(self.principal, resource, action)
 
@@ -99,6 +108,7 @@ class _PolicyRights:
 class _TokenRights:
     access: tuple[Access, ...]
     authenticated: bool = True
+    user: str = ""
 
     def allows(self, resource: Resource, action: str) -> bool:
         return any(a.resource == resource and action in a.actions for a in self.access)
@@ -228,6 +238,9 @@ class AuthApp:
             if is_mount(query) and not (need.mount_from is not None and rights.allows(need.mount_from, PULL)):
                 scope = dict(scope)
                 scope["query_string"] = without_mount(query)
+        if rights.user:
+            scope = dict(scope)
+            scope[USER_SCOPE_KEY] = rights.user  # per-user limits (upload sessions) in the registry
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> _Rights:
@@ -241,7 +254,7 @@ class AuthApp:
                 verified = self.verifier.verify(token)
             except InvalidToken as exc:
                 raise _Refused(f"invalid token: {exc}") from exc
-            return _TokenRights(verified.access)
+            return _TokenRights(verified.access, user=verified.subject)
         assert self.htpasswd is not None
         principal = await self._basic_principal(header)
         return _PolicyRights(self.policy, principal)

@@ -180,6 +180,8 @@ def create_app(
         upload_ttl=settings.upload_session_ttl,
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
+        max_live_uploads=settings.max_live_uploads,
+        max_uploads_per_client=settings.max_uploads_per_client,
     )
     ctx = Context(store, settings, source_factory)
     app = RegistryApp(__name__)

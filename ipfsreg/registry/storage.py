@@ -42,6 +42,7 @@ import logging
 import struct
 import time
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -80,6 +81,12 @@ _UPLOAD_HEADER: Final = struct.Struct(">I")
 _PIECE_BYTES: Final = 2 * 1024 * 1024
 # Idle sessions leave memory after this many seconds; their saved state restores them on demand.
 LIVE_IDLE_SECONDS: Final = 60.0
+# Retry-After of a 429 when every session in memory is busy (they end within a request) and when a
+# client has too many open sessions (those end when finished, cancelled or expired).
+BUSY_RETRY_SECONDS: Final = 1
+CLIENT_RETRY_SECONDS: Final = 60
+# Expired sessions are purged at most this often when a client reaches its cap.
+_PURGE_EVERY_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
 
@@ -131,6 +138,8 @@ class Upload:
     pending_bytes: int = 0
     broken: bool = False
     lease: Lease | None = None
+    client: str = ""
+    """Who opened the session (``user:NAME`` or ``addr:IP``), for the per-client cap."""
 
 
 def _blob_value(info: BlobInfo) -> bytes:
@@ -140,6 +149,21 @@ def _blob_value(info: BlobInfo) -> bytes:
 def _decode_blob_value(digest: Digest, raw: bytes) -> BlobInfo:
     size, pos = decode_varint(raw)
     return BlobInfo(digest, CID.decode(raw[pos:]), size)
+
+
+def _record_meta(raw: bytes) -> dict[str, Any] | None:
+    """The JSON metadata of an upload record, None when it is damaged."""
+    try:
+        (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+        meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
+    except (struct.error, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _record_client(raw: bytes) -> str:
+    meta = _record_meta(raw)
+    return str(meta.get("client", "")) if meta is not None else ""
 
 
 def _rkey(repo: str, *parts: str) -> bytes:
@@ -170,6 +194,8 @@ class RegistryStore:
         upload_ttl: float = 24 * 3600.0,
         max_blob_bytes: int = 0,
         on_blocks_stored: BlocksStored | None = None,
+        max_live_uploads: int = 1000,
+        max_uploads_per_client: int = 1000,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
@@ -187,7 +213,13 @@ class RegistryStore:
         self.repos = datastore.keyspace("reg.repos")
         self.uploads = datastore.keyspace("reg.uploads")
         self.published = datastore.keyspace("reg.images")
-        self._live: dict[str, Upload] = {}
+        self.max_live_uploads = max_live_uploads
+        self.max_uploads_per_client = max_uploads_per_client
+        # Sessions in memory, least recently used first (eviction takes them from the front).
+        self._live: OrderedDict[str, Upload] = OrderedDict()
+        # Open (persisted, unfinished) sessions per client; counted from the records on first use.
+        self._open: dict[str, int] | None = None
+        self._last_purge = 0.0
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -240,24 +272,102 @@ class RegistryStore:
     # --- uploads -------------------------------------------------------------------------
 
     def evict_idle_uploads(self, idle_seconds: float = LIVE_IDLE_SECONDS) -> int:
-        """Drop idle, unlocked sessions from memory (their state is saved); return how many."""
+        """Drop idle, unlocked sessions from memory (their state is saved); return how many.
+
+        Sessions are kept least recently used first: the scan stops at the first one used within
+        ``idle_seconds`` (those after it were used later).
+        """
         now = time.time()
-        idle = [
-            key
-            for key, upload in self._live.items()
-            if not upload.lock.locked() and not upload.pending and now - upload.updated > idle_seconds
-        ]
+        idle: list[str] = []
+        for key, upload in self._live.items():
+            if now - upload.updated <= idle_seconds:
+                break
+            if self._evictable(upload):
+                idle.append(key)
         for key in idle:
             self._release(self._live.pop(key))
         return len(idle)
+
+    @staticmethod
+    def _evictable(upload: Upload) -> bool:
+        return not upload.lock.locked() and not upload.pending
+
+    def _make_room(self) -> None:
+        """Keep at most ``max_live_uploads`` sessions in memory: evict the least recently used idle
+        one to its saved state, or refuse with 429 when all of them are in use."""
+        if self.max_live_uploads <= 0 or len(self._live) < self.max_live_uploads:
+            return
+        for key, upload in self._live.items():
+            if self._evictable(upload):
+                self._release(self._live.pop(key))
+                return
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            {"reason": f"all {len(self._live)} upload sessions in memory are busy"},
+            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+        )
+
+    def _keep_live(self, upload: Upload) -> None:
+        """Hold ``upload`` in memory as the most recently used session."""
+        self._make_room()
+        self._live[upload.uuid] = upload
 
     @property
     def live_uploads(self) -> int:
         return len(self._live)
 
-    def new_upload(self, repo: str) -> Upload:
-        """Start an upload session, persisted at once so it survives a restart."""
+    def _open_counts(self) -> dict[str, int]:
+        if self._open is None:
+            counts: dict[str, int] = {}
+            for _key, raw in self.uploads.items():
+                client = _record_client(raw)
+                counts[client] = counts.get(client, 0) + 1
+            self._open = counts
+        return self._open
+
+    def _opened(self, client: str) -> None:
+        counts = self._open_counts()
+        counts[client] = counts.get(client, 0) + 1
+
+    def _closed(self, client: str) -> None:
+        """A persisted session of ``client`` ended (finished, cancelled, expired)."""
+        if self._open is None:
+            return
+        left = self._open.get(client, 0) - 1
+        if left > 0:
+            self._open[client] = left
+        else:
+            self._open.pop(client, None)
+
+    def open_uploads(self, client: str) -> int:
+        """How many unfinished sessions ``client`` has open (in memory or saved)."""
+        return self._open_counts().get(client, 0)
+
+    def _check_client_cap(self, client: str) -> None:
+        cap = self.max_uploads_per_client
+        if cap <= 0 or self.open_uploads(client) < cap:
+            return
+        now = time.monotonic()
+        if now - self._last_purge >= _PURGE_EVERY_SECONDS:
+            self._last_purge = now
+            self.purge_expired_uploads()
+            if self.open_uploads(client) < cap:
+                return
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            {"reason": f"{cap} upload sessions are already open for this client; finish or cancel some"},
+            headers={"Retry-After": str(CLIENT_RETRY_SECONDS)},
+        )
+
+    def new_upload(self, repo: str, client: str = "") -> Upload:
+        """Start an upload session, persisted at once so it survives a restart.
+
+        Raises TOOMANYREQUESTS (429, Retry-After) when ``client`` already has
+        ``max_uploads_per_client`` open sessions, or when every session in memory is busy.
+        """
+        self._check_client_cap(client)
         self.evict_idle_uploads()
+        self._make_room()
         now = time.time()
         upload = Upload(
             uuid=str(uuidlib.uuid4()),
@@ -268,9 +378,11 @@ class RegistryStore:
             started=now,
             updated=now,
             lease=Lease(self.datastore),
+            client=client,
         )
         with self.datastore.batch() as batch:
             batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+        self._opened(client)
         self._live[upload.uuid] = upload
         return upload
 
@@ -295,6 +407,7 @@ class RegistryStore:
                 "offset": upload.offset,
                 "started": upload.started,
                 "updated": upload.updated,
+                "client": upload.client,
             }
         ).encode()
         return _UPLOAD_HEADER.pack(len(meta)) + meta + upload.importer.snapshot()
@@ -308,6 +421,7 @@ class RegistryStore:
             if self._expired(upload.updated):
                 self.cancel_upload(upload)
                 raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
+            self._live.move_to_end(upload_id)
             return upload
         raw = self.uploads.get(upload_id.encode()) if upload_id else None
         if raw is None:
@@ -320,6 +434,7 @@ class RegistryStore:
             if self._expired(float(meta["updated"])):
                 with self.datastore.batch() as batch:
                     batch.delete(self.uploads, upload_id.encode())
+                self._closed(str(meta.get("client", "")))
                 raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
             importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
             hasher = new_hasher("sha256")
@@ -337,6 +452,7 @@ class RegistryStore:
                     "reason": f"stored upload holds {rehashed} bytes, expected {meta['offset']}",
                 },
             )
+        importer.compact()
         restored = Upload(
             uuid=upload_id,
             repo=repo,
@@ -346,10 +462,12 @@ class RegistryStore:
             started=float(meta["started"]),
             updated=float(meta["updated"]),
             lease=Lease(self.datastore),
+            client=str(meta.get("client", "")),
         )
         if upload is not None:
             restored.lock = upload.lock  # keep waiters of a broken session serialised
-        self._live[upload_id] = restored
+            self._live.pop(upload_id, None)
+        self._keep_live(restored)
         return restored
 
     async def lock_upload(self, repo: str, upload_id: str) -> Upload:
@@ -383,20 +501,22 @@ class RegistryStore:
 
     def cancel_upload(self, upload: Upload) -> None:
         self._live.pop(upload.uuid, None)
+        already = upload.broken and self.uploads.get(upload.uuid.encode()) is None
         upload.broken = True
         self._release(upload)
-        if upload.uuid:
+        if upload.uuid and not already:
             with self.datastore.batch() as batch:
                 batch.delete(self.uploads, upload.uuid.encode())
+            self._closed(upload.client)
 
     def purge_expired_uploads(self) -> int:
         """Drop every session idle for longer than the TTL; return how many."""
         expired: list[bytes] = []
         for key, raw in self.uploads.items():
-            (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
-            meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
-            if self._expired(float(meta["updated"])):
+            meta = _record_meta(raw)
+            if meta is not None and self._expired(float(meta.get("updated", 0))):
                 expired.append(key)
+                self._closed(str(meta.get("client", "")))
         if expired:
             with self.datastore.batch() as batch:
                 for key in expired:
@@ -561,7 +681,10 @@ class RegistryStore:
         self._release(upload)
 
     async def save_upload(self, upload: Upload) -> None:
-        """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk)."""
+        """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk).
+
+        The session then waits for its next chunk holding only its partial chunk's bytes.
+        """
         try:
             batch = self.datastore.batch()
             cids = self._put_pending(upload, batch)
@@ -570,6 +693,7 @@ class RegistryStore:
         except BaseException:
             self.discard_chunk(upload)
             raise
+        upload.importer.compact()
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> BlobInfo:
         """Complete the DAG, check the digest and make the blob visible in one atomic batch.
@@ -615,6 +739,8 @@ class RegistryStore:
             self._live.pop(upload.uuid, None)
             upload.broken = True
             self._release(upload)  # after the commit: the blob index now reaches every block
+        if upload.uuid:
+            self._closed(upload.client)
         return info
 
     # --- manifests -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from quart import Request, Response
 
+from ipfsreg.httpserver import USER_SCOPE_KEY
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, body_chunks, make_response
@@ -14,6 +15,15 @@ from ipfsreg.registry.names import is_valid_name
 from ipfsreg.registry.proxy import refuse_writes
 from ipfsreg.registry.ranges import parse_content_range, upload_range
 from ipfsreg.registry.storage import BlobInfo, Upload
+
+
+def client_key(request: Request) -> str:
+    """Whom an upload session is counted against: the authenticated user, else the address."""
+    user = request.scope.get(USER_SCOPE_KEY)
+    if user:
+        return f"user:{user}"
+    client = request.scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:-"
 
 
 def _session_headers(name: str, upload: Upload) -> dict[str, str]:
@@ -91,7 +101,7 @@ async def post_upload(ctx: Context, request: Request, name: str) -> Response:
         await _append(ctx, request, name, scratch, None)
         info = await store.finish_upload(scratch, digest)
         return _created(name, info)
-    upload = store.new_upload(name)
+    upload = store.new_upload(name, client_key(request))
     headers = _session_headers(name, upload)
     return make_response(202, headers)
 
