@@ -18,6 +18,7 @@ from quart import Request, Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ipfsreg import httpserver
 from ipfsreg.blockstore import BlockstoreError, Datastore
@@ -28,7 +29,7 @@ from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
-from ipfsreg.registry.names import check_name, ipfs_repository_cid
+from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -207,6 +208,9 @@ def create_app(
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         head = req.method == "HEAD"
         try:
+            raw_path: bytes = req.scope.get("raw_path") or req.path.encode()
+            raw_route = match_route(raw_path.decode("latin-1"))
+            check_request_path(req.path, raw_path, raw_route.name if raw_route is not None else None)
             route = match_route(req.path)
             if route is None:
                 raise RegistryError("NAME_UNKNOWN", {"path": req.path[:300]}, message="route not found")
@@ -217,6 +221,46 @@ def create_app(
             # Stored data is damaged or missing (e.g. a block lost outside the registry).
             log.exception("storage error serving %s %s", req.method, req.path)
             response = error_response(RegistryError("UNKNOWN", {"reason": str(exc)}, status=500), head=head)
+        response.headers.update(API_VERSION_HEADER)
+        return response
+
+    # No URL rewriting by the router: its slash-merging and trailing-slash redirects answer with an
+    # HTML 308 whose Location is built from the request's Host header. Paths go to the handler as
+    # sent, and a name that needs rewriting is NAME_INVALID (check_request_path).
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        """What the router or the framework refuses: under /v2 the registry's own answer (routes,
+        NAME_INVALID, UNSUPPORTED with Allow), elsewhere an OCI JSON error; never an HTML page."""
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if req.path == "/v2" or req.path.startswith("/v2/"):
+            return await handle()
+        status = exc.code or 500
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        code = {404: "NAME_UNKNOWN", 405: "UNSUPPORTED"}.get(
+            status, "UNKNOWN" if status >= 500 else "UNSUPPORTED"
+        )
+        error = RegistryError(
+            code,
+            {"path": req.path[:300]},
+            message=exc.description or exc.name,
+            status=status,
+            headers=headers,
+        )
+        response = error_response(error, head=req.method == "HEAD")
+        response.headers.update(API_VERSION_HEADER)
+        return response
+
+    @app.errorhandler(Exception)
+    async def _internal_error(exc: Exception) -> Response:
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        log.exception("internal error serving %s %s", req.method, req.path[:300])
+        error = RegistryError("UNKNOWN", {"reason": f"internal error: {type(exc).__name__}"}, status=500)
+        response = error_response(error, head=req.method == "HEAD")
         response.headers.update(API_VERSION_HEADER)
         return response
 
