@@ -1,5 +1,5 @@
 """Manifests for the registry: the OCI parser (:mod:`ipfsreg.oci.manifest`) with its errors as
-RegistryError (``MANIFEST_INVALID``), and the Accept-header check of manifest GETs."""
+RegistryError (``MANIFEST_INVALID``)."""
 
 from __future__ import annotations
 
@@ -30,17 +30,6 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise registry_error(exc) from None
 
 
-def accepts(accept_header: str | None, media_type: str) -> bool:
-    """Whether an Accept header admits ``media_type`` (no header, or a wildcard, admits anything)."""
-    if not accept_header:
-        return True
-    for part in accept_header.split(","):
-        kind = part.split(";")[0].strip().lower()
-        if kind in ("*/*", "application/*", media_type):
-            return True
-    return False
-
-
 __all__ = [
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
@@ -52,7 +41,6 @@ __all__ = [
     "OCI_MANIFEST",
     "Descriptor",
     "ParsedManifest",
-    "accepts",
     "parse_manifest",
     "pick_platform",
     "referrer_descriptor",
