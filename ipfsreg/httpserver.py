@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from math import inf
 from typing import Any, Final
 
@@ -191,15 +192,34 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             pass  # already gone, or TLS (no half-close: the close itself follows the linger)
 
 
+_REASONS: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
 class ClosingConnection(h11.Connection):
     """An h11 server connection that lets the response in progress finish when the client sends
-    more after a request the server is going to close the connection on.
+    more after a request the server is going to close the connection on (and that puts the standard
+    reason phrase in status lines).
 
     Once a response says ``Connection: close``, h11 takes any further byte from the client (the rest
     of an unread body, a pipelined request) as a protocol error, and hypercorn then closes at once,
     cutting off the response it is still sending. Here those bytes are dropped unparsed (the server
     reads on, dropping, until the response is out; then it closes, lingering).
     """
+
+    def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
+        # hypercorn sends no reason phrase ("HTTP/1.1 200 "), which some clients and proxies trip
+        # over: the standard one goes in.
+        response: Any = event
+        if type(event) in (h11.Response, h11.InformationalResponse) and not response.reason:
+            phrase = _REASONS.get(response.status_code, b"")
+            if phrase:
+                event = type(response)(
+                    status_code=response.status_code,
+                    headers=list(response.headers.raw_items()),
+                    http_version=response.http_version,
+                    reason=phrase,
+                )
+        return super().send_with_data_passthrough(event)
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         buffer = self._receive_buffer
@@ -302,3 +322,20 @@ async def drain_body(
             if not message.get("more_body", False):
                 return True
     return False
+
+
+_SECRET_HEADERS: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+
+
+def loggable_headers(scope: MutableMapping[str, Any]) -> str:
+    """The request headers as one log string, credentials redacted (the scheme of an
+    Authorization header is kept: ``Basic <redacted>``)."""
+    parts: list[str] = []
+    for key, value in scope.get("headers", ()):
+        name = bytes(key).lower()
+        text = bytes(value).decode("latin-1")
+        if name in _SECRET_HEADERS:
+            scheme, sep, _ = text.partition(" ")
+            text = f"{scheme} <redacted>" if sep and name != b"cookie" else "<redacted>"
+        parts.append(f"{name.decode('latin-1')}: {text}")
+    return "; ".join(parts)

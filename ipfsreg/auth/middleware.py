@@ -126,18 +126,29 @@ class _Refused(Exception):
 def basic_credentials(header: str) -> tuple[str, str] | None:
     """``Basic base64(user:password)`` -> (user, password); None when it is not a Basic header.
 
-    Raises :class:`ValueError` for a Basic header that does not decode.
+    Empty credentials (``Basic Og==``, i.e. ``:``) come back as ``("", "")``: podman, skopeo and
+    buildah send them after a Basic challenge to mean anonymous. Raises :class:`ValueError`, saying
+    what is wrong, for a Basic header that does not decode.
     """
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic":
         return None
+    value = value.strip()
+    if not value:
+        raise ValueError("malformed Basic credentials: nothing after 'Basic'")
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise ValueError("malformed Basic credentials") from exc
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ValueError("malformed Basic credentials: not base64") from None
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("malformed Basic credentials: user:password is not UTF-8") from None
     user, sep, password = decoded.partition(":")
-    if not sep or not user:
-        raise ValueError("malformed Basic credentials")
+    if not sep:
+        raise ValueError("malformed Basic credentials: no ':' between user and password")
+    if not user and password:
+        raise ValueError("malformed Basic credentials: a password without a user name")
     return user, password
 
 
@@ -233,7 +244,11 @@ class AuthApp:
                     )
                 else:
                     error = "insufficient_scope" if self.bearer and rights.authenticated else None
-                    await self._challenge(scope, receive, send, need, "authentication required", error=error)
+                    message = "authentication required"
+                    if error is not None:
+                        wanted = " ".join(need.challenge_scopes())
+                        message = f"insufficient scope: the token does not grant {wanted}"
+                    await self._challenge(scope, receive, send, need, message, error=error)
                 return
             if is_mount(query) and not (need.mount_from is not None and rights.allows(need.mount_from, PULL)):
                 scope = dict(scope)
@@ -269,6 +284,8 @@ class AuthApp:
             raise _Refused(str(exc)) from exc
         if credentials is None:
             raise _Refused("unsupported authorization scheme")
+        if credentials == ("", ""):
+            return ANONYMOUS_PRINCIPAL  # what the reference registry does with empty credentials
         return await self._password_principal(*credentials)
 
     async def _password_principal(self, user: str, password: str) -> Principal:

@@ -28,7 +28,13 @@ from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
-from ipfsreg.registry.handlers.base import API_VERSION_HEADER, Context, error_response, get_base
+from ipfsreg.registry.handlers.base import (
+    API_VERSION_HEADER,
+    Context,
+    allowed_methods,
+    error_response,
+    get_base,
+)
 from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
@@ -135,12 +141,12 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
 async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
     """Run the handler of ``route`` for the request's method (pure routing is in routes.py)."""
     method = req.method
-    if method not in ALLOWED_METHODS[route.kind]:
-        raise RegistryError(
-            "UNSUPPORTED",
-            {"method": method, "route": route.kind},
-            headers={"Allow": ", ".join(ALLOWED_METHODS[route.kind])},
-        )
+    allowed = allowed_methods(route.kind, ctx.settings)
+    if method not in allowed:
+        detail: dict[str, str] = {"method": method, "route": route.kind}
+        if method == "DELETE" and method in ALLOWED_METHODS[route.kind]:
+            detail["reason"] = "deletes are disabled on this registry"
+        raise RegistryError("UNSUPPORTED", detail, headers={"Allow": ", ".join(allowed)})
     if route.kind == "base":
         return await get_base(ctx, req)
     if route.kind == "catalog":
@@ -153,6 +159,15 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
     if route.kind in ("uploads", "tags"):
         return await handler(ctx, req, route.name)
     return await handler(ctx, req, route.name, route.ref)
+
+
+_WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+
+
+def _answerable(route_kind: str, settings: RegistrySettings) -> tuple[str, ...]:
+    """The Allow header of a handler's 405: a pull-through cache refuses every write."""
+    methods = allowed_methods(route_kind, settings)
+    return tuple(m for m in methods if m not in _WRITES) if settings.upstream else methods
 
 
 def create_app(
@@ -207,6 +222,7 @@ def create_app(
     async def handle(path: str = "") -> Response:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         head = req.method == "HEAD"
+        route: Route | None = None
         try:
             raw_path: bytes = req.scope.get("raw_path") or req.path.encode()
             raw_route = match_route(raw_path.decode("latin-1"))
@@ -216,6 +232,8 @@ def create_app(
                 raise RegistryError("NAME_UNKNOWN", {"path": req.path[:300]}, message="route not found")
             response = await dispatch(ctx, req, route)
         except RegistryError as exc:
+            if exc.status == 405 and "Allow" not in exc.headers and route is not None:
+                exc.headers["Allow"] = ", ".join(_answerable(route.kind, ctx.settings))
             response = error_response(exc, head=head)
         except (BlockstoreError, UnixFSError) as exc:
             # Stored data is damaged or missing (e.g. a block lost outside the registry).

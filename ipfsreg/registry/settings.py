@@ -55,6 +55,10 @@ class RegistrySettings:
     catalog_max_entries: int = field(
         default=1000, metadata={"help": "largest page of /v2/_catalog and tags/list (the 'n' cap)"}
     )
+    catalog_ipfs: bool = field(
+        default=False,
+        metadata={"help": "list the ipfs/<cid> repositories that pulls by CID create in /v2/_catalog"},
+    )
     keep_alive_timeout: float = field(
         default=75.0, metadata={"help": "seconds an idle HTTP connection is kept"}
     )

@@ -1040,14 +1040,28 @@ class RegistryStore:
             out.append(key[len(prefix) :].decode())
         return out, False
 
-    def list_repos(self, *, last: str | None, limit: int) -> tuple[list[str], bool]:
+    def list_repos(
+        self, *, last: str | None, limit: int, skip_prefix: str | None = None
+    ) -> tuple[list[str], bool]:
+        """Up to ``limit`` repositories after ``last``, and whether more follow; names starting
+        with ``skip_prefix`` are left out."""
         start = last.encode() if last else None
         out: list[str] = []
-        for key, _ in self.repos.items(start=start):
+        for key in self._repo_keys(start, skip_prefix.encode() if skip_prefix else None):
             if len(out) == limit:
                 return out, True
             out.append(key.decode())
         return out, False
+
+    def _repo_keys(self, start: bytes | None, skip: bytes | None) -> Iterator[bytes]:
+        """Repository names after ``start`` in order, jumping over the ones under ``skip``."""
+        for key, _ in self.repos.items(start=start):
+            if skip is not None and key.startswith(skip):
+                # Names are ASCII: every name under ``skip`` sorts before skip + 0xff.
+                for after, _ in self.repos.items(start=skip + b"\xff"):
+                    yield after
+                return
+            yield key
 
     def list_referrers(self, repo: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         prefix = _rkey(repo, str(subject), "")

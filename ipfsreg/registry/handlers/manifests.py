@@ -16,7 +16,7 @@ from quart import Request, Response
 from ipfsreg.cid import CID
 from ipfsreg.registry.digests import Digest, is_digest_like, parse_digest
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response, read_body
+from ipfsreg.registry.handlers.base import Context, make_response, read_body
 from ipfsreg.registry.names import is_valid_tag
 from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.storage import ManifestInfo
@@ -97,7 +97,6 @@ async def put_manifest(ctx: Context, request: Request, name: str, reference: str
 
 
 async def delete_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
-    check_delete_enabled(ctx)
     refuse_writes(ctx.settings)
     ref = parse_reference(reference)
     if isinstance(ref, Digest):

@@ -57,12 +57,17 @@ def _check_content_range(request: Request, name: str, upload: Upload) -> int | N
         raise
     declared = end - start + 1
     length = request.content_length
-    if start != upload.offset or (length is not None and length != declared):
+    reason = None
+    if start != upload.offset:
+        reason = f"chunk range {start}-{end} does not continue the upload at {upload.offset}"
+    elif length is not None and length != declared:
+        reason = (
+            f"Content-Range {start}-{end} is {declared} bytes but Content-Length is {length}: "
+            "they must be equal"
+        )
+    if reason is not None:
         raise RegistryError(
-            "BLOB_UPLOAD_INVALID",
-            {"reason": f"chunk range {start}-{end} does not continue the upload at {upload.offset}"},
-            status=416,
-            headers=_session_headers(name, upload),
+            "BLOB_UPLOAD_INVALID", {"reason": reason}, status=416, headers=_session_headers(name, upload)
         )
     return declared
 
