@@ -21,6 +21,7 @@ For ASGI code that answers without reading the request body (auth refusals, /met
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 import h11
 import hypercorn.trio.run as hypercorn_run
+import hypercorn.trio.task_group as hypercorn_task_group
 import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 from hypercorn.config import Config
@@ -41,8 +43,9 @@ log = logging.getLogger("ipfsreg.http")
 
 # hypercorn reads a socket 64 KiB at a time and every read becomes one body event through h11,
 # hypercorn and Quart: pushes then spend more on those events than on hashing. Reads of up to
-# 1 MiB (a read returns only what the kernel holds) cut the main thread's work per upload by ~30%.
-SOCKET_READ_BYTES: Final = 1024 * 1024
+# 512 KiB (a read returns only what the kernel holds) cut the main thread's work per upload by
+# ~30%; 1 MiB reads gained little more and cost 1 MiB of memory per pushing connection.
+SOCKET_READ_BYTES: Final = 512 * 1024
 
 # While a large body streams in, each read pays a fixed cost on the event loop (h11, hypercorn's
 # protocol, the app's body queue: ~0.2 ms) however little it returns, and a fast loop reads the
@@ -83,6 +86,15 @@ def peer_name(stream: Any) -> str:
     return "unknown peer"
 
 
+def _split_failure(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """(what must propagate: cancellation, interpreter exits; the failure to log) of ``exc``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split((trio.Cancelled, KeyboardInterrupt, SystemExit))
+    if isinstance(exc, Exception):
+        return None, exc
+    return exc, None
+
+
 class GuardedTCPServer(hypercorn_tcp.TCPServer):
     """One HTTP connection: hypercorn's server, but failures stay inside it and closes linger."""
 
@@ -99,14 +111,7 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         try:
             await super().run()
         except BaseException as exc:
-            keep: BaseException | None
-            failure: BaseException | None
-            if isinstance(exc, BaseExceptionGroup):
-                keep, failure = exc.split((trio.Cancelled, KeyboardInterrupt, SystemExit))
-            elif isinstance(exc, Exception):
-                keep, failure = None, exc
-            else:
-                raise  # cancellation (server shutdown) and interpreter exits go on up
+            keep, failure = _split_failure(exc)
             if failure is not None:
                 log.warning("connection from %s ended by an error: %s", self._peer, describe(failure))
                 log.debug("connection from %s: traceback", self._peer, exc_info=failure)
@@ -195,6 +200,77 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
 _REASONS: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
+async def _spawn_app(
+    self: hypercorn_task_group.TaskGroup,
+    app: Any,
+    config: Config,
+    scope: Any,
+    send: Callable[[Any], Awaitable[None]],
+) -> Callable[[Any], Awaitable[None]]:
+    """hypercorn's ``TaskGroup.spawn_app``, but events for an app that has finished are dropped.
+
+    hypercorn queues request events (body, disconnect) for the app in a bounded channel and waits
+    when it is full. An app that answered without reading its body left that channel full: the end
+    of its response (which queues a disconnect from inside the app's last send) waited for good,
+    and so did the connection's reader. Here the disconnect never waits (it replaces queued body
+    events nobody needs any more), and the channel is closed when the app returns, so every
+    pending and later event for it is dropped at once.
+    """
+    send_channel, receive_channel = trio.open_memory_channel[Any](config.max_app_queue_size)
+    assert self._nursery is not None
+    self._nursery.start_soon(_run_app, app, config, scope, receive_channel, send)
+
+    async def put(message: Any) -> None:
+        # The app has finished when its channel is closed: nobody reads this.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            if message.get("type") != "http.disconnect":
+                await send_channel.send(message)
+                return
+            # The request is over (the response went out, or the client left), maybe from inside
+            # the app's own last send: never wait here. Body events still queued are of no use
+            # to anyone now; they make room for the disconnect.
+            while True:
+                try:
+                    send_channel.send_nowait(message)
+                    return
+                except trio.WouldBlock:
+                    try:
+                        receive_channel.receive_nowait()
+                    except trio.WouldBlock:
+                        return  # an unbuffered channel and no app waiting on it: nobody to tell
+
+    return put
+
+
+async def _run_app(
+    app: Any,
+    config: Config,
+    scope: Any,
+    receive_channel: trio.MemoryReceiveChannel[Any],
+    send: Callable[[Any], Awaitable[None]],
+) -> None:
+    try:
+        await app(scope, receive_channel.receive, send, trio.to_thread.run_sync, trio.from_thread.run)
+    except BaseException as exc:
+        keep, failure = _split_failure(exc)
+        if failure is not None:
+            client = scope.get("client") or ("-", 0)
+            log.warning(
+                "request %s %s from %s:%s failed in the app: %s",
+                scope.get("method", "-"),
+                str(scope.get("path", ""))[:200],
+                client[0],
+                client[1],
+                describe(failure),
+            )
+            log.debug("app failure: traceback", exc_info=failure)
+        if keep is not None:
+            raise keep from None
+    finally:
+        receive_channel.close()
+        await send(None)
+
+
 class ClosingConnection(h11.Connection):
     """An h11 server connection that lets the response in progress finish when the client sends
     more after a request the server is going to close the connection on (and that puts the standard
@@ -233,7 +309,8 @@ _installed = False
 
 
 def install() -> None:
-    """Make hypercorn's trio servers in this process use :class:`GuardedTCPServer` and, for HTTP/1.1,
+    """Make hypercorn's trio servers in this process use :class:`GuardedTCPServer`, an app runner
+    that drops events for a finished app (:func:`_spawn_app`) and, for HTTP/1.1,
     :class:`ClosingConnection` (or a subclass another module put there). Idempotent."""
     global _installed
     if hypercorn_tcp.MAX_RECV < SOCKET_READ_BYTES:
@@ -241,6 +318,7 @@ def install() -> None:
     hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[attr-defined]
     if _installed:
         return
+    hypercorn_task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
     original = H11Protocol.__init__
 
     def __init__(self: H11Protocol, app: Any, config: Config, *args: Any, **kwargs: Any) -> None:

@@ -15,6 +15,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Request, Response, request
+from quart.wrappers.response import IterableBody
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
@@ -36,6 +37,7 @@ from ipfsreg.registry.handlers.base import (
     get_base,
 )
 from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid
+from ipfsreg.registry.priority import CURRENT_TURN, Priority, Turn, bulk_chunks
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -65,17 +67,29 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
     ``Connection: close`` and the server closes after it (lingering: see ipfsreg/httpserver.py).
     """
 
-    high_water = 1024 * 1024
+    high_water = 512 * 1024
 
     async def __call__(self, receive: Callable[[], Awaitable[Any]], send: Callable[..., Any]) -> None:
         request = self._create_request_from_scope(send)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, nursery, request, receive)
-            await self._respond(request, send)
-            nursery.cancel_scope.cancel()
+        app = self.app
+        # Reads are interactive until they move bulk bytes; writes never hold bulk transfers back:
+        # they wait on worker threads and fsync (a blob's commit), not on the event loop.
+        interactive = request.method in ("GET", "HEAD")
+        turn = Turn(app.priority if isinstance(app, RegistryApp) else Priority(), interactive=interactive)
+        token = CURRENT_TURN.set(turn)
+        try:
+            with turn:  # ipfsreg/registry/priority.py
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive, nursery, request, receive)
+                    await self._respond(request, send, turn)
+                    nursery.cancel_scope.cancel()
+        finally:
+            CURRENT_TURN.reset(token)
 
-    async def _respond(self, request: Request, send: Callable[..., Any]) -> None:
+    async def _respond(self, request: Request, send: Callable[..., Any], turn: Turn) -> None:
         response = await self.app.handle_request(request)
+        if isinstance(response, Response) and isinstance(response.response, IterableBody):
+            response.response.iter = bulk_chunks(turn, response.response.iter)  # streamed: bulk
         body = request.body
         if isinstance(body, StreamingBody) and not body.complete:
             whole = await body.drain(EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS, request.content_length)
@@ -116,6 +130,8 @@ class RegistryApp(QuartTrio):
     request_class = StreamingRequest
     peak_body_buffered = 0
     """The most request-body bytes ever buffered unread (bounded by backpressure)."""
+    priority: Priority = Priority()
+    """Small requests before bulk transfers (one per app: set by create_app)."""
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -198,10 +214,12 @@ def create_app(
         on_blocks_stored=on_blocks_stored,
         max_live_uploads=settings.max_live_uploads,
         max_uploads_per_client=settings.max_uploads_per_client,
+        upload_memory_bytes=settings.upload_memory_bytes,
     )
     ctx = Context(store, settings, source_factory)
     app = RegistryApp(__name__)
     app.peak_body_buffered = 0
+    app.priority = Priority()
     app.config.update(
         MAX_CONTENT_LENGTH=None,
         BODY_TIMEOUT=None,
@@ -294,6 +312,9 @@ def registry_store(app: QuartTrio) -> RegistryStore:
     return ctx.store
 
 
+APP_QUEUE_EVENTS = 2
+
+
 def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [settings.listen]
@@ -301,6 +322,10 @@ def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
+    # Body events wait in a queue of this many between hypercorn and the app; each can hold up to
+    # COALESCE_BYTES, and the app's own buffer (body_buffer_bytes) is the backpressure that counts:
+    # hypercorn's default of 10 let 5 MiB per upload pile up before the socket stopped being read.
+    config.max_app_queue_size = APP_QUEUE_EVENTS
     setattr(config, coalesce.CONFIG_FLAG, True)  # body events joined: see coalesce.py
     config.alpn_protocols = ["http/1.1"]
     if (settings.tls_cert is None) != (settings.tls_key is None):

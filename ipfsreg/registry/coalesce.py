@@ -30,7 +30,7 @@ from hypercorn.protocol.h11 import H11Protocol
 
 from ipfsreg.httpserver import ClosingConnection
 
-COALESCE_BYTES: Final = 512 * 1024
+COALESCE_BYTES: Final = 256 * 1024
 _MAX_FAST_HEADER: Final = 16  # hex digits of a chunk size the fast path parses itself
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 # The fast path keeps h11's private reader and buffer state; it stays off if those ever change.

@@ -44,12 +44,19 @@ class RegistrySettings:
             "may have open; past it POST gets 429 TOOMANYREQUESTS with Retry-After; 0 = unlimited"
         },
     )
+    upload_memory_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata={
+            "help": "upload bytes in flight in memory across all uploads (being hashed, chunked, written); "
+            "past it uploads are read more slowly; 0 = unlimited"
+        },
+    )
     upload_flush_bytes: int = field(
         default=4 * 1024 * 1024,
         metadata={"help": "bytes of blocks gathered before they are written to LevelDB in one batch"},
     )
     body_buffer_bytes: int = field(
-        default=1024 * 1024,
+        default=512 * 1024,
         metadata={"help": "request body bytes buffered before the server stops reading the socket"},
     )
     catalog_max_entries: int = field(

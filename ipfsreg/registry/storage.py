@@ -23,6 +23,11 @@ At the end of every chunk the importer's snapshot is stored in the same batch as
 blocks, so a session resumes after a restart by restoring the importer and re-hashing the bytes
 already stored (``written_subtrees`` + ``buffered``).
 
+Memory: the bytes of all uploads in flight (pieces read and not yet committed) share one budget,
+``upload_memory_bytes`` (:class:`MemoryBudget`); an upload that would pass it waits before
+reading more of its body (its client is read more slowly), after flushing what it holds so that
+waiting uploads never hold each other up.
+
 Garbage collection safety: every upload holds a datastore lease on the blocks it has flushed
 until the blob is committed (then the blob index reaches them) or the upload is cancelled,
 broken or evicted from memory (a persisted session's record reaches them through
@@ -78,7 +83,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
 # Bytes gathered from the request body before one worker-thread hand-off.
-_PIECE_BYTES: Final = 2 * 1024 * 1024
+_PIECE_BYTES: Final = 1024 * 1024
 # Idle sessions leave memory after this many seconds; their saved state restores them on demand.
 LIVE_IDLE_SECONDS: Final = 60.0
 # Retry-After of a 429 when every session in memory is busy (they end within a request) and when a
@@ -89,6 +94,42 @@ CLIENT_RETRY_SECONDS: Final = 60
 _PURGE_EVERY_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
+# A batch of an upload's blocks on its way to LevelDB (None: nothing to write), its CIDs, and the
+# memory-budget bytes of the pieces whose blocks it completes (given back once it is committed).
+_Batch = tuple[WriteBatch | None, list[CID], int]
+
+
+@dataclass
+class _Held:
+    bytes: int = 0
+
+
+class MemoryBudget:
+    """Bytes of upload data in flight (read, hashed, chunked, not yet committed) across all uploads.
+
+    ``acquire`` waits while taking ``n`` more would pass the limit (one piece always passes when
+    nothing is held, so no piece is too large); ``release`` gives bytes back and wakes the waiters.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def would_wait(self, n: int) -> bool:
+        return self.limit > 0 and self.used > 0 and self.used + n > self.limit
+
+    async def acquire(self, n: int) -> None:
+        while self.would_wait(n):
+            await self._lot.park()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self._lot.unpark_all()
 
 
 @dataclass(frozen=True)
@@ -196,6 +237,7 @@ class RegistryStore:
         on_blocks_stored: BlocksStored | None = None,
         max_live_uploads: int = 1000,
         max_uploads_per_client: int = 1000,
+        upload_memory_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
@@ -213,6 +255,7 @@ class RegistryStore:
         self.repos = datastore.keyspace("reg.repos")
         self.uploads = datastore.keyspace("reg.uploads")
         self.published = datastore.keyspace("reg.images")
+        self.memory = MemoryBudget(upload_memory_bytes)
         self.max_live_uploads = max_live_uploads
         self.max_uploads_per_client = max_uploads_per_client
         # Sessions in memory, least recently used first (eviction takes them from the front).
@@ -544,20 +587,23 @@ class RegistryStore:
         from the last persisted chunk; the stored data is never half-updated.
         """
         appended = 0
+        held = _Held()
         try:
             async with trio.open_nursery() as nursery:
                 pieces_in, pieces_out = trio.open_memory_channel[list[bytes]](1)
-                batches_in, batches_out = trio.open_memory_channel[tuple[WriteBatch, list[CID]]](1)
+                batches_in, batches_out = trio.open_memory_channel[_Batch](1)
                 nursery.start_soon(self._hash_pieces, upload, pieces_out, batches_in)
-                nursery.start_soon(self._commit_batches, batches_out)
+                nursery.start_soon(self._commit_batches, batches_out, held)
                 async with pieces_in:
-                    appended = await self._read_pieces(upload, body, pieces_in, max_bytes)
+                    appended = await self._read_pieces(upload, body, pieces_in, max_bytes, held)
         except BaseExceptionGroup as group:
             self.discard_chunk(upload)
             raise _first_error(group) from None
         except BaseException:
             self.discard_chunk(upload)
             raise
+        finally:
+            self.memory.release(held.bytes)
         upload.offset += appended
         upload.updated = time.time()
         return appended
@@ -568,8 +614,13 @@ class RegistryStore:
         body: AsyncIterator[bytes],
         pieces: trio.MemorySendChannel[list[bytes]],
         max_bytes: int,
+        held: _Held,
     ) -> int:
-        """Stage 1: gather the body into pieces of about ``_PIECE_BYTES``, enforcing size limits."""
+        """Stage 1: gather the body into pieces of about ``_PIECE_BYTES``, enforcing size limits.
+
+        Each piece takes its bytes from the store's memory budget before it goes on (``held``
+        until its blocks are committed): past the budget, bodies are read more slowly.
+        """
         appended = 0
         piece: list[bytes] = []
         piece_len = 0
@@ -590,31 +641,61 @@ class RegistryStore:
             piece.append(data)
             piece_len += len(data)
             if piece_len >= _PIECE_BYTES:
+                await self._take_memory(piece_len, pieces, held)
                 await pieces.send(piece)
                 piece, piece_len = [], 0
         if piece:
+            await self._take_memory(piece_len, pieces, held)
             await pieces.send(piece)
         return appended
+
+    async def _take_memory(self, size: int, pieces: trio.MemorySendChannel[list[bytes]], held: _Held) -> None:
+        """Take ``size`` bytes of the memory budget for the next piece. Before waiting, ask stage 2
+        to flush what this upload holds (an empty piece): every waiting upload then gives all its
+        bytes back once they are committed, so waiting uploads never hold each other up for good."""
+        if self.memory.would_wait(size) and held.bytes:
+            await pieces.send([])
+        await self.memory.acquire(size)
+        held.bytes += size
 
     async def _hash_pieces(
         self,
         upload: Upload,
         pieces: trio.MemoryReceiveChannel[list[bytes]],
-        batches: trio.MemorySendChannel[tuple[WriteBatch, list[CID]]],
+        batches: trio.MemorySendChannel[_Batch],
     ) -> None:
-        """Stage 2: hash and chunk each piece; hand full batches of blocks to the committer."""
+        """Stage 2: hash and chunk each piece; hand full batches of blocks to the committer.
+
+        An empty piece asks for a flush now (stage 1 is about to wait for memory): whatever this
+        upload holds of the budget then goes back as soon as it is committed.
+        """
+        ingested = 0  # budget bytes of the pieces chunked since the last batch
         async with batches:
             async for piece in pieces:
-                await self._ingest(upload, piece)
-                if upload.pending_bytes >= self.flush_bytes:
+                if piece:
+                    await self._ingest(upload, piece)
+                    ingested += sum(len(data) for data in piece)
+                if piece and upload.pending_bytes < self.flush_bytes:
+                    continue
+                if upload.pending:
                     batch = self.datastore.batch()
                     cids = self._put_pending(upload, batch)
-                    await batches.send((batch, cids))
+                    await batches.send((batch, cids, ingested))
+                    ingested = 0
+                elif not piece and ingested:
+                    await batches.send((None, [], ingested))  # in order, after earlier commits
+                    ingested = 0
 
-    async def _commit_batches(self, batches: trio.MemoryReceiveChannel[tuple[WriteBatch, list[CID]]]) -> None:
-        """Stage 3: commit the upload's block batches in order, one at a time."""
-        async for batch, cids in batches:
-            await self._commit(batch, cids)
+    async def _commit_batches(self, batches: trio.MemoryReceiveChannel[_Batch], held: _Held) -> None:
+        """Stage 3: commit the upload's block batches in order, one at a time; the bytes of their
+        pieces go back to the memory budget (the importer's partial chunk, at most one chunk per
+        upload, is not counted)."""
+        async for batch, cids, size in batches:
+            if batch is not None:
+                await self._commit(batch, cids)
+            freed = min(size, held.bytes)
+            held.bytes -= freed
+            self.memory.release(freed)
 
     async def _ingest(self, upload: Upload, piece: list[bytes]) -> None:
         """Hash and chunk ``piece`` (the body's chunks as received, never joined) in a worker thread."""

@@ -80,6 +80,14 @@ async def test_metrics_count_requests_and_bytes_and_report_storage(
     assert any('"GET /v2/" 200' in line for line in lines)
 
 
+async def test_the_start_up_heap_is_frozen_out_of_full_garbage_collections(serve_node: Any) -> None:
+    import gc
+
+    async with serve_node():
+        assert gc.get_freeze_count() > 100_000
+    gc.unfreeze()
+
+
 async def test_request_headers_are_logged_at_debug_with_credentials_redacted(
     serve_node: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

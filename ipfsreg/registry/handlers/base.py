@@ -15,6 +15,7 @@ from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory, open_source
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.priority import bulk_turn
 from ipfsreg.registry.routes import ALLOWED_METHODS
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
@@ -96,12 +97,17 @@ def error_response(error: RegistryError, *, head: bool = False) -> Response:
 _READ_TIMED_OUT: Final = "timed out reading the request body"
 
 
-async def body_chunks(request: Request, read_timeout: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``."""
+async def body_chunks(request: Request, read_timeout: float, *, bulk: bool = False) -> AsyncIterator[bytes]:
+    """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``.
+
+    ``bulk`` (an upload's body): each read first takes a bulk turn (ipfsreg/registry/priority.py).
+    """
     body = request.body
     if isinstance(body, StreamingBody):
         # The chunks as the server received them: no joining on the event loop.
         while True:
+            if bulk:
+                await bulk_turn()
             if body.ready:
                 chunks = await body.next_chunks()  # returns at once: no timeout scope to pay for
             else:

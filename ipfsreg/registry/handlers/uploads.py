@@ -77,7 +77,9 @@ async def _append(ctx: Context, request: Request, name: str, upload: Upload, dec
     if limit and request.content_length is not None and request.content_length > limit:
         raise RegistryError("SIZE_INVALID", {"reason": f"chunk larger than {limit} bytes"}, status=413)
     appended = await ctx.store.append(
-        upload, body_chunks(request, ctx.settings.read_timeout), max_bytes=ctx.settings.max_chunk_bytes
+        upload,
+        body_chunks(request, ctx.settings.read_timeout, bulk=True),
+        max_bytes=ctx.settings.max_chunk_bytes,
     )
     if declared is not None and appended != declared:
         ctx.store.discard_chunk(upload)
