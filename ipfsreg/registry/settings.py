@@ -45,7 +45,7 @@ class RegistrySettings:
         },
     )
     upload_memory_bytes: int = field(
-        default=32 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         metadata={
             "help": "upload bytes in flight in memory across all uploads (being hashed, chunked, written); "
             "past it uploads are read more slowly; 0 = unlimited"

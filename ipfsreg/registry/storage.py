@@ -237,7 +237,7 @@ class RegistryStore:
         on_blocks_stored: BlocksStored | None = None,
         max_live_uploads: int = 1000,
         max_uploads_per_client: int = 1000,
-        upload_memory_bytes: int = 32 * 1024 * 1024,
+        upload_memory_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
