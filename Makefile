@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?=
-SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap
-APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap ip containerd
+APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv iproute2 containerd
 
 # Interop tests that run a JavaScript implementation (js-libp2p's ipns, @ipld/car, ...) keep one npm
 # project per directory under interop/js/, each with its lock file; `npm ci` installs exactly that.

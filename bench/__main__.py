@@ -1,9 +1,13 @@
-"""``python -m bench [name ...]``: run ``bench.<name>.main()`` for each name, else every bench module."""
+"""``python -m bench [name ...]``: run ``bench.<name>.main()`` for each name, else every bench module.
+
+``python -m bench NAME --option ...``: options after one benchmark's name go to its ``main(argv)``
+(``python -m bench fleet --nodes 4``); benchmarks without options take none."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -25,7 +29,7 @@ def discover() -> list[str]:
     return names
 
 
-def load(name: str) -> Callable[[], None]:
+def load(name: str) -> Callable[..., None]:
     try:
         module: ModuleType = importlib.import_module(f"bench.{name}")
     except ModuleNotFoundError as exc:
@@ -42,16 +46,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.list:
         print("\n".join(discover()))
         return
     names = args.names or discover()
     entries = [(name, load(name)) for name in names]  # fail on a bad name before running anything
+    if extra and (len(entries) != 1 or not inspect.signature(entries[0][1]).parameters):
+        parser.error(
+            f"unrecognized arguments: {' '.join(extra)} (options go to one benchmark that takes them)"
+        )
     for name, entry in entries:
         print(f"=== bench {name} ===", flush=True)
         began = time.perf_counter()
-        entry()
+        if extra:
+            entry(extra)
+        else:
+            entry()
         print(f"=== bench {name} done in {time.perf_counter() - began:.1f} s ===", flush=True)
 
 

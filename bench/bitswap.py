@@ -22,6 +22,8 @@ Before each timed transfer the disk is synced: every transfer writes the file at
 without the sync the next transfer would pay for that write-back in its receiver's fsyncs (Kubo's
 flatfs syncs every block), whoever it is.
 
+``BENCH_BITSWAP_PNET=1`` puts every peer (Kubo and ipfsreg) in one private network: each connection
+is then also XSalsa20-encrypted under the swarm key below Noise (ipfsreg/node/pnet.py).
 ``BENCH_BITSWAP_MB`` (default 200) sets the file size in MB, ``BENCH_BITSWAP_ROUNDS`` (default 5) the
 number of interleaved rounds. Each transfer's best round is reported, and the median of its
 per-round ratios (each against that round's anchor of the same mode). In the DAG mode the three
@@ -50,6 +52,7 @@ from ipfsreg.malloc import limit_arenas
 from ipfsreg.node.bitswap.message import Block, Message, decode_message, encode_message
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.pnet import format_swarm_key, generate_psk
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.unixfs.exporter import read_file
 
@@ -57,6 +60,12 @@ MB = 1_000_000
 CHUNK = 262_144  # Kubo's default chunker: the file has at least size // CHUNK leaves
 T = TypeVar("T")
 NODE_SETTINGS = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=60.0)
+# BENCH_BITSWAP_PNET=1: every peer, Kubo and ipfsreg, is in one private network (swarm.key).
+PSK = generate_psk() if os.environ.get("BENCH_BITSWAP_PNET") == "1" else None
+
+
+def _kubo(workdir: Path) -> KuboPeer:
+    return KuboPeer.start(workdir, swarm_key=format_swarm_key(PSK) if PSK is not None else None)
 
 
 class RssSampler:
@@ -188,7 +197,7 @@ async def _round(
     Kubo A is; each receiver is started right before its transfer and stopped after it.
     """
     cid = CID.parse(cid_text)
-    with KuboPeer.start(workdir / f"kubo-b-{n}") as kubo_b:
+    with _kubo(workdir / f"kubo-b-{n}") as kubo_b:
         await kubo_b.aconnect(kubo_a.multiaddr)
         out = workdir / f"kubo-b-{n}.out"
         await _settled()
@@ -205,7 +214,7 @@ async def _round(
         async with _fresh_node(workdir / f"ipfsreg-{n}") as node:
             await _fetch_from_kubo(size, workdir, n, node, kubo_a, cid, best[1])
 
-    with KuboPeer.start(workdir / f"kubo-c-{n}") as kubo_c:
+    with _kubo(workdir / f"kubo-c-{n}") as kubo_c:
         await kubo_c.aconnect(server.listen_addrs()[0])
         out = workdir / f"kubo-c-{n}.out"
         await _settled()
@@ -216,7 +225,7 @@ async def _round(
         out.unlink()
 
     async def kubo_to_kubo() -> None:
-        with KuboPeer.start(workdir / f"kubo-pin-b-{n}") as kubo:
+        with _kubo(workdir / f"kubo-pin-b-{n}") as kubo:
             await kubo.aconnect(kubo_a.multiaddr)
             await _settled()
             start = time.perf_counter()
@@ -234,7 +243,7 @@ async def _round(
             _print_round(n, "Kubo -> ipfsreg", "DAG", size, seconds)
 
     async def ipfsreg_to_kubo() -> None:
-        with KuboPeer.start(workdir / f"kubo-pin-c-{n}") as kubo:
+        with _kubo(workdir / f"kubo-pin-c-{n}") as kubo:
             await kubo.aconnect(server.listen_addrs()[0])
             await _settled()
             seconds, sampler, _ = await _measured(kubo.apin, cid_text)
@@ -250,7 +259,7 @@ async def _round(
 @contextlib.asynccontextmanager
 async def _fresh_node(directory: Path) -> AsyncIterator[Node]:
     with Datastore.open(directory) as datastore:
-        node = Node(datastore, NODE_SETTINGS, Identity.generate())
+        node = Node(datastore, NODE_SETTINGS, Identity.generate(), psk=PSK)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             yield node
@@ -272,7 +281,7 @@ async def _fetch_from_kubo(
 
 async def _run(size: int, workdir: Path, rounds: int) -> None:
     path = write_random_file(workdir / "input.bin", size, seed=42)
-    kubo_a = KuboPeer.start(workdir / "kubo-a")
+    kubo_a = _kubo(workdir / "kubo-a")
     best = [_Best() for _ in range(6)]  # file: anchor, Kubo -> ipfsreg, ipfsreg -> Kubo; then DAG: same
     try:
         cid_text = await kubo_a.aadd(path)
@@ -295,6 +304,8 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
 
     base_total, base_anon = baseline
     print(f"bitswap: {size / MB:.0f} MB random file, CID {cid_text}; best of {rounds} interleaved rounds")
+    if PSK is not None:
+        print("every peer in one private network (swarm key, BENCH_BITSWAP_PNET=1)")
     print(
         f"ipfsreg process before the last round's transfers: RSS {base_total / 2**20:.0f} MiB,",
         f"anon {base_anon / 2**20:.0f} MiB",

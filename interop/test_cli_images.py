@@ -49,10 +49,15 @@ async def test_push_export_import_tag_then_skopeo_pulls_by_name_and_by_cid(
     origin, airgapped = tmp_path / "origin", tmp_path / "airgapped"
 
     pushed = await ipfsreg("push", layout, "app:v1", data=origin)
-    image_cid = pushed.stdout.decode().strip()
     listed = json.loads((await ipfsreg("images", "--json", data=origin)).stdout)
-    assert [(i["name"], i["tag"], i["cid"]) for i in listed] == [("app", "v1", image_cid)]
-    assert (await ipfsreg("publish", "app:v1", data=origin)).stdout.decode().strip() == image_cid
+    assert [(i["name"], i["tag"]) for i in listed] == [("app", "v1")]
+    image_cid = listed[0]["cid"]
+    assert image_cid.startswith("Qm")  # the Kubo-parity CID, as X-Ipfs-Path carries it
+    # No server runs on origin: the pull reference has no host.
+    reference = f"ipfs/{CID.parse(image_cid).to_v1()}:v1"
+    assert pushed.stdout.decode().strip() == listed[0]["reference"] == reference
+    assert f"/ipfs/{image_cid}" in pushed.stderr.decode()
+    assert (await ipfsreg("publish", "app:v1", data=origin)).stdout.decode().strip() == reference
 
     car = tmp_path / "image.car"
     await ipfsreg("export", "app:v1", "-o", car, data=origin)
@@ -62,11 +67,15 @@ async def test_push_export_import_tag_then_skopeo_pulls_by_name_and_by_cid(
     async with serve_node("airgapped") as info:
         by_name = tmp_path / "by-name"
         await skopeo_copy(f"docker://{host(info)}/copy:v2", f"oci:{by_name}:v2")
+        # Through the running server, publish prints the whole reference: paste it into skopeo.
+        published = (await ipfsreg("publish", "copy:v2", data=airgapped)).stdout.decode().strip()
+        assert published.startswith(f"{host(info)}/ipfs/bafy") and published.endswith(":v2")
+        by_reference = tmp_path / "by-reference"
+        await skopeo_copy(f"docker://{published}", f"oci:{by_reference}:v2")
         by_cid = tmp_path / "by-cid"
-        cid_v1 = CID.parse(image_cid).to_v1()
-        await skopeo_copy(f"docker://{host(info)}/ipfs/{cid_v1}:v1", f"oci:{by_cid}:v1")
+        await skopeo_copy(f"docker://{host(info)}/{reference}", f"oci:{by_cid}:v1")
     original = layout_blobs(layout)
-    for copy in (by_name, by_cid):
+    for copy in (by_name, by_reference, by_cid):
         copied = layout_blobs(copy)
         assert {d: b for d, b in copied.items() if d in original} == original
 
@@ -75,16 +84,25 @@ async def test_pull_by_cid_over_bitswap_into_a_tag(serve_node: Any, tmp_path: Pa
     layout = tmp_path / "layout"
     write_single_image(layout, "v1")
     async with serve_node("origin") as origin:
-        image_cid = (
+        reference = (
             (await ipfsreg("push", layout, "app:v1", data=tmp_path / "origin")).stdout.decode().strip()
         )
+        assert reference.startswith(f"{host(origin)}/ipfs/bafy") and reference.endswith(":v1")
+        image_cid = CID.parse(reference.split("/ipfs/")[1].removesuffix(":v1"))
         mirror = tmp_path / "mirror"
         pulled = await ipfsreg(
             "pull", f"/ipfs/{image_cid}", "mirror/app:v1", "--peer", origin.p2p_addrs[0], data=mirror
         )
-        assert pulled.stdout.decode().strip() == image_cid  # same layout, same CID
+        # same layout, same CID; no server on the mirror, so no host
+        assert pulled.stdout.decode().strip() == f"ipfs/{image_cid}:v1"
+        # Without NAME:TAG the image keeps the layout's own tag (v1), not latest.
+        own = await ipfsreg("pull", f"/ipfs/{image_cid}", "--peer", origin.p2p_addrs[0], data=mirror)
+        assert own.stdout.decode().strip() == f"ipfs/{image_cid}:v1"
         bad = await ipfsreg("pull", "/ipfs/not-a-cid", data=mirror, check=False)
         assert bad.returncode == 1
         assert bad.stderr.startswith(b"ipfsreg: error:")
     listed = json.loads((await ipfsreg("images", "--json", data=mirror)).stdout)
-    assert [(i["name"], i["tag"], i["cid"]) for i in listed] == [("mirror/app", "v1", image_cid)]
+    assert sorted((i["name"], i["tag"], CID.parse(i["cid"]).to_v1()) for i in listed) == [
+        (f"ipfs/{image_cid}", "v1", image_cid),
+        ("mirror/app", "v1", image_cid),
+    ]

@@ -9,6 +9,7 @@ test's trio loop on loopback ports; skopeo runs as a subprocess through trio.run
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -128,6 +129,56 @@ async def test_skopeo_pulls_ipfs_cid_from_b_peered_with_a_and_from_c_peered_only
                     "list-tags", "--tls-verify=false", f"docker://{host(c)}/{repo}", policy=policy
                 )
                 assert b'"v1"' in listed.stdout
+
+
+async def ipfsreg_cli(*args: str | Path, data: Path) -> str:
+    """`ipfsreg ARGS --data DIR` (through the server that owns DIR) -> its stdout, stripped."""
+    result = await trio.run_process(
+        [sys.executable, "-m", "ipfsreg", *map(str, args), "--data", str(data)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().strip()
+
+
+async def test_readme_flow_skopeo_pushes_publish_prints_a_reference_another_peer_serves_to_skopeo(
+    tmp_path: Path,
+) -> None:
+    """The README's "images on IPFS" example, step by step, with skopeo as the client."""
+    _require_skopeo()
+    policy = policy_file(tmp_path)
+    src = tmp_path / "src"
+    write_single_image(src, "v1", layers=2)
+    async with ipfsreg_server(tmp_path / "a") as a:
+        await skopeo(
+            "copy", f"oci:{src}:v1", f"docker://{host(a)}/app:v1", "--dest-tls-verify=false", policy=policy
+        )
+        reference = await ipfsreg_cli("publish", "app:v1", data=tmp_path / "a")
+        kubo_cid = await image_cid(a, "app", "v1")
+        assert reference == f"{host(a)}/ipfs/{kubo_cid.to_v1()}:v1"
+        async with httpx.AsyncClient(base_url=a.registry_urls[0], timeout=30) as client:
+            resp = await client.head("/v2/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        assert resp.headers["X-Ipfs-Path"] == f"/ipfs/{kubo_cid}"
+        assert resp.headers["X-Ipfs-Image-Reference"] == reference
+        images = await ipfsreg_cli("images", data=tmp_path / "a")
+        assert images.split("\t")[-1] == reference
+        # Pasted as printed, the reference pulls from A itself...
+        out_a = tmp_path / "out-a"
+        await skopeo(
+            "copy", f"docker://{reference}", f"oci:{out_a}:v1", "--src-tls-verify=false", policy=policy
+        )
+        assert layout_blobs(out_a) == layout_blobs(src)
+        # ...and with B's host from any ipfsreg peered with A, which fetches it over bitswap.
+        async with ipfsreg_server(tmp_path / "b", peers=[a.p2p_addrs[0]]) as b:
+            await wait_for_peer(b, str(a.peer_id))
+            out_b = tmp_path / "out-b"
+            on_b = reference.replace(host(a), host(b), 1)
+            await skopeo(
+                "copy", f"docker://{on_b}", f"oci:{out_b}:v1", "--src-tls-verify=false", policy=policy
+            )
+            assert layout_blobs(out_b) == layout_blobs(src)
 
 
 async def test_kubo_peered_with_ipfsreg_downloads_the_image_cid_and_skopeo_copies_the_directory(

@@ -43,6 +43,8 @@ READ_SIZE: Final = 1_000_003  # deliberately not a multiple of the chunk size
 CLI_TIMEOUT: Final = 300
 
 V0: Final = ImportOptions()
+# Kubo 0.22's boxo shards a directory whose estimate reaches the threshold (>=; IPIP-499 and Kubo 0.40: >).
+KUBO_0_22_DIRECTORIES: Final = ImportOptions(hamt_shard_at_threshold=True)
 V1_RAW: Final = ImportOptions(cid_version=1, raw_leaves=True)
 
 
@@ -293,8 +295,11 @@ assert HAMT_SHARDING_SIZE % _ENTRY == 0
 )
 def test_large_flat_directory_sharding_equals_kubo_add_r(count: int, tmp_path: Path, kubo: KuboPeer) -> None:
     directory = flat_directory(tmp_path / "flat", count, 30)
-    ours, _ = tree_cid(directory)
+    ours, _ = tree_cid(directory, KUBO_0_22_DIRECTORIES)
     assert str(ours) == kubo.add(directory, only_hash=True)
+    # The default (unixfs-v0-2015, Kubo 0.40) differs from Kubo 0.22 exactly at the threshold only.
+    default, _ = tree_cid(directory)
+    assert (default == ours) == (count != HAMT_SHARDING_SIZE // _ENTRY)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -313,6 +318,14 @@ def test_cli_add_cid_version_1_prints_the_importers_raw_leaves_cid(
 ) -> None:
     _, ours = import_file(payloads[name], V1_RAW)
     assert cli_add(payloads[name], tmp_path / "data", "--cid-version", "1") == str(ours.cid)
+
+
+@pytest.mark.parametrize("name", ["chunk-plus-1", "174-chunks-plus-1"])
+def test_cli_add_profile_unixfs_v0_2015_prints_the_cid_kubo_gives(
+    name: str, payloads: dict[str, Path], kubo: KuboPeer, tmp_path: Path
+) -> None:
+    added = cli_add(payloads[name], tmp_path / "data", "--profile", "unixfs-v0-2015")
+    assert added == kubo.add(payloads[name], only_hash=True)
 
 
 def test_cli_add_cid_version_0_flag_equals_default(

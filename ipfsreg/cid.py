@@ -8,8 +8,9 @@ Uncommon multibases are decoded through ``multiformats``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 # Multicodec codes.
 DAG_PB: Final = 0x70
@@ -21,9 +22,23 @@ LIBP2P_KEY: Final = 0x72
 IDENTITY: Final = 0x00
 SHA2_256: Final = 0x12
 SHA2_512: Final = 0x13
+BLAKE2B_256: Final = 0xB220  # Filecoin's CIDs (bafy2bzace...), common in published CAR files
+
+
+class _Hash(Protocol):
+    def digest(self) -> bytes: ...
+
+
+def _blake2b_256(data: bytes | bytearray | memoryview) -> _Hash:
+    return hashlib.blake2b(data, digest_size=32)
+
 
 CODEC_NAMES: Final = {DAG_PB: "dag-pb", RAW: "raw", DAG_CBOR: "dag-cbor", LIBP2P_KEY: "libp2p-key"}
-_HASHERS: Final = {SHA2_256: hashlib.sha256, SHA2_512: hashlib.sha512}
+_HASHERS: Final[dict[int, Callable[[bytes | bytearray | memoryview], _Hash]]] = {
+    SHA2_256: hashlib.sha256,
+    SHA2_512: hashlib.sha512,
+    BLAKE2B_256: _blake2b_256,
+}
 
 # Identity multihashes above this size are refused (Kubo's limit is 128 bytes).
 MAX_IDENTITY_DIGEST: Final = 128

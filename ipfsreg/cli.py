@@ -1,4 +1,4 @@
-"""The `ipfsreg` command line: serve, add, cat, get, export, import, config.
+"""The `ipfsreg` command line: serve, add, cat, get, export, import, routing, config.
 
 Every command takes ``--data DIR`` (before or after the command name). Errors are printed as one
 line on stderr with exit status 1; usage errors exit with 2.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -23,11 +25,13 @@ from ipfsreg.cid import CID, CIDError
 from ipfsreg.clientapi import ControlApiError, backend_for
 from ipfsreg.config import Config, ConfigError, load_config, render_toml
 from ipfsreg.excgroups import leaves
-from ipfsreg.imageops import split_name_tag
+from ipfsreg.imageops import split_name_optional_tag, split_name_tag
 from ipfsreg.malloc import limit_arenas
 from ipfsreg.ops import READ_SIZE, OpsError, parse_cid_path, path_size
+from ipfsreg.unixfs.car import CarV2Writer
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import ImportOptions
+from ipfsreg.unixfs.profiles import PROFILES, profile_options
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -88,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peer to stay connected to (repeatable)",
     )
+    p.add_argument(
+        "--bootstrap",
+        dest="bootstrap_list",
+        metavar="MULTIADDR",
+        action="append",
+        default=None,
+        help='DHT peer to join through (repeatable); "amino" names the public IPFS bootstrap peers',
+    )
+    p.add_argument(
+        "--routing-mode",
+        choices=["auto", "server", "client"],
+        default=None,
+        help="DHT mode (default auto: server on the LAN DHT, and on the public one when reachable)",
+    )
+    p.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        default=None,
+        help="private network key (Kubo's swarm.key format); default DATA/swarm.key when it exists",
+    )
+    p.add_argument(
+        "--mdns", action="store_const", const=True, default=None, help="discover peers on the LAN (mDNS)"
+    )
 
     p.add_argument("--upstream", metavar="URL", default=None, help="pull-through cache of this registry")
     p.add_argument("--upstream-username", metavar="USER", default=None)
@@ -123,8 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.add_argument("-r", "--recursive", action="store_true", help="add a directory tree")
     p.add_argument("-H", "--hidden", action="store_true", help="include files whose names start with '.'")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="UnixFS import profile (IPIP-499; default: [import] profile, unixfs-v0-2015)",
+    )
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=None)
-    p.add_argument("--chunk-size", type=int, default=None, help="chunk size in bytes (default 262144)")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="chunk size in bytes (default: the profile's)"
+    )
+    p.add_argument(
+        "--max-links", type=int, default=None, help="most links per file node (default: the profile's)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the root CID")
     p.add_argument(
         "--no-pin", action="store_true", help="do not pin the root (garbage collection may remove it)"
@@ -141,30 +179,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None, help="destination (default: the CID)")
     p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
-    p = command("export", cmd_export, "write an image (NAME:TAG) or the DAG under CID as a CAR v1 file")
+    p = command("export", cmd_export, "write an image (NAME:TAG) or the DAG under CID as a CAR file")
     p.add_argument("cid_path", metavar="NAME:TAG|CID[/path]")
     p.add_argument("-o", "--output", type=Path, required=True, help="CAR file to write ('-' for stdout)")
+    p.add_argument(
+        "--car-version",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="1 (default) or 2: CARv2 with a MultihashIndexSorted index, as go-car writes it",
+    )
 
-    p = command("import", cmd_import, "verify and store every block of a CAR v1 file; prints its roots")
+    p = command("import", cmd_import, "verify and store every block of a CAR v1 or v2 file; prints its roots")
     p.add_argument("car", type=Path, help="CAR file ('-' for stdin)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the roots")
-    p.add_argument("--tag", metavar="NAME:TAG", default=None, help="tag the imported image in the registry")
+    p.add_argument(
+        "--tag",
+        metavar="NAME[:TAG]",
+        default=None,
+        help="tag the imported image in the registry (no TAG: the layout's own)",
+    )
 
-    p = command("publish", cmd_publish, "(re)publish NAME:TAG as an OCI image layout on IPFS; prints its CID")
+    p = command(
+        "publish",
+        cmd_publish,
+        "(re)publish NAME:TAG as an OCI image layout on IPFS; prints its pull reference HOST/ipfs/<cid>:TAG",
+    )
     p.add_argument("image", metavar="NAME[:TAG]")
 
-    p = command("images", cmd_images, "list published images: NAME:TAG, manifest digest, CID")
+    p = command("images", cmd_images, "list published images: NAME:TAG, manifest digest, CID, pull reference")
     p.add_argument("--json", action="store_true")
 
     p = command("pull", cmd_pull, "bring an image from IPFS into the registry (fetching over bitswap)")
     p.add_argument("cid", metavar="/ipfs/CID")
-    p.add_argument("image", metavar="NAME[:TAG]", nargs="?", help="default: repository ipfs/<cid>")
+    p.add_argument(
+        "image",
+        metavar="NAME[:TAG]",
+        nargs="?",
+        help="default: repository ipfs/<cid>; no TAG: the layout's own tag of the image",
+    )
     p.add_argument(
         "--ref", default=None, help="the layout's tag or digest to pull (default: TAG or its only image)"
     )
     p.add_argument("--peer", metavar="MULTIADDR", action="append", default=[], help="fetch from this peer")
 
-    p = command("push", cmd_push, "import an OCI layout directory or docker save tarball as NAME:TAG")
+    p = command(
+        "push",
+        cmd_push,
+        "import an OCI layout directory or docker save tarball as NAME:TAG; prints its pull reference",
+    )
     p.add_argument("path", type=Path)
     p.add_argument("image", metavar="NAME[:TAG]")
 
@@ -175,6 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("gc", cmd_gc, "remove blocks no tag, manifest, upload, pin or published image reaches")
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="list the removed blocks")
+
+    p = command("routing", cmd_routing, "content and peer routing through the running node's DHT")
+    actions = p.add_subparsers(dest="routing_command", required=True, metavar="ACTION")
+    q = actions.add_parser("findprovs", help="print the providers of CID as they are found")
+    _common(q, top=False)
+    q.add_argument("cid", metavar="CID")
+    q.add_argument("-n", "--num-providers", type=_nonnegative, default=20, help="stop after N (default 20)")
+    q.add_argument("--json", action="store_true", help="one JSON object per provider")
+    q = actions.add_parser("provide", help="announce that this node provides CID (now, then reprovided)")
+    _common(q, top=False)
+    q.add_argument("cids", metavar="CID", nargs="+")
+    q = actions.add_parser("findpeer", help="print the multiaddrs of a peer")
+    _common(q, top=False)
+    q.add_argument("peer_id", metavar="PEER_ID")
+    q = actions.add_parser("stat", help="routing tables, provider records, provide queue, last reprovide")
+    _common(q, top=False)
+    q.add_argument("--json", action="store_true")
+    p = command("key", cmd_key, "IPNS keys: gen NAME, list, rm NAME ('self' is the node's own key)")
+    p.add_argument("action", choices=["gen", "list", "rm"])
+    p.add_argument("key_name", metavar="NAME", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = command(
+        "name",
+        cmd_name,
+        "tags on IPNS: bind REPO KEY, unbind REPO, bindings, publish [KEY...], resolve NAME",
+    )
+    p.add_argument("action", choices=["bind", "unbind", "bindings", "publish", "resolve"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--json", action="store_true")
 
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
@@ -206,10 +299,20 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
 
 
 def _import_options(args: argparse.Namespace, config: Config) -> ImportOptions:
-    cid_version = args.cid_version if args.cid_version is not None else config.importer.cid_version
-    chunk_size = args.chunk_size if args.chunk_size is not None else config.importer.chunk_size
+    """The [import] settings, with a --profile flag in place of the configured profile and the
+    other flags over both (as Kubo's `ipfs add` flags override its Import config)."""
+    settings = config.importer
+    if args.profile is not None and args.profile != settings.profile:
+        settings = dataclasses.replace(
+            settings, profile=args.profile, chunk_size=None, cid_version=None, max_links=None
+        )
     try:
-        return ImportOptions(chunk_size=chunk_size, cid_version=cid_version)
+        return profile_options(
+            settings.profile,
+            chunk_size=args.chunk_size if args.chunk_size is not None else settings.chunk_size,
+            cid_version=args.cid_version if args.cid_version is not None else settings.cid_version,
+            max_links=args.max_links if args.max_links is not None else settings.max_links,
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -284,9 +387,21 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _out_stream(args.output) as out, progress_bar(None, "export") as bar:
         target = args.cid_path
+        extra: list[CID] = []
         if _looks_like_image(target):
-            target = str(backend.image_cid(*split_name_tag(target)))
-        backend.export(target, out, progress=bar)
+            name, tag = split_name_tag(target)
+            target = str(backend.image_cid(name, tag))
+            # The repository's current IPNS record travels in the CAR (see ipfsreg/ipns/carfile.py).
+            extra = [CID.parse(c) for c in backend.ipns_call("export_roots", arg=name, tag=tag)["roots"]]
+        if args.car_version == 1:
+            backend.export(target, out, progress=bar, extra_roots=extra)
+        else:
+            # The backend streams a CARv1 (a server sends one); it is wrapped here, index included.
+            wrapper = CarV2Writer(out, seekable=str(args.output) != "-")
+            backend.export(target, wrapper, progress=bar, extra_roots=extra)
+            wrapper.close()
+    if extra:
+        print(f"exported with the IPNS record of {split_name_tag(args.cid_path)[0]}", file=sys.stderr)
     return 0
 
 
@@ -310,13 +425,18 @@ def _cid_arg(text: str) -> CID:
 
 
 def _print_pulled(result: dict[str, Any]) -> None:
-    print(f"{result['name']}:{result['tag']} {result['digest']} ({result['blobs']} blobs)", file=sys.stderr)
-    print(result["cid"])
+    """stdout: the pull reference (``HOST/ipfs/<cidv1>:TAG``); stderr: what was stored, with the
+    Kubo-parity CID (``ipfs get`` takes it, as X-Ipfs-Path gives it)."""
+    image = f"{result['name']}:{result['tag']}"
+    print(f"{image} {result['digest']} ({result['blobs']} blobs) /ipfs/{result['cid']}", file=sys.stderr)
+    print(result["reference"])
 
 
 def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend:
-        print(backend.publish(*split_name_tag(args.image)))
+        published = backend.publish(*split_name_tag(args.image))
+    print(f"{published['name']}:{published['tag']} /ipfs/{published['cid']}", file=sys.stderr)
+    print(published["reference"])
     return 0
 
 
@@ -327,13 +447,14 @@ def cmd_images(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(images))
     else:
         for image in images:
-            print(f"{image['name']}:{image['tag']}\t{image['digest']}\t{image['cid']}")
+            name = f"{image['name']}:{image['tag']}"
+            print(f"{name}\t{image['digest']}\t{image['cid']}\t{image['reference']}")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace, config: Config) -> int:
     cid = _cid_arg(args.cid)
-    target = split_name_tag(args.image) if args.image else None
+    target = split_name_optional_tag(args.image) if args.image else None
     with backend_for(config) as backend:
         _print_pulled(backend.pull(cid, args.ref, target, args.peer))
     return 0
@@ -349,12 +470,19 @@ def cmd_push(args: argparse.Namespace, config: Config) -> int:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with backend_for(config) as backend, _in_stream(args.car) as fh:
         roots = backend.import_car(_file_chunks(fh), pin=not args.no_pin)
+        imported = backend.ipns_call("import_roots", arg=[str(r) for r in roots])
+        roots = [CID.parse(text) for text in imported["roots"]]
+        for record in imported["records"]:
+            state = "stored" if record["stored"] else "kept the newer one already here"
+            print(
+                f"IPNS record of {record['name']} seq {record['sequence']} verified: {state}", file=sys.stderr
+            )
         if args.tag:
             if len(roots) != 1:
                 raise CommandError(f"--tag needs a CAR with one root, this one has {len(roots)}")
-            name, tag = split_name_tag(args.tag)
+            name, tag = split_name_optional_tag(args.tag)
             tagged = backend.tag(roots[0], name, tag, None)
-            print(f"tagged {name}:{tag} {tagged['digest']}", file=sys.stderr)
+            print(f"tagged {name}:{tagged['tag']} {tagged['digest']} {tagged['reference']}", file=sys.stderr)
     for root in roots:
         print(root)
     return 0
@@ -424,6 +552,99 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_routing(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        action = args.routing_command
+        if action == "findprovs":
+            for provider in backend.find_providers(_cid_arg(args.cid), args.num_providers):
+                if args.json:
+                    print(json.dumps(provider), flush=True)
+                else:
+                    print(provider["peer_id"], " ".join(provider["addrs"]), flush=True)
+        elif action == "provide":
+            for result in backend.provide([_cid_arg(text) for text in args.cids]):
+                if result["peers"]:
+                    print(f"provided {result['cid']} to {result['peers']} peers")
+                else:
+                    print(f"queued {result['cid']}: no DHT peer took it yet (retried)", file=sys.stderr)
+        elif action == "findpeer":
+            addrs = backend.find_peer(args.peer_id)
+            if not addrs:
+                raise CommandError(f"peer {args.peer_id} was not found")
+            for addr in addrs:
+                print(addr)
+        else:
+            stat = backend.routing_stat()
+            if args.json:
+                print(json.dumps(stat))
+            else:
+                _print_routing_stat(stat)
+    return 0
+
+
+def _print_routing_stat(stat: dict[str, Any]) -> None:
+    for dht in stat["dhts"]:
+        mode = "server" if dht["server"] else "client"
+        print(f"{dht['protocol']} ({mode}): {dht['routing_table_size']} peers in the routing table")
+    queue = stat["provide_queue"]
+    print(f"provider records: {stat['provider_records']}, value records: {stat['value_records']}")
+    print(f"provide queue: {queue['queued']} waiting, {queue['provided']} provided")
+    last = queue["last_reprovide"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never (since start)"
+    print(f"last reprovide: {when}{' (running)' if queue['reprovide_running'] else ''}")
+
+
+def cmd_key(args: argparse.Namespace, config: Config) -> int:
+    with backend_for(config) as backend:
+        if args.action == "list":
+            keys = backend.ipns_call("key_list")["keys"]
+            if args.json:
+                print(json.dumps(keys))
+            for key in [] if args.json else keys:
+                print(f"{key['name']}\t{key['id']}")
+            return 0
+        if not args.key_name:
+            raise CommandError(f"key {args.action} needs a key NAME")
+        key = backend.ipns_call("key_gen" if args.action == "gen" else "key_rm", arg=args.key_name)
+    print(json.dumps(key) if args.json else key["id"])
+    return 0
+
+
+def cmd_name(args: argparse.Namespace, config: Config) -> int:
+    wanted = {"bind": 2, "unbind": 1, "bindings": 0, "resolve": 1}
+    count = wanted.get(args.action)
+    if count is not None and len(args.args) != count:
+        usage = {"bind": "REPO KEY", "unbind": "REPO", "bindings": "", "resolve": "NAME"}[args.action]
+        raise CommandError(f"usage: ipfsreg name {args.action} {usage}".rstrip())
+    with backend_for(config) as backend:
+        if args.action == "bind":
+            result = backend.ipns_call("bind", arg=args.args[0], key=args.args[1])
+            lines = [f"{result['repository']} -> {result['name']} ({result['id']})"]
+        elif args.action == "unbind":
+            result = backend.ipns_call("unbind", arg=args.args[0])
+            lines = [f"{result['repository']} unbound from {result['key']}"]
+        elif args.action == "bindings":
+            result = backend.ipns_call("bindings")
+            lines = [f"{b['repository']}\t{b['key']}\t{b['from']}" for b in result["bindings"]]
+        elif args.action == "publish":
+            result = backend.ipns_call("publish", key=list(args.args))
+            lines = []
+            for item in result["published"]:
+                routed = "routed" if item["routed"] else f"local only: {item['route_error']}"
+                lines.append(f"{item['name']} seq {item['sequence']} -> {item['value']} ({routed})")
+        else:
+            result = backend.ipns_call("resolve", arg=args.args[0])
+            lines = [f"{result['value']} (seq {result['sequence']}, valid until {result['validity']})"]
+            for repo, tags in result["images"].items():
+                lines.extend(f"{repo}:{tag}\t{cid}" for tag, cid in sorted(tags.items()))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(render_toml(config))
     return 0
@@ -442,6 +663,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     Imported on demand: most commands never fail, and these modules pull in the server stack."""
     from ipfsreg.auth.policy import AuthConfigError
+    from ipfsreg.ipns.record import IpnsError
     from ipfsreg.node.errors import NodeError
     from ipfsreg.oci.errors import LayoutError
     from ipfsreg.registry.errors import RegistryError
@@ -458,6 +680,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         AuthConfigError,
         RegistryError,
         LayoutError,
+        IpnsError,
     )
 
 
@@ -467,6 +690,10 @@ _FLAG_OPTIONS = (
     ("api.listen", "api_listen"),
     ("node.p2p_listen", "p2p_listen"),
     ("node.peers", "peer_list"),
+    ("routing.bootstrap", "bootstrap_list"),
+    ("routing.mode", "routing_mode"),
+    ("node.swarm_key", "swarm_key"),
+    ("node.mdns", "mdns"),
     ("registry.upstream", "upstream"),
     ("registry.upstream_username", "upstream_username"),
     ("registry.htpasswd", "htpasswd"),

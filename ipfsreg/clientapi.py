@@ -21,7 +21,6 @@ from ipfsreg.apifile import PREFIX, read_api_file
 from ipfsreg.blockstore import DataDirLocked, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.config import Config
-from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import READ_SIZE, ImportGroups, OpsError, add_path, cat, get, parse_cid_path, resolve
 from ipfsreg.pins import Pins
 from ipfsreg.unixfs.car import car_header, car_section, export_car, import_car
@@ -33,6 +32,12 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int], None]
 _TIMEOUT: Final = httpx.Timeout(30.0, read=None, write=None)
+
+
+class ByteSink(Protocol):
+    """Where exported bytes go: a binary file, or a wrapper such as ``unixfs.car.CarV2Writer``."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class ControlApiError(Exception):
@@ -58,7 +63,9 @@ class Backend(Protocol):
         self, cid_path: str, dest: Path, *, progress: Progress | None, peers: Sequence[str] = ()
     ) -> None: ...
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None: ...
+    def export(
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None: ...
 
     def import_car(self, chunks: Iterable[bytes], *, pin: bool = True) -> list[CID]: ...
 
@@ -70,25 +77,49 @@ class Backend(Protocol):
 
     def gc(self, *, dry_run: bool) -> dict[str, Any]: ...
 
-    def publish(self, name: str, tag: str) -> CID: ...
+    def publish(self, name: str, tag: str) -> dict[str, str]: ...
 
     def images(self) -> list[dict[str, str]]: ...
 
     def image_cid(self, name: str, tag: str) -> CID: ...
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]: ...
 
     def push(self, path: Path, name: str, tag: str) -> dict[str, Any]: ...
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]: ...
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]: ...
 
     def identity(self) -> tuple[str, list[str]]: ...
 
     def peers(self) -> list[dict[str, Any]]: ...
 
     def connect(self, multiaddr: str) -> str: ...
+
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]: ...
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]: ...
+
+    def find_peer(self, peer_id: str) -> list[str]: ...
+
+    def routing_stat(self) -> dict[str, Any]: ...
+    def ipns_call(self, op: str, **args: Any) -> Any: ...
+
+
+# IPNS operations: op -> (HTTP method, control API route). Arguments are query parameters.
+IPNS_ROUTES: Final = {
+    "key_list": ("GET", "/key/list"),
+    "key_gen": ("POST", "/key/gen"),
+    "key_rm": ("POST", "/key/rm"),
+    "bind": ("POST", "/name/bind"),
+    "unbind": ("POST", "/name/unbind"),
+    "bindings": ("GET", "/name/bindings"),
+    "publish": ("POST", "/name/publish"),
+    "resolve": ("GET", "/name/resolve"),
+    "export_roots": ("GET", "/name/export-roots"),
+    "import_roots": ("POST", "/name/import-roots"),
+}
 
 
 class LocalBackend:
@@ -149,10 +180,12 @@ class LocalBackend:
 
         trio.run(with_node)
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+    def export(
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None:
         async def run() -> None:
             root = await resolve(self.source, cid_path)
-            async for chunk in export_car(self.source, [root]):
+            async for chunk in export_car(self.source, [root, *extra_roots]):
                 out.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
@@ -171,6 +204,14 @@ class LocalBackend:
         with self.store.batch(sync=True) as batch:
             for cid in cids:
                 pins.add(cid, batch=batch)
+        self.queue_provides(list(cids))
+
+    def queue_provides(self, cids: list[CID]) -> None:
+        """Put ``cids`` in the data dir's provide queue: the next `ipfsreg serve` announces them."""
+        from ipfsreg.node.routing.provide import ProvideQueue
+
+        strategy = self.config.section("routing").provide_strategy
+        ProvideQueue(self.store, None, strategy=strategy).enqueue(cids)
 
     def unpin(self, cid: CID) -> None:
         if not Pins(self.store).remove(cid):
@@ -189,11 +230,15 @@ class LocalBackend:
     def registry(self) -> RegistryStore:
         from ipfsreg.registry.storage import RegistryStore
 
-        return RegistryStore(self.store, import_options=import_options(self.config))
+        return RegistryStore(
+            self.store, import_options=import_options(self.config), on_committed=self.queue_provides
+        )
 
-    def publish(self, name: str, tag: str) -> CID:
-        registry = self.registry()
-        return trio.run(registry.publish, name, tag)
+    def publish(self, name: str, tag: str) -> dict[str, str]:
+        from ipfsreg.registry.names import pull_reference
+
+        cid = trio.run(self.registry().publish, name, tag)
+        return {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag)}
 
     def images(self) -> list[dict[str, str]]:
         from ipfsreg.imageops import image_json
@@ -206,7 +251,7 @@ class LocalBackend:
         return cid if cid is not None else trio.run(registry.publish, name, tag)
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]:
         from ipfsreg.registry import images
 
@@ -215,7 +260,7 @@ class LocalBackend:
 
         async def run(source: BlockSource) -> None:
             if target is None:
-                result.append(await images.mirror_image(registry, source, cid, ref or LATEST))
+                result.append(await images.mirror_image(registry, source, cid, ref))
             else:
                 result.append(await images.pull_image(registry, source, cid, ref, *target))
 
@@ -229,7 +274,7 @@ class LocalBackend:
 
         return pulled_json(trio.run(push_image, self.registry(), path, name, tag))
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]:
         from ipfsreg.imageops import pulled_json
         from ipfsreg.registry.images import tag_image_from_cid
 
@@ -247,6 +292,61 @@ class LocalBackend:
 
     def connect(self, multiaddr: str) -> str:
         raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
+
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]:
+        raise self._needs_server("routing findprovs")
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]:
+        raise self._needs_server("routing provide")
+
+    def find_peer(self, peer_id: str) -> list[str]:
+        raise self._needs_server("routing findpeer")
+
+    def routing_stat(self) -> dict[str, Any]:
+        raise self._needs_server("routing stat")
+
+    def _needs_server(self, what: str) -> ControlApiError:
+        return ControlApiError(
+            f"{what} needs the running node: no server is running on {self.config.data_dir}"
+            " (start `ipfsreg serve` first)"
+        )
+
+    def ipns_call(self, op: str, **args: Any) -> Any:
+        """An IPNS operation on the data dir itself: records are made and resolved locally (no DHT)."""
+        from ipfsreg.ipns import ops as ipns_ops
+        from ipfsreg.ipns.keystore import Keystore
+        from ipfsreg.ipns.service import IpnsService
+
+        service = IpnsService(
+            self.store, self.registry(), Keystore(self.config.data_dir), self.config.section("ipns")
+        )
+        keystore = service.keystore
+        if op == "key_list":
+            return {"keys": [ipns_ops.key_json(k) for k in keystore.list()]}
+        if op == "key_gen":
+            return ipns_ops.key_json(keystore.generate(args["arg"]))
+        if op == "key_rm":
+            return ipns_ops.key_json(keystore.remove(args["arg"]))
+        if op == "bind":
+            return {"repository": args["arg"], **ipns_ops.key_json(service.bind(args["arg"], args["key"]))}
+        if op == "unbind":
+            return {"repository": args["arg"], "key": service.unbind(args["arg"])}
+        if op == "bindings":
+            return {"bindings": service.bindings()}
+        if op == "publish":
+            keys = args.get("key") or service.bound_keys()
+
+            async def publish_all() -> list[Any]:
+                return [ipns_ops.published_json(await service.publish(k, republish=True)) for k in keys]
+
+            return {"published": trio.run(publish_all)}
+        if op == "resolve":
+            return trio.run(ipns_ops.resolve_json, service, args["arg"])
+        if op == "export_roots":
+            return {"roots": trio.run(ipns_ops.export_roots, service, self.source, args["arg"], args["tag"])}
+        if op == "import_roots":
+            return ipns_ops.import_roots(service, [CID.parse(text) for text in args["arg"]])
+        raise ValueError(f"unknown IPNS operation {op!r}")
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -318,11 +418,16 @@ class RemoteBackend:
 
         trio.run(run)
 
-    def export(self, cid_path: str, out: BinaryIO, *, progress: Progress | None) -> None:
+    def export(
+        self, cid_path: str, out: ByteSink, *, progress: Progress | None, extra_roots: Sequence[CID] = ()
+    ) -> None:
         root, path = parse_cid_path(cid_path)
         if path:
             raise ControlApiError("export takes a CID, not a path inside one")
-        with self.client.stream("GET", self.url + "/export", params={"arg": str(root)}) as response:
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("arg", str(cid)) for cid in [root, *extra_roots]
+        ]
+        with self.client.stream("GET", self.url + "/export", params=params) as response:
             _raise_for(response)
             for chunk in response.iter_bytes(READ_SIZE):
                 out.write(chunk)
@@ -357,8 +462,8 @@ class RemoteBackend:
     def connect(self, multiaddr: str) -> str:
         return str(self.request_json("POST", "/connect", params={"arg": multiaddr})["peer_id"])
 
-    def publish(self, name: str, tag: str) -> CID:
-        return CID.parse(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"})["cid"])
+    def publish(self, name: str, tag: str) -> dict[str, str]:
+        return dict(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"}))
 
     def images(self) -> list[dict[str, str]]:
         return list(self.request_json("GET", "/images")["images"])
@@ -367,14 +472,14 @@ class RemoteBackend:
         return CID.parse(self.request_json("GET", "/image/cid", params={"arg": f"{name}:{tag}"})["cid"])
 
     def pull(
-        self, cid: CID, ref: str | None, target: tuple[str, str] | None, peers: Sequence[str]
+        self, cid: CID, ref: str | None, target: tuple[str, str | None] | None, peers: Sequence[str]
     ) -> dict[str, Any]:
         self._connect_all(peers)
         params = {"arg": str(cid)}
         if ref is not None:
             params["ref"] = ref
         if target is not None:
-            params["name"] = f"{target[0]}:{target[1]}"
+            params["name"] = _name_arg(*target)
         result: dict[str, Any] = self.request_json("POST", "/image/pull", params=params)
         return result
 
@@ -384,12 +489,41 @@ class RemoteBackend:
         result: dict[str, Any] = self.request_json("POST", "/image/push", params=params)
         return result
 
-    def tag(self, cid: CID, name: str, tag: str, ref: str | None) -> dict[str, Any]:
-        params = {"arg": str(cid), "name": f"{name}:{tag}"}
+    def tag(self, cid: CID, name: str, tag: str | None, ref: str | None) -> dict[str, Any]:
+        params = {"arg": str(cid), "name": _name_arg(name, tag)}
         if ref is not None:
             params["ref"] = ref
         result: dict[str, Any] = self.request_json("POST", "/image/tag", params=params)
         return result
+
+    def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]:
+        params: dict[str, str | int] = {"arg": str(cid), "limit": limit}
+        with self.client.stream("GET", self.url + "/routing/findprovs", params=params) as response:
+            _raise_for(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]:
+        result = self.request_json("POST", "/routing/provide", params=[("arg", str(c)) for c in cids])
+        return list(result["provided"])
+
+    def find_peer(self, peer_id: str) -> list[str]:
+        return [
+            str(a) for a in self.request_json("GET", "/routing/findpeer", params={"arg": peer_id})["addrs"]
+        ]
+
+    def routing_stat(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request_json("GET", "/routing/stat")
+        return result
+
+    def ipns_call(self, op: str, **args: Any) -> Any:
+        method, route = IPNS_ROUTES[op]
+        params: list[tuple[str, str]] = []
+        for key, value in args.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            params.extend((key, str(v)) for v in values)
+        return self.request_json(method, route, params=params)
 
     def _connect_all(self, peers: Sequence[str]) -> None:
         for addr in peers:
@@ -417,8 +551,12 @@ class RemoteBlockSource:
         self._hints.extend(cids)
 
 
+def _name_arg(name: str, tag: str | None) -> str:
+    return name if tag is None else f"{name}:{tag}"
+
+
 def import_options(config: Config) -> ImportOptions:
-    return ImportOptions(chunk_size=config.importer.chunk_size, cid_version=config.importer.cid_version)
+    return config.importer.options()
 
 
 @contextlib.contextmanager

@@ -17,9 +17,12 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import platformdirs
+
+if TYPE_CHECKING:
+    from ipfsreg.unixfs.importer import ImportOptions
 
 ENV_PREFIX: Final = "IPFSREG_"
 CONFIG_FILENAME: Final = "config.toml"
@@ -44,24 +47,51 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ImportSettings:
-    chunk_size: int = field(default=262144, metadata={"help": "UnixFS chunk size in bytes (1 .. 1048576)"})
-    cid_version: int = field(
-        default=0, metadata={"help": "0: CIDv0 with dag-pb leaves; 1: CIDv1 with raw leaves"}
+    profile: str = field(
+        default="unixfs-v0-2015",
+        metadata={
+            "help": "UnixFS import profile (IPIP-499): unixfs-v0-2015 (Kubo's `ipfs add` default) or "
+            "unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks, 1024 links); the options below override it"
+        },
+    )
+    chunk_size: int | None = field(
+        default=None, metadata={"help": "UnixFS chunk size in bytes (1 .. 1048576); unset: the profile's"}
+    )
+    cid_version: int | None = field(
+        default=None,
+        metadata={"help": "0: CIDv0 with dag-pb leaves; 1: CIDv1 with raw leaves; unset: the profile's"},
+    )
+    max_links: int | None = field(
+        default=None, metadata={"help": "most links in a UnixFS file node (2 .. 16384); unset: the profile's"}
     )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.chunk_size <= 1024 * 1024:
+        if self.chunk_size is not None and not 1 <= self.chunk_size <= 1024 * 1024:
             raise ConfigError(f"import.chunk_size must be within 1..1048576, got {self.chunk_size}")
-        if self.cid_version not in (0, 1):
+        if self.cid_version is not None and self.cid_version not in (0, 1):
             raise ConfigError(f"import.cid_version must be 0 or 1, got {self.cid_version}")
+        try:
+            self.options()
+        except ValueError as exc:
+            raise ConfigError(f"import: {exc}") from None
+
+    def options(self) -> ImportOptions:
+        """The UnixFS import options these settings describe."""
+        from ipfsreg.unixfs.profiles import profile_options
+
+        return profile_options(
+            self.profile, chunk_size=self.chunk_size, cid_version=self.cid_version, max_links=self.max_links
+        )
 
 
 _LAYER_SECTIONS: Final = (
     ("api", "ipfsreg.apifile", "ApiSettings"),
     ("node", "ipfsreg.node.settings", "NodeSettings"),
+    ("routing", "ipfsreg.node.routing.settings", "RoutingSettings"),
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
     ("gc", "ipfsreg.gc", "GcSettings"),
+    ("ipns", "ipfsreg.ipns.settings", "IpnsSettings"),
 )
 
 

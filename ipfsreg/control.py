@@ -11,12 +11,21 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /prefetch?arg=CID...    hint that these blocks will be read soon
     GET  /export?arg=CID         a CAR v1 stream of the DAG
     POST /pin/add?arg=CID, POST /pin/rm?arg=CID, GET /pin/ls
-    POST /image/publish?arg=NAME:TAG, GET /images, GET /image/cid?arg=NAME:TAG
-    POST /image/pull?arg=CID[&ref=REF][&name=NAME:TAG]   (fetches over bitswap)
+    POST /image/publish?arg=NAME:TAG, GET /images, GET /image/cid?arg=NAME:TAG   (with "reference":
+                                 HOST/ipfs/<cidv1>:TAG, what container clients pull)
+    POST /image/pull?arg=CID[&ref=REF][&name=NAME[:TAG]]   (fetches over bitswap; no TAG: the layout's)
     POST /image/push?path=PATH&name=NAME:TAG   (PATH is read by the server: same machine)
-    POST /image/tag?arg=CID&name=NAME:TAG[&ref=REF]      (image blocks already local)
+    POST /image/tag?arg=CID&name=NAME[:TAG][&ref=REF]    (image blocks already local)
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
+    GET  /routing/findprovs?arg=CID[&limit=N]   providers as they are found: NDJSON {"peer_id", "addrs"}
+    POST /routing/provide?arg=CID...            announce now -> {"provided": [{"cid", "peers"}]}
+    GET  /routing/findpeer?arg=PEER_ID          {"peer_id", "addrs"}
+    GET  /routing/stat                          routing tables, stores, provide queue, last reprovide
+    GET  /key/list, POST /key/gen?arg=NAME, POST /key/rm?arg=NAME        (IPNS keys)
+    POST /name/bind?arg=REPO&key=KEY, POST /name/unbind?arg=REPO, GET /name/bindings
+    POST /name/publish[?key=KEY...], GET /name/resolve?arg=NAME
+    GET  /name/export-roots?arg=REPO&tag=TAG, POST /name/import-roots?arg=CID...   (records in CARs)
 
 Errors are JSON ``{"error": message, "type": kind}`` with a 4xx/5xx status.
 """
@@ -39,17 +48,27 @@ from quart_trio import QuartTrio
 from ipfsreg import httpserver
 from ipfsreg.apifile import PREFIX, ApiSettings, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
-from ipfsreg.cid import CID, CIDError
+from ipfsreg.cid import CID, CIDError, b58decode, split_multihash
 from ipfsreg.gateway.routes import open_source
 from ipfsreg.gc import Collector
-from ipfsreg.imageops import image_json, pulled_json, push_image, split_name_tag
-from ipfsreg.node.errors import BlockFetchTimeout, NodeError
+from ipfsreg.imageops import (
+    image_json,
+    pulled_json,
+    push_image,
+    split_name_optional_tag,
+    split_name_tag,
+)
+from ipfsreg.ipns import ops as ipns_ops
+from ipfsreg.ipns.keystore import KeystoreError
+from ipfsreg.ipns.record import IpnsError, NameNotFound
+from ipfsreg.ipns.service import IpnsService
+from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, NodeError, RecordNotFound, RoutingError
 from ipfsreg.oci.errors import LayoutError
-from ipfsreg.oci.reader import LATEST
 from ipfsreg.ops import BlockSink, OpsError, cat, parse_cid_path
 from ipfsreg.pins import Pins
 from ipfsreg.registry import images
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.names import pull_reference
 from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs.car import CarBlock, CarReader, export_car, import_car
 from ipfsreg.unixfs.errors import CarError, PathNotFound, UnixFSError
@@ -67,6 +86,18 @@ class NodeControl(Protocol):
     def peers(self) -> Sequence[Any]: ...  # dataclasses with peer_id and addrs
 
     async def connect(self, multiaddr: str) -> str: ...
+
+
+class RoutingControl(Protocol):
+    """What the control API needs of content and peer routing (the node's ``routing``)."""
+
+    def find_providers(self, cid: CID, limit: int = 20) -> AsyncIterator[Any]: ...  # peer_id, addrs
+
+    async def announce(self, cids: Sequence[CID]) -> dict[CID, int]: ...
+
+    async def find_peer(self, peer_id: str) -> list[str]: ...
+
+    def stat(self) -> Any: ...  # a dataclass
 
 
 class ApiError(Exception):
@@ -88,6 +119,9 @@ ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]
     (RegistryError, None, None),
     (BlockNotFound, 404, "not-found"),
     (BlockFetchTimeout, 404, "not-found"),
+    (RecordNotFound, 404, "not-found"),
+    (InvalidRecord, 422, "invalid-record"),
+    (RoutingError, 502, "routing"),
     (PathNotFound, 404, "not-found"),
     (CarError, 400, "bad-car"),
     (InvalidBlock, 400, "invalid-block"),
@@ -96,6 +130,9 @@ ERROR_STATUSES: Final[tuple[tuple[type[Exception], int | None, str | None], ...]
     (LayoutError, 422, "layout"),
     (UnixFSError, 422, "unixfs"),
     (BlockstoreError, 500, "storage"),
+    (KeystoreError, 400, "key"),
+    (NameNotFound, 404, "not-found"),
+    (IpnsError, 422, "ipns"),
 )
 
 
@@ -176,10 +213,25 @@ def create_control_app(
     registry: RegistryStore | None = None,
     source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
+    registry_host: Callable[[], str | None] | None = None,
+    ipns: IpnsService | None = None,
+    routing: RoutingControl | None = None,
+    on_committed: Callable[[list[CID]], None] | None = None,
 ) -> QuartTrio:
+    """The control API app. ``registry_host`` gives the registry's ``host:port`` (once it listens) for
+    the pull references in image responses; without it they carry no host. ``on_committed`` (e.g.
+    ``node.provide``) hears of the roots of imports and of pins."""
     app = QuartTrio(__name__)
+
+    def host() -> str | None:
+        return registry_host() if registry_host is not None else None
+
     pins = Pins(store)
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
+
+    def committed(cids: list[CID]) -> None:
+        if on_committed is not None and cids:
+            on_committed(cids)
 
     def need_node() -> NodeControl:
         if node is None:
@@ -202,6 +254,7 @@ def create_control_app(
                 for root in roots:
                     pins.add(root, batch=batch)
         store.flush()
+        committed(list(roots))
         return _json({"roots": [str(r) for r in roots]})
 
     @app.post(f"{PREFIX}/pin/add")
@@ -212,6 +265,7 @@ def create_control_app(
         with store.batch(sync=True) as batch:
             for cid in cids:
                 pins.add(cid, batch=batch)
+        committed(cids)  # pinned roots are provided (as Kubo's "roots" strategy does)
         return _json({"pinned": [str(c) for c in cids]})
 
     @app.post(f"{PREFIX}/pin/rm")
@@ -285,11 +339,13 @@ def create_control_app(
     async def post_publish() -> Response:
         name, tag = name_tag(request.args.get("arg"))
         cid = await need_registry().publish(name, tag)
-        return _json({"name": name, "tag": tag, "cid": str(cid)})
+        return _json(
+            {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag, host())}
+        )
 
     @app.get(f"{PREFIX}/images")
     async def get_images() -> Response:
-        return _json({"images": [image_json(info) for info in need_registry().images()]})
+        return _json({"images": [image_json(info, host()) for info in need_registry().images()]})
 
     @app.get(f"{PREFIX}/image/cid")
     async def get_image_cid() -> Response:
@@ -298,7 +354,9 @@ def create_control_app(
         cid = store.image_cid(name, tag)
         if cid is None:
             cid = await store.publish(name, tag)
-        return _json({"name": name, "tag": tag, "cid": str(cid)})
+        return _json(
+            {"name": name, "tag": tag, "cid": str(cid), "reference": pull_reference(cid, tag, host())}
+        )
 
     @app.post(f"{PREFIX}/image/pull")
     async def post_pull() -> Response:
@@ -309,10 +367,12 @@ def create_control_app(
         factory = source_factory if source_factory is not None else (lambda: source)
         async with open_source(factory) as pull_source:
             if target:
-                pulled = await images.pull_image(store, pull_source, cid, ref, *name_tag(target))
+                pulled = await images.pull_image(
+                    store, pull_source, cid, ref, *split_name_optional_tag(target)
+                )
             else:
-                pulled = await images.mirror_image(store, pull_source, cid, ref or LATEST)
-        return _json(pulled_json(pulled))
+                pulled = await images.mirror_image(store, pull_source, cid, ref)
+        return _json(pulled_json(pulled, host()))
 
     @app.post(f"{PREFIX}/image/push")
     async def post_push() -> Response:
@@ -320,14 +380,18 @@ def create_control_app(
         if not path:
             raise ApiError(400, "missing argument 'path'", "bad-request")
         name, tag = name_tag(request.args.get("name"))
-        return _json(pulled_json(await push_image(need_registry(), Path(path), name, tag)))
+        return _json(pulled_json(await push_image(need_registry(), Path(path), name, tag), host()))
 
     @app.post(f"{PREFIX}/image/tag")
     async def post_tag() -> Response:
         cid = _arg_cid(request.args.get("arg"))
-        name, tag = name_tag(request.args.get("name"))
+        target = request.args.get("name")
+        if not target:
+            raise ApiError(400, "missing NAME[:TAG]", "bad-request")
+        name, tag = split_name_optional_tag(target)
         ref = request.args.get("ref") or None
-        return _json(pulled_json(await images.tag_image_from_cid(need_registry(), cid, name, tag, ref)))
+        tagged = await images.tag_image_from_cid(need_registry(), cid, name, tag, ref)
+        return _json(pulled_json(tagged, host()))
 
     @app.get(f"{PREFIX}/id")
     async def get_id() -> Response:
@@ -348,6 +412,107 @@ def create_control_app(
         except NodeError as exc:
             raise ApiError(502, str(exc), "connect-failed") from None
         return _json({"connected": addr, "peer_id": peer})
+
+    def need_routing() -> RoutingControl:
+        if routing is None:
+            raise ApiError(503, "routing is not running in this server", "no-routing")
+        return routing
+
+    @app.get(f"{PREFIX}/routing/findprovs")
+    async def get_findprovs() -> Response:
+        cid = _arg_cid(request.args.get("arg"))
+        limit = _int_arg("limit")
+        providers = need_routing().find_providers(cid, limit if limit else 20)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for provider in providers:
+                yield (json.dumps({"peer_id": provider.peer_id, "addrs": provider.addrs}) + "\n").encode()
+
+        response = Response(lines(), content_type="application/x-ndjson")
+        response.timeout = None
+        return response
+
+    @app.post(f"{PREFIX}/routing/provide")
+    async def post_provide() -> Response:
+        cids = [_arg_cid(text) for text in request.args.getlist("arg")]
+        if not cids:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        results = await need_routing().announce(cids)
+        return _json({"provided": [{"cid": str(cid), "peers": peers} for cid, peers in results.items()]})
+
+    @app.get(f"{PREFIX}/routing/findpeer")
+    async def get_findpeer() -> Response:
+        peer_id = request.args.get("arg")
+        if not peer_id:
+            raise ApiError(400, "missing argument 'arg'", "bad-request")
+        try:
+            split_multihash(b58decode(peer_id))
+        except (CIDError, ValueError):
+            raise ApiError(400, f"invalid peer ID {peer_id[:100]!r}", "bad-request") from None
+        return _json({"peer_id": peer_id, "addrs": await need_routing().find_peer(peer_id)})
+
+    @app.get(f"{PREFIX}/routing/stat")
+    async def get_routing_stat() -> Response:
+        return _json(dataclasses.asdict(need_routing().stat()))
+
+    def need_ipns() -> IpnsService:
+        if ipns is None:
+            raise ApiError(503, "IPNS is not running in this server", "no-ipns")
+        return ipns
+
+    def required(name: str) -> str:
+        value = request.args.get(name)
+        if not value:
+            raise ApiError(400, f"missing argument {name!r}", "bad-request")
+        return value
+
+    @app.get(f"{PREFIX}/key/list")
+    async def get_keys() -> Response:
+        return _json({"keys": [ipns_ops.key_json(k) for k in need_ipns().keystore.list()]})
+
+    @app.post(f"{PREFIX}/key/gen")
+    async def post_key_gen() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.generate(required("arg"))))
+
+    @app.post(f"{PREFIX}/key/rm")
+    async def post_key_rm() -> Response:
+        return _json(ipns_ops.key_json(need_ipns().keystore.remove(required("arg"))))
+
+    @app.post(f"{PREFIX}/name/bind")
+    async def post_bind() -> Response:
+        key = need_ipns().bind(required("arg"), required("key"))
+        return _json({"repository": request.args["arg"], **ipns_ops.key_json(key)})
+
+    @app.post(f"{PREFIX}/name/unbind")
+    async def post_unbind() -> Response:
+        return _json({"repository": request.args.get("arg"), "key": need_ipns().unbind(required("arg"))})
+
+    @app.get(f"{PREFIX}/name/bindings")
+    async def get_bindings() -> Response:
+        return _json({"bindings": need_ipns().bindings()})
+
+    @app.post(f"{PREFIX}/name/publish")
+    async def post_name_publish() -> Response:
+        service = need_ipns()
+        keys = request.args.getlist("key") or service.bound_keys()
+        return _json(
+            {"published": [ipns_ops.published_json(await service.publish(k, republish=True)) for k in keys]}
+        )
+
+    @app.get(f"{PREFIX}/name/resolve")
+    async def get_name_resolve() -> Response:
+        return _json(await ipns_ops.resolve_json(need_ipns(), required("arg")))
+
+    @app.get(f"{PREFIX}/name/export-roots")
+    async def get_export_roots() -> Response:
+        service = need_ipns()
+        roots = await ipns_ops.export_roots(service, source, required("arg"), required("tag"))
+        return _json({"roots": roots})
+
+    @app.post(f"{PREFIX}/name/import-roots")
+    async def post_import_roots() -> Response:
+        roots = [_arg_cid(text) for text in request.args.getlist("arg")]
+        return _json(ipns_ops.import_roots(need_ipns(), roots))
 
     @app.get(f"{PREFIX}/stats")
     async def get_stats() -> Response:

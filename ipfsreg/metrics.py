@@ -38,6 +38,7 @@ _FAMILIES: Final = (
     (re.compile(r"^/v2/.+/tags/list$"), "tags"),
     (re.compile(r"^/v2/.+/referrers/[^/]+$"), "referrers"),
     (re.compile(r"^/ipfs/"), "gateway"),
+    (re.compile(r"^/routing/v1/"), "routing"),
     (re.compile(r"^/metrics$"), "metrics"),
     (re.compile(r"^/healthz$"), "healthz"),
 )

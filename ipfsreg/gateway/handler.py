@@ -27,7 +27,13 @@ from ipfsreg.gateway.errors import (
     RangeNotSatisfiable,
 )
 from ipfsreg.gateway.request import RAW_TYPE, GatewayRequest, ResponseFormat, parse_request
-from ipfsreg.gateway.traversal import Emitter, ResolvedPath, resolve_content_path, scope_blocks
+from ipfsreg.gateway.traversal import (
+    Emitter,
+    ResolvedPath,
+    entity_size,
+    resolve_content_path,
+    scope_blocks,
+)
 from ipfsreg.unixfs import exporter
 from ipfsreg.unixfs.car import car_header, car_section
 from ipfsreg.unixfs.exporter import BlockSource, decode_unixfs_node
@@ -177,6 +183,7 @@ async def handle_request(
             200, out, b"" if head else resolved.terminal_block, len(resolved.terminal_block)
         )
     if request.format is ResponseFormat.CAR:
+        _check_entity_bytes(request, resolved)
         etag = request.etag(terminal)
         out |= {
             "Content-Type": request.car.content_type,
@@ -191,6 +198,19 @@ async def handle_request(
             return GatewayResponse(200, out)
         return GatewayResponse(200, out, lambda src: car_stream(src, request, resolved))
     return await _deserialized(source, request, resolved, out, headers, query, head, path.endswith("/"))
+
+
+def _check_entity_bytes(request: GatewayRequest, resolved: ResolvedPath) -> None:
+    """A range wholly past the end of a file is known before anything is sent: 400, as the spec says
+    (a gateway SHOULD when it can tell upfront). Empty ranges inside it get the root block alone."""
+    if request.entity_bytes is None:
+        return
+    size = entity_size(resolved.terminal, resolved.terminal_block)
+    if size is not None and request.entity_bytes.starts_past_end(size):
+        raise BadRequest(
+            f"entity-bytes {request.entity_bytes} starts past the end of the {size} byte file "
+            f"{resolved.terminal}"
+        )
 
 
 async def _deserialized(

@@ -69,6 +69,13 @@ class EntityBytes:
             return None
         return lo, hi
 
+    def starts_past_end(self, size: int) -> bool:
+        """Whether the range lies wholly after an entity of ``size`` bytes (the spec's 400).
+
+        A negative ``from`` counts from the end and is clamped to the start, so it never does; ``0:*``
+        of an empty file asks for all of it, which is nothing."""
+        return self.start > 0 and self.start >= size
+
     def __str__(self) -> str:
         return f"{self.start}:{'*' if self.end is None else self.end}"
 

@@ -273,7 +273,7 @@ async def scope_blocks(
                 size = entity_size(cid, block)
                 assert size is not None
                 span = entity_bytes.resolve(size)
-                if span is None:  # an empty or out-of-bounds range: the root block alone
+                if span is None:  # an empty range (one past the end got a 400 upfront): the root block
                     if emitter.admit(cid):
                         yield cid, block
                     return

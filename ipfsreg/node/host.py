@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, IRawConnection
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 from multiaddr import Multiaddr
 
 from ipfsreg.excgroups import describe
@@ -24,6 +25,8 @@ from ipfsreg.node.errors import NodeError
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.multistream import install as install_multistream
 from ipfsreg.node.noise import noise_transport
+from ipfsreg.node.pnet import PnetHandshakeError, fingerprint
+from ipfsreg.node.pnet_conn import PnetConnection
 from ipfsreg.node.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from ipfsreg.node.yamux import YamuxConn
 from ipfsreg.node.yamux import install as install_yamux
@@ -31,6 +34,7 @@ from ipfsreg.node.yamux import install as install_yamux
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+E = TypeVar("E", bound=BaseException)
 
 
 def parse_multiaddr(text: str) -> Multiaddr:
@@ -49,10 +53,12 @@ def parse_peer_addr(text: str) -> PeerInfo:
         raise NodeError(f"multiaddr {text!r} does not name a peer (/p2p/<id>): {exc}") from None
 
 
-def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
+def build_host(identity: Identity, listen: Sequence[str], *, psk: bytes | None = None) -> IHost:
     """A host that speaks only Noise for security and Yamux for multiplexing (as Kubo prefers).
 
     The muxer is ipfsreg's own Yamux (ipfsreg/node/yamux.py) on every connection, dialled or accepted.
+    With ``psk`` (a swarm key) the host is in that private network: every connection is encrypted
+    with it before anything else is sent (ipfsreg/node/pnet.py), as go-libp2p and Kubo do.
     """
     listen_addrs = [parse_multiaddr(a) for a in listen]
     noise = noise_transport(identity.key_pair)
@@ -68,8 +74,12 @@ def build_host(identity: Identity, listen: Sequence[str]) -> IHost:
     )
     install_yamux(host)
     install_multistream(host)
-    _end_inbound_handlers_with_their_connection(host.get_network())
+    wrap = _private_network_wrapper(psk)
+    _end_inbound_handlers_with_their_connection(host.get_network(), wrap)
     _guard_inbound_streams(host.get_network())
+    if psk is not None:
+        _dial_in_private_network(host.get_network(), wrap)
+        host._ipfsreg_pnet_fingerprint = fingerprint(psk).hex()  # type: ignore[attr-defined]
     _notify_stream_events_inline(host.get_network())
     # py-libp2p's AutoConnector dials peerstore entries to reach a connection target even with
     # min_connections=0; ipfsreg connects only to configured and requested peers (loopback tests,
@@ -94,7 +104,44 @@ async def close_listeners(host: IHost) -> None:
             logger.debug("closing a listener: %r", exc)
 
 
-def _end_inbound_handlers_with_their_connection(swarm: Any) -> None:
+RawWrapper = Callable[[IRawConnection], IRawConnection]
+
+
+def _private_network_wrapper(psk: bytes | None) -> RawWrapper:
+    if psk is None:
+        return lambda conn: conn
+    name = fingerprint(psk).hex()
+    return lambda conn: PnetConnection(conn, psk, key_name=name)
+
+
+def private_network_fingerprint(host: IHost) -> str | None:
+    """The Kubo-style fingerprint of the host's swarm key, or None when it is not in a private network."""
+    name = getattr(host, "_ipfsreg_pnet_fingerprint", None)
+    return name if isinstance(name, str) else None
+
+
+def _dial_in_private_network(swarm: Any, wrap: RawWrapper) -> None:
+    """Wrap every connection the swarm's transports dial in the private network cipher.
+
+    py-libp2p's own ``psk`` option would use its libp2p.security.pnet, which does not interoperate
+    with go-libp2p (8-byte nonce, Salsa20 instead of XSalsa20), so the swarm is built without it
+    and the wrapping happens here (dialled) and in the inbound handler (accepted).
+    """
+    for transport in swarm.transport_manager.get_transports():
+        for name in ("dial", "dial_with_source"):
+            original = getattr(transport, name, None)
+            if original is not None:
+                setattr(transport, name, _wrapped_dial(original, wrap))
+
+
+def _wrapped_dial(original: Callable[..., Awaitable[IRawConnection]], wrap: RawWrapper) -> Any:
+    async def dial(*args: Any, **kwargs: Any) -> IRawConnection:
+        return wrap(await original(*args, **kwargs))
+
+    return dial
+
+
+def _end_inbound_handlers_with_their_connection(swarm: Any, wrap: RawWrapper) -> None:
     """Make each inbound connection's handler end when that connection closes.
 
     py-libp2p 0.8's handler upgrades the connection and then waits for the whole swarm to stop,
@@ -112,7 +159,7 @@ def _end_inbound_handlers_with_their_connection(swarm: Any) -> None:
                 logger.debug("inbound connection from %s refused by the connection gate", remote)
                 await _close_quietly(read_write_closer)
                 return
-            raw_conn = RawConnection(read_write_closer, False)
+            raw_conn = wrap(RawConnection(read_write_closer, False))
             try:
                 muxed_conn = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
             except Exception as exc:
@@ -242,8 +289,36 @@ async def connect(host: IHost, addr: str, *, dial_timeout: float = CONNECT_TIMEO
     except trio.TooSlowError:
         raise NodeError(f"connecting to {addr} timed out after {dial_timeout:g}s") from None
     except Exception as exc:
-        raise NodeError(f"cannot connect to {addr}: {exc}") from None
+        refused = find_cause(exc, PnetHandshakeError)
+        if refused is not None:
+            raise PnetHandshakeError(f"cannot connect to {addr}: {refused}") from None
+        hint = ""
+        if private_network_fingerprint(host) is None and find_cause(exc, SecurityUpgradeFailure):
+            hint = " (if the peer is in a private network, this node needs its swarm key)"
+        raise NodeError(f"cannot connect to {addr}: {exc}{hint}") from None
     return info.peer_id
+
+
+def find_cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` among ``exc``, its causes and contexts, and the errors py-libp2p's dialler
+    collects (``MultiError.errors``) and exception groups hold."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        for inner in (current.__cause__, current.__context__):
+            if inner is not None:
+                pending.append(inner)
+        for attr in ("errors", "exceptions"):
+            nested = getattr(current, attr, None)
+            if isinstance(nested, list | tuple):
+                pending.extend(e for e in nested if isinstance(e, BaseException))
+    return None
 
 
 def is_connected(host: IHost, peer_id: ID) -> bool:

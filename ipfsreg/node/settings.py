@@ -51,6 +51,17 @@ class NodeSettings:
         default=8192,
         metadata={"help": "wantlist entries kept per remote peer; more is a protocol violation"},
     )
+    swarm_key: str = field(
+        default="",
+        metadata={
+            "help": "private network key file (Kubo's swarm.key: /key/swarm/psk/1.0.0/, /base16/, 64 hex"
+            " digits); empty: DATA/swarm.key when it exists. With a key, only peers holding it can connect"
+        },
+    )
+    mdns: bool = field(
+        default=False,
+        metadata={"help": "discover and connect to peers on the local network with mDNS (_p2p._udp.local)"},
+    )
     peering_max_backoff: float = field(
         default=60.0,
         metadata={"help": "upper bound in seconds of the reconnect backoff for configured peers"},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +15,14 @@ from ipfsreg.blockstore import Datastore
 from ipfsreg.cid import CID
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.node import Node
+from ipfsreg.node.routing.records import Validator
+from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.unixfs.importer import ImportOptions, import_bytes
 
 LOOPBACK_SETTINGS = NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"], fetch_timeout=5.0, want_timeout=1.0)
+# Loopback peers answer in milliseconds: short bounds keep tests with unreachable peers quick.
+LOOPBACK_ROUTING = RoutingSettings(lookup_timeout=5.0, request_timeout=2.0, dial_timeout=2.0)
 
 
 def add_bytes(node: Node, data: bytes, options: ImportOptions | None = None) -> CID:
@@ -64,10 +68,25 @@ class Nodes:
         """The nursery the nodes run in (tests start their own peers in it too)."""
         return self._nursery
 
-    async def start(self, **overrides: Any) -> Node:
+    async def start(
+        self,
+        *,
+        psk: bytes | None = None,
+        routing: RoutingSettings | None = None,
+        validators: Mapping[str, Validator] | None = None,
+        **overrides: Any,
+    ) -> Node:
+        """A node with LOOPBACK_SETTINGS and ``overrides``; ``routing`` defaults to LOOPBACK_ROUTING."""
         self._count += 1
         datastore = self._stack.enter_context(Datastore.open(self._dir / f"node{self._count}"))
-        node = Node(datastore, replace(LOOPBACK_SETTINGS, **overrides), Identity.generate())
+        node = Node(
+            datastore,
+            replace(LOOPBACK_SETTINGS, **overrides),
+            Identity.generate(),
+            psk=psk,
+            routing=routing if routing is not None else LOOPBACK_ROUTING,
+            validators=validators,
+        )
         await self._nursery.start(node.run)
         return node
 

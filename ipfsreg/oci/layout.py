@@ -159,7 +159,7 @@ def build_layout(
             raise LayoutError(f"blob supplied for {digest} says it is {blob.digest}")
         algorithm, hexpart = digest.split(":", 1)
         by_algorithm.setdefault(algorithm, {})[hexpart] = (blob.cid, blob.dag_size)
-    dir_options = DirectoryOptions(cid_version=options.cid_version)
+    dir_options = DirectoryOptions.for_import(options)
     try:
         blobs_entries: dict[str, tuple[CID, int]] = {}
         for algorithm in sorted(by_algorithm):

@@ -28,15 +28,16 @@ from ipfsreg.httpserver import EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS
 from ipfsreg.registry import coalesce
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.handlers import blobs, catalog, ipfs, manifests, referrers, tags, uploads
+from ipfsreg.registry.handlers import blobs, catalog, ipfs, ipns, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import (
     API_VERSION_HEADER,
     Context,
+    IpnsResolver,
     allowed_methods,
     error_response,
     get_base,
 )
-from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid
+from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid, ipns_repository
 from ipfsreg.registry.priority import CURRENT_TURN, Priority, Turn, bulk_chunks
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
@@ -167,6 +168,9 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
         return await get_base(ctx, req)
     if route.kind == "catalog":
         return await catalog.list_catalog(ctx, req)
+    ipns_repo = ipns_repository(route.name)
+    if ipns_repo is not None:
+        return await ipns.dispatch(ctx, req, route, *ipns_repo)
     ipfs_root = ipfs_repository_cid(route.name)
     if ipfs_root is not None:
         return await ipfs.dispatch(ctx, req, route, ipfs_root)
@@ -194,13 +198,15 @@ def create_app(
     import_options: ImportOptions | None = None,
     source_factory: SourceFactory | None = None,
     on_blocks_stored: BlocksStored | None = None,
+    on_committed: BlocksStored | None = None,
 ) -> RegistryApp:
     """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks).
 
     Pulls by CID (``ipfs/<cid>`` repositories) open a source per request from ``source_factory``
     (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
     ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
-    CIDs of every batch of blocks that uploads and manifest pushes commit.
+    CIDs of every batch of blocks that uploads and manifest pushes commit. ``on_committed`` (e.g.
+    ``node.provide``) gets the CID of every blob, manifest and image directory once it is stored.
     """
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
@@ -212,6 +218,7 @@ def create_app(
         upload_ttl=settings.upload_session_ttl,
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
+        on_committed=on_committed,
         max_live_uploads=settings.max_live_uploads,
         max_uploads_per_client=settings.max_uploads_per_client,
         upload_memory_bytes=settings.upload_memory_bytes,
@@ -304,6 +311,12 @@ def create_app(
     app.add_url_rule("/v2/", "registry_base", handle, methods=_ALL_METHODS)
     app.add_url_rule("/v2/<path:path>", "registry", handle, methods=_ALL_METHODS)
     return app
+
+
+def set_ipns_resolver(app: QuartTrio, resolver: IpnsResolver | None) -> None:
+    """Serve ``ipns/<name>/<repository>`` pulls through ``resolver`` (the node's IPNS service)."""
+    ctx: Context = app.extensions["ipfsreg.registry"]
+    ctx.ipns = resolver
 
 
 def registry_store(app: QuartTrio) -> RegistryStore:

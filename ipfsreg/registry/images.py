@@ -140,6 +140,7 @@ def record_blob(
             batch.put(store.blobs, digest.key(), encode_blob_value(info))
         batch.put(store.repo_blobs, repo_key(repo, str(digest)), b"")
         batch.put(store.repos, repo.encode(), b"")
+    store.committed([info.cid])
     return info
 
 
@@ -180,6 +181,9 @@ def record_manifest(
                 value = {"digest": str(digest), "cid": str(image)}
                 batch.put(store.published, repo_key(repo, tag), json.dumps(value).encode())
         batch.put(store.repos, repo.encode(), b"")
+    store.committed([manifest.cid, *([image] if image is not None and tag is not None else [])])
+    if tag is not None:
+        store.tags_changed(repo)
 
 
 # --- ipfs/<cid> repositories ------------------------------------------------------------------
@@ -247,12 +251,33 @@ async def fetch_blob(
 # --- whole images -------------------------------------------------------------------------------
 
 
+def own_tag(layout: ImageLayout) -> str:
+    """The reference ``pull /ipfs/CID`` takes when none is given: the tag of the layout's only image
+    (its ``org.opencontainers.image.ref.name``), else ``latest`` (which names a lone untagged image)."""
+    if len(layout.manifests) == 1:
+        ref_name = layout.manifests[0].ref_name
+        if ref_name is not None and is_valid_tag(ref_name):
+            return ref_name
+    return LATEST
+
+
+def _tag_of(layout: ImageLayout, reference: str) -> str:
+    """The tag of an image pulled by ``reference`` (a tag or digest of the layout) when none is asked for."""
+    ref_name = find_manifest(layout, reference).ref_name
+    return ref_name if ref_name is not None and is_valid_tag(ref_name) else LATEST
+
+
 async def mirror_image(
-    store: RegistryStore, source: BlockSource, root: CID, ref: str = LATEST
+    store: RegistryStore, source: BlockSource, root: CID, ref: str | None = None
 ) -> PulledImage:
     """Fetch image ``ref`` of layout ``root`` whole (manifests and blobs, verified) and record it under
-    ``ipfs/<root>``, so this node serves it, and its blocks to peers, without the network."""
+    ``ipfs/<root>``, so this node serves it, and its blocks to peers, without the network.
+
+    ``ref`` None: the layout's own tag (:func:`own_tag`)."""
     repo = ipfs_repository_name(root)
+    if ref is None:
+        with leased(store, source) as held:
+            ref = own_tag(await read_image_layout(held, root))
     layout, manifest = await fetch_manifest(store, source, root, ref)
     manifests = [manifest]
     digests: dict[str, None] = {}
@@ -286,24 +311,29 @@ def _pick_reference(layout: ImageLayout, ref: str | None, tag: str) -> str:
 
 
 async def pull_image(
-    store: RegistryStore, source: BlockSource, cid: CID, ref: str | None, name: str, tag: str
+    store: RegistryStore, source: BlockSource, cid: CID, ref: str | None, name: str, tag: str | None
 ) -> PulledImage:
     """Fetch image ``ref`` of layout ``cid`` (every manifest and blob, verified) into ``name:tag``.
 
     ``ref`` is a tag of the layout or a manifest digest; None means ``tag`` if the layout has it,
-    else its only manifest. The tag moves and the image is published in one batch at the end; the
-    returned CID is the image directory as this registry publishes it (equal to ``cid`` when both
-    were built with the same importer settings and the same ref name).
+    else its only manifest. ``tag`` None means the layout's own tag of that image (its ref name;
+    ``latest`` when it has none). The tag moves and the image is published in one batch at the end;
+    the returned CID is the image directory as this registry publishes it (equal to ``cid`` when
+    both were built with the same importer settings and the same ref name).
     """
     check_name(name)
     if name.startswith("ipfs/"):
         raise RegistryError("DENIED", {"name": name, "reason": "ipfs/<cid> repositories are read-only"})
-    if not is_valid_tag(tag):
+    if tag is not None and not is_valid_tag(tag):
         raise RegistryError("TAG_INVALID", {"tag": tag[:150]})
     count = 0
     with leased(store, source) as held:
         layout = await read_image_layout(held, cid)
-        reference = _pick_reference(layout, ref, tag)
+        if tag is None:
+            reference = ref if ref is not None else own_tag(layout)
+            tag = _tag_of(layout, reference)
+        else:
+            reference = _pick_reference(layout, ref, tag)
         top = await read_manifest(held, layout, reference, max_bytes=MAX_MANIFEST_BYTES)
         manifests: list[LayoutManifest] = []
         order = [top]
@@ -357,7 +387,7 @@ async def _complete_locally(store: RegistryStore, info: BlobInfo) -> bool:
 
 
 async def tag_image_from_cid(
-    store: RegistryStore, cid: CID, name: str, tag: str, ref: str | None = None
+    store: RegistryStore, cid: CID, name: str, tag: str | None, ref: str | None = None
 ) -> PulledImage:
     """Tag an image whose blocks are all stored locally (e.g. imported from a CAR) as ``name:tag``."""
     return await pull_image(store, store.local_source, cid, ref, name, tag)

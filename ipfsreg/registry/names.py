@@ -1,4 +1,5 @@
-"""Repository-name and tag grammar of the distribution spec, and ``ipfs/<cid>`` names, as pure checks."""
+"""Repository-name and tag grammar of the distribution spec, ``ipfs/<cid>`` names, and the pull references
+(``HOST/ipfs/<cidv1>:TAG``) that name images on IPFS, as pure functions."""
 
 from __future__ import annotations
 
@@ -83,3 +84,65 @@ def ipfs_repository_cid(name: str) -> CID | None:
 def ipfs_repository_name(cid: CID) -> str:
     """``ipfs/<CIDv1 base32>``: the repository that serves the image directory ``cid``."""
     return IPFS_PREFIX + str(cid.to_v1())
+
+
+IPNS_PREFIX: Final = "ipns/"
+
+
+def ipns_repository(name: str) -> tuple[str, str] | None:
+    """``(ipns name, repository)`` of an ``ipns/<k51... name>/<repository>`` repository name, else None.
+
+    The name must be the lowercase base36 CIDv1 (``k51...``) docker's grammar allows; any other form
+    gets NAME_INVALID with the name to use instead.
+    """
+    if not name.startswith(IPNS_PREFIX):
+        return None
+    from ipfsreg.ipns.record import IpnsError, IpnsName
+
+    ipns_text, _, repository = name[len(IPNS_PREFIX) :].partition("/")
+    try:
+        parsed = IpnsName.parse(ipns_text)
+    except IpnsError as exc:
+        raise RegistryError("NAME_INVALID", {"name": name[:300], "reason": str(exc)}) from None
+    if str(parsed) != ipns_text:
+        raise RegistryError(
+            "NAME_INVALID",
+            {"name": name[:300], "reason": f"use the base36 form of the IPNS name: {parsed}"},
+            message="repository names are lowercase: pull by IPNS name as ipns/<k51...>/<repository>",
+        )
+    if not repository or not is_valid_name(repository):
+        raise RegistryError(
+            "NAME_INVALID",
+            {"name": name[:300], "reason": "expected ipns/<name>/<repository> with a valid repository name"},
+        )
+    return ipns_text, repository
+
+
+def pull_reference(cid: CID, tag: str, host: str | None = None) -> str:
+    """``[HOST/]ipfs/<CIDv1 base32>:TAG``: the image directory ``cid`` as docker, podman and skopeo
+    pull it from any ipfsreg (they refuse the CIDv0 ``Qm...`` form: repository names are lowercase)."""
+    reference = f"{ipfs_repository_name(cid)}:{tag}"
+    return f"{host}/{reference}" if host else reference
+
+
+_HOST_RE: Final = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_WILDCARDS: Final = ("0.0.0.0", "[::]", "::")
+
+
+def reference_host(host: str | None) -> str | None:
+    """``host[:port]`` as a pull reference's registry part, or None when it cannot be one.
+
+    A wildcard listen address (0.0.0.0, [::]) becomes ``localhost``: the CLI prints references on
+    the machine the server runs on."""
+    if not host:
+        return None
+    text = host.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1].split("/", 1)[0]
+    match = _HOST_RE.fullmatch(text)
+    if match is None:
+        return None
+    name, port = match.group(1), match.group(2) or ""
+    if name in _WILDCARDS:
+        name = "localhost"
+    return name + port

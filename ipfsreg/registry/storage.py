@@ -37,7 +37,9 @@ which has no persisted record.
 
 ``on_blocks_stored`` (e.g. the node's ``notify_new_blocks``) is called on the trio thread with
 the CIDs of every batch of blocks an upload or manifest commits, so peers waiting for them over
-bitswap learn of them at once.
+bitswap learn of them at once. ``on_committed`` (e.g. the node's ``provide``) is called with the
+CIDs of what became addressable content once it has committed: every blob root, manifest and
+published image directory, however it arrived (push, pull-through, pull by CID, import).
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class MemoryBudget:
         if n:
             self.used -= n
             self._lot.unpark_all()
+
+
+TagsChanged = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -235,12 +240,14 @@ class RegistryStore:
         upload_ttl: float = 24 * 3600.0,
         max_blob_bytes: int = 0,
         on_blocks_stored: BlocksStored | None = None,
+        on_committed: BlocksStored | None = None,
         max_live_uploads: int = 1000,
         max_uploads_per_client: int = 1000,
         upload_memory_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
+        self.on_committed = on_committed
         self.local_source: BlockSource = LocalBlockSource(datastore.blocks)
         self.block_source: BlockSource = block_source if block_source is not None else self.local_source
         self.import_options = import_options if import_options is not None else ImportOptions()
@@ -263,6 +270,8 @@ class RegistryStore:
         # Open (persisted, unfinished) sessions per client; counted from the records on first use.
         self._open: dict[str, int] | None = None
         self._last_purge = 0.0
+        self.on_tags_changed: TagsChanged | None = None
+        """Called on the trio thread with a repository whose tags moved or went away (IPNS republishing)."""
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -752,6 +761,16 @@ class RegistryStore:
             # The blocks are stored whatever a listener does; a failing one must not fail the write.
             log.exception("on_blocks_stored callback failed for %d blocks", len(cids))
 
+    def committed(self, cids: list[CID]) -> None:
+        """Tell ``on_committed`` that ``cids`` (blob roots, manifests, image directories) are stored."""
+        if self.on_committed is None or not cids:
+            return
+        try:
+            self.on_committed(cids)
+        except Exception:
+            # The content is stored whatever a listener does; a failing one must not fail the write.
+            log.exception("on_committed callback failed for %d CIDs", len(cids))
+
     def discard_chunk(self, upload: Upload) -> None:
         """Forget the in-memory progress of a failed chunk; the session resumes from its last save."""
         upload.broken = True
@@ -822,6 +841,7 @@ class RegistryStore:
             self._release(upload)  # after the commit: the blob index now reaches every block
         if upload.uuid:
             self._closed(upload.client)
+        self.committed([info.cid])
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -920,6 +940,9 @@ class RegistryStore:
         # Everything is in this one batch (each tag move carries its own image), so committing it
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
+        self.committed([stored.cid, *([layout.root] if layout is not None else [])])
+        if tag is not None:
+            self.tags_changed(repo)
         return actual, parsed
 
     # --- images on IPFS ------------------------------------------------------------------
@@ -1024,6 +1047,8 @@ class RegistryStore:
                 with self.datastore.batch(sync=True) as batch:
                     cids = self._put_image(batch, repo, tag, info.digest, layout)
             self._announce(cids)
+            self.committed([layout.root])
+            self.tags_changed(repo)
             return layout.root
 
     def image(self, repo: str, tag: str) -> ImageInfo | None:
@@ -1052,6 +1077,7 @@ class RegistryStore:
                     batch.delete(self.published, key)
             if info.subject is not None:
                 batch.delete(self.referrers, _rkey(repo, info.subject, str(digest)))
+        self.tags_changed(repo)
 
     def delete_tag(self, repo: str, tag: str) -> None:
         if self.tags.get(_rkey(repo, tag)) is None:
@@ -1059,6 +1085,16 @@ class RegistryStore:
         with self.datastore.batch(sync=True) as batch:
             batch.delete(self.tags, _rkey(repo, tag))
             batch.delete(self.published, _rkey(repo, tag))
+        self.tags_changed(repo)
+
+    def tags_changed(self, repo: str) -> None:
+        """Tell ``on_tags_changed`` that ``repo``'s tags changed (a failing listener is only logged)."""
+        if self.on_tags_changed is None:
+            return
+        try:
+            self.on_tags_changed(repo)
+        except Exception:
+            log.exception("on_tags_changed callback failed for %s", repo)
 
     # --- garbage collection support -----------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 A basic directory is a dag-pb node with Data = UnixFS ``Directory`` (no other field) and one link per
 entry, sorted by name bytes, whose Tsize is the child's cumulative DAG size. Kubo 0.22 (boxo's
-``DynamicDirectory``) turns a directory into a HAMT once its estimated size, the sum over entries of
-``len(name) + len(CID bytes)``, reaches ``HAMTShardingSize`` (256 KiB): the comparison is ``>=`` in
-that release (later boxo releases switched to ``>``; only a directory exactly at the threshold differs).
+``DynamicDirectory``) turns a directory into a HAMT once its estimated size reaches ``HAMTShardingSize``
+(256 KiB). How the size is estimated and compared is part of the import profile (IPIP-499, see
+``ipfsreg.unixfs.profiles``): ``links`` sums ``len(name) + len(CID bytes)`` over the entries (Kubo's
+default), ``block`` is the length of the serialized basic directory node (``unixfs-v1-2025``). Kubo
+0.40 and IPIP-499 shard when the estimate exceeds the threshold (``>``); Kubo before 0.40 (whose boxo
+compared ``>=``) also sharded a directory exactly at it: ``hamt_shard_at_threshold`` reproduces that.
 
 :func:`import_tree` walks a path depth first, streams every file through :class:`FileImporter` (a file is
 never read whole), and yields blocks children-first, each directory's block after its entries.
@@ -15,6 +18,7 @@ and symbolic links are stored as UnixFS symlinks, not followed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat as stat_mod
 from collections.abc import Generator, Iterator, Mapping
@@ -53,17 +57,44 @@ class DirectoryOptions:
     cid_version: int = 0
     hamt_threshold: int = HAMT_SHARDING_SIZE  # 0 disables sharding
     hamt_fanout: int = DEFAULT_FANOUT
+    hamt_estimation: str = "links"  # "links" or "block" (see the module docstring)
+    hamt_shard_at_threshold: bool = False  # compare >= (Kubo < 0.40) instead of > (IPIP-499)
+
+    @classmethod
+    def for_import(cls, options: ImportOptions) -> DirectoryOptions:
+        """The directory settings of an import profile."""
+        return cls(
+            cid_version=options.cid_version,
+            hamt_threshold=options.hamt_threshold,
+            hamt_estimation=options.hamt_estimation,
+            hamt_shard_at_threshold=options.hamt_shard_at_threshold,
+        )
+
+
+def _over_threshold(size: int, options: DirectoryOptions) -> bool:
+    threshold = options.hamt_threshold
+    if not threshold:
+        return False
+    return size >= threshold if options.hamt_shard_at_threshold else size > threshold
 
 
 def build_any_directory(
     entries: Mapping[str, tuple[CID, int]], options: DirectoryOptions = DirectoryOptions()
 ) -> tuple[list[Block], CID, int]:
-    """A directory as Kubo would store it: basic, or HAMT-sharded at the threshold.
+    """A directory as Kubo would store it: basic, or HAMT-sharded past the threshold.
 
     Returns (blocks children-first with the root last, root CID, cumulative DAG size).
     """
-    threshold = options.hamt_threshold
-    if threshold and estimated_directory_size(entries) >= threshold:
+    basic: Block | None = None
+    if options.hamt_estimation == "block":
+        # boxo computes the node's length arithmetically; building it gives the same number.
+        basic = build_directory(entries, cid_version=options.cid_version)
+        shard = _over_threshold(len(basic.data), options)
+    elif options.hamt_estimation == "links":
+        shard = _over_threshold(estimated_directory_size(entries), options)
+    else:
+        raise UnixFSError(f"unknown HAMT size estimation {options.hamt_estimation!r}")
+    if shard:
         for name in entries:
             _check_name(name)
         shard_blocks, root, size = build_hamt(
@@ -72,7 +103,7 @@ def build_any_directory(
             fanout=options.hamt_fanout,
         )
         return [Block(cid, data) for cid, data in shard_blocks], root, size
-    block = build_directory(entries, cid_version=options.cid_version)
+    block = basic if basic is not None else build_directory(entries, cid_version=options.cid_version)
     return [block], block.cid, len(block.data) + sum(tsize for _, tsize in entries.values())
 
 
@@ -96,13 +127,15 @@ class TreeImport:
         options: ImportOptions,
         *,
         include_hidden: bool,
-        hamt_threshold: int,
+        hamt_threshold: int | None,
         read_size: int,
     ) -> None:
         self.path = Path(path)
         self.options = options
         self.include_hidden = include_hidden
-        self.dir_options = DirectoryOptions(options.cid_version, hamt_threshold)
+        self.dir_options = DirectoryOptions.for_import(options)
+        if hamt_threshold is not None:
+            self.dir_options = dataclasses.replace(self.dir_options, hamt_threshold=hamt_threshold)
         self.read_size = read_size
         self.result: ImportResult | None = None
 
@@ -160,10 +193,11 @@ def import_tree(
     options: ImportOptions | None = None,
     *,
     include_hidden: bool = False,
-    hamt_threshold: int = HAMT_SHARDING_SIZE,
+    hamt_threshold: int | None = None,
     read_size: int = _READ_SIZE,
 ) -> TreeImport:
-    """Import a file, symlink or directory tree like ``ipfs add -r``.
+    """Import a file, symlink or directory tree like ``ipfs add -r``, with the layout of ``options``
+    (``hamt_threshold``, when given, overrides the options' threshold).
 
     Iterate the returned object for the blocks (children before parents, the root last); afterwards
     ``.result`` is the root's ImportResult (size = total bytes of the files in the tree).

@@ -32,14 +32,28 @@ _SNAPSHOT_MAGIC: Final = b"ipfsreg.FileImporter/1\n"
 EMPTY_FILE_LEAF: Final = b"\x0a\x04\x08\x02\x18\x00"
 
 
+HAMT_ESTIMATIONS: Final = ("links", "block")
+
+
 @dataclass(frozen=True)
 class ImportOptions:
-    """How a file is cut and encoded; the defaults are Kubo's ``ipfs add`` defaults."""
+    """How files and directories are cut and encoded. The defaults are Kubo's ``ipfs add`` defaults,
+    the IPIP-499 ``unixfs-v0-2015`` profile (see ``ipfsreg.unixfs.profiles`` for the named profiles).
+
+    The ``hamt_*`` fields only matter for directories (``ipfsreg.unixfs.directory``): a directory
+    becomes a HAMT once its estimated size exceeds ``hamt_threshold`` (0: never), estimated as
+    ``links`` (the sum of entry name and CID bytes, Kubo's legacy estimate) or ``block`` (the
+    serialized dag-pb node). ``hamt_shard_at_threshold`` reproduces Kubo before 0.40, whose boxo also
+    sharded a directory whose estimate equals the threshold (``>=``; IPIP-499 and Kubo 0.40: ``>``).
+    """
 
     chunk_size: int = 262144
     cid_version: int = 0
     raw_leaves: bool | None = None  # None: raw leaves exactly when cid_version == 1, as in Kubo
     max_links: int = 174
+    hamt_threshold: int = 256 * 1024
+    hamt_estimation: str = "links"
+    hamt_shard_at_threshold: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -48,6 +62,12 @@ class ImportOptions:
             raise ValueError(f"cid_version must be 0 or 1, got {self.cid_version}")
         if not 2 <= self.max_links <= MAX_LINKS_LIMIT:
             raise ValueError(f"max_links must be 2..{MAX_LINKS_LIMIT}, got {self.max_links}")
+        if self.hamt_threshold < 0:
+            raise ValueError(f"hamt_threshold must be >= 0, got {self.hamt_threshold}")
+        if self.hamt_estimation not in HAMT_ESTIMATIONS:
+            raise ValueError(
+                f"hamt_estimation must be one of {', '.join(HAMT_ESTIMATIONS)}, got {self.hamt_estimation!r}"
+            )
 
     @property
     def use_raw_leaves(self) -> bool:

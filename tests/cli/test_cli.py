@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from ipfsreg.app import ServerInfo
 from ipfsreg.config import load_config
@@ -81,6 +83,36 @@ def test_add_cid_version_1_uses_raw_leaves(tmp_path: Path) -> None:
     assert out.stdout.decode().strip() == "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
 
 
+def test_add_profile_unixfs_v1_2025_prints_the_ipip_499_cid(tmp_path: Path) -> None:
+    # Kubo's deterministic test bytes (tests/unixfs/unixfs_support.py): the ChaCha20 keystream.
+    key = hashlib.sha256(b"chunk-v1-seed").digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    f = tmp_path / "f.bin"
+    f.write_bytes(stream.update(bytes(1048577)))
+    out = ipfsreg("add", "--profile", "unixfs-v1-2025", "-q", f, data=tmp_path / "data")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().strip() == "bafybeigmix7t42i6jacydtquhet7srwvgpizfg7gjbq7627d35mjomtu64"
+    # The configured profile is the default; a flag overrides one setting of it.
+    (tmp_path / "data" / "config.toml").write_text('[import]\nprofile = "unixfs-v1-2025"\n')
+    out = ipfsreg("add", "-q", f, data=tmp_path / "data")
+    assert out.stdout.decode().strip() == "bafybeigmix7t42i6jacydtquhet7srwvgpizfg7gjbq7627d35mjomtu64"
+    out = ipfsreg("add", "-q", "--cid-version", "0", f, data=tmp_path / "data")
+    assert out.stdout.decode().strip().startswith("Qm")
+
+
+def test_add_max_links_changes_the_file_dag_width(tmp_path: Path) -> None:
+    f = tmp_path / "f.bin"
+    f.write_bytes(random.Random(3).randbytes(10 * 1024))
+    data = tmp_path / "data"
+    narrow = ipfsreg("add", "-q", "--chunk-size", "1024", "--max-links", "2", f, data=data)
+    wide = ipfsreg("add", "-q", "--chunk-size", "1024", f, data=data)
+    assert narrow.returncode == wide.returncode == 0, narrow.stderr
+    assert narrow.stdout != wide.stdout
+    assert ipfsreg("cat", narrow.stdout.decode().strip(), data=data).stdout == f.read_bytes()
+    bad = ipfsreg("add", "--max-links", "1", f, data=data)
+    assert bad.returncode == 1 and b"max_links must be 2.." in bad.stderr
+
+
 def test_add_directory_requires_recursive_flag(tree: Path, tmp_path: Path) -> None:
     out = ipfsreg("add", tree, data=tmp_path / "data")
     assert out.returncode == 1
@@ -128,6 +160,23 @@ def test_export_then_import_into_another_data_dir_round_trips(tree: Path, tmp_pa
     cid = ipfsreg("add", "-r", "-q", tree, data=first).stdout.decode().strip()
     car = tmp_path / "tree.car"
     assert ipfsreg("export", cid, "-o", car, data=first).returncode == 0
+    imported = ipfsreg("import", car, data=second)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.decode().split() == [cid]
+    assert ipfsreg("cat", f"{cid}/a/b/big.bin", data=second).stdout == (tree / "a/b/big.bin").read_bytes()
+
+
+def test_export_car_version_2_to_a_file_and_to_stdout_then_import_round_trips(
+    tree: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    cid = ipfsreg("add", "-r", "-q", tree, data=first).stdout.decode().strip()
+    car = tmp_path / "tree.car"
+    assert ipfsreg("export", cid, "-o", car, "--car-version", "2", data=first).returncode == 0
+    written = car.read_bytes()
+    assert written.startswith(bytes.fromhex("0aa16776657273696f6e02"))  # the CARv2 pragma
+    piped = ipfsreg("export", cid, "-o", "-", "--car-version", "2", data=first)
+    assert piped.returncode == 0 and piped.stdout == written
     imported = ipfsreg("import", car, data=second)
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.decode().split() == [cid]

@@ -14,8 +14,8 @@ def test_defaults_without_file_or_environment(tmp_path: Path) -> None:
     config = load_config(data_dir=tmp_path, environ={})
     assert config.data_dir == tmp_path
     assert config.log_level == "info"
-    assert config.importer.chunk_size == 262144
-    assert config.importer.cid_version == 0
+    assert config.importer.options().chunk_size == 262144
+    assert config.importer.options().cid_version == 0
     assert config.storage.verify_reads is False
 
 
@@ -32,6 +32,23 @@ def test_file_then_environment_then_flags_override_in_order(tmp_path: Path) -> N
         data_dir=tmp_path, environ=env, overrides={"import.chunk_size": 4096, "log_level": None}
     )
     assert (config.log_level, config.importer.chunk_size) == ("warning", 4096)
+
+
+def test_import_profile_with_overrides_from_file_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[import]\nprofile = "unixfs-v1-2025"\n')
+    options = load_config(data_dir=tmp_path, environ={}).importer.options()
+    assert (options.cid_version, options.chunk_size, options.max_links) == (1, 1048576, 1024)
+    assert options.hamt_estimation == "block" and options.use_raw_leaves
+    env = {"IPFSREG_IMPORT_MAX_LINKS": "256", "IPFSREG_IMPORT_CHUNK_SIZE": ""}
+    options = load_config(data_dir=tmp_path, environ=env).importer.options()
+    assert (options.cid_version, options.chunk_size, options.max_links) == (1, 1048576, 256)
+
+
+def test_unknown_import_profile_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown import profile 'fast'"):
+        load_config(data_dir=tmp_path, environ={"IPFSREG_IMPORT_PROFILE": "fast"})
+    with pytest.raises(ConfigError, match="max_links must be"):
+        load_config(data_dir=tmp_path, environ={"IPFSREG_IMPORT_MAX_LINKS": "1"})
 
 
 def test_data_dir_from_environment_locates_its_config_file(tmp_path: Path) -> None:

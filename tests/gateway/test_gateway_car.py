@@ -158,16 +158,45 @@ async def test_car_entity_bytes_returns_only_the_blocks_of_the_range(
     assert data[lo - start : hi - start] == tree.big_data[lo:hi]
 
 
-@pytest.mark.parametrize("entity_bytes", ["10240:*", "20000:30000", "5000:-6000", "-5:-10"])
-async def test_car_entity_bytes_outside_or_empty_is_the_root_block_alone(
+@pytest.mark.parametrize("entity_bytes", ["5000:-6000", "0:-20000", "-20000:-15000"])
+async def test_car_entity_bytes_of_an_empty_range_is_the_root_block_alone(
     client: httpx.AsyncClient, tree: Fixture, entity_bytes: str
 ) -> None:
-    if entity_bytes == "-5:-10":
-        resp = await client.get(f"/ipfs/{tree.big}", params={"entity-bytes": entity_bytes, "format": "car"})
-        assert resp.status_code == 400
-        return
     _, cids = await get_car(client, f"/ipfs/{tree.big}", **{"entity-bytes": entity_bytes})
     assert cids == [tree.big]
+
+
+@pytest.mark.parametrize("entity_bytes", ["10240:*", "20000:30000", "10240:-1"])
+async def test_car_entity_bytes_starting_past_the_end_of_the_file_returns_400(
+    client: httpx.AsyncClient, tree: Fixture, entity_bytes: str
+) -> None:
+    for method in ("GET", "HEAD"):
+        resp = await client.request(
+            method, f"/ipfs/{tree.big}", params={"entity-bytes": entity_bytes, "format": "car"}
+        )
+        assert resp.status_code == 400
+    resp = await client.get(f"/ipfs/{tree.big}", params={"entity-bytes": entity_bytes, "format": "car"})
+    assert "starts past the end of the 10240 byte file" in resp.text
+    assert resp.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_car_entity_bytes_of_an_empty_file_from_zero_is_its_root_block() -> None:
+    source = MemorySource()
+    blocks, result = import_bytes(b"")
+    source.add(blocks)
+    async with serve_app(gateway_app(source)) as client:
+        whole = await client.get(f"/ipfs/{result.cid}", params={"format": "car", "entity-bytes": "0:*"})
+        past = await client.get(f"/ipfs/{result.cid}", params={"format": "car", "entity-bytes": "1:*"})
+    assert whole.status_code == 200
+    assert [b.cid for b in parse_car_verified(whole.content)[1]] == [result.cid]
+    assert past.status_code == 400
+
+
+async def test_car_entity_bytes_with_to_before_from_returns_400(
+    client: httpx.AsyncClient, tree: Fixture
+) -> None:
+    resp = await client.get(f"/ipfs/{tree.big}", params={"entity-bytes": "-5:-10", "format": "car"})
+    assert resp.status_code == 400
 
 
 async def test_car_entity_bytes_changes_the_etag(client: httpx.AsyncClient, tree: Fixture) -> None:

@@ -128,6 +128,23 @@ def test_entity_bytes_resolve_against_a_size(
     assert spec.resolve(size) == expected
 
 
+@pytest.mark.parametrize(
+    ("spec", "size", "past"),
+    [
+        (EntityBytes(100, None), 100, True),
+        (EntityBytes(150, 200), 100, True),
+        (EntityBytes(100, -1), 100, True),
+        (EntityBytes(99, None), 100, False),
+        (EntityBytes(50, -51), 100, False),  # empty, but inside the file
+        (EntityBytes(-1000, None), 100, False),  # counted from the end, clamped to the start
+        (EntityBytes(0, None), 0, False),  # all of an empty file
+        (EntityBytes(1, None), 0, True),
+    ],
+)
+def test_entity_bytes_starts_past_end(spec: EntityBytes, size: int, past: bool) -> None:
+    assert spec.starts_past_end(size) is past
+
+
 def test_request_defaults_to_dag_scope_all_and_entity_bytes_implies_entity() -> None:
     req = parse_request(f"{ROOT}/x", {"format": "car"}, {})
     assert (req.format, req.scope, req.entity_bytes, req.explicit_format) == (

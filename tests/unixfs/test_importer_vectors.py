@@ -1,8 +1,9 @@
 """Kubo CID vectors for the file importer (kubo test/cli/cid_profiles_test.go and add_test.go).
 
-Data comes from Kubo's deterministic ChaCha20 generator (see unixfs_support). The unixfs-v0-2015 profile
-is Kubo 0.22's default (CIDv0, dag-pb TFile leaves, 256 KiB chunks, 174 links); the unixfs-v1-2025
-vectors use CIDv1 with raw leaves, 1 MiB chunks and 1024 links, which exercise the same builder.
+Data comes from Kubo's deterministic ChaCha20 generator (see unixfs_support). The CIDs are IPIP-499's
+fixtures for its two profiles, imported with ipfsreg's profiles (ipfsreg.unixfs.profiles): unixfs-v0-2015,
+Kubo's default (CIDv0, dag-pb TFile leaves, 256 KiB chunks, 174 links), and unixfs-v1-2025 (CIDv1, raw
+leaves, 1 MiB chunks, 1024 links).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from ipfsreg.unixfs import dagpb
 from ipfsreg.unixfs.data import DataType
 from ipfsreg.unixfs.data import decode as decode_unixfs
 from ipfsreg.unixfs.importer import FileImporter, ImportOptions, import_bytes
+from ipfsreg.unixfs.profiles import UNIXFS_V0_2015, UNIXFS_V1_2025
 
-V0 = ImportOptions()
-V1_2025 = ImportOptions(chunk_size=1048576, cid_version=1, max_links=1024)
+V0 = UNIXFS_V0_2015
+V1_2025 = UNIXFS_V1_2025
 
 
 def import_stream(size: int, seed: str, options: ImportOptions) -> tuple[str, int]:
@@ -80,6 +82,15 @@ def test_file_one_byte_over_max_links_v0_is_rebalanced() -> None:
     cid, nblocks = import_stream(174 * 262144 + 1, "v0-seed", V0)
     assert cid == "QmV81WL765sC8DXsRhE5fJv2rwhS4icHRaf3J9Zk5FdRnW"
     assert nblocks == 175 + 1 + 1 + 1  # leaves, the full node, the one-leaf node, the root
+
+
+def test_hello_world_v1_2025_is_a_raw_leaf() -> None:
+    _, result = import_bytes(b"hello world", V1_2025)
+    assert str(result.cid) == "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+
+
+def test_default_import_options_are_the_unixfs_v0_2015_profile() -> None:
+    assert ImportOptions() == V0
 
 
 def test_file_at_chunk_size_v1_2025_is_raw_leaf() -> None:

@@ -4,7 +4,13 @@ A fetch of one CID is driven by one task: it asks the session's known-good peers
 directly (want-block), otherwise discovers who has it by sending want-have to every connected
 peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE or a peer that stays silent
 for ``want_timeout`` moves the want to another peer; after ``fetch_timeout`` the caller gets
-BlockFetchTimeout naming the CID. On receipt the block's CID is rebuilt from its bytes, so a block
+BlockFetchTimeout naming the CID. With a provider search (``router``, the node's DHT lookups) a
+want that no connected peer can serve looks for providers: at once when every connected peer has
+said DONT_HAVE (or there is none), otherwise after the search delay, and again every little while
+as long as the want runs; providers found are connected and asked like any peer. When the search
+found nobody and every connected peer has said no, the caller gets BlockNotProvided at once.
+
+On receipt the block's CID is rebuilt from its bytes, so a block
 is only ever accepted for the CID it really has; it is stored, cancels go to the other peers asked,
 and a peer that sends a block we never asked it for is dropped and banned for a while.
 """
@@ -17,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.peer.id import ID
@@ -25,8 +32,11 @@ from ipfsreg.blockstore import Blockstore
 from ipfsreg.cid import CID, IDENTITY, CIDError, multihash
 from ipfsreg.node.bitswap.message import V0_PREFIX, Block, Message, PresenceType, WantEntry, WantType, cancels
 from ipfsreg.node.bitswap.network import BitswapNetwork
-from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, ProtocolViolation
+from ipfsreg.node.errors import BitswapError, BlockFetchTimeout, BlockNotProvided, ProtocolViolation
 from ipfsreg.node.settings import NodeSettings
+
+if TYPE_CHECKING:
+    from ipfsreg.node.providersearch import ProviderSearch, Search
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ class _Event(Enum):
     DONT_HAVE = "dont_have"
     BLOCK = "block"
     PEER = "peer"  # a peer connected: worth asking it too
+    SEARCH = "search"  # the provider search for this CID ended
 
 
 @dataclass
@@ -49,6 +60,7 @@ class ClientStats:
     block_bytes_received: int = 0
     duplicate_blocks: int = 0
     fetch_timeouts: int = 0
+    not_provided: int = 0  # fetches that failed fast: nobody connected has it, no provider found
     peers_penalised: int = 0
 
 
@@ -148,6 +160,7 @@ class BitswapClient:
         self._banned: dict[ID, float] = {}
         self._store_lock = trio.Lock()  # one hash-and-store thread at a time
         self._open_batch: _StoreBatch | None = None  # messages waiting for the next thread
+        self.router: ProviderSearch | None = None  # finds providers beyond the connected peers
 
     def new_session(self) -> Session:
         return Session(self)
@@ -174,6 +187,12 @@ class BitswapClient:
             return
         for want in self._wants.values():
             _offer(want, _Event.PEER, peer)
+
+    def search_finished(self, cid: CID) -> None:
+        """The provider search for ``cid`` ended: its want re-checks what it knows."""
+        want = self._wants.get(cid.to_bytes())
+        if want is not None:
+            _offer(want, _Event.SEARCH, self.network.host.get_id())
 
     def peer_disconnected(self, peer: ID) -> None:
         """Wants waiting on ``peer`` move on at once instead of waiting out the want timeout."""
@@ -395,11 +414,18 @@ class BitswapClient:
                 want.done.set()
 
     async def _pursue(self, want: _Want, session: Session) -> None:
-        """Ask peers until the block arrives (returns) or the caller's deadline cancels us."""
+        """Ask peers until the block arrives (returns) or the caller's deadline cancels us.
+
+        BlockNotProvided as soon as the provider search found nobody and every connected peer
+        has said DONT_HAVE (or stayed silent through a quiet period).
+        """
         settings = self.settings
         dont_have: set[ID] = set()  # said DONT_HAVE or timed out on want-block
         haves: list[ID] = []  # said HAVE, not yet asked for the block
         asked_have: set[ID] = set()
+        said_no: set[ID] = set()  # DONT_HAVE or silence, never cleared: decides a fast failure
+        began = trio.current_time()
+        search: Search | None = None
         while not want.done.is_set():
             target = None
             while haves and target is None:
@@ -412,9 +438,11 @@ class BitswapClient:
                     self._probe(want, session, asked_have)
             if target is not None:
                 await self._want_block(want, session, target, dont_have, haves, asked_have)
+                said_no |= dont_have
                 continue
             # Discovery: who has it?
-            fresh = [p for p in self.candidate_peers() if p not in asked_have and p not in dont_have]
+            candidates = self.candidate_peers()
+            fresh = [p for p in candidates if p not in asked_have and p not in dont_have]
             have_capable = [p for p in fresh if self.network.supports_have(p)]
             for peer in fresh:
                 if peer not in have_capable:  # 1.0.0 peers only understand want-block
@@ -426,8 +454,32 @@ class BitswapClient:
                     self.network.queue_wants(peer, [_want_entry(want, WantType.HAVE)])
             if haves:
                 continue
-            # Wait for presences, a block, or a new peer; re-ask everyone after a quiet period.
-            with trio.move_on_after(settings.want_timeout) as quiet:
+            wait = settings.want_timeout
+            router = self.router
+            if router is not None:
+                everyone_said_no = not fresh and all(p in said_no for p in candidates)
+                now = trio.current_time()
+                if search is not None and search.done.is_set():
+                    if search.found == 0 and everyone_said_no:
+                        self.stats.not_provided += 1
+                        asked = (
+                            f"none of the {len(candidates)} connected peers has it"
+                            if candidates
+                            else "no connected peers"
+                        )
+                        raise BlockNotProvided(want.cid, f"{asked}, and the provider lookup found nobody")
+                    assert search.finished_at is not None
+                    if now - search.finished_at >= router.memory:
+                        search = None  # still missing: look for (more) providers again
+                if search is None:
+                    if everyone_said_no or now - began >= router.delay:
+                        search = router.search(want.cid)
+                        if search.done.is_set():
+                            continue  # a recent search's answer: decide now
+                    else:
+                        wait = min(wait, began + router.delay - now)
+            # Wait for presences, a block, a new peer or the search; re-ask everyone after a quiet period.
+            with trio.move_on_after(wait) as quiet:
                 while True:
                     try:
                         event, peer = await want.inbox.receive()
@@ -437,15 +489,20 @@ class BitswapClient:
                         return
                     if event is _Event.HAVE:
                         session.note_have(peer)
+                        said_no.discard(peer)
                         haves.append(peer)
                         break
                     if event is _Event.DONT_HAVE:
                         dont_have.add(peer)
+                        said_no.add(peer)
+                        if router is not None and all(p in said_no for p in self.candidate_peers()):
+                            break  # everyone has answered: search now, or decide on the search
                         continue
-                    if event is _Event.PEER:
+                    if event in (_Event.PEER, _Event.SEARCH):
                         break
-            if quiet.cancelled_caught:
+            if quiet.cancelled_caught and wait >= settings.want_timeout:
                 # Nobody answered: forget who refused, peers may have fetched it meanwhile.
+                said_no |= asked_have
                 asked_have.clear()
                 dont_have.clear()
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 from quart import Request, Response
@@ -24,12 +24,24 @@ from ipfsreg.unixfs.exporter import BlockSource
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
+class IpnsResolver(Protocol):
+    """What the registry needs of IPNS: a tag's image directory under a name, and a name's tags."""
+
+    async def resolve_tag(self, name: str, repository: str, tag: str) -> CID: ...
+
+    async def tags_of(self, name: str, repository: str) -> list[str]: ...
+
+    async def candidate_images(self, name: str, repository: str) -> list[CID]: ...
+
+
 @dataclass
 class Context:
     store: RegistryStore
     settings: RegistrySettings
     source_factory: SourceFactory | None = None
     """Per-request block sources for pulls by CID (each pull its own bitswap session); None: the store's."""
+    ipns: IpnsResolver | None = None
+    """Resolves ``ipns/<name>/<repository>`` tags to image directories (None: such pulls are refused)."""
 
     def source_factory_or_shared(self) -> SourceFactory:
         """The per-request factory, or one handing out the store's (already entered) shared source."""

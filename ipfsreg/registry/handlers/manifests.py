@@ -7,9 +7,13 @@ read what was pushed fails on the Content-Type it got, which names the reason, r
 404 for a manifest that exists. (distribution answers 404 for OCI types missing from Accept and
 rewrites Docker lists for old clients; the spec asks neither.)
 
-Responses by tag carry ``X-Ipfs-Path: /ipfs/<cid>`` of the tag's published image directory."""
+Responses by tag carry ``X-Ipfs-Path: /ipfs/<cid>`` of the tag's published image directory (the CID
+Kubo's ``ipfs add`` gives the layout) and ``X-Ipfs-Image-Reference: HOST/ipfs/<CIDv1 base32>:TAG``,
+the same image as a reference docker, podman and skopeo can pull (HOST from the request's Host)."""
 
 from __future__ import annotations
+
+from typing import Final
 
 from quart import Request, Response
 
@@ -17,7 +21,7 @@ from ipfsreg.cid import CID
 from ipfsreg.registry.digests import Digest, is_digest_like, parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, make_response, read_body
-from ipfsreg.registry.names import is_valid_tag
+from ipfsreg.registry.names import is_valid_tag, pull_reference, reference_host
 from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.storage import ManifestInfo
 
@@ -31,16 +35,27 @@ def parse_reference(reference: str) -> str | Digest:
     return reference
 
 
-def _manifest_headers(info: ManifestInfo, image: CID | None) -> dict[str, str]:
-    """By digest X-Ipfs-Path is the manifest's own DAG; by tag it is the tag's image directory."""
-    headers = {
+IMAGE_REFERENCE_HEADER: Final = "X-Ipfs-Image-Reference"
+
+
+def image_headers(request: Request, image: CID | None, tag: str | None) -> dict[str, str]:
+    """X-Ipfs-Path of ``image`` and, by tag, its pull reference (on this host when the request names it)."""
+    if image is None:
+        return {}
+    headers = {"X-Ipfs-Path": f"/ipfs/{image}"}
+    if tag is not None:
+        headers[IMAGE_REFERENCE_HEADER] = pull_reference(
+            image, tag, reference_host(request.headers.get("Host"))
+        )
+    return headers
+
+
+def _manifest_headers(info: ManifestInfo) -> dict[str, str]:
+    return {
         "Content-Type": info.media_type,
         "Docker-Content-Digest": str(info.digest),
         "ETag": f'"{info.digest}"',
     }
-    if image is not None:
-        headers["X-Ipfs-Path"] = f"/ipfs/{image}"
-    return headers
 
 
 async def get_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
@@ -64,7 +79,11 @@ async def serve_stored_manifest(
 ) -> Response:
     """GET/HEAD of a manifest stored here (no upstream involved), as stored (the Accept rule)."""
     info = ctx.store.resolve(name, ref)
-    headers = _manifest_headers(info, info.cid if isinstance(ref, Digest) else ctx.store.image_cid(name, ref))
+    # By digest X-Ipfs-Path is the manifest's own DAG; by tag it is the tag's image directory.
+    if isinstance(ref, Digest):
+        headers = _manifest_headers(info) | image_headers(request, info.cid, None)
+    else:
+        headers = _manifest_headers(info) | image_headers(request, ctx.store.image_cid(name, ref), ref)
     if request.method == "HEAD":
         return make_response(200, headers, b"", content_length=info.size)
     body = await ctx.store.read_all(info.cid)
@@ -90,9 +109,8 @@ async def put_manifest(ctx: Context, request: Request, name: str, reference: str
     }
     if parsed.subject is not None:
         headers["OCI-Subject"] = str(parsed.subject.digest)
-    image = ctx.store.image_cid(name, ref) if isinstance(ref, str) else None
-    if image is not None:
-        headers["X-Ipfs-Path"] = f"/ipfs/{image}"
+    if isinstance(ref, str):
+        headers |= image_headers(request, ctx.store.image_cid(name, ref), ref)
     return make_response(201, headers)
 
 

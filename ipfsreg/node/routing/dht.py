@@ -1,0 +1,1026 @@
+"""One Kademlia DHT swarm over the libp2p host: the stream handler (server mode) and the lookups (client).
+
+A :class:`KademliaDHT` speaks one protocol id: ``/ipfs/lan/kad/1.0.0`` (the LAN DHT, peers on
+loopback and private addresses) or ``/ipfs/kad/1.0.0`` (Amino, peers on public addresses). The
+node runs one of each, as Kubo's dual DHT does (see ``routing.py``); they share the provider and
+record stores. Server mode registers the stream handler, so identify advertises the protocol;
+client mode does neither.
+
+Server side: each inbound stream is read as a sequence of varint-framed requests (a peer may send
+several on one stream) and each gets its answer, as go-libp2p-kad-dht's handlers give it. Bounds:
+at most ``MAX_INBOUND_STREAMS`` streams are served at once (more are reset), a stream idle for
+``STREAM_IDLE_TIMEOUT`` is closed, ADD_PROVIDER is rate-limited per peer (a token bucket), and
+the stores refuse records past their caps.
+
+Client side: a lookup (``lookup.py``) asks up to alpha peers at a time, each request on a stream
+of its own, dialling peers it learns of (``Connector``: bounded dial time, a short memory of
+peers that could not be reached); the whole lookup ends by ``lookup_timeout`` at the latest.
+
+Every message from the network is decoded against :class:`Limits` and every peer entry checked
+(``addrs.py``). A peer that sends garbage — a message that does not decode, a response of the
+wrong type, a malformed peer ID — is dropped: removed from the routing table, ignored for
+``BAN_SECONDS`` and disconnected. Routing table admission follows Kubo: a connected peer that
+advertises the protocol and whose connection is in this DHT's scope is asked FIND_NODE for its
+own ID and enters the table if it answers with at least one peer; so does any peer that answers
+one of our queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF
+from multiaddr import Multiaddr
+
+from ipfsreg.node.errors import DHTProtocolError, InvalidRecord, RoutingError
+from ipfsreg.node.routing.addrs import DialAddr, dial_addr_of, parse_dial_addr, peer_id_from_bytes
+from ipfsreg.node.routing.keys import MAX_REFRESH_CPL, kad_id, random_key_with_prefix
+from ipfsreg.node.routing.lookup import Lookup
+from ipfsreg.node.routing.message import (
+    DEFAULT_LIMITS,
+    MAX_KEY_SIZE,
+    Connection,
+    FrameReader,
+    K,
+    Limits,
+    Message,
+    MessageType,
+    PeerEntry,
+    Record,
+    decode_message,
+    encode_frame,
+)
+from ipfsreg.node.routing.providers import ProviderStore
+from ipfsreg.node.routing.records import RecordStore
+from ipfsreg.node.routing.settings import RoutingSettings
+from ipfsreg.node.routing.table import RoutingTable
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK: Final = 64 * 1024
+MAX_INBOUND_STREAMS: Final = 64
+STREAM_IDLE_TIMEOUT: Final = 60.0
+BAN_SECONDS: Final = 600.0
+UNREACHABLE_SECONDS: Final = 30.0  # a peer that could not be dialled is not dialled again for this long
+MAX_REMEMBERED_PEERS: Final = 4096  # bans, unreachable peers and rate-limit buckets kept at most
+MAX_DIALS: Final = 64  # dials in flight at once (all lookups together)
+PROBE_WORKERS: Final = 4
+PROBE_QUEUE: Final = 256
+IDENTIFY_WAIT: Final = 3.0
+MAX_PROVIDERS_SERVED: Final = 100  # provider records in one GET_PROVIDERS answer
+# Provider records are not signed: one peer's answer may name any number of peers that never
+# answer. Taking only a few from each answer keeps such a peer from filling a lookup's quota.
+MAX_PROVIDERS_PER_ANSWER: Final = 5
+IDLE_REUSE: Final = 45.0  # seconds an idle pooled stream may be reused (Kubo closes after 60)
+MAX_IDLE_PER_PEER: Final = 4
+MAX_IDLE: Final = 512
+STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
+
+
+@dataclass
+class DHTStats:
+    requests_in: int = 0
+    requests_out: int = 0
+    requests_failed: int = 0
+    violations: int = 0
+    providers_stored: int = 0
+    providers_refused: int = 0
+    add_provider_throttled: int = 0
+    streams_refused: int = 0
+    streams_opened: int = 0  # outgoing; requests reuse them (see StreamPool)
+    lookups: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A peer as a response described it: its ID and the addresses of it we can use in this DHT."""
+
+    peer: ID
+    addrs: tuple[DialAddr, ...]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class _Remembered:
+    """A bounded peer -> value map that forgets the oldest entry first."""
+
+    def __init__(self, size: int = MAX_REMEMBERED_PEERS) -> None:
+        self._size = size
+        self._items: OrderedDict[ID, float] = OrderedDict()
+
+    def put(self, peer: ID, value: float) -> None:
+        self._items[peer] = value
+        self._items.move_to_end(peer)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def get(self, peer: ID) -> float | None:
+        return self._items.get(peer)
+
+    def pop(self, peer: ID) -> None:
+        self._items.pop(peer, None)
+
+
+class Connector:
+    """Dials peers found through the DHT: bounded time and concurrency, a peers found dead wait."""
+
+    def __init__(self, host: IHost, dial_timeout: float) -> None:
+        self.host = host
+        self.dial_timeout = dial_timeout
+        self._limiter = trio.CapacityLimiter(MAX_DIALS)
+        self._unreachable = _Remembered()
+        self._dialling: dict[ID, trio.Event] = {}
+
+    def is_connected(self, peer: ID) -> bool:
+        """An open connection to ``peer`` (one being closed, still listed for a moment, does not count)."""
+        for conn in self.host.get_network().connections.get(peer, ()):
+            if not getattr(conn, "is_closed", False) and not getattr(conn.muxed_conn, "is_closed", False):
+                return True
+        return False
+
+    def recently_unreachable(self, peer: ID) -> bool:
+        failed = self._unreachable.get(peer)
+        return failed is not None and trio.current_time() - failed < UNREACHABLE_SECONDS
+
+    async def ensure(self, peer: ID, addrs: Sequence[DialAddr]) -> None:
+        """Be connected to ``peer``, dialling ``addrs`` if needed; RoutingError if that fails.
+
+        A connection still being closed when we dial is waited out and dialled past (py-libp2p
+        lists it for a moment and a dial then returns without a usable connection).
+        """
+        if peer == self.host.get_id():
+            raise RoutingError("refusing to dial ourselves")
+        with trio.move_on_after(self.dial_timeout):
+            for _ in range(3):
+                if self.is_connected(peer):
+                    return
+                pending = self._dialling.get(peer)
+                if pending is not None:
+                    await pending.wait()  # someone else's dial: then look again
+                    continue
+                if self.recently_unreachable(peer):
+                    raise RoutingError(f"{peer} was unreachable less than {UNREACHABLE_SECONDS:g}s ago")
+                if not addrs:
+                    raise RoutingError(f"no usable address for {peer}")
+                await self._dial(peer, addrs)
+                if not self.is_connected(peer):
+                    await trio.sleep(0.05)  # a stale connection on its way out: dial again
+            if self.is_connected(peer):
+                return
+            raise RoutingError(f"cannot connect to {peer}")
+        self._unreachable.put(peer, trio.current_time())
+        raise RoutingError(f"connecting to {peer} timed out after {self.dial_timeout:g}s")
+
+    async def _dial(self, peer: ID, addrs: Sequence[DialAddr]) -> None:
+        done = trio.Event()
+        self._dialling[peer] = done
+        try:
+            async with self._limiter:
+                await self.host.connect(PeerInfo(peer, [a.multiaddr() for a in addrs]))
+            self._unreachable.pop(peer)
+        except Exception as exc:
+            self._unreachable.put(peer, trio.current_time())
+            raise RoutingError(f"cannot connect to {peer}: {exc!r}") from None
+        finally:
+            del self._dialling[peer]
+            done.set()
+
+
+class _ConnectionEvents(INotifee):
+    def __init__(self, send: trio.MemorySendChannel[ID]) -> None:
+        self._send = send
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        # A full probe queue drops the event: the peer can still join the table by answering a query.
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+
+async def _read(stream: INetStream) -> bytes:
+    try:
+        return await stream.read(READ_CHUNK)
+    except (StreamEOF, MuxedStreamEOF):
+        return b""
+
+
+async def _reset(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception as exc:
+        logger.debug("resetting a DHT stream: %r", exc)
+
+
+async def _close(stream: INetStream) -> None:
+    try:
+        await stream.close()
+    except Exception as exc:
+        logger.debug("closing a DHT stream: %r", exc)
+
+
+ProviderSink = Callable[[Found], bool]  # True: enough providers, stop the lookup
+
+
+class _NoStream(RoutingError):
+    """No stream could be opened to the peer (protocol refused, or the connection is gone)."""
+
+
+class _StaleStream(RoutingError):
+    """A stream kept for reuse was dead when used (nothing of the request reached the peer's handler)."""
+
+
+class StreamPool:
+    """Outgoing DHT streams kept open between requests, as Kubo's message sender keeps them.
+
+    A request takes an idle stream of its peer (or opens one) and gives it back once answered,
+    which saves the protocol negotiation of a new stream on every request (one round trip each).
+    At most ``MAX_IDLE_PER_PEER`` idle streams per peer and ``MAX_IDLE`` in all are kept; a stream
+    idle for ``IDLE_REUSE`` seconds is closed rather than reused (Kubo's handler closes streams
+    idle for a minute).
+    """
+
+    def __init__(self) -> None:
+        self._idle: OrderedDict[ID, list[tuple[INetStream, float]]] = OrderedDict()
+        self._count = 0
+        self.nursery: trio.Nursery | None = None  # where streams no longer kept are closed
+
+    def _discard(self, stream: INetStream) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(_close, stream)
+
+    def take(self, peer: ID) -> INetStream | None:
+        streams = self._idle.get(peer)
+        now = trio.current_time()
+        while streams:
+            stream, since = streams.pop()
+            self._count -= 1
+            if now - since < IDLE_REUSE:
+                if not streams:
+                    del self._idle[peer]
+                return stream
+            self._discard(stream)
+        self._idle.pop(peer, None)
+        return None
+
+    def give_back(self, peer: ID, stream: INetStream) -> None:
+        streams = self._idle.setdefault(peer, [])
+        self._idle.move_to_end(peer)
+        if len(streams) >= MAX_IDLE_PER_PEER:
+            self._discard(stream)
+            return
+        streams.append((stream, trio.current_time()))
+        self._count += 1
+        while self._count > MAX_IDLE:
+            oldest_peer, oldest = next(iter(self._idle.items()))
+            old_stream, _ = oldest.pop(0)
+            self._count -= 1
+            if not oldest:
+                del self._idle[oldest_peer]
+            self._discard(old_stream)
+
+    def forget(self, peer: ID) -> None:
+        for stream, _ in self._idle.pop(peer, []):
+            self._count -= 1
+            self._discard(stream)
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class KademliaDHT:
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        protocol: str,
+        lan: bool,
+        server: bool,
+        settings: RoutingSettings,
+        providers: ProviderStore,
+        records: RecordStore,
+        connector: Connector,
+        local_addrs: Callable[[], list[DialAddr]],
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.host = host
+        self.protocol = protocol
+        self.lan = lan
+        self.server = server
+        self.settings = settings
+        self.providers = providers
+        self.records = records
+        self.connector = connector
+        self.limits = limits
+        self._local_addrs = local_addrs
+        self.local = host.get_id()
+        self.table = RoutingTable(self.local.to_bytes())
+        self.streams = StreamPool()
+        self.stats = DHTStats()
+        self._banned = _Remembered()
+        self._buckets: OrderedDict[ID, _Bucket] = OrderedDict()
+        self._inbound = trio.CapacityLimiter(MAX_INBOUND_STREAMS)
+        self._probe_send, self._probe_recv = trio.open_memory_channel[ID](PROBE_QUEUE)
+        self._probing: set[ID] = set()
+        self._nursery: trio.Nursery | None = None
+        self.last_refresh: float | None = None
+
+    @property
+    def name(self) -> str:
+        return "LAN DHT" if self.lan else "public DHT"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve (in server mode), admit connected DHT peers to the table and refresh it, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.streams.nursery = nursery
+            if self.server:
+                self.host.set_stream_handler(TProtocol(self.protocol), self._handle_stream)
+            self.host.get_network().register_notifee(_ConnectionEvents(self._probe_send.clone()))
+            for _ in range(PROBE_WORKERS):
+                nursery.start_soon(self._probe_worker)
+            for peer in list(self.host.get_network().connections):
+                self._queue_probe(peer)
+            nursery.start_soon(self._refresh_loop)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                if self.server:
+                    self.host.remove_stream_handler(TProtocol(self.protocol))
+                self._nursery = None
+
+    def in_scope(self, addr: DialAddr) -> bool:
+        return addr.scope.lan == self.lan
+
+    def usable(self, addrs: Iterable[DialAddr]) -> tuple[DialAddr, ...]:
+        return tuple(a for a in addrs if self.in_scope(a))
+
+    def is_banned(self, peer: ID) -> bool:
+        until = self._banned.get(peer)
+        return until is not None and trio.current_time() < until
+
+    async def drop(self, peer: ID, reason: Exception) -> None:
+        """A peer broke the protocol: out of the table, ignored for a while, disconnected."""
+        self.stats.violations += 1
+        logger.warning("%s: dropping peer %s: %s", self.name, peer, reason)
+        self.table.remove(peer.to_bytes())
+        self.streams.forget(peer)
+        self._banned.put(peer, trio.current_time() + BAN_SECONDS)
+        try:
+            await self.host.disconnect(peer)
+        except Exception as exc:
+            logger.debug("disconnecting %s: %r", peer, exc)
+
+    # --- peer bookkeeping --------------------------------------------------------------------
+
+    def _peerstore_addrs(self, peer: ID) -> list[DialAddr]:
+        try:
+            known = self.host.get_peerstore().addrs(peer)
+        except Exception:
+            return []
+        found = [dial_addr_of(a, peer) for a in known]
+        return [a for a in found if a is not None]
+
+    def _connection_addrs(self, peer: ID) -> list[DialAddr]:
+        """Remote addresses of our open connections to ``peer`` (not dialable for TCP, but scoped)."""
+        addrs: list[DialAddr] = []
+        for conn in self.host.get_network().connections.get(peer, []):
+            try:
+                remote = conn.get_transport_addresses()
+            except Exception:
+                continue
+            for addr in remote:
+                parsed = dial_addr_of(addr)
+                if parsed is not None:
+                    addrs.append(parsed)
+        return addrs
+
+    def _addrs_of(self, peer: ID) -> tuple[DialAddr, ...]:
+        """The addresses of ``peer`` we would hand to others: table entry, else what identify said."""
+        entry = self.table.get(peer.to_bytes())
+        if entry is not None and entry.addrs:
+            return tuple(entry.addrs)
+        return self.usable(self._peerstore_addrs(peer))
+
+    def _peer_entry(self, peer: ID, addrs: Iterable[DialAddr]) -> PeerEntry:
+        connection = Connection.CONNECTED if self.connector.is_connected(peer) else Connection.CAN_CONNECT
+        return PeerEntry(peer.to_bytes(), tuple(a.raw for a in addrs), connection)
+
+    def _self_entry(self) -> PeerEntry:
+        return PeerEntry(self.local.to_bytes(), tuple(a.raw for a in self.usable(self._local_addrs())))
+
+    def _closer_entries(self, key: bytes, requester: ID) -> list[PeerEntry]:
+        """Up to k table entries nearest to ``key``, excluding the requester, with their addresses."""
+        nearest = self.table.closest(kad_id(key), K, exclude=(requester.to_bytes(),))
+        return [PeerEntry(e.peer, tuple(a.raw for a in e.addrs)) for e in nearest if e.addrs]
+
+    def _admit(self, peer: ID, dialled: Sequence[DialAddr] = ()) -> None:
+        """``peer`` answered us: into (or refreshed in) the table, with addresses others can dial."""
+        if self.is_banned(peer):
+            return
+        addrs = self.usable([*self._peerstore_addrs(peer), *dialled])
+        if not addrs and not self.usable(self._connection_addrs(peer)):
+            return  # not in this DHT's scope
+        self.table.add(peer.to_bytes(), addrs, trio.current_time())
+
+    def _parse_peers(self, entries: Sequence[PeerEntry]) -> list[Found]:
+        """Validated peers of a response (DHTProtocolError for a malformed peer ID), our own scope only."""
+        found: list[Found] = []
+        for entry in entries:
+            peer = peer_id_from_bytes(entry.peer_id)
+            addrs = [parse_dial_addr(raw, peer) for raw in entry.addrs]
+            found.append(Found(peer, self.usable(a for a in addrs if a is not None)))
+        return found
+
+    # --- server ------------------------------------------------------------------------------
+
+    async def _handle_stream(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        if self.is_banned(peer):
+            await _reset(stream)
+            return
+        try:
+            self._inbound.acquire_nowait()
+        except trio.WouldBlock:
+            self.stats.streams_refused += 1
+            await _reset(stream)
+            return
+        try:
+            await self._serve(peer, stream)
+        except DHTProtocolError as exc:
+            await _reset(stream)
+            await self.drop(peer, exc)
+        except Exception as exc:
+            logger.debug("%s: inbound stream from %s failed: %r", self.name, peer, exc)
+            await _reset(stream)
+        finally:
+            self._inbound.release()
+
+    async def _serve(self, peer: ID, stream: INetStream) -> None:
+        reader = FrameReader(self.limits.max_message_size)
+        while True:
+            with trio.move_on_after(STREAM_IDLE_TIMEOUT) as idle:
+                chunk = await _read(stream)
+            if idle.cancelled_caught:
+                await _close(stream)
+                return
+            if not chunk:
+                if not reader.at_boundary():
+                    raise DHTProtocolError(f"stream ended inside a message ({reader.buffered} bytes)")
+                await _close(stream)
+                return
+            reader.feed(chunk)
+            for body in reader.frames():
+                request = decode_message(body, self.limits)
+                self.stats.requests_in += 1
+                response = self.answer(peer, request)
+                if isinstance(response, Message):
+                    await stream.write(encode_frame(response))
+                elif response is False:
+                    await _reset(stream)  # an invalid request: close without answering (the spec)
+                    return
+
+    def answer(self, peer: ID, request: Message) -> Message | bool | None:
+        """The answer to ``request``: a Message, None (no answer is sent) or False (reset the stream)."""
+        kind = request.type
+        if kind is MessageType.FIND_NODE:
+            return self._answer_find_node(peer, request)
+        if kind is MessageType.GET_PROVIDERS:
+            return self._answer_get_providers(peer, request)
+        if kind is MessageType.ADD_PROVIDER:
+            return self._answer_add_provider(peer, request)
+        if kind is MessageType.GET_VALUE:
+            return self._answer_get_value(peer, request)
+        if kind is MessageType.PUT_VALUE:
+            return self._answer_put_value(peer, request)
+        return Message(MessageType.PING, cluster_level=request.cluster_level)
+
+    def _answer_find_node(self, peer: ID, request: Message) -> Message | bool:
+        if not request.key:
+            return False
+        closer = self._closer_entries(request.key, peer)
+        if request.key == self.local.to_bytes():
+            closer = [self._self_entry()]  # Kubo's lookup check asks a peer for itself
+        elif request.key != peer.to_bytes():
+            # The target itself, when we know where it is, even if it is not a DHT server (the spec).
+            try:
+                target = ID(request.key)
+                known = target in self.host.get_network().connections or target.to_bytes() in self.table
+            except Exception:
+                known = False
+            if known and all(e.peer_id != request.key for e in closer):
+                addrs = self._addrs_of(target)
+                if addrs:
+                    closer.insert(0, self._peer_entry(target, addrs))
+        return Message(MessageType.FIND_NODE, closer_peers=closer, cluster_level=request.cluster_level)
+
+    def _answer_get_providers(self, peer: ID, request: Message) -> Message | bool:
+        key = request.key
+        if not 0 < len(key) <= MAX_KEY_SIZE:
+            return False
+        providers: list[PeerEntry] = []
+        for record in self.providers.get(key, MAX_PROVIDERS_SERVED):
+            if record.peer == self.local.to_bytes():
+                entry = self._self_entry()
+                if entry.addrs:
+                    providers.append(entry)
+                continue
+            try:
+                provider = ID(record.peer)
+            except Exception:
+                continue
+            stored = [parse_dial_addr(raw, provider) for raw in record.addrs]
+            addrs = list(self.usable(a for a in stored if a is not None))
+            if self.connector.is_connected(provider):
+                addrs += [a for a in self.usable(self._peerstore_addrs(provider)) if a not in addrs]
+            if addrs:
+                providers.append(self._peer_entry(provider, addrs))
+        return Message(
+            MessageType.GET_PROVIDERS,
+            key=key,
+            closer_peers=self._closer_entries(key, peer),
+            provider_peers=providers,
+            cluster_level=request.cluster_level,
+        )
+
+    def _take_token(self, peer: ID) -> bool:
+        now = trio.current_time()
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = _Bucket(float(self.settings.add_provider_burst), now)
+            self._buckets[peer] = bucket
+            while len(self._buckets) > MAX_REMEMBERED_PEERS:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(peer)
+        rate, burst = self.settings.add_provider_rate, float(self.settings.add_provider_burst)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _answer_add_provider(self, peer: ID, request: Message) -> bool | None:
+        key = request.key
+        if not 0 < len(key) <= MAX_KEY_SIZE:
+            return False
+        if not self._take_token(peer):
+            self.stats.add_provider_throttled += 1
+            return None
+        sender = peer.to_bytes()
+        for entry in request.provider_peers:
+            if entry.peer_id != sender:
+                continue  # only the sender may announce itself (as Kubo: records are not signed)
+            addrs = [parse_dial_addr(raw, peer) for raw in entry.addrs]
+            usable = [a.raw for a in self.usable(a for a in addrs if a is not None)]
+            if self.providers.add(key, sender, usable):
+                self.stats.providers_stored += 1
+            else:
+                self.stats.providers_refused += 1
+        return None
+
+    def _answer_get_value(self, peer: ID, request: Message) -> Message | bool:
+        if not request.key:
+            return False
+        record = self.records.get(request.key)
+        return Message(
+            MessageType.GET_VALUE,
+            key=request.key,
+            record=record,
+            closer_peers=self._closer_entries(request.key, peer),
+            cluster_level=request.cluster_level,
+        )
+
+    def _answer_put_value(self, peer: ID, request: Message) -> Message | bool:
+        record = request.record
+        if not request.key or record is None or record.key != request.key:
+            return False
+        try:
+            self.records.put(record.key, record.value)
+        except InvalidRecord as exc:
+            logger.info("%s: refused a PUT_VALUE from %s: %s", self.name, peer, exc)
+            return False
+        # Echo the request, without any peer lists it carried (as Kubo does).
+        return Message(
+            MessageType.PUT_VALUE, key=request.key, record=record, cluster_level=request.cluster_level
+        )
+
+    # --- client: one request -------------------------------------------------------------------
+
+    async def request(self, peer: ID, message: Message, addrs: Sequence[DialAddr] = ()) -> Message:
+        """One request and its answer; RoutingError if unreachable, DHTProtocolError for garbage."""
+        if self.is_banned(peer):
+            raise RoutingError(f"{peer} is banned")
+        self.stats.requests_out += 1
+        try:
+            answer = await self._connected_exchange(peer, message, addrs, expect_answer=True)
+            assert answer is not None
+            return answer
+        except trio.TooSlowError:
+            self.stats.requests_failed += 1
+            raise RoutingError(
+                f"{peer} did not answer {message.type.name} within {self.settings.request_timeout:g}s"
+            ) from None
+        except RoutingError:
+            self.stats.requests_failed += 1
+            raise
+
+    async def send(
+        self, peer: ID, message: Message, addrs: Sequence[DialAddr] = (), *, frame: bytes | None = None
+    ) -> None:
+        """Send a message that gets no answer (ADD_PROVIDER); ``frame``: the message already encoded."""
+        self.stats.requests_out += 1
+        try:
+            await self._connected_exchange(peer, message, addrs, expect_answer=False, frame=frame)
+        except trio.TooSlowError:
+            self.stats.requests_failed += 1
+            raise RoutingError(f"sending {message.type.name} to {peer} timed out") from None
+        except RoutingError:
+            self.stats.requests_failed += 1
+            raise
+
+    async def _connected_exchange(
+        self,
+        peer: ID,
+        message: Message,
+        addrs: Sequence[DialAddr],
+        *,
+        expect_answer: bool,
+        frame: bytes | None = None,
+    ) -> Message | None:
+        for attempt in (1, 2):
+            await self.connector.ensure(peer, addrs)
+            try:
+                with trio.fail_after(self.settings.request_timeout):
+                    return await self._exchange(peer, message, expect_answer=expect_answer, frame=frame)
+            except _NoStream:
+                # A connection that was closing when we used it: dial again once, if we can.
+                if attempt == 2 or self.connector.is_connected(peer) or not addrs:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self, peer: ID, message: Message, *, expect_answer: bool, frame: bytes | None = None
+    ) -> Message | None:
+        """One request on a stream of the pool (a fresh one if a reused stream turns out dead)."""
+        frame = frame if frame is not None else encode_frame(message)
+        reused = self.streams.take(peer)
+        if reused is not None:
+            try:
+                return await self._exchange_on(peer, reused, message, frame, expect_answer=expect_answer)
+            except _StaleStream:
+                pass  # the peer closed its end while the stream sat idle: a fresh one
+        try:
+            stream = await self.host.new_stream(peer, [TProtocol(self.protocol)])
+        except Exception as exc:
+            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+        self.stats.streams_opened += 1
+        try:
+            return await self._exchange_on(peer, stream, message, frame, expect_answer=expect_answer)
+        except _StaleStream as exc:
+            raise RoutingError(f"{peer} closed a new stream at once: {exc}") from None
+
+    async def _exchange_on(
+        self, peer: ID, stream: INetStream, message: Message, frame: bytes, *, expect_answer: bool
+    ) -> Message | None:
+        """Write ``message`` (encoded: ``frame``) on ``stream`` and read its answer; the stream goes
+        back to the pool."""
+        sent = False
+        try:
+            try:
+                await stream.write(frame)
+            except Exception as exc:
+                raise _StaleStream(repr(exc)) from None
+            sent = True
+            if not expect_answer:
+                self.streams.give_back(peer, stream)
+                return None
+            reader = FrameReader(self.limits.max_message_size)
+            while True:
+                chunk = await _read(stream)
+                if not chunk:
+                    if reader.at_boundary():
+                        raise _StaleStream("end of stream before the answer")
+                    raise DHTProtocolError(f"{peer} closed the stream in its answer to {message.type.name}")
+                reader.feed(chunk)
+                for body in reader.frames():
+                    answer = decode_message(body, self.limits)
+                    if answer.type is not message.type:
+                        raise DHTProtocolError(f"{peer} answered {message.type.name} with {answer.type.name}")
+                    if reader.at_boundary():
+                        self.streams.give_back(peer, stream)
+                    else:
+                        raise DHTProtocolError(f"{peer} sent more than the answer to {message.type.name}")
+                    return answer
+        except BaseException as exc:
+            await _reset(stream)
+            if isinstance(exc, DHTProtocolError | trio.Cancelled | RoutingError):
+                raise
+            if isinstance(exc, Exception):
+                if not sent:
+                    raise _StaleStream(repr(exc)) from None
+                raise RoutingError(f"{message.type.name} to {peer} failed: {exc!r}") from None
+            raise
+
+    # --- client: lookups -----------------------------------------------------------------------
+
+    async def lookup(
+        self,
+        key: bytes,
+        request: Message,
+        *,
+        beta: int = 3,
+        followup: bool = False,
+        on_answer: Callable[[ID, Message], Awaitable[bool]] | None = None,
+    ) -> Lookup:
+        """Run an iterative lookup for ``key`` sending ``request`` to each peer.
+
+        ``on_answer`` sees each answer after its peers are taken in; it returns True to end the
+        lookup early. The lookup ends by ``lookup_timeout`` at the latest; its state is returned.
+        """
+        self.stats.lookups += 1
+        target = kad_id(key)
+        seeds = self.table.closest(target, K)
+        known: dict[bytes, tuple[DialAddr, ...]] = {e.peer: tuple(e.addrs) for e in seeds}
+        state = Lookup(
+            target, [e.peer for e in seeds], local=self.local.to_bytes(), alpha=self.settings.alpha,
+            beta=beta, followup=followup, trusted=[e.peer for e in seeds],
+        )  # fmt: skip
+        results_send, results_recv = trio.open_memory_channel[tuple[bytes, list[Found] | None]](K * 4)
+
+        async def ask(peer_bytes: bytes) -> None:
+            peer = ID(peer_bytes)
+            addrs = known.get(peer_bytes, ())
+            found: list[Found] | None = None
+            try:
+                answer = await self.request(peer, request, addrs)
+                found = self._parse_peers(answer.closer_peers)
+                self._admit(peer, addrs)
+                if on_answer is not None and await on_answer(peer, answer):
+                    state.stop()
+            except DHTProtocolError as exc:
+                await self.drop(peer, exc)
+            except RoutingError as exc:
+                logger.debug("%s lookup: %s", self.name, exc)
+                self.table.failed(peer_bytes)
+            await results_send.send((peer_bytes, found))
+
+        with trio.move_on_after(self.settings.lookup_timeout):
+            async with trio.open_nursery() as nursery:
+                while True:
+                    for peer_bytes in state.next_queries():
+                        nursery.start_soon(ask, peer_bytes)
+                    if state.done:
+                        break
+                    peer_bytes, found = await results_recv.receive()
+                    if found is None:
+                        state.failed(peer_bytes)
+                        continue
+                    heard: list[bytes] = []
+                    state.trust(p.peer.to_bytes() for p in found if p.peer.to_bytes() in self.table)
+                    for item in found:
+                        raw = item.peer.to_bytes()
+                        if raw == self.local.to_bytes() or self.is_banned(item.peer):
+                            continue
+                        if not item.addrs and not self.connector.is_connected(item.peer):
+                            continue  # nothing we could dial in this DHT's scope
+                        if item.addrs and raw not in known:
+                            known[raw] = item.addrs
+                        heard.append(raw)
+                    state.responded(peer_bytes, heard)
+                nursery.cancel_scope.cancel()
+        return state
+
+    async def closest_peers(self, key: bytes) -> list[tuple[ID, tuple[DialAddr, ...]]]:
+        """The k closest DHT servers to ``key`` that answered (a FIND_NODE lookup with the follow-up)."""
+        state = await self.lookup(key, Message(MessageType.FIND_NODE, key=key), followup=True)
+        return [(ID(p), self._addrs_of(ID(p))) for p in state.closest()]
+
+    async def find_providers(self, key: bytes, sink: ProviderSink) -> None:
+        """Feed ``sink`` each provider of ``key`` until it has enough or the lookup ends."""
+
+        async def on_answer(peer: ID, answer: Message) -> bool:
+            enough = False
+            for item in self._parse_peers(answer.provider_peers)[:MAX_PROVIDERS_PER_ANSWER]:
+                addrs = item.addrs or self._addrs_of(item.peer)
+                if sink(Found(item.peer, addrs)):
+                    enough = True
+            return enough
+
+        # With the follow-up, as Kubo: every one of the k nearest live peers is asked, not only the
+        # first three to answer (a live provider's record may sit with a slower one).
+        await self.lookup(
+            key, Message(MessageType.GET_PROVIDERS, key=key), followup=True, on_answer=on_answer
+        )
+
+    async def provide(self, key: bytes) -> int:
+        """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it.
+
+        In two waves: at once to the k peers of our routing table nearest to the key (no lookup to
+        wait for: on a small network, or near our own ID, they are the closest; elsewhere they lie
+        on the paths other lookups take), then, after the lookup, to any of the k closest peers the
+        first wave missed.
+        """
+        me = self._self_entry()
+        if not me.addrs:
+            return 0  # no address in this DHT's scope: nobody here could reach us
+        message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
+        frame = encode_frame(message)  # the same bytes to every peer
+        told: set[ID] = set()
+        asked: set[ID] = set()
+
+        async def tell(peer: ID, addrs: tuple[DialAddr, ...]) -> None:
+            try:
+                await self.send(peer, message, addrs, frame=frame)
+                told.add(peer)
+            except (RoutingError, DHTProtocolError) as exc:
+                logger.debug("%s: ADD_PROVIDER to %s failed: %s", self.name, peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for entry in self.table.closest(kad_id(key), K):
+                peer = ID(entry.peer)
+                asked.add(peer)
+                nursery.start_soon(tell, peer, tuple(entry.addrs))
+        # The first wave is out before the lookup competes with it for the event loop.
+        async with trio.open_nursery() as nursery:
+            for peer, addrs in await self.closest_peers(key):
+                if peer not in asked:
+                    asked.add(peer)
+                    nursery.start_soon(tell, peer, addrs)
+        return len(told)
+
+    async def find_peer(self, target: ID) -> tuple[DialAddr, ...]:
+        """Addresses of ``target`` in this DHT's scope (empty if nobody knows it)."""
+        found: list[DialAddr] = []
+
+        async def on_answer(peer: ID, answer: Message) -> bool:
+            for item in self._parse_peers(answer.closer_peers):
+                if item.peer == target and item.addrs:
+                    found.extend(a for a in item.addrs if a not in found)
+                    return True
+            return False
+
+        request = Message(MessageType.FIND_NODE, key=target.to_bytes())
+        await self.lookup(target.to_bytes(), request, followup=True, on_answer=on_answer)
+        return tuple(found)
+
+    async def put_value(self, key: bytes, record: Record) -> int:
+        """Send a (validated) record to the k closest peers of ``key``; returns how many stored it."""
+        peers = await self.closest_peers(key)
+        message = Message(MessageType.PUT_VALUE, key=key, record=Record(record.key, record.value))
+        stored = 0
+
+        async def put(peer: ID, addrs: tuple[DialAddr, ...]) -> None:
+            nonlocal stored
+            try:
+                await self.request(peer, message, addrs)
+                stored += 1
+            except DHTProtocolError as exc:
+                await self.drop(peer, exc)
+            except RoutingError as exc:
+                logger.debug("%s: PUT_VALUE to %s failed: %s", self.name, peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer, addrs in peers:
+                nursery.start_soon(put, peer, addrs)
+        return stored
+
+    async def get_values(
+        self, key: bytes, accept: Callable[[bytes], bool], quorum: int
+    ) -> list[tuple[ID, bytes | None]]:
+        """(peer, value) from every peer asked during a GET_VALUE lookup; a value only if ``accept`` took it.
+
+        The lookup ends early once ``quorum`` peers gave an accepted value.
+        """
+        answers: list[tuple[ID, bytes | None]] = []
+        accepted = 0
+
+        async def on_answer(peer: ID, answer: Message) -> bool:
+            nonlocal accepted
+            record = answer.record
+            value = (
+                record.value if record is not None and record.key == key and accept(record.value) else None
+            )
+            answers.append((peer, value))
+            if value is not None:
+                accepted += 1
+            return accepted >= quorum
+
+        await self.lookup(key, Message(MessageType.GET_VALUE, key=key), followup=True, on_answer=on_answer)
+        return answers
+
+    # --- routing table maintenance ------------------------------------------------------------
+
+    def _queue_probe(self, peer: ID) -> None:
+        with contextlib.suppress(trio.WouldBlock):
+            self._probe_send.send_nowait(peer)
+
+    async def _probe_worker(self) -> None:
+        async for peer in self._probe_recv:
+            if peer in self._probing or peer == self.local:
+                continue
+            self._probing.add(peer)
+            try:
+                await self._probe(peer)
+            finally:
+                self._probing.discard(peer)
+
+    async def _probe(self, peer: ID) -> None:
+        """Kubo's lookup check: a connected peer that serves the protocol answers FIND_NODE for itself."""
+        raw = peer.to_bytes()
+        if self.is_banned(peer) or not self.table.has_room_for(raw):
+            return
+        peerstore = self.host.get_peerstore()
+        with trio.move_on_after(IDENTIFY_WAIT):
+            while True:
+                try:
+                    protocols = peerstore.get_protocols(peer)
+                except Exception:
+                    protocols = []
+                if protocols:
+                    break
+                await trio.sleep(0.05)
+        if protocols and self.protocol not in protocols:
+            return
+        if not self.connector.is_connected(peer):
+            return
+        scoped = self.usable([*self._connection_addrs(peer), *self._peerstore_addrs(peer)])
+        if not scoped:
+            return
+        try:
+            answer = await self.request(peer, Message(MessageType.FIND_NODE, key=raw))
+            found = self._parse_peers(answer.closer_peers)
+        except DHTProtocolError as exc:
+            await self.drop(peer, exc)
+            return
+        except RoutingError as exc:
+            logger.debug("%s: %s is not a usable DHT server: %s", self.name, peer, exc)
+            return
+        if found:
+            self._admit(peer)
+
+    async def refresh(self) -> None:
+        """Re-check stale entries, fill buckets by looking up random keys in them, then look up ourselves."""
+        now = trio.current_time()
+        stale = self.table.stale(now - STALE_AFTER)
+
+        async def check(peer: bytes, addrs: list[DialAddr]) -> None:
+            try:
+                await self.request(ID(peer), Message(MessageType.FIND_NODE, key=peer), addrs)
+                self.table.add(peer, addrs, trio.current_time())
+            except DHTProtocolError as exc:
+                await self.drop(ID(peer), exc)
+            except RoutingError:
+                self.table.failed(peer)
+
+        async with trio.open_nursery() as nursery:
+            for entry in stale:
+                nursery.start_soon(check, entry.peer, list(entry.addrs))
+        if len(self.table):
+            top = min(self.table.highest_nonempty_bucket(), MAX_REFRESH_CPL)
+            sizes = self.table.bucket_sizes()
+            for cpl in range(top + 1):
+                if sizes.get(cpl, 0) < K:
+                    key = random_key_with_prefix(self.table.local_kad, cpl)
+                    await self.lookup(key, Message(MessageType.FIND_NODE, key=key))
+        await self.lookup(self.local.to_bytes(), Message(MessageType.FIND_NODE, key=self.local.to_bytes()))
+        self.last_refresh = trio.current_time()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("%s: routing table refresh failed", self.name)

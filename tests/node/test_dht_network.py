@@ -1,0 +1,197 @@
+"""ipfsreg nodes on a loopback DHT: joining, providing, finding providers, peers and records, modes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from ipfsreg.cid import CID
+from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound
+from ipfsreg.node.node import Node
+from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN, Message, MessageType
+from ipfsreg.node.testing import LOOPBACK_ROUTING, Nodes, add_bytes, random_bytes, read_all, wait_until
+
+
+async def _chain(nodes: Nodes, count: int, **routing: object) -> list[Node]:
+    """``count`` nodes, each bootstrapped from the one before (A <- B <- C ...)."""
+    chain = [await nodes.start(routing=replace(LOOPBACK_ROUTING, **routing))]  # type: ignore[arg-type]
+    for _ in range(count - 1):
+        settings = replace(LOOPBACK_ROUTING, bootstrap=[chain[-1].listen_addrs()[0]], **routing)  # type: ignore[arg-type]
+        chain.append(await nodes.start(routing=settings))
+    for node in chain:
+        await wait_until(lambda node=node: node.routing_stat().dhts[0].routing_table_size > 0)  # type: ignore[misc]
+    return chain
+
+
+async def _providers(node: Node, cid: CID) -> list[str]:
+    return [p.peer_id async for p in node.find_providers(cid)]
+
+
+async def _stored_by(holders: list[Node], cid: CID, provider: Node) -> None:
+    """Wait until ``holders`` have handled the provider's ADD_PROVIDER (it gets no answer to wait for)."""
+    raw = provider.identity.peer_id.to_bytes()
+    for holder in holders:
+        await wait_until(lambda h=holder: any(r.peer == raw for r in h.routing.providers.get(cid.multihash)))  # type: ignore[misc]
+
+
+async def test_provider_announced_by_one_node_is_found_by_a_node_it_never_met(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    cid = add_bytes(a, random_bytes(1000))
+    told = await a.routing.provide_now(cid)
+    assert told == 2  # the k closest of a 3-node DHT: the two others
+    await _stored_by([b], cid, a)
+    assert await _providers(c, cid) == [a.peer_id]
+
+
+async def test_node_provide_is_queued_persisted_and_sent_at_once(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    cid = add_bytes(a, random_bytes(1000, seed=2))
+    a.provide([cid])
+    await wait_until(lambda: a.routing_stat().provide_queue.provided == 1)
+    assert a.routing_stat().provide_queue.queued == 0
+    await _stored_by([b], cid, a)
+    assert await _providers(c, cid) == [a.peer_id]
+
+
+async def test_a_cid_without_a_block_can_be_provided(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    digest_cid = CID.hash(b"sha256:... an OCI digest, not a block here")
+    assert not a.datastore.blocks.has(digest_cid)
+    a.provide([digest_cid])
+    await wait_until(lambda: a.routing_stat().provide_queue.provided == 1)
+    await _stored_by([b], digest_cid, a)
+    assert await _providers(c, digest_cid) == [a.peer_id]
+
+
+async def test_fetch_finds_the_provider_through_the_dht_and_connects_to_it(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    data = random_bytes(700_000, seed=3)
+    cid = add_bytes(a, data)
+    await a.routing.provide_now(cid)
+    await _stored_by([b], cid, a)
+    # C is connected to B only (drop any connection the DHT lookups made to A).
+    await c.host.disconnect(a.identity.peer_id)
+    await wait_until(lambda: a.peer_id not in [p.peer_id for p in c.peers()])
+    assert await read_all(c, cid) == data
+    assert a.peer_id in [p.peer_id for p in c.peers()]
+    assert b.stats().blocks_sent == 0
+
+
+async def test_fetch_of_a_cid_nobody_provides_fails_once_the_lookup_ends(nodes: Nodes) -> None:
+    _a, _b, c = await _chain(nodes, 3)
+    missing = CID.hash(b"nobody has this block")
+    with trio.fail_after(10), pytest.raises(BlockNotProvided, match=str(missing)):
+        await read_all(c, missing)
+    assert c.stats().not_provided == 1
+
+
+async def test_lookups_without_any_peer_end_at_once(nodes: Nodes) -> None:
+    lonely = await nodes.start()
+    with trio.fail_after(2):
+        assert await _providers(lonely, CID.hash(b"x")) == []
+        assert await lonely.find_peer(str(ID(b"\x00\x04abcd"))) == []
+
+
+async def test_find_providers_stops_at_its_limit(nodes: Nodes) -> None:
+    chain = await _chain(nodes, 5)
+    cid = CID.hash(b"popular")
+    for node in chain[:4]:
+        await node.routing.provide_now(cid)
+        await _stored_by([chain[4]], cid, node)
+    found = [p async for p in chain[4].find_providers(cid, limit=2)]
+    assert len(found) == 2
+    assert {p.peer_id for p in found} <= {n.peer_id for n in chain[:4]}
+
+
+async def test_find_peer_returns_the_addresses_of_a_peer_never_connected(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    await c.host.disconnect(a.identity.peer_id)
+    addrs = await c.find_peer(a.peer_id)
+    assert a.listen_addrs()[0].split("/p2p/")[0] in addrs
+    assert b.peer_id  # B told C where A is
+
+
+async def test_values_put_by_one_node_are_got_by_another(nodes: Nodes) -> None:
+    a, _b, c = await _chain(nodes, 3)
+    pair = create_new_key_pair()
+    key = b"/pk/" + ID.from_pubkey(pair.public_key).to_bytes()
+    assert await a.put_value(key, pair.public_key.serialize()) >= 1
+    assert await c.get_value(key) == pair.public_key.serialize()
+    with pytest.raises(RecordNotFound):
+        await c.get_value(b"/pk/" + ID.from_pubkey(create_new_key_pair().public_key).to_bytes())
+    with pytest.raises(InvalidRecord):
+        await a.put_value(key, create_new_key_pair().public_key.serialize())
+
+
+async def test_client_mode_does_not_serve_or_announce_the_protocol(nodes: Nodes) -> None:
+    server = await nodes.start()
+    client = await nodes.start(
+        routing=replace(LOOPBACK_ROUTING, mode="client", bootstrap=[server.listen_addrs()[0]])
+    )
+    await wait_until(lambda: server.network.is_connected(client.identity.peer_id))
+    await trio.sleep(0.5)  # identify has run both ways
+    assert PROTOCOL_LAN not in server.host.get_peerstore().get_protocols(client.identity.peer_id)
+    assert PROTOCOL_LAN in client.host.get_peerstore().get_protocols(server.identity.peer_id)
+    assert server.routing_stat().dhts[0].routing_table_size == 0  # a client is never in a table
+    assert client.routing_stat().dhts[0].routing_table_size == 1
+    # A client still provides and finds.
+    cid = CID.hash(b"from a client")
+    assert await client.routing.provide_now(cid) == 1
+    await _stored_by([server], cid, client)
+    assert await _providers(server, cid) == [client.peer_id]
+
+
+async def test_loopback_nodes_use_the_lan_dht_and_leave_the_public_one_empty(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    stats = {d.protocol: d for d in b.routing_stat().dhts}
+    assert stats[PROTOCOL_LAN].server and stats[PROTOCOL_LAN].routing_table_size == 1
+    assert not stats[PROTOCOL_AMINO].server and stats[PROTOCOL_AMINO].routing_table_size == 0
+    assert a.peer_id
+
+
+async def test_requests_to_a_peer_reuse_one_stream_and_replace_a_dead_one(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = b.routing.dhts[0]
+    peer = a.identity.peer_id
+    opened = dht.stats.streams_opened
+    for _ in range(5):
+        await dht.request(peer, Message(MessageType.FIND_NODE, key=b"some key"))
+    assert dht.stats.streams_opened - opened <= 1  # at most the first opened one
+    stream = dht.streams.take(peer)
+    assert stream is not None
+    await stream.reset()  # the pooled stream dies (as when the peer closes an idle one)
+    dht.streams.give_back(peer, stream)
+    answer = await dht.request(peer, Message(MessageType.FIND_NODE, key=b"again"))
+    assert answer.type is MessageType.FIND_NODE
+
+
+async def test_ipns_records_go_through_the_dht_checked_by_the_ipns_validator(nodes: Nodes) -> None:
+    import time
+
+    from ipfsreg.ipns.record import IpnsName, create_record, decode_record
+    from ipfsreg.ipns.validator import IpnsValidator
+
+    ipns = {"ipns": IpnsValidator()}
+    a = await nodes.start(validators=ipns, routing=LOOPBACK_ROUTING)
+    b = await nodes.start(validators=ipns, routing=replace(LOOPBACK_ROUTING, bootstrap=[a.listen_addrs()[0]]))
+    c = await nodes.start(validators=ipns, routing=replace(LOOPBACK_ROUTING, bootstrap=[b.listen_addrs()[0]]))
+    await wait_until(lambda: c.routing_stat().dhts[0].routing_table_size >= 1)
+    pair = create_new_key_pair()
+    key = IpnsName.from_public_key(pair.public_key).routing_key()
+    eol = time.time_ns() + 3600 * 10**9
+    first = create_record(pair.private_key, "/ipfs/bafkqaaa", 1, eol)
+    second = create_record(pair.private_key, "/ipfs/bafkqaab", 2, eol)
+    assert await a.put_value(key, first) >= 1
+    assert decode_record(await c.get_value(key)).sequence == 1
+    assert await a.put_value(key, second) >= 1
+    assert decode_record(await c.get_value(key)).sequence == 2
+    forged = create_record(create_new_key_pair().private_key, "/ipfs/bafkqaac", 3, eol)
+    with pytest.raises(InvalidRecord):
+        await a.put_value(key, forged)  # signed by another key than the name's
+    with pytest.raises(InvalidRecord):
+        await b.put_value(key, first)  # lower sequence than the stored one
+    assert decode_record(await c.get_value(key)).sequence == 2
