@@ -50,12 +50,9 @@ from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
-    INDEX_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
-    accepts,
     parse_manifest,
-    pick_platform,
 )
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlobInfo, RegistryStore
@@ -255,12 +252,14 @@ class PullThrough:
 
     # --- manifests -----------------------------------------------------------------------
 
-    async def manifest(self, repo: str, reference: str | Digest, accept: str) -> ProxiedManifest | None:
-        """The answer to a manifest GET/HEAD, or None when the local store should answer as usual."""
+    async def manifest(self, repo: str, reference: str | Digest) -> ProxiedManifest | None:
+        """The answer to a manifest GET/HEAD, or None when the local store should answer as usual.
+
+        Served as fetched, whatever the request's Accept (the rule of handlers/manifests.py)."""
         if isinstance(reference, Digest):
             if self.store.manifest_info(repo, reference) is not None:
                 return None
-            return await self._negotiate(repo, await self._load(repo, reference), accept)
+            return await self._load(repo, reference)
         digest = await self._resolve_tag(repo, reference)
         if digest is None:
             return None
@@ -269,7 +268,7 @@ class PullThrough:
             and self.store.resolve_tag(repo, reference) == digest
         ):
             return None
-        return await self._negotiate(repo, await self._load(repo, digest), accept)
+        return await self._load(repo, digest)
 
     async def _resolve_tag(self, repo: str, tag: str) -> Digest | None:
         """The digest ``tag`` names now (checked upstream when its TTL ran out); None for local tags."""
@@ -343,24 +342,6 @@ class PullThrough:
             ) from exc
         with self.store.datastore.batch(sync=True) as batch:
             batch.put(self.pending, _key(repo, str(digest)), _encode_pending(media_type, body))
-
-    async def _negotiate(self, repo: str, manifest: ProxiedManifest, accept: str) -> ProxiedManifest:
-        if manifest.media_type not in INDEX_TYPES or accepts(accept, manifest.media_type):
-            return manifest
-        # A client that cannot read an index gets the linux/amd64 image, as the local path does.
-        child = pick_platform(parse_manifest(manifest.body, manifest.media_type).manifests)
-        if child is None:
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                {"digest": str(manifest.digest), "reason": f"{manifest.media_type} not in Accept"},
-            )
-        chosen = await self._load(repo, child.digest)
-        if not accepts(accept, chosen.media_type):
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                {"digest": str(chosen.digest), "reason": f"{chosen.media_type} not in Accept"},
-            )
-        return chosen
 
     async def _promote_ready(self, repo: str) -> None:
         """Store every pending manifest of ``repo`` whose blobs and child manifests are all local."""

@@ -1,4 +1,8 @@
-"""``GET /v2/_catalog`` with ``n`` / ``last`` pagination and a Link header."""
+"""``GET /v2/_catalog`` with ``n`` / ``last`` pagination and a Link header.
+
+``ipfs/<cid>`` repositories (created by pulls by CID, one per image directory ever pulled) are
+listed only with ``[registry] catalog_ipfs = true``: they are not pushed repositories, and a
+registry that serves many pulls by CID would bury its own repositories under them."""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from urllib.parse import urlencode
 from quart import Request, Response
 
 from ipfsreg.registry.handlers.base import Context, json_response, page_size
+from ipfsreg.registry.names import IPFS_PREFIX
 
 
 async def list_catalog(ctx: Context, request: Request) -> Response:
     limit = page_size(request, ctx.settings.catalog_max_entries)
     last = request.args.get("last") or None
-    repos, more = ctx.store.list_repos(last=last, limit=limit)
+    skip = None if ctx.settings.catalog_ipfs else IPFS_PREFIX
+    repos, more = ctx.store.list_repos(last=last, limit=limit, skip_prefix=skip)
     headers: dict[str, str] = {}
     if more and repos:
         query = urlencode({"n": limit, "last": repos[-1]})
