@@ -25,7 +25,8 @@ from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.ipns.keystore import Keystore
-from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.routing import HttpRecordRouting, RecordRouting, Route
+from ipfsreg.ipns.service import IpnsService
 from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
@@ -83,12 +84,8 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
-    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
-
-    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
-    """
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
@@ -151,19 +148,15 @@ async def run_server(
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                     on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
                 )
-                routing = value_routing
-                if routing is None and isinstance(node, ValueRouting):
-                    routing = node  # the node's DHT (put_value / get_value), once it has one
-                if routing is None and routing_settings.http_routers:
-                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
                 ipns = IpnsService(
                     store,
                     registry_store(registry),
                     Keystore(config.data_dir),
                     ipns_settings,
-                    routing=routing,
+                    routing=ipns_routing(node, http_routers, ipns_validator),
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,
+                    on_committed=node.provide,  # the tag directory of every published record
                 )
                 registry_store(registry).on_tags_changed = ipns.notify_tags_changed
                 set_ipns_resolver(registry, ipns)
@@ -219,6 +212,14 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def ipns_routing(node: Node, http_routers: HttpRouters, validator: IpnsValidator) -> RecordRouting:
+    """Where IPNS records go and come from: the node's DHT, and the HTTP routers when configured."""
+    routes = [Route("DHT", node)]
+    if http_routers.routers:
+        routes.append(Route("HTTP routers", HttpRecordRouting(http_routers)))
+    return RecordRouting(routes, validator)
 
 
 def freeze_startup_heap() -> None:
