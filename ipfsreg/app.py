@@ -6,6 +6,7 @@ cleanly (in-flight requests get ``shutdown_grace`` seconds), and the datastore i
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -25,7 +26,8 @@ from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.ipns.keystore import Keystore
-from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.routing import HttpRecordRouting, RecordRouting, Route
+from ipfsreg.ipns.service import IpnsService
 from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
@@ -87,12 +89,8 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
-    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
-
-    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
-    """
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
@@ -175,19 +173,15 @@ async def run_server(
                         node.notify_new_blocks([cid for cid in cids if not privacy.is_private_block(cid)])
 
                     registry_store(registry).on_blocks_stored = notify_public
-                routing = value_routing
-                if routing is None and isinstance(node, ValueRouting):
-                    routing = node  # the node's DHT (put_value / get_value), once it has one
-                if routing is None and routing_settings.http_routers:
-                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
                 ipns = IpnsService(
                     store,
                     registry_store(registry),
                     Keystore(config.data_dir),
                     ipns_settings,
-                    routing=routing,
+                    routing=ipns_routing(node, http_routers, ipns_validator),
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,
+                    on_committed=node.provide,  # the tag directory of every published record
                 )
                 registry_store(registry).on_tags_changed = ipns.notify_tags_changed
                 set_ipns_resolver(registry, ipns)
@@ -239,10 +233,31 @@ async def run_server(
                 )
                 if on_started is not None:
                     on_started(info)
+                freeze_startup_heap()
                 task_status.started(info)
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def ipns_routing(node: Node, http_routers: HttpRouters, validator: IpnsValidator) -> RecordRouting:
+    """Where IPNS records go and come from: the node's DHT, and the HTTP routers when configured."""
+    routes = [Route("DHT", node)]
+    if http_routers.routers:
+        routes.append(Route("HTTP routers", HttpRecordRouting(http_routers)))
+    return RecordRouting(routes, validator)
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built (libraries, the node, the apps: about a million objects) out of the
+    cyclic garbage collector's full collections.
+
+    A full collection walks every tracked object; with the start-up heap in it, one took 200-600 ms
+    on the event loop's thread under load, stalling every request that long. ``gc.freeze`` moves
+    the objects alive now to a permanent generation the collector skips (they are not freed).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def record_validators(ipns: Validator) -> dict[str, Validator]:

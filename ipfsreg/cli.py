@@ -677,7 +677,11 @@ def cmd_name(args: argparse.Namespace, config: Config) -> int:
             result = backend.ipns_call("publish", key=list(args.args))
             lines = []
             for item in result["published"]:
-                routed = "routed" if item["routed"] else f"local only: {item['route_error']}"
+                routed = (
+                    f"stored by {item['stored']} peers"
+                    if item["routed"]
+                    else f"local only: {item['route_error']}"
+                )
                 lines.append(f"{item['name']} seq {item['sequence']} -> {item['value']} ({routed})")
         else:
             result = backend.ipns_call("resolve", arg=args.args[0])

@@ -46,6 +46,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ipfsreg import httpserver
 from ipfsreg.apifile import PREFIX, ApiSettings, remove_api_file, write_api_file
 from ipfsreg.blockstore import BlockNotFound, BlockstoreError, Datastore, InvalidBlock
 from ipfsreg.cid import CID, CIDError, b58decode, split_multihash
@@ -543,6 +544,7 @@ async def serve_control(
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
 ) -> None:
     """Serve the control API on loopback and advertise it in ``<data_dir>/api`` while it runs."""
+    httpserver.install()  # one connection's failure ends that connection only
     config = HypercornConfig()
     config.bind = [settings.listen]
     config.accesslog = None

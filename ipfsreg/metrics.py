@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ipfsreg.blockstore import Datastore
+from ipfsreg.httpserver import loggable_headers
 from ipfsreg.mirror.stats import SOURCES, MirrorStats
 
 Scope = MutableMapping[str, Any]
@@ -208,6 +209,15 @@ class ObservedApp:
         method: str = scope.get("method", "")
         family = route_family(path)
         started = time.monotonic()
+        if access_log.isEnabledFor(logging.DEBUG):
+            client = scope.get("client") or ("-", 0)
+            access_log.debug(
+                '%s "%s %s" request headers: %s',
+                client[0],
+                method,
+                _loggable_path(scope),
+                loggable_headers(scope),
+            )
         state = {"status": 0, "out": 0, "in": 0, "recorded": 0}
 
         async def counting_receive() -> Message:

@@ -57,6 +57,7 @@ from ipfsreg.auth.token import (
     load_private_key,
     load_public_keys,
 )
+from ipfsreg.httpserver import USER_SCOPE_KEY, TrackedReceive, drain_body
 from ipfsreg.registry.settings import RegistrySettings
 
 Scope = MutableMapping[str, Any]
@@ -78,6 +79,11 @@ class _Rights(Protocol):
     @property
     def authenticated(self) -> bool: ...
 
+    @property
+    def user(self) -> str:
+        """The authenticated user's name ("" when anonymous or not named)."""
+        ...
+
     def allows(self, resource: Resource, action: str) -> bool: ...
 
 
@@ -90,6 +96,10 @@ class _PolicyRights:
     def authenticated(self) -> bool:
         return not self.principal.anonymous
 
+    @property
+    def user(self) -> str:
+        return "" if self.principal.anonymous else self.principal.name
+
     def allows(self, resource: Resource, action: str) -> bool:
         return self.policy.allows(self.principal, resource, action)
 
@@ -98,6 +108,7 @@ class _PolicyRights:
 class _TokenRights:
     access: tuple[Access, ...]
     authenticated: bool = True
+    user: str = ""
 
     def allows(self, resource: Resource, action: str) -> bool:
         return any(a.resource == resource and action in a.actions for a in self.access)
@@ -115,18 +126,29 @@ class _Refused(Exception):
 def basic_credentials(header: str) -> tuple[str, str] | None:
     """``Basic base64(user:password)`` -> (user, password); None when it is not a Basic header.
 
-    Raises :class:`ValueError` for a Basic header that does not decode.
+    Empty credentials (``Basic Og==``, i.e. ``:``) come back as ``("", "")``: podman, skopeo and
+    buildah send them after a Basic challenge to mean anonymous. Raises :class:`ValueError`, saying
+    what is wrong, for a Basic header that does not decode.
     """
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic":
         return None
+    value = value.strip()
+    if not value:
+        raise ValueError("malformed Basic credentials: nothing after 'Basic'")
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise ValueError("malformed Basic credentials") from exc
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ValueError("malformed Basic credentials: not base64") from None
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("malformed Basic credentials: user:password is not UTF-8") from None
     user, sep, password = decoded.partition(":")
-    if not sep or not user:
-        raise ValueError("malformed Basic credentials")
+    if not sep:
+        raise ValueError("malformed Basic credentials: no ':' between user and password")
+    if not user and password:
+        raise ValueError("malformed Basic credentials: a password without a user name")
     return user, password
 
 
@@ -179,6 +201,7 @@ class AuthApp:
         method: str = scope.get("method", "GET").upper()
         query: bytes = scope.get("query_string", b"")
         head = method == "HEAD"
+        receive = TrackedReceive(receive)  # early answers read away only what is left of the body
         if path == TOKEN_PATH and self.issuer is not None:
             await self._token_endpoint(scope, receive, send)
             return
@@ -221,11 +244,18 @@ class AuthApp:
                     )
                 else:
                     error = "insufficient_scope" if self.bearer and rights.authenticated else None
-                    await self._challenge(scope, receive, send, need, "authentication required", error=error)
+                    message = "authentication required"
+                    if error is not None:
+                        wanted = " ".join(need.challenge_scopes())
+                        message = f"insufficient scope: the token does not grant {wanted}"
+                    await self._challenge(scope, receive, send, need, message, error=error)
                 return
             if is_mount(query) and not (need.mount_from is not None and rights.allows(need.mount_from, PULL)):
                 scope = dict(scope)
                 scope["query_string"] = without_mount(query)
+        if rights.user:
+            scope = dict(scope)
+            scope[USER_SCOPE_KEY] = rights.user  # per-user limits (upload sessions) in the registry
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> _Rights:
@@ -239,7 +269,7 @@ class AuthApp:
                 verified = self.verifier.verify(token)
             except InvalidToken as exc:
                 raise _Refused(f"invalid token: {exc}") from exc
-            return _TokenRights(verified.access)
+            return _TokenRights(verified.access, user=verified.subject)
         assert self.htpasswd is not None
         principal = await self._basic_principal(header)
         return _PolicyRights(self.policy, principal)
@@ -254,6 +284,8 @@ class AuthApp:
             raise _Refused(str(exc)) from exc
         if credentials is None:
             raise _Refused("unsupported authorization scheme")
+        if credentials == ("", ""):
+            return ANONYMOUS_PRINCIPAL  # what the reference registry does with empty credentials
         return await self._password_principal(*credentials)
 
     async def _password_principal(self, user: str, password: str) -> Principal:
@@ -439,9 +471,9 @@ async def _send_response(
     *,
     head: bool,
 ) -> None:
-    """Answer without the app, reading away any request body the client is still sending (the
-    server must not be left with an unread body). ``connection: close`` when a body was announced:
-    the client must not send its next request on a connection that is still mid-body."""
+    """Answer without the app. A request body the client is still sending is read away first
+    (bounded: :func:`~ipfsreg.httpserver.drain_body`), so a client that sent all of it keeps its
+    connection; past the bounds the answer says ``connection: close``."""
     raw = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -449,15 +481,10 @@ async def _send_response(
         API_VERSION,
         *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
     ]
-    if _announces_body(scope):
+    if not await drain_body(scope, receive):
         raw.append((b"connection", b"close"))
-    # The body is read away while the response is sent: hypercorn delivers body events through a
-    # bounded queue and, once the response ends, queues http.disconnect; an app that only sent
-    # would leave that queue full and the connection stuck.
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_drain, receive)
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": b"" if head else body})
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -480,25 +507,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _announces_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length").strip()
-    if length:
-        return length != "0"
-    return "chunked" in _header(scope, b"transfer-encoding").lower()
-
-
-async def _drain(receive: Receive) -> None:
-    while True:
-        with trio.move_on_after(DRAIN_IDLE_SECONDS):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                return
-            continue
-        return
 
 
 def auth_enabled(settings: RegistrySettings) -> bool:

@@ -20,6 +20,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 from multiaddr import Multiaddr
 
+from ipfsreg.excgroups import describe
 from ipfsreg.node.errors import NodeError
 from ipfsreg.node.identity import Identity
 from ipfsreg.node.multistream import install as install_multistream
@@ -75,6 +76,7 @@ def build_host(identity: Identity, listen: Sequence[str], *, psk: bytes | None =
     install_multistream(host)
     wrap = _private_network_wrapper(psk)
     _end_inbound_handlers_with_their_connection(host.get_network(), wrap)
+    _guard_inbound_streams(host.get_network())
     if psk is not None:
         _dial_in_private_network(host.get_network(), wrap)
         host._ipfsreg_pnet_fingerprint = fingerprint(psk).hex()  # type: ignore[attr-defined]
@@ -150,21 +152,56 @@ def _end_inbound_handlers_with_their_connection(swarm: Any, wrap: RawWrapper) ->
     """
 
     async def handle(read_write_closer: Any, maddr: Multiaddr, failure_event: Any) -> None:
-        remote = swarm._build_remote_multiaddr(read_write_closer)
-        if remote is not None and not await swarm.connection_gate.is_allowed(remote):
-            logger.debug("inbound connection from %s refused by the connection gate", remote)
-            await _close_quietly(read_write_closer)
-            return
-        raw_conn = wrap(RawConnection(read_write_closer, False))
+        remote: Any = None
         try:
-            muxed_conn = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+            remote = swarm._build_remote_multiaddr(read_write_closer)
+            if remote is not None and not await swarm.connection_gate.is_allowed(remote):
+                logger.debug("inbound connection from %s refused by the connection gate", remote)
+                await _close_quietly(read_write_closer)
+                return
+            raw_conn = wrap(RawConnection(read_write_closer, False))
+            try:
+                muxed_conn = await swarm.upgrade_inbound_raw_conn(raw_conn, maddr)
+            except Exception as exc:
+                logger.debug("inbound connection from %s failed: %r", remote, exc)
+                await _close_quietly(raw_conn)
+                return
+            await muxed_conn.event_closed.wait()
         except Exception as exc:
-            logger.debug("inbound connection from %s failed: %r", remote, exc)
-            await _close_quietly(raw_conn)
-            return
-        await muxed_conn.event_closed.wait()
+            # Whatever fails in here ends this connection; the listener (and the node) go on.
+            logger.warning("p2p: inbound connection from %s ended by an error: %s", remote, describe(exc))
+            logger.debug("p2p: inbound connection from %s: traceback", remote, exc_info=exc)
+            await _close_quietly(read_write_closer)
 
     swarm._do_handle_inbound_connection = handle
+
+
+def _guard_inbound_streams(swarm: Any) -> None:
+    """Make a failure inside one inbound stream's handler reset that stream only.
+
+    py-libp2p runs every inbound stream's protocol handler (identify, ping, bitswap, ...) in the
+    connection's task, itself a task of the swarm's service: an exception a handler lets out would
+    stop the connection and then the swarm. Here it is logged once, at warning, with the peer and
+    the protocol, and the stream is reset.
+    """
+    handler = swarm.common_stream_handler
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:
+            peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
+            protocol = stream.get_protocol() if hasattr(stream, "get_protocol") else None
+            logger.warning(
+                "p2p: stream %s from %s ended by an error: %s", protocol or "-", peer, describe(exc)
+            )
+            logger.debug("p2p: stream from %s: traceback", peer, exc_info=exc)
+            try:
+                await stream.reset()
+            except Exception as reset_error:
+                logger.debug("resetting a failed stream: %r", reset_error)
+
+    swarm.common_stream_handler = guarded
 
 
 STREAM_EVENTS = frozenset({"opened_stream", "closed_stream"})

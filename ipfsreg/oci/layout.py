@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ipfsreg.cid import CID
-from ipfsreg.oci.errors import LayoutError
-from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.manifest import ParsedManifest, parse_manifest
+from ipfsreg.oci.errors import LayoutError, ManifestInvalid
+from ipfsreg.oci.manifest import ParsedManifest, parse_manifest
 from ipfsreg.unixfs.directory import DirectoryOptions, build_any_directory
 from ipfsreg.unixfs.errors import UnixFSError
 from ipfsreg.unixfs.importer import Block, ImportOptions, import_bytes
@@ -100,7 +99,7 @@ def index_json_bytes(refs: Sequence[tuple[str, LayoutBlob]]) -> bytes:
 def _parse(digest: str, body: bytes, media_type: str) -> ParsedManifest:
     try:
         return parse_manifest(body, media_type)
-    except RegistryError as exc:
+    except ManifestInvalid as exc:
         raise LayoutError(f"manifest {digest} is invalid: {exc}") from None
 
 

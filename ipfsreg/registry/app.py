@@ -12,19 +12,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, RawData
 from hypercorn.trio import serve
 from quart import Request, Response, request
+from quart.wrappers.response import IterableBody
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from ipfsreg import httpserver
 from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory
+from ipfsreg.httpserver import EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS
 from ipfsreg.mirror.rules import path_namespace, private_namespaces
 from ipfsreg.mirror.settings import MirrorSettings
 from ipfsreg.mirror.stats import MirrorStats
@@ -38,18 +40,21 @@ from ipfsreg.registry.handlers.base import (
     API_VERSION_HEADER,
     Context,
     IpnsResolver,
+    allowed_methods,
     error_response,
     get_base,
 )
 from ipfsreg.registry.names import (
     check_name,
+    check_request_path,
     ipfs_repository_cid,
     ipns_repository,
     parse_namespace,
     qualified_name,
 )
+from ipfsreg.registry.priority import CURRENT_TURN, Priority, Turn, bulk_chunks
 from ipfsreg.registry.private import PrivateContent
-from ipfsreg.registry.proxy import RequestScope, enter_scope, response_headers
+from ipfsreg.registry.proxy import RequestScope, current_scope, enter_scope, response_headers
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -62,12 +67,6 @@ log = logging.getLogger(__name__)
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _expects_body(request: Request) -> bool:
-    if request.content_length:
-        return True
-    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-
-
 class StreamingRequest(TrioRequest):
     body_class = StreamingBody
 
@@ -76,37 +75,45 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
     """Serves one request, reading its body no faster than the handler consumes it.
 
     Quart's receive loop would buffer a whole upload in memory; this one stops pulling body
-    events from hypercorn while more than ``high_water`` bytes wait unread. When the handler
-    answers before the body has fully arrived (an early error), the rest of the body is read
-    and discarded: hypercorn's event queue must never be left full, or it blocks for good.
+    events from hypercorn while more than ``high_water`` bytes wait unread.
+
+    When the handler answers before the whole body has arrived (an early error), the rest of the
+    body is read and dropped before the response goes out, up to :data:`EARLY_DRAIN_BYTES` and
+    :data:`EARLY_DRAIN_SECONDS`: a client that sent all of a small body then keeps its connection
+    (requests pipelined behind it are served). Past those bounds the response says
+    ``Connection: close`` and the server closes after it (lingering: see ipfsreg/httpserver.py).
     """
 
-    high_water = 1024 * 1024
-    drain_idle_timeout = 30.0
-    _waiting: trio.CancelScope | None = None
+    high_water = 512 * 1024
 
     async def __call__(self, receive: Callable[[], Awaitable[Any]], send: Callable[..., Any]) -> None:
         request = self._create_request_from_scope(send)
-        body = request.body
-        responded = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, nursery, request, receive, responded)
-            await self._respond(request, send)
-            responded.set()
-            if isinstance(body, StreamingBody) and not body.complete:
-                body.release()  # the receiver drains the rest of the body, then ends
-                if self._waiting is not None:
-                    self._waiting.deadline = trio.current_time() + self.drain_idle_timeout
-            else:
-                nursery.cancel_scope.cancel()
+        app = self.app
+        # Reads are interactive until they move bulk bytes; writes never hold bulk transfers back:
+        # they wait on worker threads and fsync (a blob's commit), not on the event loop.
+        interactive = request.method in ("GET", "HEAD")
+        turn = Turn(app.priority if isinstance(app, RegistryApp) else Priority(), interactive=interactive)
+        token = CURRENT_TURN.set(turn)
+        try:
+            with turn:  # ipfsreg/registry/priority.py
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive, nursery, request, receive)
+                    await self._respond(request, send, turn)
+                    nursery.cancel_scope.cancel()
+        finally:
+            CURRENT_TURN.reset(token)
 
-    async def _respond(self, request: Request, send: Callable[..., Any]) -> None:
+    async def _respond(self, request: Request, send: Callable[..., Any], turn: Turn) -> None:
         response = await self.app.handle_request(request)
+        if isinstance(response, Response) and isinstance(response.response, IterableBody):
+            response.response.iter = bulk_chunks(turn, response.response.iter)  # streamed: bulk
         body = request.body
-        if isinstance(response, Response) and _expects_body(request) and not getattr(body, "complete", True):
-            # Answered before the whole body arrived (an early error): the client must not send
-            # its next request on this connection, whose request stream is still mid-body.
-            response.headers["Connection"] = "close"
+        if isinstance(body, StreamingBody) and not body.complete:
+            whole = await body.drain(EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS, request.content_length)
+            if not whole and isinstance(response, Response):
+                # The request stream is still mid-body: the client must not send its next request
+                # on this connection.
+                response.headers["Connection"] = "close"
         timeout = response.timeout if isinstance(response, Response) else Ellipsis
         if timeout is Ellipsis:
             timeout = self.app.config["RESPONSE_TIMEOUT"]
@@ -114,42 +121,25 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
             await self._send_response(send, response)
 
     async def _receive(
-        self,
-        nursery: trio.Nursery,
-        request: Request,
-        receive: Callable[[], Awaitable[Any]],
-        responded: trio.Event,
+        self, nursery: trio.Nursery, request: Request, receive: Callable[[], Awaitable[Any]]
     ) -> None:
         body = request.body
-        # One cancel scope for the whole body (a scope per event costs more than the event's
-        # parsing); it gets a deadline only once the response is out, renewed by each event.
-        with trio.CancelScope() as waiting:
-            self._waiting = waiting
-            while True:
-                if responded.is_set():
-                    waiting.deadline = trio.current_time() + self.drain_idle_timeout
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-                if message["type"] != "http.request":
-                    continue
-                more = bool(message.get("more_body", False))
-                if responded.is_set():
-                    if not more:
-                        break
-                    continue
-                body.append(message.get("body", b""))
-                if isinstance(body, StreamingBody):
-                    app = self.app
-                    if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
-                        app.peak_body_buffered = body.buffered
-                    if more:
-                        await body.wait_below(self.high_water)
-                if not more:
-                    body.set_complete()
-        # Cancelled: the client went quiet after an early response (hypercorn closes the connection).
-        self._waiting = None
-        nursery.cancel_scope.cancel()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                nursery.cancel_scope.cancel()  # the client went away: the handler stops too
+                return
+            if message["type"] != "http.request":
+                continue
+            more = bool(message.get("more_body", False))
+            body.append(message.get("body", b""))
+            if isinstance(body, StreamingBody) and more:
+                app = self.app
+                if isinstance(app, RegistryApp) and body.buffered > app.peak_body_buffered:
+                    app.peak_body_buffered = body.buffered
+                await body.wait_below(self.high_water)
+            if not more:
+                body.set_complete()
 
 
 class RegistryApp(QuartTrio):
@@ -157,6 +147,8 @@ class RegistryApp(QuartTrio):
     request_class = StreamingRequest
     peak_body_buffered = 0
     """The most request-body bytes ever buffered unread (bounded by backpressure)."""
+    priority: Priority = Priority()
+    """Small requests before bulk transfers (one per app: set by create_app)."""
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -182,12 +174,12 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
 async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
     """Run the handler of ``route`` for the request's method (pure routing is in routes.py)."""
     method = req.method
-    if method not in ALLOWED_METHODS[route.kind]:
-        raise RegistryError(
-            "UNSUPPORTED",
-            {"method": method, "route": route.kind},
-            headers={"Allow": ", ".join(ALLOWED_METHODS[route.kind])},
-        )
+    allowed = allowed_methods(route.kind, ctx.settings)
+    if method not in allowed:
+        detail: dict[str, str] = {"method": method, "route": route.kind}
+        if method == "DELETE" and method in ALLOWED_METHODS[route.kind]:
+            detail["reason"] = "deletes are disabled on this registry"
+        raise RegistryError("UNSUPPORTED", detail, headers={"Allow": ", ".join(allowed)})
     scope = _enter_namespace(ctx, req, route)
     if route.kind == "base":
         return await get_base(ctx, req)
@@ -227,6 +219,17 @@ def _enter_namespace(ctx: Context, req: Request, route: Route) -> RequestScope:
     return scope
 
 
+_WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+
+
+def _answerable(route_kind: str, settings: RegistrySettings) -> tuple[str, ...]:
+    """The Allow header of a handler's 405: a pull-through cache refuses every write, and so does
+    a request through ``?ns=`` (another registry's repositories)."""
+    methods = allowed_methods(route_kind, settings)
+    read_only = settings.upstream or current_scope().from_query
+    return tuple(m for m in methods if m not in _WRITES) if read_only else methods
+
+
 def create_app(
     datastore: Datastore,
     settings: RegistrySettings | None = None,
@@ -264,6 +267,9 @@ def create_app(
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
         on_committed=on_committed,
+        max_live_uploads=settings.max_live_uploads,
+        max_uploads_per_client=settings.max_uploads_per_client,
+        upload_memory_bytes=settings.upload_memory_bytes,
     )
     ctx = Context(store, settings, source_factory, mirror=mirror)
     if mirror is not None and private_namespaces(mirror):
@@ -282,6 +288,7 @@ def create_app(
         )
     app = RegistryApp(__name__)
     app.peak_body_buffered = 0
+    app.priority = Priority()
     app.config.update(
         MAX_CONTENT_LENGTH=None,
         BODY_TIMEOUT=None,
@@ -303,12 +310,18 @@ def create_app(
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         head = req.method == "HEAD"
         enter_scope(RequestScope())
+        route: Route | None = None
         try:
+            raw_path: bytes = req.scope.get("raw_path") or req.path.encode()
+            raw_route = match_route(raw_path.decode("latin-1"))
+            check_request_path(req.path, raw_path, raw_route.name if raw_route is not None else None)
             route = match_route(req.path)
             if route is None:
                 raise RegistryError("NAME_UNKNOWN", {"path": req.path[:300]}, message="route not found")
             response = await dispatch(ctx, req, route)
         except RegistryError as exc:
+            if exc.status == 405 and "Allow" not in exc.headers and route is not None:
+                exc.headers["Allow"] = ", ".join(_answerable(route.kind, ctx.settings))
             response = error_response(exc, head=head)
         except (BlockstoreError, UnixFSError) as exc:
             # Stored data is damaged or missing (e.g. a block lost outside the registry).
@@ -316,6 +329,46 @@ def create_app(
             response = error_response(RegistryError("UNKNOWN", {"reason": str(exc)}, status=500), head=head)
         response.headers.update(API_VERSION_HEADER)
         response.headers.update(response_headers())
+        return response
+
+    # No URL rewriting by the router: its slash-merging and trailing-slash redirects answer with an
+    # HTML 308 whose Location is built from the request's Host header. Paths go to the handler as
+    # sent, and a name that needs rewriting is NAME_INVALID (check_request_path).
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        """What the router or the framework refuses: under /v2 the registry's own answer (routes,
+        NAME_INVALID, UNSUPPORTED with Allow), elsewhere an OCI JSON error; never an HTML page."""
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if req.path == "/v2" or req.path.startswith("/v2/"):
+            return await handle()
+        status = exc.code or 500
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        code = {404: "NAME_UNKNOWN", 405: "UNSUPPORTED"}.get(
+            status, "UNKNOWN" if status >= 500 else "UNSUPPORTED"
+        )
+        error = RegistryError(
+            code,
+            {"path": req.path[:300]},
+            message=exc.description or exc.name,
+            status=status,
+            headers=headers,
+        )
+        response = error_response(error, head=req.method == "HEAD")
+        response.headers.update(API_VERSION_HEADER)
+        return response
+
+    @app.errorhandler(Exception)
+    async def _internal_error(exc: Exception) -> Response:
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        log.exception("internal error serving %s %s", req.method, req.path[:300])
+        error = RegistryError("UNKNOWN", {"reason": f"internal error: {type(exc).__name__}"}, status=500)
+        response = error_response(error, head=req.method == "HEAD")
+        response.headers.update(API_VERSION_HEADER)
         return response
 
     app.add_url_rule("/v2", "registry_root", handle, methods=_ALL_METHODS, strict_slashes=False)
@@ -363,45 +416,7 @@ def registry_store(app: QuartTrio) -> RegistryStore:
     return ctx.store
 
 
-# hypercorn reads a socket 64 KiB at a time and every read becomes one body event through h11,
-# hypercorn and Quart: pushes then spend more on those events than on hashing. Reads of up to
-# 1 MiB (a read returns only what the kernel holds) cut the main thread's work per upload by ~30%.
-SOCKET_READ_BYTES = 1024 * 1024
-
-
-# While a large body streams in, each read pays a fixed cost on the event loop (h11, hypercorn's
-# protocol, the app's body queue: ~0.2 ms) however little it returns, and a fast loop reads the
-# socket as soon as a few dozen KiB have arrived. After a read of at least GATHER_AFTER_BYTES
-# (a body is streaming), the reader waits GATHER_SECONDS before reading again, so the kernel
-# gathers a few hundred KiB per read (the socket buffer holds megabytes; the sender never stalls).
-GATHER_AFTER_BYTES = 32 * 1024
-GATHER_SECONDS = 0.002
-
-
-def raise_socket_read_size() -> None:
-    """Let hypercorn's trio server read up to :data:`SOCKET_READ_BYTES` per call, gathering
-    streamed bodies into fewer, larger reads (process-wide)."""
-    if hypercorn_tcp.MAX_RECV < SOCKET_READ_BYTES:
-        hypercorn_tcp.MAX_RECV = SOCKET_READ_BYTES
-    if getattr(hypercorn_tcp.TCPServer._read_data, "_ipfsreg_gathering", False):
-        return
-
-    async def _read_data(self: Any) -> None:
-        while True:
-            try:
-                with trio.fail_after(self.config.read_timeout or float("inf")):
-                    data = await self.stream.receive_some(hypercorn_tcp.MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-                break
-            await self.protocol.handle(RawData(bytes(data)))
-            if data == b"":
-                break
-            if GATHER_AFTER_BYTES <= len(data) < hypercorn_tcp.MAX_RECV // 2:
-                await trio.sleep(GATHER_SECONDS)
-        await self.protocol.handle(Closed())
-
-    _read_data._ipfsreg_gathering = True  # type: ignore[attr-defined]
-    hypercorn_tcp.TCPServer._read_data = _read_data  # type: ignore[method-assign]
+APP_QUEUE_EVENTS = 2
 
 
 def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
@@ -411,6 +426,10 @@ def hypercorn_config(settings: RegistrySettings) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
+    # Body events wait in a queue of this many between hypercorn and the app; each can hold up to
+    # COALESCE_BYTES, and the app's own buffer (body_buffer_bytes) is the backpressure that counts:
+    # hypercorn's default of 10 let 5 MiB per upload pile up before the socket stopped being read.
+    config.max_app_queue_size = APP_QUEUE_EVENTS
     setattr(config, coalesce.CONFIG_FLAG, True)  # body events joined: see coalesce.py
     config.alpn_protocols = ["http/1.1"]
     if (settings.tls_cert is None) != (settings.tls_key is None):
@@ -433,7 +452,7 @@ async def serve_registry(
     ``task_status.started`` reports the bound addresses (``http://host:port``), so callers
     using port 0 learn the real port.
     """
-    raise_socket_read_size()
+    httpserver.install()
     coalesce.install()
     config = hypercorn_config(settings)
     kwargs: dict[str, Any] = {"task_status": task_status}

@@ -26,9 +26,17 @@ class StreamingBody(TrioBody):
         self._received = 0
         self._drained = trio.Event()
         self._released = False
+        self._released_at = 0
+        self._discard_limit = 0
+        self._settled = trio.Event()
 
     def append(self, data: bytes) -> None:
-        if not data or self._must_raise is not None or self._released:
+        if self._released:
+            self._received += len(data)
+            if self._received - self._released_at > self._discard_limit:
+                self._settled.set()  # more than the handler's drain allows: the connection closes
+            return
+        if not data or self._must_raise is not None:
             return
         chunk = data if type(data) is bytes else bytes(data)
         self._chunks.append(chunk)
@@ -96,8 +104,33 @@ class StreamingBody(TrioBody):
             self._drained = trio.Event()
             await self._drained.wait()
 
-    def release(self) -> None:
-        """The handler is done with the body: stop holding data or making the receiver wait."""
-        self._released = True
+    def set_complete(self) -> None:
+        super().set_complete()
+        self._settled.set()
+
+    def release(self, discard_limit: int = 0) -> None:
+        """The handler is done with the body: stop holding data or making the receiver wait; what
+        still arrives is counted and dropped (see :meth:`drain`)."""
+        if not self._released:
+            self._released = True
+            self._released_at = self._received
+        self._discard_limit = discard_limit
         self.clear()
         self._drained.set()
+        if self._complete.is_set():
+            self._settled.set()
+
+    async def drain(self, limit: int, seconds: float, expected_length: int | None = None) -> bool:
+        """Release the body and wait until the rest of it has arrived (dropped as it comes) or more
+        than ``limit`` bytes or ``seconds`` went by; True when the whole body has been read.
+
+        With a known length (``expected_length``) beyond the limit, it does not wait at all.
+        """
+        self.release(limit)
+        if self.complete:
+            return True
+        if expected_length is not None and expected_length - self._received > limit:
+            return False
+        with trio.move_on_after(seconds):
+            await self._settled.wait()
+        return self.complete

@@ -28,7 +28,9 @@ from h11._readers import ChunkedReader
 from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
 
-COALESCE_BYTES: Final = 512 * 1024
+from ipfsreg.httpserver import ClosingConnection
+
+COALESCE_BYTES: Final = 256 * 1024
 _MAX_FAST_HEADER: Final = 16  # hex digits of a chunk size the fast path parses itself
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 # The fast path keeps h11's private reader and buffer state; it stays off if those ever change.
@@ -42,7 +44,7 @@ CONFIG_FLAG: Final = "coalesce_body_events"
 _Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
-class CoalescingConnection(h11.Connection):
+class CoalescingConnection(ClosingConnection):
     """An h11 server connection whose consecutive body ``Data`` events come out as one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,67 +1,27 @@
-"""OCI content digests (``algorithm:hex``): parsing, checking and incremental hashing."""
+"""OCI content digests for the registry: :mod:`ipfsreg.oci.digests`, with errors as RegistryError
+(``DIGEST_INVALID``) for the HTTP handlers."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
-from typing import Final, Protocol
-
-from ipfsreg.registry.errors import RegistryError
-
-_DIGEST_RE: Final = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
-HEX_LENGTHS: Final = {"sha256": 64, "sha512": 128}
-_HEX_RE: Final = re.compile(r"[a-f0-9]+")
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-    def hexdigest(self) -> str: ...
-
-
-@dataclass(frozen=True, order=True)
-class Digest:
-    algorithm: str
-    hex: str
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hex}"
-
-    def new_hasher(self) -> Hasher:
-        return new_hasher(self.algorithm)
-
-    def key(self) -> bytes:
-        return str(self).encode()
+from ipfsreg.oci import digests as _oci
+from ipfsreg.oci.digests import HEX_LENGTHS, Digest, Hasher, digest_of, is_digest_like
+from ipfsreg.oci.errors import DigestInvalid
+from ipfsreg.registry.errors import registry_error
 
 
 def new_hasher(algorithm: str) -> Hasher:
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    if algorithm == "sha512":
-        return hashlib.sha512()
-    raise RegistryError("DIGEST_INVALID", {"digest": algorithm, "reason": "unsupported algorithm"})
-
-
-def is_digest_like(text: str) -> bool:
-    """True if ``text`` follows the general digest grammar (so it is not a tag)."""
-    return _DIGEST_RE.fullmatch(text) is not None
+    try:
+        return _oci.new_hasher(algorithm)
+    except DigestInvalid as exc:
+        raise registry_error(exc) from None
 
 
 def parse_digest(text: str) -> Digest:
     """Parse a sha256 or sha512 digest; anything else raises DIGEST_INVALID."""
-    match = _DIGEST_RE.fullmatch(text)
-    if match is None:
-        raise RegistryError("DIGEST_INVALID", {"digest": text[:200], "reason": "malformed digest"})
-    algorithm, hexpart = match.group(1), match.group(2)
-    length = HEX_LENGTHS.get(algorithm)
-    if length is None:
-        raise RegistryError("DIGEST_INVALID", {"digest": text[:200], "reason": "unsupported algorithm"})
-    if len(hexpart) != length or _HEX_RE.fullmatch(hexpart) is None:
-        raise RegistryError("DIGEST_INVALID", {"digest": text[:200], "reason": "bad encoded length or case"})
-    return Digest(algorithm, hexpart)
+    try:
+        return _oci.parse_digest(text)
+    except DigestInvalid as exc:
+        raise registry_error(exc) from None
 
 
-def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:
-    hasher = new_hasher(algorithm)
-    hasher.update(data)
-    return Digest(algorithm, hasher.hexdigest())
+__all__ = ["HEX_LENGTHS", "Digest", "Hasher", "digest_of", "is_digest_like", "new_hasher", "parse_digest"]

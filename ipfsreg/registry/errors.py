@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ipfsreg.oci.errors import OCIError
+
 
 @dataclass(frozen=True)
 class ErrorCode:
@@ -67,3 +69,9 @@ class RegistryError(Exception):
 
     def body(self) -> bytes:
         return json.dumps(self.to_json()).encode()
+
+
+def registry_error(exc: OCIError) -> RegistryError:
+    """The registry error for an OCI format error (its code and detail; status from the table)."""
+    code = exc.code if exc.code in ERROR_CODES else "MANIFEST_INVALID"
+    return RegistryError(code, exc.detail)

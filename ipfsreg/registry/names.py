@@ -26,6 +26,29 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_request_path(path: str, raw_path: bytes, raw_name: str | None) -> None:
+    """Refuse, with NAME_INVALID, request paths whose repository name could only be reached by
+    rewriting them: control characters (``%0d%0a``), empty components (``//``, ``%2F%2F``) and
+    percent-encoded characters in the name (``a%2Fb``): no valid name needs any of these.
+
+    ``path`` is the decoded path, ``raw_path`` the path as sent, ``raw_name`` the repository name
+    that routing finds in ``raw_path`` (None when it routes nowhere).
+    """
+    shown = raw_path.decode("latin-1")[:300]
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise RegistryError(
+            "NAME_INVALID",
+            {"path": shown, "reason": "control characters are not allowed in a repository name"},
+        )
+    if "//" in path or "//" in shown:
+        raise RegistryError("NAME_INVALID", {"path": shown, "reason": "empty path component"})
+    if raw_name is not None and "%" in raw_name:
+        raise RegistryError(
+            "NAME_INVALID",
+            {"path": shown, "reason": "percent-encoded characters are not allowed in a repository name"},
+        )
+
+
 def is_valid_tag(tag: str) -> bool:
     return TAG_RE.fullmatch(tag) is not None
 

@@ -21,11 +21,11 @@ Design (blobs are fetched lazily, as distribution's proxy does):
   type), outside the registry's own indexes: ``RegistryStore.put_manifest`` needs a manifest's blobs
   present, and they arrive only when clients pull them. Which digest a proxied tag names, and when
   that was last checked upstream, is in ``reg.proxy.tags``. Pending manifests are served from there
-  (with the registry's Accept negotiation). When the last blob (or child manifest) a pending
-  manifest references is stored, the manifest is *promoted*: stored by ``put_manifest`` with each
-  proxied tag naming it (an ordinary local image from then on: listed, published on IPFS, garbage-
-  collection safe). A manifest by digest is asked of fleet peers first (it is a blob there), then
-  of the upstream.
+  as fetched, whatever the Accept (the rule of ``handlers/manifests.py``). When the last blob (or
+  child manifest) a pending manifest references is stored, the manifest is *promoted*: stored by
+  ``put_manifest`` with each proxied tag naming it (an ordinary local image from then on: listed,
+  published on IPFS, garbage-collection safe). A manifest by digest is asked of fleet peers first
+  (it is a blob there), then of the upstream.
 - Tags. When the upstream cannot answer (unreachable, 5xx, or silent for ``upstream_timeout``), a
   tag it once named is served from its last known digest, and the response says so:
   ``Ipfsreg-Tag-Stale: <seconds since the upstream last confirmed it>`` (with ``Warning: 110``). An
@@ -82,12 +82,9 @@ from ipfsreg.registry.fleet import Fleet, InFlight, PeerFailed
 from ipfsreg.registry.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
-    INDEX_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
-    accepts,
     parse_manifest,
-    pick_platform,
 )
 from ipfsreg.registry.names import canonical_namespace
 from ipfsreg.registry.private import PrivateContent
@@ -103,8 +100,7 @@ from ipfsreg.upstream import (
 
 log = logging.getLogger(__name__)
 
-# Asked of the upstream for every manifest: the cache keeps what the tag really names and does the
-# Accept negotiation itself.
+# Asked of the upstream for every manifest: the cache keeps (and serves) what the tag really names.
 UPSTREAM_ACCEPT: Final = (OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
 # Chunks of a streamed blob buffered between the fetch task and a slow client.
 STREAM_BUFFER_CHUNKS: Final = 16
@@ -438,13 +434,15 @@ class PullThrough:
 
     # --- manifests -----------------------------------------------------------------------
 
-    async def manifest(self, target: Target, reference: str | Digest, accept: str) -> ProxiedManifest | None:
-        """The answer to a manifest GET/HEAD, or None when the local store should answer as usual."""
+    async def manifest(self, target: Target, reference: str | Digest) -> ProxiedManifest | None:
+        """The answer to a manifest GET/HEAD, or None when the local store should answer as usual.
+
+        Served as fetched, whatever the request's Accept (the rule of handlers/manifests.py)."""
         repo = target.repo
         if isinstance(reference, Digest):
             if self.store.manifest_info(repo, reference) is not None:
                 return None
-            return await self._negotiate(target, await self._load(target, reference), accept)
+            return await self._load(target, reference)
         digest = await self._resolve_tag(target, reference)
         if digest is None:
             return None
@@ -453,7 +451,7 @@ class PullThrough:
             and self.store.resolve_tag(repo, reference) == digest
         ):
             return None
-        return await self._negotiate(target, await self._load(target, digest), accept)
+        return await self._load(target, digest)
 
     async def _resolve_tag(self, target: Target, tag: str) -> Digest | None:
         """The digest ``tag`` names now (checked upstream when its TTL ran out); None for local tags."""
@@ -601,24 +599,6 @@ class PullThrough:
             ) from exc
         with self.store.datastore.batch(sync=True) as batch:
             batch.put(self.pending, _key(repo, str(digest)), _encode_pending(media_type, body))
-
-    async def _negotiate(self, target: Target, manifest: ProxiedManifest, accept: str) -> ProxiedManifest:
-        if manifest.media_type not in INDEX_TYPES or accepts(accept, manifest.media_type):
-            return manifest
-        # A client that cannot read an index gets the linux/amd64 image, as the local path does.
-        child = pick_platform(parse_manifest(manifest.body, manifest.media_type).manifests)
-        if child is None:
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                {"digest": str(manifest.digest), "reason": f"{manifest.media_type} not in Accept"},
-            )
-        chosen = await self._load(target, child.digest)
-        if not accepts(accept, chosen.media_type):
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                {"digest": str(chosen.digest), "reason": f"{chosen.media_type} not in Accept"},
-            )
-        return chosen
 
     async def _promote_ready(self, target: Target) -> None:
         """Store every pending manifest of the repository whose blobs and child manifests are all local."""
@@ -955,8 +935,8 @@ class Bound:
     proxy: PullThrough
     target: Target
 
-    async def manifest(self, reference: str | Digest, accept: str) -> ProxiedManifest | None:
-        return await self.proxy.manifest(self.target, reference, accept)
+    async def manifest(self, reference: str | Digest) -> ProxiedManifest | None:
+        return await self.proxy.manifest(self.target, reference)
 
     async def blob(self, digest: Digest, *, head: bool, ranged: bool) -> ProxiedBlob | None:
         return await self.proxy.blob(self.target, digest, head=head, ranged=ranged)

@@ -29,16 +29,42 @@ class RegistrySettings:
         default=24 * 3600.0,
         metadata={"help": "seconds after its last chunk an unfinished upload session is dropped"},
     )
+    max_live_uploads: int = field(
+        default=1000,
+        metadata={
+            "help": "upload sessions held in memory at once (each holds at most one partial chunk); past "
+            "it the least recently used idle one is dropped to its saved state (it resumes from there), "
+            "and when all are busy a new session gets 429 TOOMANYREQUESTS; 0 = unlimited"
+        },
+    )
+    max_uploads_per_client: int = field(
+        default=1000,
+        metadata={
+            "help": "unfinished upload sessions one client (its user when authenticated, else its address) "
+            "may have open; past it POST gets 429 TOOMANYREQUESTS with Retry-After; 0 = unlimited"
+        },
+    )
+    upload_memory_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "help": "upload bytes in flight in memory across all uploads (being hashed, chunked, written); "
+            "past it uploads are read more slowly; 0 = unlimited"
+        },
+    )
     upload_flush_bytes: int = field(
         default=4 * 1024 * 1024,
         metadata={"help": "bytes of blocks gathered before they are written to LevelDB in one batch"},
     )
     body_buffer_bytes: int = field(
-        default=1024 * 1024,
+        default=512 * 1024,
         metadata={"help": "request body bytes buffered before the server stops reading the socket"},
     )
     catalog_max_entries: int = field(
         default=1000, metadata={"help": "largest page of /v2/_catalog and tags/list (the 'n' cap)"}
+    )
+    catalog_ipfs: bool = field(
+        default=False,
+        metadata={"help": "list the ipfs/<cid> repositories that pulls by CID create in /v2/_catalog"},
     )
     keep_alive_timeout: float = field(
         default=75.0, metadata={"help": "seconds an idle HTTP connection is kept"}

@@ -23,6 +23,11 @@ At the end of every chunk the importer's snapshot is stored in the same batch as
 blocks, so a session resumes after a restart by restoring the importer and re-hashing the bytes
 already stored (``written_subtrees`` + ``buffered``).
 
+Memory: the bytes of all uploads in flight (pieces read and not yet committed) share one budget,
+``upload_memory_bytes`` (:class:`MemoryBudget`); an upload that would pass it waits before
+reading more of its body (its client is read more slowly), after flushing what it holds so that
+waiting uploads never hold each other up.
+
 Garbage collection safety: every upload holds a datastore lease on the blocks it has flushed
 until the blob is committed (then the blob index reaches them) or the upload is cancelled,
 broken or evicted from memory (a persisted session's record reaches them through
@@ -44,6 +49,7 @@ import logging
 import struct
 import time
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -80,13 +86,57 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 _SEP: Final = b"\0"
 _UPLOAD_HEADER: Final = struct.Struct(">I")
 # Bytes gathered from the request body before one worker-thread hand-off.
-_PIECE_BYTES: Final = 2 * 1024 * 1024
+_PIECE_BYTES: Final = 1024 * 1024
 # Idle sessions leave memory after this many seconds; their saved state restores them on demand.
 LIVE_IDLE_SECONDS: Final = 60.0
+# Retry-After of a 429 when every session in memory is busy (they end within a request) and when a
+# client has too many open sessions (those end when finished, cancelled or expired).
+BUSY_RETRY_SECONDS: Final = 1
+CLIENT_RETRY_SECONDS: Final = 60
+# Expired sessions are purged at most this often when a client reaches its cap.
+_PURGE_EVERY_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
 # Called with the batch that will commit these blocks (e.g. to mark them private in the same batch).
 BatchTagger = Callable[[WriteBatch, list[CID]], None]
+# A batch of an upload's blocks on its way to LevelDB (None: nothing to write), its CIDs, and the
+# memory-budget bytes of the pieces whose blocks it completes (given back once it is committed).
+_Batch = tuple[WriteBatch | None, list[CID], int]
+
+
+@dataclass
+class _Held:
+    bytes: int = 0
+
+
+class MemoryBudget:
+    """Bytes of upload data in flight (read, hashed, chunked, not yet committed) across all uploads.
+
+    ``acquire`` waits while taking ``n`` more would pass the limit (one piece always passes when
+    nothing is held, so no piece is too large); ``release`` gives bytes back and wakes the waiters.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def would_wait(self, n: int) -> bool:
+        return self.limit > 0 and self.used > 0 and self.used + n > self.limit
+
+    async def acquire(self, n: int) -> None:
+        while self.would_wait(n):
+            await self._lot.park()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self._lot.unpark_all()
+
+
 TagsChanged = Callable[[str], None]
 
 
@@ -144,6 +194,8 @@ class Upload:
     committing: list[list[Block]] = field(default_factory=list)
     # Announce the finished blob to ``on_committed`` (content routing); a private namespace's is not.
     announce: bool = True
+    client: str = ""
+    """Who opened the session (``user:NAME`` or ``addr:IP``), for the per-client cap."""
 
 
 def _blob_value(info: BlobInfo) -> bytes:
@@ -153,6 +205,21 @@ def _blob_value(info: BlobInfo) -> bytes:
 def _decode_blob_value(digest: Digest, raw: bytes) -> BlobInfo:
     size, pos = decode_varint(raw)
     return BlobInfo(digest, CID.decode(raw[pos:]), size)
+
+
+def _record_meta(raw: bytes) -> dict[str, Any] | None:
+    """The JSON metadata of an upload record, None when it is damaged."""
+    try:
+        (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
+        meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
+    except (struct.error, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _record_client(raw: bytes) -> str:
+    meta = _record_meta(raw)
+    return str(meta.get("client", "")) if meta is not None else ""
 
 
 def _rkey(repo: str, *parts: str) -> bytes:
@@ -184,6 +251,9 @@ class RegistryStore:
         max_blob_bytes: int = 0,
         on_blocks_stored: BlocksStored | None = None,
         on_committed: BlocksStored | None = None,
+        max_live_uploads: int = 1000,
+        max_uploads_per_client: int = 1000,
+        upload_memory_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
@@ -202,7 +272,14 @@ class RegistryStore:
         self.repos = datastore.keyspace("reg.repos")
         self.uploads = datastore.keyspace("reg.uploads")
         self.published = datastore.keyspace("reg.images")
-        self._live: dict[str, Upload] = {}
+        self.memory = MemoryBudget(upload_memory_bytes)
+        self.max_live_uploads = max_live_uploads
+        self.max_uploads_per_client = max_uploads_per_client
+        # Sessions in memory, least recently used first (eviction takes them from the front).
+        self._live: OrderedDict[str, Upload] = OrderedDict()
+        # Open (persisted, unfinished) sessions per client; counted from the records on first use.
+        self._open: dict[str, int] | None = None
+        self._last_purge = 0.0
         self.on_tags_changed: TagsChanged | None = None
         """Called on the trio thread with a repository whose tags moved or went away (IPNS republishing)."""
 
@@ -257,24 +334,102 @@ class RegistryStore:
     # --- uploads -------------------------------------------------------------------------
 
     def evict_idle_uploads(self, idle_seconds: float = LIVE_IDLE_SECONDS) -> int:
-        """Drop idle, unlocked sessions from memory (their state is saved); return how many."""
+        """Drop idle, unlocked sessions from memory (their state is saved); return how many.
+
+        Sessions are kept least recently used first: the scan stops at the first one used within
+        ``idle_seconds`` (those after it were used later).
+        """
         now = time.time()
-        idle = [
-            key
-            for key, upload in self._live.items()
-            if not upload.lock.locked() and not upload.pending and now - upload.updated > idle_seconds
-        ]
+        idle: list[str] = []
+        for key, upload in self._live.items():
+            if now - upload.updated <= idle_seconds:
+                break
+            if self._evictable(upload):
+                idle.append(key)
         for key in idle:
             self._release(self._live.pop(key))
         return len(idle)
+
+    @staticmethod
+    def _evictable(upload: Upload) -> bool:
+        return not upload.lock.locked() and not upload.pending
+
+    def _make_room(self) -> None:
+        """Keep at most ``max_live_uploads`` sessions in memory: evict the least recently used idle
+        one to its saved state, or refuse with 429 when all of them are in use."""
+        if self.max_live_uploads <= 0 or len(self._live) < self.max_live_uploads:
+            return
+        for key, upload in self._live.items():
+            if self._evictable(upload):
+                self._release(self._live.pop(key))
+                return
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            {"reason": f"all {len(self._live)} upload sessions in memory are busy"},
+            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+        )
+
+    def _keep_live(self, upload: Upload) -> None:
+        """Hold ``upload`` in memory as the most recently used session."""
+        self._make_room()
+        self._live[upload.uuid] = upload
 
     @property
     def live_uploads(self) -> int:
         return len(self._live)
 
-    def new_upload(self, repo: str) -> Upload:
-        """Start an upload session, persisted at once so it survives a restart."""
+    def _open_counts(self) -> dict[str, int]:
+        if self._open is None:
+            counts: dict[str, int] = {}
+            for _key, raw in self.uploads.items():
+                client = _record_client(raw)
+                counts[client] = counts.get(client, 0) + 1
+            self._open = counts
+        return self._open
+
+    def _opened(self, client: str) -> None:
+        counts = self._open_counts()
+        counts[client] = counts.get(client, 0) + 1
+
+    def _closed(self, client: str) -> None:
+        """A persisted session of ``client`` ended (finished, cancelled, expired)."""
+        if self._open is None:
+            return
+        left = self._open.get(client, 0) - 1
+        if left > 0:
+            self._open[client] = left
+        else:
+            self._open.pop(client, None)
+
+    def open_uploads(self, client: str) -> int:
+        """How many unfinished sessions ``client`` has open (in memory or saved)."""
+        return self._open_counts().get(client, 0)
+
+    def _check_client_cap(self, client: str) -> None:
+        cap = self.max_uploads_per_client
+        if cap <= 0 or self.open_uploads(client) < cap:
+            return
+        now = time.monotonic()
+        if now - self._last_purge >= _PURGE_EVERY_SECONDS:
+            self._last_purge = now
+            self.purge_expired_uploads()
+            if self.open_uploads(client) < cap:
+                return
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            {"reason": f"{cap} upload sessions are already open for this client; finish or cancel some"},
+            headers={"Retry-After": str(CLIENT_RETRY_SECONDS)},
+        )
+
+    def new_upload(self, repo: str, client: str = "") -> Upload:
+        """Start an upload session, persisted at once so it survives a restart.
+
+        Raises TOOMANYREQUESTS (429, Retry-After) when ``client`` already has
+        ``max_uploads_per_client`` open sessions, or when every session in memory is busy.
+        """
+        self._check_client_cap(client)
         self.evict_idle_uploads()
+        self._make_room()
         now = time.time()
         upload = Upload(
             uuid=str(uuidlib.uuid4()),
@@ -285,9 +440,11 @@ class RegistryStore:
             started=now,
             updated=now,
             lease=Lease(self.datastore),
+            client=client,
         )
         with self.datastore.batch() as batch:
             batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+        self._opened(client)
         self._live[upload.uuid] = upload
         return upload
 
@@ -312,6 +469,7 @@ class RegistryStore:
                 "offset": upload.offset,
                 "started": upload.started,
                 "updated": upload.updated,
+                "client": upload.client,
             }
         ).encode()
         return _UPLOAD_HEADER.pack(len(meta)) + meta + upload.importer.snapshot()
@@ -325,6 +483,7 @@ class RegistryStore:
             if self._expired(upload.updated):
                 self.cancel_upload(upload)
                 raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
+            self._live.move_to_end(upload_id)
             return upload
         raw = self.uploads.get(upload_id.encode()) if upload_id else None
         if raw is None:
@@ -337,6 +496,7 @@ class RegistryStore:
             if self._expired(float(meta["updated"])):
                 with self.datastore.batch() as batch:
                     batch.delete(self.uploads, upload_id.encode())
+                self._closed(str(meta.get("client", "")))
                 raise RegistryError("BLOB_UPLOAD_UNKNOWN", {"uuid": upload_id, "reason": "expired"})
             importer = FileImporter.restore(raw[_UPLOAD_HEADER.size + meta_len :])
             hasher = new_hasher("sha256")
@@ -354,6 +514,7 @@ class RegistryStore:
                     "reason": f"stored upload holds {rehashed} bytes, expected {meta['offset']}",
                 },
             )
+        importer.compact()
         restored = Upload(
             uuid=upload_id,
             repo=repo,
@@ -363,10 +524,12 @@ class RegistryStore:
             started=float(meta["started"]),
             updated=float(meta["updated"]),
             lease=Lease(self.datastore),
+            client=str(meta.get("client", "")),
         )
         if upload is not None:
             restored.lock = upload.lock  # keep waiters of a broken session serialised
-        self._live[upload_id] = restored
+            self._live.pop(upload_id, None)
+        self._keep_live(restored)
         return restored
 
     async def lock_upload(self, repo: str, upload_id: str) -> Upload:
@@ -400,20 +563,22 @@ class RegistryStore:
 
     def cancel_upload(self, upload: Upload) -> None:
         self._live.pop(upload.uuid, None)
+        already = upload.broken and self.uploads.get(upload.uuid.encode()) is None
         upload.broken = True
         self._release(upload)
-        if upload.uuid:
+        if upload.uuid and not already:
             with self.datastore.batch() as batch:
                 batch.delete(self.uploads, upload.uuid.encode())
+            self._closed(upload.client)
 
     def purge_expired_uploads(self) -> int:
         """Drop every session idle for longer than the TTL; return how many."""
         expired: list[bytes] = []
         for key, raw in self.uploads.items():
-            (meta_len,) = _UPLOAD_HEADER.unpack_from(raw)
-            meta = json.loads(raw[_UPLOAD_HEADER.size : _UPLOAD_HEADER.size + meta_len])
-            if self._expired(float(meta["updated"])):
+            meta = _record_meta(raw)
+            if meta is not None and self._expired(float(meta.get("updated", 0))):
                 expired.append(key)
+                self._closed(str(meta.get("client", "")))
         if expired:
             with self.datastore.batch() as batch:
                 for key in expired:
@@ -441,20 +606,23 @@ class RegistryStore:
         from the last persisted chunk; the stored data is never half-updated.
         """
         appended = 0
+        held = _Held()
         try:
             async with trio.open_nursery() as nursery:
                 pieces_in, pieces_out = trio.open_memory_channel[list[bytes]](1)
-                batches_in, batches_out = trio.open_memory_channel[tuple[WriteBatch, list[CID]]](1)
+                batches_in, batches_out = trio.open_memory_channel[_Batch](1)
                 nursery.start_soon(self._hash_pieces, upload, pieces_out, batches_in)
-                nursery.start_soon(self._commit_batches, upload, batches_out)
+                nursery.start_soon(self._commit_batches, upload, batches_out, held)
                 async with pieces_in:
-                    appended = await self._read_pieces(upload, body, pieces_in, max_bytes)
+                    appended = await self._read_pieces(upload, body, pieces_in, max_bytes, held)
         except BaseExceptionGroup as group:
             self.discard_chunk(upload)
             raise _first_error(group) from None
         except BaseException:
             self.discard_chunk(upload)
             raise
+        finally:
+            self.memory.release(held.bytes)
         upload.offset += appended
         upload.updated = time.time()
         return appended
@@ -465,8 +633,13 @@ class RegistryStore:
         body: AsyncIterator[bytes],
         pieces: trio.MemorySendChannel[list[bytes]],
         max_bytes: int,
+        held: _Held,
     ) -> int:
-        """Stage 1: gather the body into pieces of about ``_PIECE_BYTES``, enforcing size limits."""
+        """Stage 1: gather the body into pieces of about ``_PIECE_BYTES``, enforcing size limits.
+
+        Each piece takes its bytes from the store's memory budget before it goes on (``held``
+        until its blocks are committed): past the budget, bodies are read more slowly.
+        """
         appended = 0
         piece: list[bytes] = []
         piece_len = 0
@@ -487,34 +660,64 @@ class RegistryStore:
             piece.append(data)
             piece_len += len(data)
             if piece_len >= _PIECE_BYTES:
+                await self._take_memory(piece_len, pieces, held)
                 await pieces.send(piece)
                 piece, piece_len = [], 0
         if piece:
+            await self._take_memory(piece_len, pieces, held)
             await pieces.send(piece)
         return appended
+
+    async def _take_memory(self, size: int, pieces: trio.MemorySendChannel[list[bytes]], held: _Held) -> None:
+        """Take ``size`` bytes of the memory budget for the next piece. Before waiting, ask stage 2
+        to flush what this upload holds (an empty piece): every waiting upload then gives all its
+        bytes back once they are committed, so waiting uploads never hold each other up for good."""
+        if self.memory.would_wait(size) and held.bytes:
+            await pieces.send([])
+        await self.memory.acquire(size)
+        held.bytes += size
 
     async def _hash_pieces(
         self,
         upload: Upload,
         pieces: trio.MemoryReceiveChannel[list[bytes]],
-        batches: trio.MemorySendChannel[tuple[WriteBatch, list[CID]]],
+        batches: trio.MemorySendChannel[_Batch],
     ) -> None:
-        """Stage 2: hash and chunk each piece; hand full batches of blocks to the committer."""
+        """Stage 2: hash and chunk each piece; hand full batches of blocks to the committer.
+
+        An empty piece asks for a flush now (stage 1 is about to wait for memory): whatever this
+        upload holds of the budget then goes back as soon as it is committed.
+        """
+        ingested = 0  # budget bytes of the pieces chunked since the last batch
         async with batches:
             async for piece in pieces:
-                await self._ingest(upload, piece)
-                if upload.pending_bytes >= self.flush_bytes:
+                if piece:
+                    await self._ingest(upload, piece)
+                    ingested += sum(len(data) for data in piece)
+                if piece and upload.pending_bytes < self.flush_bytes:
+                    continue
+                if upload.pending:
                     batch = self.datastore.batch()
                     cids = self._put_pending(upload, batch)
-                    await batches.send((batch, cids))
+                    await batches.send((batch, cids, ingested))
+                    ingested = 0
+                elif not piece and ingested:
+                    await batches.send((None, [], ingested))  # in order, after earlier commits
+                    ingested = 0
 
     async def _commit_batches(
-        self, upload: Upload, batches: trio.MemoryReceiveChannel[tuple[WriteBatch, list[CID]]]
+        self, upload: Upload, batches: trio.MemoryReceiveChannel[_Batch], held: _Held
     ) -> None:
-        """Stage 3: commit the upload's block batches in order, one at a time."""
-        async for batch, cids in batches:
-            await self._commit(batch, cids)
-            self._committed(upload)
+        """Stage 3: commit the upload's block batches in order, one at a time; the bytes of their
+        pieces go back to the memory budget (the importer's partial chunk, at most one chunk per
+        upload, is not counted)."""
+        async for batch, cids, size in batches:
+            if batch is not None:
+                await self._commit(batch, cids)
+                self._committed(upload)
+            freed = min(size, held.bytes)
+            held.bytes -= freed
+            self.memory.release(freed)
 
     async def _ingest(self, upload: Upload, piece: list[bytes]) -> None:
         """Hash and chunk ``piece`` (the body's chunks as received, never joined) in a worker thread."""
@@ -606,7 +809,10 @@ class RegistryStore:
         self._release(upload)
 
     async def save_upload(self, upload: Upload) -> None:
-        """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk)."""
+        """Persist the session's remaining blocks and importer snapshot in one batch (end of a chunk).
+
+        The session then waits for its next chunk holding only its partial chunk's bytes.
+        """
         try:
             batch = self.datastore.batch()
             cids = self._put_pending(upload, batch)
@@ -616,6 +822,7 @@ class RegistryStore:
         except BaseException:
             self.discard_chunk(upload)
             raise
+        upload.importer.compact()
 
     async def finish_upload(self, upload: Upload, digest: Digest) -> BlobInfo:
         """Complete the DAG, check the digest and make the blob visible in one atomic batch.
@@ -662,6 +869,8 @@ class RegistryStore:
             self._live.pop(upload.uuid, None)
             upload.broken = True
             self._release(upload)  # after the commit: the blob index now reaches every block
+        if upload.uuid:
+            self._closed(upload.client)
         if upload.announce:
             # Its root, and the digest CID fleet mirrors look it up by (it names the blob, not a block).
             self.committed([info.cid, digest_cid(str(digest))])
@@ -994,15 +1203,28 @@ class RegistryStore:
             out.append(key[len(prefix) :].decode())
         return out, False
 
-    def list_repos(self, *, last: str | None, limit: int, prefix: str = "") -> tuple[list[str], bool]:
-        """Up to ``limit`` repositories starting with ``prefix`` after ``last``, and whether more follow."""
+    def list_repos(
+        self, *, last: str | None, limit: int, prefix: str = "", skip_prefix: str | None = None
+    ) -> tuple[list[str], bool]:
+        """Up to ``limit`` repositories starting with ``prefix`` after ``last``, and whether more
+        follow; names starting with ``skip_prefix`` are left out."""
         start = last.encode() if last else None
         out: list[str] = []
-        for key, _ in self.repos.items(prefix.encode(), start=start):
+        for key in self._repo_keys(prefix.encode(), start, skip_prefix.encode() if skip_prefix else None):
             if len(out) == limit:
                 return out, True
             out.append(key.decode())
         return out, False
+
+    def _repo_keys(self, prefix: bytes, start: bytes | None, skip: bytes | None) -> Iterator[bytes]:
+        """Repository names under ``prefix`` after ``start`` in order, skipping the ones under ``skip``."""
+        for key, _ in self.repos.items(prefix, start=start):
+            if skip is not None and key.startswith(skip):
+                # Names are ASCII: every name under ``skip`` sorts before skip + 0xff.
+                for after, _ in self.repos.items(prefix, start=skip + b"\xff"):
+                    yield after
+                return
+            yield key
 
     def list_referrers(self, repo: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         prefix = _rkey(repo, str(subject), "")

@@ -130,7 +130,10 @@ class FileImporter:
         self._max_links = options.max_links
         self._raw = options.use_raw_leaves
         self._version = options.cid_version
-        self._buf = bytearray(options.chunk_size)  # the partial chunk lives in _buf[:_fill]
+        # The partial chunk lives in _buf[:_fill]. The chunk-sized buffer is allocated when bytes
+        # arrive, not up front (an upload session that is opened and left costs no chunk of
+        # memory), and :meth:`compact` gives it back between writes.
+        self._buf = bytearray()
         self._fill = 0
         self._levels: list[list[_Link]] = [[]]
         self._written = 0
@@ -157,7 +160,7 @@ class FileImporter:
         if self._fill:
             # Complete the partial chunk in the fixed buffer (no reallocation, one copy in).
             take = min(size - self._fill, n)
-            self._buf[self._fill : self._fill + take] = view[:take]
+            self._chunk_buffer()[self._fill : self._fill + take] = view[:take]
             self._fill += take
             pos = take
             if self._fill < size:
@@ -169,9 +172,23 @@ class FileImporter:
             pos += size
         if pos < n:
             rest = n - pos
-            self._buf[:rest] = view[pos:]
+            self._chunk_buffer()[:rest] = view[pos:]
             self._fill = rest
         return out
+
+    def _chunk_buffer(self) -> bytearray:
+        """The chunk-sized buffer, allocated (keeping the partial chunk) on first use."""
+        if len(self._buf) < self._chunk:
+            grown = bytearray(self._chunk)
+            grown[: self._fill] = self._buf[: self._fill]
+            self._buf = grown
+        return self._buf
+
+    def compact(self) -> None:
+        """Give back the chunk buffer's unused part until the next :meth:`write` (e.g. while an
+        upload session waits for its next chunk): only the partial chunk's bytes stay held."""
+        if len(self._buf) > self._fill:
+            self._buf = bytearray(self._buf[: self._fill])
 
     def finish(self) -> tuple[list[Block], ImportResult]:
         """Flush the partial chunk and every pending level; the root block is the last one emitted."""
@@ -310,7 +327,7 @@ class FileImporter:
         importer = cls(options)
         importer._levels = levels
         importer._written = written
-        importer._buf[:length] = pending
+        importer._buf = bytearray(pending)
         importer._fill = length
         return importer
 

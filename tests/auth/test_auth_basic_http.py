@@ -269,6 +269,33 @@ async def test_anonymous_pull_lets_anonymous_pull_and_nothing_else(tmp_path: Pat
             assert_oci_error(await anonymous.get("/v2/_catalog"), 401, "UNAUTHORIZED")
 
 
+async def test_empty_basic_credentials_are_anonymous_as_podman_and_skopeo_send_them(tmp_path: Path) -> None:
+    settings = auth_settings(
+        htpasswd=write_htpasswd(tmp_path / "htpasswd", {"alice": PASSWORDS["alice"]}), anonymous_pull=True
+    )
+    empty = {"Authorization": "Basic Og=="}
+    async with running_auth_registry(tmp_path / "data", settings) as srv:
+        async with srv.client("alice") as alice:
+            await push_image(alice, "any/app", "v1")
+        async with srv.client() as client:
+            assert (await client.get("/v2/any/app/manifests/v1", headers=empty)).status_code == 200
+            refused = await client.put("/v2/any/app/manifests/v2", headers=empty, content=b"{}")
+            assert_oci_error(refused, 401, "UNAUTHORIZED")
+            assert refused.json()["errors"][0]["message"] == "authentication required"
+            assert refused.headers["WWW-Authenticate"] == 'Basic realm="ipfsreg"'
+
+
+async def test_malformed_basic_credentials_get_a_401_saying_what_is_wrong(server: AuthServer) -> None:
+    async with server.client() as client:
+        resp = await client.get(
+            "/v2/", headers={"Authorization": "Basic " + base64.b64encode(b"alice").decode()}
+        )
+    assert_oci_error(resp, 401, "UNAUTHORIZED")
+    assert (
+        resp.json()["errors"][0]["message"] == "malformed Basic credentials: no ':' between user and password"
+    )
+
+
 def test_access_rules_without_any_authentication_are_a_startup_error() -> None:
     with pytest.raises(AuthConfigError):
         auth_app(object(), auth_settings(access=["alice:*:pull"]))

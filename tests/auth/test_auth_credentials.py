@@ -130,10 +130,24 @@ def test_basic_credentials_decode_user_and_password_with_colons() -> None:
     assert basic_credentials("Bearer abc") is None
 
 
-@pytest.mark.parametrize("header", ["Basic !!!", _basic(b"nocolon"), _basic(b":pw"), _basic(b"\xff:pw")])
-def test_malformed_basic_credentials_are_refused(header: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        ("Basic !!!", "not base64"),
+        ("Basic ", "nothing after 'Basic'"),
+        (_basic(b"nocolon"), "no ':' between user and password"),
+        (_basic(b":pw"), "a password without a user name"),
+        (_basic(b"\xff:pw"), "not UTF-8"),
+    ],
+)
+def test_malformed_basic_credentials_are_refused_saying_what_is_wrong(header: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         basic_credentials(header)
+
+
+def test_empty_basic_credentials_decode_as_empty_user_and_password() -> None:
+    # podman, skopeo and buildah send "Basic Og==" (":") after a Basic challenge: anonymous.
+    assert basic_credentials("Basic Og==") == ("", "")
 
 
 def test_bearer_token_header() -> None:

@@ -140,6 +140,8 @@ async def test_push_and_pull_through_the_token_flow(server: AuthServer) -> None:
         _, params = parse_challenge(denied.headers["WWW-Authenticate"])
         assert params["error"] == "insufficient_scope"
         assert params["scope"] == "repository:team/app:pull,push"
+        message = denied.json()["errors"][0]["message"]
+        assert message == "insufficient scope: the token does not grant repository:team/app:pull,push"
         assert_not_stored = server.store.blob_info
         from ipfsreg.registry.digests import parse_digest
 

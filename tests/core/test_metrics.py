@@ -78,3 +78,30 @@ async def test_metrics_count_requests_and_bytes_and_report_storage(
     lines = [r.getMessage() for r in caplog.records if r.name == "ipfsreg.access"]
     assert any('"POST /v2/repo/blobs/uploads/?digest=' in line and " 201 " in line for line in lines)
     assert any('"GET /v2/" 200' in line for line in lines)
+
+
+async def test_the_start_up_heap_is_frozen_out_of_full_garbage_collections(serve_node: Any) -> None:
+    import gc
+
+    async with serve_node():
+        assert gc.get_freeze_count() > 100_000
+    gc.unfreeze()
+
+
+async def test_request_headers_are_logged_at_debug_with_credentials_redacted(
+    serve_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve_node() as info, httpx.AsyncClient(base_url=info.registry_urls[0]) as client:
+        caplog.set_level(logging.INFO, logger="ipfsreg.access")
+        await client.get("/v2/", headers={"X-Marker": "info"})
+        assert not [r for r in caplog.records if "request headers" in r.getMessage()]
+        caplog.set_level(logging.DEBUG, logger="ipfsreg.access")
+        headers = {"Authorization": "Basic YWxpY2U6c2VjcmV0", "Cookie": "s=1", "X-Marker": "debug"}
+        await client.get("/v2/", headers=headers)
+    logged = [r.getMessage() for r in caplog.records if "request headers" in r.getMessage()]
+    assert len(logged) == 1
+    assert '"GET /v2/" request headers:' in logged[0]
+    assert "x-marker: debug" in logged[0]
+    assert "authorization: Basic <redacted>" in logged[0]
+    assert "cookie: <redacted>" in logged[0]
+    assert "YWxpY2U6c2VjcmV0" not in logged[0] and "s=1" not in logged[0]

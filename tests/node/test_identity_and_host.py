@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import stat
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,42 @@ async def _read_and_close(stream: INetStream) -> None:
         while await stream.read():
             pass
     await stream.close()
+
+
+EXPLODES = TProtocol("/ipfsreg-test/explodes/1.0.0")
+
+
+async def test_a_stream_handler_that_raises_resets_that_stream_only_and_the_node_keeps_serving(
+    nodes: Nodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # py-libp2p runs protocol handlers in the connection's task, inside the swarm's service: an
+    # error one lets out used to end the connection and then the swarm.
+    server = await nodes.start()
+    client = await nodes.start()
+
+    async def explode(stream: INetStream) -> None:
+        await stream.read(5)
+        raise RuntimeError("a handler bug")
+
+    server.host.set_stream_handler(EXPLODES, explode)
+    server.host.set_stream_handler(ONCE, _read_and_close)
+    await client.connect(server.listen_addrs()[0])
+    caplog.set_level(logging.WARNING, logger="ipfsreg.node.host")
+    for _ in range(3):
+        stream = await client.host.new_stream(server.identity.peer_id, [EXPLODES])
+        await stream.write(b"hello")
+        with pytest.raises(Exception):  # noqa: B017 - reset: the exact type is py-libp2p's
+            while await stream.read():
+                pass
+    # The same connection still carries streams, and the node answers a new peer.
+    stream = await client.host.new_stream(server.identity.peer_id, [ONCE])
+    await stream.write(b"hello")
+    await stream.close()
+    other = await nodes.start()
+    await other.connect(server.listen_addrs()[0])
+    assert server.stats().connected_peers == 2
+    warnings = [r for r in caplog.records if "a handler bug" in r.getMessage()]
+    assert len(warnings) == 3
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in warnings)
+    assert str(client.identity.peer_id) in warnings[0].getMessage()
+    assert str(EXPLODES) in warnings[0].getMessage()

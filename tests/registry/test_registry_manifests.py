@@ -191,37 +191,60 @@ async def test_docker_schema2_manifest_and_manifest_list(registry: Server) -> No
     resp = await registry.client.get("/v2/app/manifests/multi", headers={"Accept": DOCKER_LIST})
     assert resp.headers["Content-Type"] == DOCKER_LIST
     assert resp.content == list_body
-    # A client that does not accept a manifest list gets the linux/amd64 image.
-    resp = await registry.client.get("/v2/app/manifests/multi", headers={"Accept": DOCKER_MANIFEST})
-    assert resp.status_code == 200
-    assert resp.headers["Docker-Content-Digest"] == digest
-    assert resp.content == body
     assert list_digest == sha256(list_body)
 
 
-async def test_index_not_accepted_without_matching_platform_returns_404(registry: Server) -> None:
+async def _push_index_and_list(registry: Server) -> tuple[str, bytes, str, bytes]:
     digest, manifest = await registry.push_image("app", "arm")
     size = len(json.dumps(manifest).encode())
-    index = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            {
-                "mediaType": OCI_MANIFEST,
-                "digest": digest,
-                "size": size,
-                "platform": {"architecture": "arm64", "os": "linux"},
-            }
-        ],
+    child = {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": size,
+        "platform": {"architecture": "amd64", "os": "linux"},
     }
-    await registry.push_manifest("app", "idx", index, OCI_INDEX)
-    resp = await registry.client.get("/v2/app/manifests/idx", headers={"Accept": OCI_MANIFEST})
-    assert resp.status_code == 404
-    resp = await registry.client.get(
-        "/v2/app/manifests/idx", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
-    )
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"] == OCI_INDEX
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child]}
+    index_digest, index_body, _ = await registry.push_manifest("app", "idx", index, OCI_INDEX)
+    docker_list = {"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": [child]}
+    list_digest, list_body, _ = await registry.push_manifest("app", "list", docker_list, DOCKER_LIST)
+    return index_digest, index_body, list_digest, list_body
+
+
+ACCEPTS = [
+    None,
+    "*/*",
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+    f"{DOCKER_MANIFEST}, {DOCKER_LIST}",
+    f"{OCI_MANIFEST}, {OCI_INDEX}",
+    "text/plain",
+]
+
+
+async def test_manifests_are_served_as_stored_whatever_the_accept_header_get_and_head_alike(
+    registry: Server,
+) -> None:
+    # The Accept rule (handlers/manifests.py): serve what was stored, convert nothing.
+    index_digest, index_body, list_digest, list_body = await _push_index_and_list(registry)
+    image_digest, image = await registry.push_image("app", "img")
+    image_body = json.dumps(image).encode()
+    stored = {
+        "idx": (index_digest, index_body, OCI_INDEX),
+        "list": (list_digest, list_body, DOCKER_LIST),
+        "img": (image_digest, image_body, OCI_MANIFEST),
+    }
+    for tag, (digest, body, media_type) in stored.items():
+        for accept in ACCEPTS:
+            headers = {"Accept": accept} if accept else {}
+            for reference in (tag, digest):
+                got = await registry.client.get(f"/v2/app/manifests/{reference}", headers=headers)
+                head = await registry.client.head(f"/v2/app/manifests/{reference}", headers=headers)
+                assert got.status_code == head.status_code == 200, (tag, accept)
+                assert got.content == body
+                for resp in (got, head):
+                    assert resp.headers["Content-Type"] == media_type
+                    assert resp.headers["Docker-Content-Digest"] == digest
+                    assert resp.headers["Content-Length"] == str(len(body))
 
 
 async def test_index_with_unknown_child_returns_manifest_blob_unknown(registry: Server) -> None:

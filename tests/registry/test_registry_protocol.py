@@ -16,7 +16,6 @@ from ipfsreg.registry.manifest import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
-    accepts,
     parse_manifest,
     pick_platform,
     referrer_descriptor,
@@ -303,12 +302,6 @@ def test_parse_manifest_rejects_invalid_with_manifest_invalid(doc: Any, content_
     with pytest.raises(RegistryError) as info:
         parse_manifest(body, content_type)
     assert info.value.code == "MANIFEST_INVALID"
-
-
-def test_accepts() -> None:
-    assert accepts(None, OCI_INDEX) and accepts("", OCI_INDEX) and accepts("*/*", OCI_INDEX)
-    assert accepts(f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5", OCI_INDEX)
-    assert not accepts(OCI_MANIFEST, OCI_INDEX)
 
 
 def test_pull_reference_is_the_cidv1_base32_repository_with_tag_and_host() -> None:

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import h11
 import httpx
+import hypercorn.trio.run as hypercorn_run
 import hypercorn.trio.tcp_server as hypercorn_tcp
 import trio
 
-from ipfsreg.registry.app import SOCKET_READ_BYTES, raise_socket_read_size
+from ipfsreg import httpserver
+from ipfsreg.httpserver import SOCKET_READ_BYTES, GuardedTCPServer
 from ipfsreg.registry.testing import RunningRegistry, running_registry
 
 
-def test_socket_reads_are_raised_once_and_gathering_is_installed_once() -> None:
-    raise_socket_read_size()
-    reader = hypercorn_tcp.TCPServer._read_data
-    raise_socket_read_size()
+def test_socket_reads_are_raised_and_the_guarded_server_is_installed_idempotently() -> None:
+    httpserver.install()
+    httpserver.install()
     assert hypercorn_tcp.MAX_RECV >= SOCKET_READ_BYTES
-    assert hypercorn_tcp.TCPServer._read_data is reader
-    assert getattr(reader, "_ipfsreg_gathering", False)
+    assert hypercorn_run.TCPServer is GuardedTCPServer  # type: ignore[attr-defined]
 
 
 async def _responses(stream: trio.SocketStream, methods: list[str]) -> list[tuple[int, bytes]]:

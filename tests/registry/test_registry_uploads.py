@@ -10,6 +10,7 @@ import pytest
 import trio
 from registry_helpers import Server, make_settings, running_registry, sha256
 
+from ipfsreg.httpserver import EARLY_DRAIN_BYTES
 from ipfsreg.registry.coalesce import COALESCE_BYTES
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.storage import RegistryStore, Upload
@@ -292,21 +293,38 @@ async def test_blob_upload_body_is_read_with_backpressure_not_buffered_whole(
         assert 0 < server.app.peak_body_buffered <= high_water + COALESCE_BYTES
 
 
-async def test_early_error_on_streamed_body_closes_connection_and_server_keeps_serving(
+async def test_early_error_on_small_streamed_body_reads_it_away_and_keeps_the_connection(
     tmp_path: Path,
 ) -> None:
-    # hypercorn blocks for good if body events pile up unread after a response; the server must
-    # read the rest away and tell the client not to reuse the connection.
+    # The handler refuses before reading the body: the rest (under EARLY_DRAIN_BYTES) is read away
+    # before the answer goes out, so the connection stays usable for the next request.
     async with running_registry(tmp_path, make_settings(max_chunk_bytes=1000)) as server:
         location = await _start(server)
         for _ in range(5):
             resp = await server.client.patch(location, content=_stream(b"x" * 20_000, 500))
             assert resp.status_code == 413
-            assert resp.headers["Connection"] == "close"
+            assert "close" not in resp.headers.get("Connection", "")
             assert (await server.client.get(location)).headers["Range"] == "0-0"
             resp = await server.client.patch(location, content=b"x" * 5000)
             assert resp.status_code == 413
             assert (await server.client.get(location)).status_code == 204
+
+
+async def test_early_error_on_large_streamed_body_closes_connection_and_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    # More than EARLY_DRAIN_BYTES still to come: the client must not reuse the connection.
+    async with running_registry(tmp_path, make_settings(max_chunk_bytes=1000)) as server:
+        location = await _start(server)
+        size = EARLY_DRAIN_BYTES * 4
+        for _ in range(3):
+            resp = await server.client.patch(location, content=_stream(b"x" * size, 16 * 1024))
+            assert resp.status_code == 413
+            assert resp.headers["Connection"] == "close"
+            resp = await server.client.patch(location, content=b"x" * size)
+            assert resp.status_code == 413
+            assert resp.headers["Connection"] == "close"
+            assert (await server.client.get(location)).headers["Range"] == "0-0"
 
 
 async def test_normal_responses_keep_the_connection_alive(registry: Server) -> None:

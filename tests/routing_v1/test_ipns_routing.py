@@ -43,3 +43,24 @@ async def test_ipns_record_put_and_got_through_a_node_and_its_http_router(serve_
     assert delegated.values[name.routing_key()] == got.content  # it went through the HTTP router
     assert got.headers["Cache-Control"].startswith("public, max-age=45, stale-while-revalidate=")
     assert got.headers["Expires"].endswith(" GMT")
+
+
+async def test_a_published_record_goes_to_the_http_router_beside_the_dht_and_resolves_through_it(
+    serve_node: Any,
+) -> None:
+    delegated = MemoryRouter()
+    async with (
+        serve_app(routing_app(delegated, validator=IpnsValidator())) as router_url,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        routers = {"routing.http_routers": [router_url]}
+        async with serve_node("a", **routers) as a:  # a DHT with no peers, and the HTTP router
+            bound = await http.post(f"{a.api_url}/api/v0/name/bind", params={"arg": "app", "key": "self"})
+            assert bound.status_code == 200, bound.text
+            published = (await http.post(f"{a.api_url}/api/v0/name/publish")).json()["published"][0]
+        assert published["routed"] and published["stored"] == 1  # the router took it, no DHT peer did
+        name = IpnsName.parse(published["name"])
+        assert decode_record(delegated.values[name.routing_key()]).sequence == published["sequence"]
+        async with serve_node("b", **routers) as b:  # knows nobody on the DHT: only the router has it
+            got = await http.get(f"{b.registry_urls[0]}/ipns/{name}", params={"format": "ipns-record"})
+        assert got.status_code == 200 and got.content == delegated.values[name.routing_key()]

@@ -58,6 +58,38 @@ def test_snapshot_and_restore_mid_stream_gives_the_same_root(cuts: list[int], st
     assert before + after + rest == expected
 
 
+@settings(max_examples=60, deadline=None)
+@given(cuts=split_points(len(DATA)), compact_after=st.sets(st.integers(0, 40)))
+def test_compacting_between_writes_gives_the_same_blocks(cuts: list[int], compact_after: set[int]) -> None:
+    expected, expected_result = import_bytes(DATA, SMALL)
+    importer = FileImporter(SMALL)
+    blocks: list[Block] = []
+    last = 0
+    for i, cut in enumerate([*cuts, len(DATA)]):
+        blocks += importer.write(DATA[last:cut])
+        last = cut
+        if i in compact_after:
+            importer.compact()
+    rest, result = importer.finish()
+    assert blocks + rest == expected
+    assert result == expected_result
+
+
+def test_chunk_buffer_is_allocated_when_bytes_arrive_and_compact_gives_it_back() -> None:
+    # An upload session that is opened and left must not cost a chunk of memory (256 KiB each).
+    options = ImportOptions(chunk_size=262144)
+    importer = FileImporter(options)
+    assert len(importer._buf) == 0
+    importer.write(b"x" * 1000)
+    assert len(importer._buf) == 262144
+    importer.compact()
+    assert len(importer._buf) == 1000 and importer.buffered() == b"x" * 1000
+    importer.write(b"y" * 262144)  # fills the chunk: one leaf out, 1000 bytes pending again
+    assert importer.buffered() == b"y" * 1000
+    restored = FileImporter.restore(importer.snapshot())
+    assert len(restored._buf) == 1000
+
+
 async def test_written_subtrees_and_buffer_reproduce_the_written_bytes() -> None:
     importer = FileImporter(SMALL)
     source = MemorySource()

@@ -18,7 +18,9 @@ from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.fleet import Fleet
+from ipfsreg.registry.priority import bulk_turn
 from ipfsreg.registry.private import PrivateContent
+from ipfsreg.registry.routes import ALLOWED_METHODS
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
 from ipfsreg.unixfs.exporter import BlockSource
@@ -83,6 +85,9 @@ def make_response(
     content_length: int | None = None,
 ) -> Response:
     response = Response(body, status=status, headers=headers or {})
+    if not any(name.lower() == "content-type" for name in (headers or {})):
+        # Quart's default (text/html) would describe a body that is not there (201, 202, 204...).
+        del response.headers["Content-Type"]
     if content_length is not None:
         response.content_length = content_length
     elif isinstance(body, bytes):
@@ -114,12 +119,17 @@ def error_response(error: RegistryError, *, head: bool = False) -> Response:
 _READ_TIMED_OUT: Final = "timed out reading the request body"
 
 
-async def body_chunks(request: Request, read_timeout: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``."""
+async def body_chunks(request: Request, read_timeout: float, *, bulk: bool = False) -> AsyncIterator[bytes]:
+    """The request body as it arrives; BLOB_UPLOAD_INVALID if the client stalls ``read_timeout``.
+
+    ``bulk`` (an upload's body): each read first takes a bulk turn (ipfsreg/registry/priority.py).
+    """
     body = request.body
     if isinstance(body, StreamingBody):
         # The chunks as the server received them: no joining on the event loop.
         while True:
+            if bulk:
+                await bulk_turn()
             if body.ready:
                 chunks = await body.next_chunks()  # returns at once: no timeout scope to pay for
             else:
@@ -171,9 +181,12 @@ def page_size(request: Request, cap: int) -> int:
     return min(n, cap)
 
 
-def check_delete_enabled(ctx: Context) -> None:
-    if not ctx.settings.delete_enabled:
-        raise RegistryError("UNSUPPORTED", {"reason": "deletes are disabled on this registry"})
+def allowed_methods(route_kind: str, settings: RegistrySettings) -> tuple[str, ...]:
+    """The methods a route family answers on this registry (DELETE only when deletes are enabled)."""
+    methods = ALLOWED_METHODS[route_kind]
+    if not settings.delete_enabled and route_kind != "upload":  # cancelling an upload is not a delete
+        methods = tuple(m for m in methods if m != "DELETE")
+    return methods
 
 
 async def get_base(ctx: Context, request: Request) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Request, Response
 
 from ipfsreg.registry.digests import Digest, parse_digest
-from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response
+from ipfsreg.registry.handlers.base import Context, make_response
 from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.ranges import RangeNotSatisfiable, parse_range
 from ipfsreg.registry.storage import BlobInfo
@@ -58,7 +58,6 @@ async def serve_stored_blob(ctx: Context, request: Request, name: str, digest: D
 
 
 async def delete_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
-    check_delete_enabled(ctx)
     refuse_writes(ctx.settings)
     digest = parse_digest(reference)
     ctx.store.delete_blob(name, digest)

@@ -1,4 +1,8 @@
-"""``GET /v2/_catalog`` with ``n`` / ``last`` pagination and a Link header."""
+"""``GET /v2/_catalog`` with ``n`` / ``last`` pagination and a Link header.
+
+``ipfs/<cid>`` repositories (created by pulls by CID, one per image directory ever pulled) are
+listed only with ``[registry] catalog_ipfs = true``: they are not pushed repositories, and a
+registry that serves many pulls by CID would bury its own repositories under them."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from urllib.parse import urlencode
 from quart import Request, Response
 
 from ipfsreg.registry.handlers.base import Context, json_response, page_size
+from ipfsreg.registry.names import IPFS_PREFIX
 from ipfsreg.registry.proxy import current_scope
 
 
@@ -17,8 +22,9 @@ async def list_catalog(ctx: Context, request: Request) -> Response:
     last = request.args.get("last") or None
     scope = current_scope()
     prefix = f"{scope.namespace}/" if scope.from_query else ""
+    skip = None if ctx.settings.catalog_ipfs else IPFS_PREFIX
     repos, more = ctx.store.list_repos(
-        last=prefix + last if last is not None else None, limit=limit, prefix=prefix
+        last=prefix + last if last is not None else None, limit=limit, prefix=prefix, skip_prefix=skip
     )
     repos = [repo[len(prefix) :] for repo in repos]
     headers: dict[str, str] = {}

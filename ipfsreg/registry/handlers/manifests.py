@@ -1,4 +1,11 @@
-"""``/v2/<name>/manifests/<reference>``: GET/HEAD with Accept negotiation, PUT with validation, DELETE.
+"""``/v2/<name>/manifests/<reference>``: GET/HEAD, PUT with validation, DELETE.
+
+The Accept rule: a manifest is served as it was stored, with its own media type as Content-Type,
+whatever the request's Accept header lists; nothing is converted (no index or list is swapped for
+one of its platform images, no schema rewrite). GET and HEAD answer the same. A client that cannot
+read what was pushed fails on the Content-Type it got, which names the reason, rather than on a
+404 for a manifest that exists. (distribution answers 404 for OCI types missing from Accept and
+rewrites Docker lists for old clients; the spec asks neither.)
 
 Responses by tag carry ``X-Ipfs-Path: /ipfs/<cid>`` of the tag's published image directory (the CID
 Kubo's ``ipfs add`` gives the layout) and ``X-Ipfs-Image-Reference: HOST/ipfs/<CIDv1 base32>:TAG``,
@@ -13,8 +20,7 @@ from quart import Request, Response
 from ipfsreg.cid import CID
 from ipfsreg.registry.digests import Digest, is_digest_like, parse_digest
 from ipfsreg.registry.errors import RegistryError
-from ipfsreg.registry.handlers.base import Context, check_delete_enabled, make_response, read_body
-from ipfsreg.registry.manifest import INDEX_TYPES, accepts, parse_manifest, pick_platform
+from ipfsreg.registry.handlers.base import Context, make_response, read_body
 from ipfsreg.registry.names import is_valid_tag, pull_reference, reference_host
 from ipfsreg.registry.proxy import pull_through, refuse_writes
 from ipfsreg.registry.storage import ManifestInfo
@@ -59,9 +65,8 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
         if exc.code == "MANIFEST_INVALID":
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
         raise
-    accept = ", ".join(request.headers.getlist("Accept"))
     proxy = pull_through(ctx, name)
-    proxied = await proxy.manifest(ref, accept) if proxy is not None else None
+    proxied = await proxy.manifest(ref) if proxy is not None else None
     if proxied is not None:  # not stored (or not current) here: the upstream's answer
         if request.method == "HEAD":
             return make_response(200, proxied.headers(), b"", content_length=len(proxied.body))
@@ -72,21 +77,8 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
 async def serve_stored_manifest(
     ctx: Context, request: Request, name: str, reference: str, ref: str | Digest
 ) -> Response:
-    """GET/HEAD of a manifest stored here (no upstream involved), with Accept negotiation."""
-    accept = ", ".join(request.headers.getlist("Accept"))
+    """GET/HEAD of a manifest stored here (no upstream involved), as stored (the Accept rule)."""
     info = ctx.store.resolve(name, ref)
-    body: bytes | None = None
-    if info.media_type in INDEX_TYPES and not accepts(accept, info.media_type):
-        # A client that cannot read an index gets the linux/amd64 image, as distribution does.
-        body = await ctx.store.read_all(info.cid)
-        child = pick_platform(parse_manifest(body, info.media_type).manifests)
-        child_info = ctx.store.manifest_info(name, child.digest) if child is not None else None
-        if child_info is None or not accepts(accept, child_info.media_type):
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                {"reference": reference[:150], "reason": f"{info.media_type} not in Accept"},
-            )
-        info, body = child_info, None
     # By digest X-Ipfs-Path is the manifest's own DAG; by tag it is the tag's image directory.
     if isinstance(ref, Digest):
         headers = _manifest_headers(info) | image_headers(request, info.cid, None)
@@ -94,8 +86,7 @@ async def serve_stored_manifest(
         headers = _manifest_headers(info) | image_headers(request, ctx.store.image_cid(name, ref), ref)
     if request.method == "HEAD":
         return make_response(200, headers, b"", content_length=info.size)
-    if body is None:
-        body = await ctx.store.read_all(info.cid)
+    body = await ctx.store.read_all(info.cid)
     return make_response(200, headers, body)
 
 
@@ -124,7 +115,6 @@ async def put_manifest(ctx: Context, request: Request, name: str, reference: str
 
 
 async def delete_manifest(ctx: Context, request: Request, name: str, reference: str) -> Response:
-    check_delete_enabled(ctx)
     refuse_writes(ctx.settings)
     ref = parse_reference(reference)
     if isinstance(ref, Digest):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from quart import Request, Response
 
+from ipfsreg.httpserver import USER_SCOPE_KEY
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
 from ipfsreg.registry.handlers.base import Context, body_chunks, make_response
@@ -14,6 +15,15 @@ from ipfsreg.registry.names import is_valid_name
 from ipfsreg.registry.proxy import refuse_writes
 from ipfsreg.registry.ranges import parse_content_range, upload_range
 from ipfsreg.registry.storage import BlobInfo, Upload
+
+
+def client_key(request: Request) -> str:
+    """Whom an upload session is counted against: the authenticated user, else the address."""
+    user = request.scope.get(USER_SCOPE_KEY)
+    if user:
+        return f"user:{user}"
+    client = request.scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:-"
 
 
 def _session_headers(name: str, upload: Upload) -> dict[str, str]:
@@ -47,12 +57,17 @@ def _check_content_range(request: Request, name: str, upload: Upload) -> int | N
         raise
     declared = end - start + 1
     length = request.content_length
-    if start != upload.offset or (length is not None and length != declared):
+    reason = None
+    if start != upload.offset:
+        reason = f"chunk range {start}-{end} does not continue the upload at {upload.offset}"
+    elif length is not None and length != declared:
+        reason = (
+            f"Content-Range {start}-{end} is {declared} bytes but Content-Length is {length}: "
+            "they must be equal"
+        )
+    if reason is not None:
         raise RegistryError(
-            "BLOB_UPLOAD_INVALID",
-            {"reason": f"chunk range {start}-{end} does not continue the upload at {upload.offset}"},
-            status=416,
-            headers=_session_headers(name, upload),
+            "BLOB_UPLOAD_INVALID", {"reason": reason}, status=416, headers=_session_headers(name, upload)
         )
     return declared
 
@@ -62,7 +77,9 @@ async def _append(ctx: Context, request: Request, name: str, upload: Upload, dec
     if limit and request.content_length is not None and request.content_length > limit:
         raise RegistryError("SIZE_INVALID", {"reason": f"chunk larger than {limit} bytes"}, status=413)
     appended = await ctx.store.append(
-        upload, body_chunks(request, ctx.settings.read_timeout), max_bytes=ctx.settings.max_chunk_bytes
+        upload,
+        body_chunks(request, ctx.settings.read_timeout, bulk=True),
+        max_bytes=ctx.settings.max_chunk_bytes,
     )
     if declared is not None and appended != declared:
         ctx.store.discard_chunk(upload)
@@ -91,7 +108,7 @@ async def post_upload(ctx: Context, request: Request, name: str) -> Response:
         await _append(ctx, request, name, scratch, None)
         info = await store.finish_upload(scratch, digest)
         return _created(name, info)
-    upload = store.new_upload(name)
+    upload = store.new_upload(name, client_key(request))
     headers = _session_headers(name, upload)
     return make_response(202, headers)
 
