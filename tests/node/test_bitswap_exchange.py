@@ -395,3 +395,78 @@ async def test_big_messages_arriving_while_a_store_thread_is_busy_are_stored_in_
     assert batches == [1, len(cids) - 1]
     assert results == dict(zip(cids, blocks, strict=True))
     assert all(fetcher.datastore.blocks.get(cid) == data for cid, data in zip(cids, blocks, strict=True))
+
+
+async def _wants_of(probe: Probe, count: int) -> list[WantEntry]:
+    """The next ``count`` want entries the probe receives (across messages)."""
+    entries: list[WantEntry] = []
+    while len(entries) < count:
+        entries.extend((await probe.next_message()).wantlist)
+    return entries
+
+
+async def test_fetch_cancels_its_want_block_at_a_peer_that_answered_dont_have(nodes: Nodes) -> None:
+    # A peer keeps a want-block it cannot answer and sends the block once it gets it (Kubo too): in a
+    # fleet reading one blob in step, that block arrives after the same block from elsewhere.
+    fetcher = await nodes.start(want_timeout=30.0, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    cid = CID.hash(b"not there yet", codec=RAW, version=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.client.fetch, cid)
+        (asked,) = await _wants_of(peer, 1)
+        assert (asked.cid, asked.want_type, asked.cancel) == (cid, WantType.HAVE, False)
+        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE)]))
+        (block_want,) = await _wants_of(peer, 1)
+        assert (block_want.cid, block_want.want_type, block_want.cancel) == (cid, WantType.BLOCK, False)
+        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.DONT_HAVE)]))
+        assert await _wants_of(peer, 1) == cancels([cid])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_still_delivering_other_blocks_is_waited_for_past_the_want_timeout(nodes: Nodes) -> None:
+    # A peer serving many wants over a saturated link answers each late but keeps sending blocks:
+    # it is busy, not stalled, and the want stays with it (no cancel, no re-ask, no duplicate).
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    data = [random_bytes(1000, seed=700 + n) for n in range(9)]
+    cids = [CID.hash(chunk, codec=RAW, version=1) for chunk in data]
+    results: dict[CID, bytes] = {}
+
+    async def fetch(cid: CID) -> None:
+        results[cid] = await fetcher.client.fetch(cid)
+
+    async with trio.open_nursery() as nursery:
+        for cid in cids:
+            nursery.start_soon(fetch, cid)
+        haves = await _wants_of(peer, len(cids))
+        assert {entry.cid for entry in haves} == set(cids)
+        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE) for cid in cids]))
+        wanted = await _wants_of(peer, len(cids))
+        assert {(entry.cid, entry.want_type) for entry in wanted} == {(cid, WantType.BLOCK) for cid in cids}
+        # One block every 0.1 s: the last one comes 0.9 s after it was asked for, 3 want timeouts.
+        for cid, chunk in zip(cids, data, strict=True):
+            await trio.sleep(0.1)
+            await peer.send(fetcher, Message(blocks=[Block.of(cid, chunk)]))
+        await peer.assert_silent_for(0.2)  # no cancel, no want asked again
+    assert results == dict(zip(cids, data, strict=True))
+    assert fetcher.stats().duplicate_blocks == 0
+    assert fetcher.stats().fetch_timeouts == 0
+
+
+async def test_a_peer_that_sends_nothing_for_the_want_timeout_is_cancelled_and_left(nodes: Nodes) -> None:
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    cid = CID.hash(b"never sent", codec=RAW, version=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.client.fetch, cid)
+        await _wants_of(peer, 1)
+        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE)]))
+        (block_want,) = await _wants_of(peer, 1)
+        assert block_want.want_type == WantType.BLOCK
+        began = trio.current_time()
+        assert await _wants_of(peer, 1) == cancels([cid])
+        assert trio.current_time() - began >= 0.25
+        nursery.cancel_scope.cancel()

@@ -2,8 +2,12 @@
 
 A fetch of one CID is driven by one task: it asks the session's known-good peers for the block
 directly (want-block), otherwise discovers who has it by sending want-have to every connected
-peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE or a peer that stays silent
-for ``want_timeout`` moves the want to another peer; after ``fetch_timeout`` the caller gets
+peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE moves the want to another
+peer and cancels it at the one that said it (which would otherwise send the block once it gets it,
+as Kubo's server does too: in a fleet whose nodes read the same blob at the same moment that block
+mostly arrives as a duplicate). A peer that sends us no block at all for ``want_timeout`` after we
+asked moves the want on; one that keeps delivering other blocks is busy, not stalled (its link is
+saturated serving many wants), and is waited for; after ``fetch_timeout`` the caller gets
 BlockFetchTimeout naming the CID. With a provider search (``router``, the node's DHT lookups) a
 want that no connected peer can serve looks for providers: at once when every connected peer has
 said DONT_HAVE (or there is none), otherwise after the search delay, and again every little while
@@ -158,6 +162,7 @@ class BitswapClient:
         self._next_priority = MAX_PRIORITY
         self._recent: OrderedDict[bytes, _Finished] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
+        self._last_block_from: dict[ID, float] = {}  # when each peer's latest block reached us
         self._store_lock = trio.Lock()  # one hash-and-store thread at a time
         self._open_batch: _StoreBatch | None = None  # messages waiting for the next thread
         self.router: ProviderSearch | None = None  # finds providers beyond the connected peers
@@ -196,6 +201,7 @@ class BitswapClient:
 
     def peer_disconnected(self, peer: ID) -> None:
         """Wants waiting on ``peer`` move on at once instead of waiting out the want timeout."""
+        self._last_block_from.pop(peer, None)
         for want in self._wants.values():
             if peer in want.asked:
                 _offer(want, _Event.DONT_HAVE, peer)
@@ -219,6 +225,8 @@ class BitswapClient:
         the claim of each block is then settled on the event loop as usual.
         """
         blocks = message.blocks
+        if blocks:
+            self._last_block_from[peer] = trio.current_time()
         if sum(len(block.data) for block in blocks) >= THREAD_BYTES:
             cids, stored_in_thread = await self._hash_and_store_batched(blocks)
         else:
@@ -529,26 +537,34 @@ class BitswapClient:
         score.in_flight += 1
         try:
             self.network.queue_wants(target, [_want_entry(want, WantType.BLOCK)])
-            with trio.move_on_after(self.settings.want_timeout) as waited:
-                while True:
-                    event, peer = await want.inbox.receive()
-                    if event is _Event.BLOCK:
-                        session.peers.setdefault(peer, _PeerScore()).blocks += 1
-                        return
-                    if event is _Event.HAVE:
-                        session.note_have(peer)
-                        if peer != target:
-                            haves.append(peer)
-                    elif event is _Event.DONT_HAVE:
-                        dont_have.add(peer)
-                        if peer == target:
+            asked_at = trio.current_time()
+            while True:
+                heard = max(asked_at, self._last_block_from.get(target, asked_at))
+                with trio.move_on_at(heard + self.settings.want_timeout):
+                    while True:
+                        event, peer = await want.inbox.receive()
+                        if event is _Event.BLOCK:
+                            session.peers.setdefault(peer, _PeerScore()).blocks += 1
                             return
-            if waited.cancelled_caught:
-                score.timeouts += 1
-                # An unresponsive peer leaves the session; a later HAVE brings it back.
-                session.peers.pop(target, None)
-                dont_have.add(target)
-                self.network.queue_wants(target, cancels([want.cid]))
+                        if event is _Event.HAVE:
+                            session.note_have(peer)
+                            if peer != target:
+                                haves.append(peer)
+                        elif event is _Event.DONT_HAVE:
+                            dont_have.add(peer)
+                            if peer == target:
+                                if self.network.is_connected(peer):
+                                    # It keeps a want-block it cannot answer and would send the
+                                    # block once it gets it: by then it comes from elsewhere.
+                                    self.network.queue_wants(peer, cancels([want.cid]))
+                                return
+                if self._last_block_from.get(target, asked_at) <= heard:
+                    break  # no block at all from it since: stalled, not busy
+            score.timeouts += 1
+            # An unresponsive peer leaves the session; a later HAVE brings it back.
+            session.peers.pop(target, None)
+            dont_have.add(target)
+            self.network.queue_wants(target, cancels([want.cid]))
         except trio.EndOfChannel:
             return
         finally:
