@@ -68,7 +68,7 @@ class ScriptedPeers:
 
     routing = False
 
-    def block_source(self) -> Any:
+    def block_source(self, route: Any = None) -> Any:
         raise AssertionError("not used here")
 
     async def penalise(self, peer: str, reason: str) -> None:
@@ -326,7 +326,7 @@ async def test_a_dag_read_cut_by_a_late_block_resumes_at_exactly_the_byte_delive
     leaves = [b.cid for b in blocks if b.cid.codec == 0x55]
 
     class Peers(Progressing):
-        def block_source(self) -> Any:
+        def block_source(self, route: Any = None) -> Any:
             source = FlakySource(store, leaves[3])
 
             @asynccontextmanager

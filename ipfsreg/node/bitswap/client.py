@@ -107,7 +107,14 @@ class _PeerScore:
 
 
 class Session:
-    """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first."""
+    """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first.
+
+    ``route`` (optional) names the peer each block is asked of first: a want-block without
+    DONT_HAVE, so that peer sends the block as soon as it has it. The mirror uses it to spread a
+    blob's leaves over the fleet nodes reading it at the same moment (each node takes its share from
+    the source and the others take that share from it). A routed peer that lets a want wait
+    ``want_timeout`` without the block is asked like any other peer from then on in this session.
+    """
 
     PROBE_EVERY = 4  # every how many wants also ask peers outside the session (want-have)
 
@@ -115,6 +122,17 @@ class Session:
         self._client = client
         self.peers: dict[ID, _PeerScore] = {}
         self._wants = 0
+        self.route: Callable[[CID], ID | None] | None = None
+        self.unrouted: set[ID] = set()  # routed peers that let a want time out
+
+    def routed_peer(self, cid: CID) -> ID | None:
+        """The peer to ask ``cid`` of first, if the route names a usable one."""
+        if self.route is None:
+            return None
+        peer = self.route(cid)
+        if peer is None or peer in self.unrouted or not self._client.usable(peer):
+            return None
+        return peer
 
     def should_probe(self) -> bool:
         """True for the first want and then every PROBE_EVERY-th: keeps discovering more peers."""
@@ -428,6 +446,9 @@ class BitswapClient:
         has said DONT_HAVE (or stayed silent through a quiet period).
         """
         settings = self.settings
+        routed = session.routed_peer(want.cid)
+        if routed is not None and await self._want_routed(want, session, routed):
+            return
         dont_have: set[ID] = set()  # said DONT_HAVE or timed out on want-block
         haves: list[ID] = []  # said HAVE, not yet asked for the block
         asked_have: set[ID] = set()
@@ -513,6 +534,38 @@ class BitswapClient:
                 said_no |= asked_have
                 asked_have.clear()
                 dont_have.clear()
+
+    async def _want_routed(self, want: _Want, session: Session, peer: ID) -> bool:
+        """Ask the routed ``peer`` alone for the block, which it sends once it has it (no DONT_HAVE).
+
+        True when the block came (from anyone) or the want ended; False after ``want_timeout``
+        without it, or when the peer went away: then the want is cancelled there and asked as usual.
+        """
+        score = session.peers.setdefault(peer, _PeerScore())
+        want.asked.add(peer)
+        score.in_flight += 1
+        try:
+            self.network.queue_wants(peer, [WantEntry(want.cid, want.priority, False, WantType.BLOCK, False)])
+            with trio.move_on_after(self.settings.want_timeout) as waited:
+                while True:
+                    event, sender = await want.inbox.receive()
+                    if event is _Event.BLOCK:
+                        session.peers.setdefault(sender, _PeerScore()).blocks += 1
+                        return True
+                    if event is _Event.HAVE:
+                        session.note_have(sender)
+                    elif event is _Event.DONT_HAVE and sender == peer:
+                        break  # gone (or it answered DONT_HAVE after all)
+        except trio.EndOfChannel:
+            return True
+        finally:
+            score.in_flight -= 1
+        if waited.cancelled_caught:
+            score.timeouts += 1
+            session.unrouted.add(peer)
+        if self.network.is_connected(peer):
+            self.network.queue_wants(peer, cancels([want.cid]))  # it would send it once it had it
+        return False
 
     def _probe(self, want: _Want, session: Session, asked_have: set[ID]) -> None:
         """Ask connected peers outside the session whether they have the block (want-have)."""
