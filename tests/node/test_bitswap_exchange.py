@@ -470,3 +470,52 @@ async def test_a_peer_that_sends_nothing_for_the_want_timeout_is_cancelled_and_l
         assert await _wants_of(peer, 1) == cancels([cid])
         assert trio.current_time() - began >= 0.25
         nursery.cancel_scope.cancel()
+
+
+async def test_a_routed_want_asks_only_the_routed_peer_and_takes_the_block_when_it_has_it(
+    nodes: Nodes,
+) -> None:
+    fetcher = await nodes.start(want_timeout=30.0, fetch_timeout=30.0)
+    routed = Probe(await nodes.start())
+    other = Probe(await nodes.start())
+    for probe in (routed, other):
+        await fetcher.connect(probe.node.listen_addrs()[0])
+    cid = CID.hash(b"shared out", codec=RAW, version=1)
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: routed.node.identity.peer_id
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.fetch, cid)
+        (entry,) = await _wants_of(routed, 1)
+        # want-block without DONT_HAVE: the routed peer sends it once it has it, nobody else is asked.
+        assert (entry.cid, entry.want_type, entry.send_dont_have, entry.cancel) == (
+            cid,
+            WantType.BLOCK,
+            False,
+            False,
+        )
+        await other.assert_silent_for(0.3)
+        await routed.send(fetcher, Message(blocks=[Block.of(cid, b"shared out")]))
+    assert fetcher.datastore.blocks.get(cid) == b"shared out"
+
+
+async def test_a_routed_peer_that_lets_a_want_wait_is_cancelled_and_asked_like_any_peer_after(
+    nodes: Nodes,
+) -> None:
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    routed = Probe(await nodes.start())
+    holder = await nodes.start()
+    await fetcher.connect(routed.node.listen_addrs()[0])
+    await fetcher.connect(holder.listen_addrs()[0])
+    first, second = (_raw_block(holder, data) for data in (b"first", b"second"))
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: routed.node.identity.peer_id
+    with trio.fail_after(10):
+        assert await session.fetch(first) == b"first"  # from the holder, after the routed peer's silence
+    entries = await _wants_of(routed, 3)
+    assert [(e.cid, e.want_type, e.cancel) for e in entries[:2]] == [
+        (first, WantType.BLOCK, False),
+        (first, WantType.BLOCK, True),
+    ]
+    assert session.unrouted == {routed.node.identity.peer_id}
+    with trio.fail_after(0.25):  # not routed again: asked like any peer, no want-timeout wait
+        assert await session.fetch(second) == b"second"
