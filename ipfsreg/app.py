@@ -34,7 +34,7 @@ from ipfsreg.metrics import Metrics, ObservedApp
 from ipfsreg.mirror.node import NodeFleetPeers
 from ipfsreg.mirror.rules import check_settings
 from ipfsreg.mirror.settings import MirrorSettings
-from ipfsreg.node.errors import BlockFetchTimeout, RecordNotFound
+from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, RecordNotFound
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
@@ -200,6 +200,7 @@ async def run_server(
                         validator=ipns_validator,
                         not_found=(NoRecord, RecordNotFound),
                         unavailable=(RoutingUnavailable,),
+                        refused=(InvalidRecord,),  # the node's store holds a better record
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )
                 await nursery.start(ipns.run)
