@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ STALL_PATIENCE = 4
 # Reads of a peer's DAG restarted (from the byte reached) after bitswap reported a block missing
 # while blocks kept arriving: its answers are late, not absent (a link busy serving the fleet).
 MISS_RETRIES = 12
+# Digests whose claims this node heard before it missed them itself, remembered for peer_timeout:
+# nodes of a wave start a moment apart, and the first to ask must still count as a claimant.
+EARLY_CLAIM_DIGESTS = 1024
 T = TypeVar("T")
 
 
@@ -529,16 +533,28 @@ class Fleet:
         self.stall_timeout = stall_timeout
         self.claim_settle = claim_settle
         self.inflight: dict[str, InFlight] = {}
+        self._early_claims: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     # --- answering peers ---------------------------------------------------------------------
 
     def begin(self, digest: str, *, private: bool) -> InFlight:
         """Register this node's fetch of ``digest`` (claimed) and announce it."""
         flight = InFlight(digest, trio.current_time(), private=private)
+        for peer, heard in self._early_claims.pop(digest, {}).items():
+            if flight.started - heard <= self.peer_timeout:
+                flight.note_claimant(peer)  # it asked a moment before this node missed the blob
         self.inflight[digest] = flight
         if not private or self.share_private:
             self.peers.provide(digest)
         return flight
+
+    def _note_early_claim(self, digest: str, peer: str) -> None:
+        claims = self._early_claims.pop(digest, {})
+        if peer in claims or len(claims) < MAX_CLAIMANTS:
+            claims[peer] = trio.current_time()
+        self._early_claims[digest] = claims  # newest last
+        while len(self._early_claims) > EARLY_CLAIM_DIGESTS:
+            self._early_claims.popitem(last=False)
 
     def end(self, flight: InFlight) -> None:
         if self.inflight.get(flight.digest) is flight:
@@ -550,6 +566,8 @@ class Fleet:
         flight = self.inflight.get(digest)
         if flight is None or (flight.private and not self.share_private):
             local = self.local_blob(digest)
+            if local is None and flight is None and request.claim and peer != self.peers.peer_id:
+                self._note_early_claim(digest, peer)
             if local is None or (self.is_private(digest) and not self.share_private):
                 yield Missing()
             else:
@@ -603,7 +621,8 @@ class Fleet:
             # Claims made at the same moment have all arrived claim_settle after ours.
             if trio.current_time() < flight.started + self.claim_settle:
                 return None
-            return (survey.claimants | flight.claimants | {me}) - sources
+            fetching = {peer for peer, _ in survey.fetching}
+            return (survey.claimants | fetching | flight.claimants | {me}) - sources
 
         for peer, have in survey.haves:
             yield PeerSupply(self, peer, digest, have.size, have.root, co_readers=readers)

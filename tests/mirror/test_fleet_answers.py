@@ -386,3 +386,19 @@ async def test_a_reader_alone_with_its_source_routes_nothing() -> None:
     found = await supplies(fleet(ScriptedPeers("me", {"holder": [Have(ROOT, 10)]})))
     await trio.sleep(0.06)  # past claim_settle
     assert found[0].route(ROOT) is None
+
+
+async def test_a_claim_heard_a_moment_before_this_node_missed_the_blob_counts_as_a_claimant() -> None:
+    # Nodes of a wave start a moment apart: the first to ask found nobody fetching yet.
+    coordinator = fleet(ScriptedPeers("me", {}))
+    assert await collect(coordinator.answer("early", Request(DIGEST, claim=True)), 2) == [Missing()]
+    assert await collect(coordinator.answer("curious", Request(DIGEST, claim=False)), 2) == [Missing()]
+    flight = coordinator.begin(DIGEST, private=False)
+    assert flight.claimants == {"early"}
+
+
+async def test_an_early_claim_older_than_the_peer_timeout_is_forgotten() -> None:
+    coordinator = fleet(ScriptedPeers("me", {}))
+    await collect(coordinator.answer("early", Request(DIGEST, claim=True)), 2)
+    await trio.sleep(coordinator.peer_timeout + 0.05)
+    assert coordinator.begin(DIGEST, private=False).claimants == set()
