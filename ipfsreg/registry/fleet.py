@@ -243,6 +243,9 @@ class PeerSupply:
     # The nodes (this one included) reading the blob from this peer at the same moment, once known:
     # they share its leaves out (see route). None or fewer than two: every leaf as bitswap finds it.
     co_readers: Callable[[], set[str] | None] | None = None
+    # Reading starts then (trio time): readers of a holder wait until every simultaneous claim has
+    # arrived, or their first wants (before the shares are known) queue the whole blob at the holder.
+    start_at: float = 0.0
 
     def route(self, cid: CID) -> str | None:
         """The peer to ask leaf ``cid`` of first: the source for this node's share, else its reader."""
@@ -259,6 +262,7 @@ class PeerSupply:
         Raises PeerFailed when the peer stalls, goes away or lies.
         """
         try:
+            await trio.sleep_until(self.start_at)
             route = self.route if self.co_readers is not None else None
             async with self.fleet.peers.block_source(route) as source:
                 if self.root is not None:
@@ -625,7 +629,15 @@ class Fleet:
             return (survey.claimants | fetching | flight.claimants | {me}) - sources
 
         for peer, have in survey.haves:
-            yield PeerSupply(self, peer, digest, have.size, have.root, co_readers=readers)
+            yield PeerSupply(
+                self,
+                peer,
+                digest,
+                have.size,
+                have.root,
+                co_readers=readers,
+                start_at=flight.started + self.claim_settle,
+            )
         for peer, fetching in sorted(survey.fetching, key=lambda item: -len(item[1].leaves)):
             yield PeerSupply(self, peer, digest, fetching.size)
         claimants = (survey.claimants | flight.claimants) - {self.peers.peer_id}

@@ -112,8 +112,8 @@ class Session:
     ``route`` (optional) names the peer each block is asked of first: a want-block without
     DONT_HAVE, so that peer sends the block as soon as it has it. The mirror uses it to spread a
     blob's leaves over the fleet nodes reading it at the same moment (each node takes its share from
-    the source and the others take that share from it). A routed peer that lets a want wait
-    ``want_timeout`` without the block is asked like any other peer from then on in this session.
+    the source and the others take that share from it). A routed peer that sends no block at all
+    for ``want_timeout`` while a want waits is asked like any other peer from then on in this session.
     """
 
     PROBE_EVERY = 4  # every how many wants also ask peers outside the session (want-have)
@@ -544,23 +544,33 @@ class BitswapClient:
         score = session.peers.setdefault(peer, _PeerScore())
         want.asked.add(peer)
         score.in_flight += 1
+        timed_out = False
         try:
             self.network.queue_wants(peer, [WantEntry(want.cid, want.priority, False, WantType.BLOCK, False)])
-            with trio.move_on_after(self.settings.want_timeout) as waited:
-                while True:
-                    event, sender = await want.inbox.receive()
-                    if event is _Event.BLOCK:
-                        session.peers.setdefault(sender, _PeerScore()).blocks += 1
-                        return True
-                    if event is _Event.HAVE:
-                        session.note_have(sender)
-                    elif event is _Event.DONT_HAVE and sender == peer:
-                        break  # gone (or it answered DONT_HAVE after all)
+            asked_at = trio.current_time()
+            while True:
+                # As for any want-block: a peer still delivering other blocks is busy, not stalled.
+                heard = max(asked_at, self._last_block_from.get(peer, asked_at))
+                with trio.move_on_at(heard + self.settings.want_timeout) as waited:
+                    while True:
+                        event, sender = await want.inbox.receive()
+                        if event is _Event.BLOCK:
+                            session.peers.setdefault(sender, _PeerScore()).blocks += 1
+                            return True
+                        if event is _Event.HAVE:
+                            session.note_have(sender)
+                        elif event is _Event.DONT_HAVE and sender == peer:
+                            break  # gone (or it answered DONT_HAVE after all)
+                if not waited.cancelled_caught:
+                    break
+                if self._last_block_from.get(peer, asked_at) <= heard:
+                    timed_out = True
+                    break
         except trio.EndOfChannel:
             return True
         finally:
             score.in_flight -= 1
-        if waited.cancelled_caught:
+        if timed_out:
             score.timeouts += 1
             session.unrouted.add(peer)
         if self.network.is_connected(peer):
