@@ -424,25 +424,26 @@ async def test_fetch_cancels_its_want_block_at_a_peer_that_answered_dont_have(no
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_still_delivering_other_blocks_is_waited_for_past_the_want_timeout(nodes: Nodes) -> None:
-    # A peer serving many wants over a saturated link answers each late but keeps sending blocks:
-    # it is busy, not stalled, and the want stays with it (no cancel, no re-ask, no duplicate).
+async def test_a_routed_peer_still_delivering_other_blocks_is_waited_for_past_the_want_timeout(
+    nodes: Nodes,
+) -> None:
+    # A share's reader serving many wants over a saturated link answers each late but keeps sending
+    # blocks: it is busy, not stalled, and the want stays with it (no cancel, no re-ask, no duplicate).
     fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
     peer = Probe(await nodes.start())
     await fetcher.connect(peer.node.listen_addrs()[0])
     data = [random_bytes(1000, seed=700 + n) for n in range(9)]
     cids = [CID.hash(chunk, codec=RAW, version=1) for chunk in data]
     results: dict[CID, bytes] = {}
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: peer.node.identity.peer_id
 
     async def fetch(cid: CID) -> None:
-        results[cid] = await fetcher.client.fetch(cid)
+        results[cid] = await session.fetch(cid)
 
     async with trio.open_nursery() as nursery:
         for cid in cids:
             nursery.start_soon(fetch, cid)
-        haves = await _wants_of(peer, len(cids))
-        assert {entry.cid for entry in haves} == set(cids)
-        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE) for cid in cids]))
         wanted = await _wants_of(peer, len(cids))
         assert {(entry.cid, entry.want_type) for entry in wanted} == {(cid, WantType.BLOCK) for cid in cids}
         # One block every 0.1 s: the last one comes 0.9 s after it was asked for, 3 want timeouts.
@@ -453,6 +454,7 @@ async def test_a_peer_still_delivering_other_blocks_is_waited_for_past_the_want_
     assert results == dict(zip(cids, data, strict=True))
     assert fetcher.stats().duplicate_blocks == 0
     assert fetcher.stats().fetch_timeouts == 0
+    assert session.unrouted == set()
 
 
 async def test_a_peer_that_sends_nothing_for_the_want_timeout_is_cancelled_and_left(nodes: Nodes) -> None:

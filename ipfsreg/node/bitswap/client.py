@@ -5,14 +5,14 @@ directly (want-block), otherwise discovers who has it by sending want-have to ev
 peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE moves the want to another
 peer and cancels it at the one that said it (which would otherwise send the block once it gets it,
 as Kubo's server does too: in a fleet whose nodes read the same blob at the same moment that block
-mostly arrives as a duplicate). A peer that sends us no block at all for ``want_timeout`` after we
-asked moves the want on; one that keeps delivering other blocks is busy, not stalled (its link is
-saturated serving many wants), and is waited for; after ``fetch_timeout`` the caller gets
-BlockFetchTimeout naming the CID. With a provider search (``router``, the node's DHT lookups) a
-want that no connected peer can serve looks for providers: at once when every connected peer has
-said DONT_HAVE (or there is none), otherwise after the search delay, and again every little while
-as long as the want runs; providers found are connected and asked like any peer. When the search
-found nobody and every connected peer has said no, the caller gets BlockNotProvided at once.
+mostly arrives as a duplicate). A peer that stays silent for ``want_timeout`` moves the want to
+another peer (a routed want, see Session, waits while its peer keeps delivering other blocks);
+after ``fetch_timeout`` the caller gets BlockFetchTimeout naming the CID. With a provider search
+(``router``, the node's DHT lookups) a want that no connected peer can serve looks for providers:
+at once when every connected peer has said DONT_HAVE (or there is none), otherwise after the search
+delay, and again every little while as long as the want runs; providers found are connected and
+asked like any peer. When the search found nobody and every connected peer has said no, the caller
+gets BlockNotProvided at once.
 
 On receipt the block's CID is rebuilt from its bytes, so a block
 is only ever accepted for the CID it really has; it is stored, cancels go to the other peers asked,
@@ -600,34 +600,32 @@ class BitswapClient:
         score.in_flight += 1
         try:
             self.network.queue_wants(target, [_want_entry(want, WantType.BLOCK)])
-            asked_at = trio.current_time()
-            while True:
-                heard = max(asked_at, self._last_block_from.get(target, asked_at))
-                with trio.move_on_at(heard + self.settings.want_timeout):
-                    while True:
-                        event, peer = await want.inbox.receive()
-                        if event is _Event.BLOCK:
-                            session.peers.setdefault(peer, _PeerScore()).blocks += 1
+            # A peer slow to answer (its queue is long) leaves the want to another peer that has
+            # the block: that is how a session spreads its wants over the peers that can serve.
+            with trio.move_on_after(self.settings.want_timeout) as waited:
+                while True:
+                    event, peer = await want.inbox.receive()
+                    if event is _Event.BLOCK:
+                        session.peers.setdefault(peer, _PeerScore()).blocks += 1
+                        return
+                    if event is _Event.HAVE:
+                        session.note_have(peer)
+                        if peer != target:
+                            haves.append(peer)
+                    elif event is _Event.DONT_HAVE:
+                        dont_have.add(peer)
+                        if peer == target:
+                            if self.network.is_connected(peer):
+                                # It keeps a want-block it cannot answer and would send the block
+                                # once it gets it: by then it comes from elsewhere.
+                                self.network.queue_wants(peer, cancels([want.cid]))
                             return
-                        if event is _Event.HAVE:
-                            session.note_have(peer)
-                            if peer != target:
-                                haves.append(peer)
-                        elif event is _Event.DONT_HAVE:
-                            dont_have.add(peer)
-                            if peer == target:
-                                if self.network.is_connected(peer):
-                                    # It keeps a want-block it cannot answer and would send the
-                                    # block once it gets it: by then it comes from elsewhere.
-                                    self.network.queue_wants(peer, cancels([want.cid]))
-                                return
-                if self._last_block_from.get(target, asked_at) <= heard:
-                    break  # no block at all from it since: stalled, not busy
-            score.timeouts += 1
-            # An unresponsive peer leaves the session; a later HAVE brings it back.
-            session.peers.pop(target, None)
-            dont_have.add(target)
-            self.network.queue_wants(target, cancels([want.cid]))
+            if waited.cancelled_caught:
+                score.timeouts += 1
+                # An unresponsive peer leaves the session; a later HAVE brings it back.
+                session.peers.pop(target, None)
+                dont_have.add(target)
+                self.network.queue_wants(target, cancels([want.cid]))
         except trio.EndOfChannel:
             return
         finally:
