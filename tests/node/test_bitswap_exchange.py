@@ -405,25 +405,6 @@ async def _wants_of(probe: Probe, count: int) -> list[WantEntry]:
     return entries
 
 
-async def test_fetch_cancels_its_want_block_at_a_peer_that_answered_dont_have(nodes: Nodes) -> None:
-    # A peer keeps a want-block it cannot answer and sends the block once it gets it (Kubo too): in a
-    # fleet reading one blob in step, that block arrives after the same block from elsewhere.
-    fetcher = await nodes.start(want_timeout=30.0, fetch_timeout=30.0)
-    peer = Probe(await nodes.start())
-    await fetcher.connect(peer.node.listen_addrs()[0])
-    cid = CID.hash(b"not there yet", codec=RAW, version=1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetcher.client.fetch, cid)
-        (asked,) = await _wants_of(peer, 1)
-        assert (asked.cid, asked.want_type, asked.cancel) == (cid, WantType.HAVE, False)
-        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE)]))
-        (block_want,) = await _wants_of(peer, 1)
-        assert (block_want.cid, block_want.want_type, block_want.cancel) == (cid, WantType.BLOCK, False)
-        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.DONT_HAVE)]))
-        assert await _wants_of(peer, 1) == cancels([cid])
-        nursery.cancel_scope.cancel()
-
-
 async def test_a_routed_peer_still_delivering_other_blocks_is_waited_for_past_the_want_timeout(
     nodes: Nodes,
 ) -> None:

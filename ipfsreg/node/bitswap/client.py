@@ -2,11 +2,9 @@
 
 A fetch of one CID is driven by one task: it asks the session's known-good peers for the block
 directly (want-block), otherwise discovers who has it by sending want-have to every connected
-peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE moves the want to another
-peer and cancels it at the one that said it (which would otherwise send the block once it gets it,
-as Kubo's server does too: in a fleet whose nodes read the same blob at the same moment that block
-mostly arrives as a duplicate). A peer that stays silent for ``want_timeout`` moves the want to
-another peer (a routed want, see Session, waits while its peer keeps delivering other blocks);
+peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE or a peer that stays silent
+for ``want_timeout`` moves the want to another peer (a routed want, see Session, waits while its
+peer keeps delivering other blocks);
 after ``fetch_timeout`` the caller gets BlockFetchTimeout naming the CID. With a provider search
 (``router``, the node's DHT lookups) a want that no connected peer can serve looks for providers:
 at once when every connected peer has said DONT_HAVE (or there is none), otherwise after the search
@@ -615,10 +613,9 @@ class BitswapClient:
                     elif event is _Event.DONT_HAVE:
                         dont_have.add(peer)
                         if peer == target:
-                            if self.network.is_connected(peer):
-                                # It keeps a want-block it cannot answer and would send the block
-                                # once it gets it: by then it comes from elsewhere.
-                                self.network.queue_wants(peer, cancels([want.cid]))
+                            # Not cancelled there: it keeps the want and sends the block once it
+                            # has it, which is what keeps a want alive while the peers that do
+                            # have it are slow (the price: a duplicate when another one was faster).
                             return
             if waited.cancelled_caught:
                 score.timeouts += 1
