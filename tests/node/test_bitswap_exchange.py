@@ -502,3 +502,42 @@ async def test_a_routed_peer_that_lets_a_want_wait_is_cancelled_and_asked_like_a
     assert session.unrouted == {routed.node.identity.peer_id}
     with trio.fail_after(0.25):  # not routed again: asked like any peer, no want-timeout wait
         assert await session.fetch(second) == b"second"
+
+
+async def test_a_holder_too_busy_to_answer_in_time_but_delivering_blocks_does_not_fail_the_fetch_fast(
+    nodes: Nodes,
+) -> None:
+    # The only holder serves a whole fleet: a want waits in its queue past want_timeout while its
+    # other blocks keep arriving. That silence is not a "no": no BlockNotProvided, the block comes.
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    data = [random_bytes(1000, seed=800 + n) for n in range(12)]
+    cids = [CID.hash(chunk, codec=RAW, version=1) for chunk in data]
+    results: dict[CID, bytes] = {}
+
+    async def fetch(cid: CID) -> None:
+        results[cid] = await fetcher.client.fetch(cid)
+
+    async def answer_haves() -> None:
+        while True:
+            message = await peer.receive_channel.receive()
+            haves = [e.cid for e in message[1].wantlist if e.want_type == WantType.HAVE and not e.cancel]
+            if haves:
+                await peer.send(
+                    fetcher, Message(presences=[BlockPresence(c, PresenceType.HAVE) for c in haves])
+                )
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_haves)
+            async with trio.open_nursery() as fetches:
+                for cid in cids:
+                    fetches.start_soon(fetch, cid)
+                # One block every 0.1 s, the last 1.2 s after the first want: four want timeouts.
+                for cid, chunk in zip(cids, data, strict=True):
+                    await trio.sleep(0.1)
+                    await peer.send(fetcher, Message(blocks=[Block.of(cid, chunk)]))
+            nursery.cancel_scope.cancel()
+    assert results == dict(zip(cids, data, strict=True))
+    assert fetcher.stats().not_provided == 0

@@ -450,7 +450,8 @@ class BitswapClient:
         dont_have: set[ID] = set()  # said DONT_HAVE or timed out on want-block
         haves: list[ID] = []  # said HAVE, not yet asked for the block
         asked_have: set[ID] = set()
-        said_no: set[ID] = set()  # DONT_HAVE or silence, never cleared: decides a fast failure
+        # DONT_HAVE, or silence from a peer that delivers nothing; never cleared: decides a fast failure.
+        said_no: set[ID] = set()
         began = trio.current_time()
         search: Search | None = None
         while not want.done.is_set():
@@ -465,7 +466,7 @@ class BitswapClient:
                     self._probe(want, session, asked_have)
             if target is not None:
                 await self._want_block(want, session, target, dont_have, haves, asked_have)
-                said_no |= dont_have
+                said_no |= {peer for peer in dont_have if not self._delivering(peer)}
                 continue
             # Discovery: who has it?
             candidates = self.candidate_peers()
@@ -529,7 +530,7 @@ class BitswapClient:
                         break
             if quiet.cancelled_caught and wait >= settings.want_timeout:
                 # Nobody answered: forget who refused, peers may have fetched it meanwhile.
-                said_no |= asked_have
+                said_no |= {peer for peer in asked_have if not self._delivering(peer)}
                 asked_have.clear()
                 dont_have.clear()
 
@@ -574,6 +575,13 @@ class BitswapClient:
         if self.network.is_connected(peer):
             self.network.queue_wants(peer, cancels([want.cid]))  # it would send it once it had it
         return False
+
+    def _delivering(self, peer: ID) -> bool:
+        """``peer`` sent us a block within the last ``want_timeout``: a want it let time out waits in
+        a long queue (a holder serving a whole fleet), so its silence does not mean it lacks the block
+        and must not fail the fetch fast (BlockNotProvided)."""
+        last = self._last_block_from.get(peer)
+        return last is not None and trio.current_time() - last < self.settings.want_timeout
 
     def _probe(self, want: _Want, session: Session, asked_have: set[ID]) -> None:
         """Ask connected peers outside the session whether they have the block (want-have)."""
