@@ -842,6 +842,7 @@ class RegistryStore:
         if upload.uuid:
             self._closed(upload.client)
         self.committed([info.cid])
+        await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -941,6 +942,7 @@ class RegistryStore:
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
         self.committed([stored.cid, *([layout.root] if layout is not None else [])])
+        await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
         if tag is not None:
             self.tags_changed(repo)
         return actual, parsed
