@@ -6,9 +6,11 @@
   The record is stored locally first (the gateway serves it at once), the directory's root is provided
   (``on_committed``: the node's ``provide``, so resolvers find who holds the blocks), then the record is
   put to the routing system (``routing.py``: the DHT's PUT_VALUE under ``/ipns/<multihash>`` and the
-  HTTP routers). Every ``republish_interval`` every published name is signed again (sequence + 1, new
-  EOL) and put again, so it never expires in the network; at start a record that old is signed again
-  and every current one is put again; a record that no peer stored is put again after 30 s, 60 s, ...
+  HTTP routers); the puts of one name run one at a time, and a record is not put once a newer one is
+  signed, so no route is left holding an older record than the last one put. Every
+  ``republish_interval`` every published name is signed again (sequence + 1, new EOL) and put again,
+  so it never expires in the network; at start a record that old is signed again and every current
+  one is put again; a record that no peer stored is put again after 30 s, 60 s, ...
 - Resolving: the routing system's best record (``get_value``: the node's DHT and its HTTP routers) is
   verified here too, compared with the stored one and kept if better; a forged, expired or
   lower-sequence record never replaces a valid one, and when the network has none the stored record
@@ -115,6 +117,7 @@ class IpnsService:
         self._unrouted: dict[str, tuple[float, float]] = {}  # key -> (when to put again, pause before)
         self._last_miss: dict[bytes, Exception] = {}  # why the network had no record of a name
         self._provided_roots: dict[bytes, CID] = {}  # followed name -> the tag directory provided last
+        self._route_locks: dict[bytes, trio.Lock] = {}  # own name -> held while one of its records is put
 
     # --- bindings ------------------------------------------------------------------------------
 
@@ -286,11 +289,23 @@ class IpnsService:
         if self.routing is None:
             published.route_error = "no routing system (DHT) in this node: the record is only local"
             return
+        # The puts of one name never overlap and never go backwards: an HTTP router may keep whatever
+        # was put last, so the put of seq N must have ended before seq N+1's starts, and seq N is not
+        # put at all once N+1 is signed (its own put follows, or already ended).
+        lock = self._route_locks.setdefault(published.name.multihash, trio.Lock())
+        async with lock:
+            newest = self.store.record(published.name)
+            if newest is not None and compare(newest, published.record) > 0:
+                published.route_error = (
+                    f"not put: sequence {newest.sequence} was signed meanwhile and is put instead"
+                )
+                return
+            await self._put(self.routing, published)
+
+    async def _put(self, routing: ValueRouting, published: Published) -> None:
         try:
             with trio.fail_after(self.settings.resolve_timeout):
-                published.stored = await self.routing.put_value(
-                    published.name.routing_key(), published.record.raw
-                )
+                published.stored = await routing.put_value(published.name.routing_key(), published.record.raw)
         except Exception as exc:  # the routing layer's errors are its own; the record stays local
             published.route_error = f"put_value failed: {exc or type(exc).__name__}"
         else:

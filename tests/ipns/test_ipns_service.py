@@ -2,7 +2,8 @@
 
 The record of a bound key is put again when no peer stored it (after 30 s, then 60 s, ...), every
 current record is put again at start, one older than the republish interval is signed again at
-start, and every put announces the tag directory's root.
+start, and every put announces the tag directory's root. The puts of one name run one at a time and
+never put a record older than one already signed (a router may keep whatever was put last).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ipfsreg.blockstore import Datastore
 from ipfsreg.cid import CID
 from ipfsreg.ipns.keystore import Keystore
 from ipfsreg.ipns.record import NANOSECONDS, decode_record, value_cid
-from ipfsreg.ipns.service import REROUTE_FIRST, IpnsService
+from ipfsreg.ipns.service import REROUTE_FIRST, IpnsService, Published
 from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.node.errors import RecordNotFound, RoutingError
 from ipfsreg.registry.storage import RegistryStore
@@ -108,3 +109,47 @@ async def test_at_start_a_current_record_is_put_again_and_one_older_than_the_int
     assert decode_record(resigned).sequence == 1
     assert decode_record(resigned).eol_ns > first.record.eol_ns + 4 * HOUR
     assert await restart() == [resigned]  # recent: the same record put again, not signed again
+
+
+class LastPutWins(FakeDht):
+    """A router that keeps whatever put ended last; a put of a sequence in ``slow`` takes 10 s."""
+
+    def __init__(self, slow: set[int]) -> None:
+        super().__init__()
+        self.slow = slow
+        self.held: bytes | None = None
+        self.in_flight = 0
+        self.overlapped = False
+
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        self.in_flight += 1
+        self.overlapped |= self.in_flight > 1
+        try:
+            await trio.sleep(10 if decode_record(value).sequence in self.slow else 0)
+            self.held = value
+            return await super().put_value(key, value)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_puts_of_one_name_never_overlap_and_a_record_signed_over_before_its_put_is_not_put(
+    datastore: Datastore, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    router = LastPutWins(slow={0})
+    svc = service(datastore, tmp_path, router, [])
+    results: dict[int, Published] = {}
+
+    async def publish(turn: int, after: float) -> None:
+        await trio.sleep(after)
+        results[turn] = await svc.publish("self", republish=True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish, 0, 0)  # its put is slow: seq 1 and 2 are signed while it runs
+        nursery.start_soon(publish, 1, 1)
+        nursery.start_soon(publish, 2, 2)
+    assert [results[turn].record.sequence for turn in (0, 1, 2)] == [0, 1, 2]
+    assert not router.overlapped
+    assert [decode_record(value).sequence for _, value in router.puts] == [0, 2]  # seq 1 was not put
+    assert router.held is not None and decode_record(router.held).sequence == 2
+    assert results[0].routed and results[2].routed
+    assert not results[1].routed and "sequence 2 was signed meanwhile" in results[1].route_error
