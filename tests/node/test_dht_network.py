@@ -169,6 +169,55 @@ async def test_requests_to_a_peer_reuse_one_stream_and_replace_a_dead_one(nodes:
     assert answer.type is MessageType.FIND_NODE
 
 
+async def test_announce_now_queues_add_provider_on_idle_streams_and_provide_does_not_repeat_it(
+    nodes: Nodes,
+) -> None:
+    a, b, c = await _chain(nodes, 3)
+    dht = a.routing.dhts[0]
+    await wait_until(lambda: len(dht.table) == 2)
+    for peer in (b, c):
+        await dht.request(peer.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
+    first, second = CID.hash(b"manifest"), CID.hash(b"image directory")
+    told = dht.announce_now([first.multihash, second.multihash])  # no await: queued
+    assert told == {key.multihash: {b.identity.peer_id, c.identity.peer_id} for key in (first, second)}
+    await _stored_by([b, c], first, a)
+    await _stored_by([b, c], second, a)
+    stored = [peer.routing.dhts[0].stats.providers_stored for peer in (b, c)]
+    assert await dht.provide(first.multihash) == 2  # the peers told early count as told
+    await trio.sleep(0.2)
+    assert [peer.routing.dhts[0].stats.providers_stored for peer in (b, c)] == stored  # not told again
+    assert await dht.provide(first.multihash) == 2  # a later provide (a reprovide) tells them again
+    await wait_until(lambda: [p.routing.dhts[0].stats.providers_stored for p in (b, c)] != stored)
+
+
+async def test_announce_now_leaves_peers_without_an_idle_stream_to_provide(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = a.routing.dhts[0]
+    await wait_until(lambda: len(dht.table) == 1)
+    while dht.streams.take(b.identity.peer_id) is not None:
+        pass  # no idle stream left to b
+    cid = CID.hash(b"nobody told yet")
+    assert dht.announce_now([cid.multihash]) == {}
+    assert await dht.provide(cid.multihash) == 1
+    await _stored_by([b], cid, a)
+
+
+async def test_a_committed_cid_reaches_the_nearest_peers_before_the_provide_queue_runs(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = a.routing.dhts[0]
+    await wait_until(lambda: len(dht.table) == 1)
+    await dht.request(b.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
+    cid = CID.hash(b"pushed just now")
+
+    async def held_back(cid: CID) -> int:
+        await trio.sleep_forever()  # the provide queue's own announcement never goes out
+        return 0
+
+    a.routing.queue.provide_key = held_back
+    a.provide([cid])
+    await _stored_by([b], cid, a)
+
+
 async def test_ipns_records_go_through_the_dht_checked_by_the_ipns_validator(nodes: Nodes) -> None:
     import time
 

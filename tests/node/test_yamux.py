@@ -547,6 +547,71 @@ async def test_a_large_write_goes_out_after_the_small_ones_queued_before_it() ->
         assert frames[2][1] == pattern(100_000)
 
 
+async def test_write_now_sends_a_small_message_from_the_calling_task_with_what_was_queued() -> None:
+    async with muxer_and_raw_peer(muxer_is_initiator=True) as (conn, peer):
+        stream = await conn.open_stream()  # its SYN is queued, not yet written
+        await stream.write_now(b"request")
+        assert conn.stats.writes == 1  # written before write_now returned, no flusher round
+        assert [await peer.next_frame() for _ in range(2)] == [
+            (Header(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, MiB - INITIAL_WINDOW), b""),
+            (Header(TYPE_DATA, 0, 1, 7), b"request"),
+        ]
+
+
+async def test_write_now_queues_behind_a_write_that_holds_the_connection_and_keeps_the_order() -> None:
+    async with muxer_and_raw_peer(muxer_is_initiator=True, lockstep=True) as (conn, peer):
+        first, second = await conn.open_stream(), await conn.open_stream()
+        syns = [await peer.next_frame() for _ in range(2)]
+        assert [h.flags for h, _ in syns] == [FLAG_SYN, FLAG_SYN]
+        big = pattern(200_000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first.write, big)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._write_lock.locked()  # the lockstep peer has not read the big frame yet
+            await second.write_now(b"after")  # queued: never interleaved into the frame on the wire
+            frames = [await peer.next_frame() for _ in range(2)]
+        assert frames == [(Header(TYPE_DATA, 0, 1, len(big)), big), (Header(TYPE_DATA, 0, 3, 5), b"after")]
+
+
+async def test_write_now_of_a_large_message_goes_in_frames_as_write_does() -> None:
+    async with muxer_pair() as (a, b):
+        stream = await a.open_stream()
+        await stream.write_now(pattern(300_000))
+        accepted = await b.accept_stream()
+        assert await read_exactly(accepted, 300_000) == pattern(300_000)
+
+
+async def test_write_nowait_queues_a_small_write_that_the_flusher_sends_at_the_next_round() -> None:
+    async with muxer_and_raw_peer(muxer_is_initiator=True) as (conn, peer):
+        stream = await conn.open_stream()
+        await trio.testing.wait_all_tasks_blocked()
+        writes = conn.stats.writes
+        assert stream.write_nowait(b"announce")
+        assert conn.stats.writes == writes  # nothing written from the caller
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn.stats.writes == writes + 1
+        frames = [await peer.next_frame() for _ in range(2)]
+        assert frames[1] == (Header(TYPE_DATA, 0, 1, 8), b"announce")
+
+
+async def test_write_nowait_refuses_what_it_cannot_queue_and_writable_says_why_not() -> None:
+    async with muxer_pair() as (a, b):
+        stream = await a.open_stream()
+        assert stream.writable
+        assert not stream.write_nowait(pattern(yamux.SMALL_WRITE + 1))  # too big to queue
+        assert stream.write_nowait(b"")
+        accepted = await b.accept_stream()
+        await accepted.close()  # the peer's FIN: what we write now reaches no reader
+        await wait_until(lambda: not stream.writable)
+        other = await a.open_stream()
+        await other.close()
+        assert not other.writable
+        assert not other.write_nowait(b"late")  # closed for writing
+        reset = await a.open_stream()
+        await reset.reset()
+        assert not reset.writable and not reset.write_nowait(b"late")
+
+
 async def test_accepted_stream_is_acked_with_a_grant_of_the_initial_stream_window() -> None:
     async with muxer_and_raw_peer() as (conn, peer):
         await peer.send(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))

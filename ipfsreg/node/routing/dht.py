@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from ipfsreg.node.routing.providers import ProviderStore
 from ipfsreg.node.routing.records import RecordStore
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.routing.table import RoutingTable
+from ipfsreg.node.yamux import YamuxStream
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ IDLE_REUSE: Final = 45.0  # seconds an idle pooled stream may be reused (Kubo cl
 MAX_IDLE_PER_PEER: Final = 4
 MAX_IDLE: Final = 512
 STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
+MAX_TOLD_EARLY: Final = 4096  # keys whose early ADD_PROVIDER recipients are remembered for provide()
+TOLD_EARLY_FOR: Final = 30.0  # seconds provide() trusts that record (a later reprovide tells everyone)
 
 
 @dataclass
@@ -226,11 +230,30 @@ class _ConnectionEvents(INotifee):
         pass
 
 
+def _yamux(stream: INetStream) -> YamuxStream | None:
+    muxed = getattr(stream, "muxed_stream", None)
+    return muxed if isinstance(muxed, YamuxStream) else None
+
+
+# Reads and writes go to ipfsreg's Yamux stream under the NetStream when there is one: the NetStream
+# takes a lock for every call, which costs a scheduling round each (several per request).
+
+
 async def _read(stream: INetStream) -> bytes:
+    muxed = _yamux(stream)
     try:
-        return await stream.read(READ_CHUNK)
+        return await (muxed.read(READ_CHUNK) if muxed is not None else stream.read(READ_CHUNK))
     except (StreamEOF, MuxedStreamEOF):
         return b""
+
+
+async def _write(stream: INetStream, data: bytes) -> None:
+    """Write a whole message the peer is waiting for: at once, not at the muxer's next flush."""
+    muxed = _yamux(stream)
+    if muxed is not None:
+        await muxed.write_now(data)
+    else:
+        await stream.write(data)
 
 
 async def _reset(stream: INetStream) -> None:
@@ -283,7 +306,8 @@ class StreamPool:
         while streams:
             stream, since = streams.pop()
             self._count -= 1
-            if now - since < IDLE_REUSE:
+            muxed = _yamux(stream)
+            if now - since < IDLE_REUSE and (muxed is None or muxed.writable):
                 if not streams:
                     del self._idle[peer]
                 return stream
@@ -352,6 +376,7 @@ class KademliaDHT:
         self._probing: set[ID] = set()
         self._nursery: trio.Nursery | None = None
         self.last_refresh: float | None = None
+        self._told_early: OrderedDict[bytes, tuple[float, set[ID]]] = OrderedDict()  # see announce_now
 
     @property
     def name(self) -> str:
@@ -489,27 +514,27 @@ class KademliaDHT:
 
     async def _serve(self, peer: ID, stream: INetStream) -> None:
         reader = FrameReader(self.limits.max_message_size)
-        while True:
-            with trio.move_on_after(STREAM_IDLE_TIMEOUT) as idle:
+        # One scope for the idle timeout, armed only while waiting for the next request.
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + STREAM_IDLE_TIMEOUT
                 chunk = await _read(stream)
-            if idle.cancelled_caught:
-                await _close(stream)
-                return
-            if not chunk:
-                if not reader.at_boundary():
-                    raise DHTProtocolError(f"stream ended inside a message ({reader.buffered} bytes)")
-                await _close(stream)
-                return
-            reader.feed(chunk)
-            for body in reader.frames():
-                request = decode_message(body, self.limits)
-                self.stats.requests_in += 1
-                response = self.answer(peer, request)
-                if isinstance(response, Message):
-                    await stream.write(encode_frame(response))
-                elif response is False:
-                    await _reset(stream)  # an invalid request: close without answering (the spec)
-                    return
+                idle.deadline = math.inf
+                if not chunk:
+                    if not reader.at_boundary():
+                        raise DHTProtocolError(f"stream ended inside a message ({reader.buffered} bytes)")
+                    break
+                reader.feed(chunk)
+                for body in reader.frames():
+                    request = decode_message(body, self.limits)
+                    self.stats.requests_in += 1
+                    response = self.answer(peer, request)
+                    if isinstance(response, Message):
+                        await _write(stream, encode_frame(response))
+                    elif response is False:
+                        await _reset(stream)  # an invalid request: close without answering (the spec)
+                        return
+        await _close(stream)  # the peer closed its side, or was idle too long
 
     def answer(self, peer: ID, request: Message) -> Message | bool | None:
         """The answer to ``request``: a Message, None (no answer is sent) or False (reset the stream)."""
@@ -719,7 +744,7 @@ class KademliaDHT:
         sent = False
         try:
             try:
-                await stream.write(frame)
+                await _write(stream, frame)
             except Exception as exc:
                 raise _StaleStream(repr(exc)) from None
             sent = True
@@ -844,21 +869,68 @@ class KademliaDHT:
             key, Message(MessageType.GET_PROVIDERS, key=key), followup=True, on_answer=on_answer
         )
 
+    def announce_now(self, keys: Sequence[bytes]) -> dict[bytes, set[ID]]:
+        """ADD_PROVIDER for each of ``keys`` to the routing table's k peers nearest to it, queued at
+        once without waiting: key -> the peers it was queued to.
+
+        For the task that has just committed content (no await: nothing it does next, such as
+        answering its HTTP request, comes first). Only peers with an idle pooled stream are told,
+        every key for one peer in one write, which the connection's flusher sends at the next
+        scheduling round; the others are left to :meth:`provide`, which later skips the peers told
+        here (the lookup and its second wave still run there).
+        """
+        me = self._self_entry()
+        if not me.addrs or not keys:
+            return {}
+        frames: dict[bytes, list[tuple[bytes, bytes]]] = {}  # peer -> (key, frame), in key order
+        for key in keys:
+            frame = encode_frame(Message(MessageType.ADD_PROVIDER, key=key, provider_peers=[me]))
+            for entry in self.table.closest(kad_id(key), K):
+                frames.setdefault(entry.peer, []).append((key, frame))
+        told: dict[bytes, set[ID]] = {}
+        for raw, items in frames.items():
+            peer = ID(raw)
+            if self.is_banned(peer) or not self.connector.is_connected(peer):
+                continue
+            stream = self.streams.take(peer)
+            if stream is None:
+                continue
+            muxed = _yamux(stream)
+            queued = muxed is not None and muxed.write_nowait(b"".join(frame for _, frame in items))
+            self.streams.give_back(peer, stream)  # a dead one is dropped by the next take()
+            if not queued:
+                continue
+            self.stats.requests_out += len(items)
+            for key, _ in items:
+                told.setdefault(key, set()).add(peer)
+        now = trio.current_time()
+        for key, peers in told.items():
+            earlier = self._told_early.pop(key, None)
+            if earlier is not None and now - earlier[0] < TOLD_EARLY_FOR:
+                peers = peers | earlier[1]
+            self._told_early[key] = (now, peers)
+        while len(self._told_early) > MAX_TOLD_EARLY:
+            self._told_early.popitem(last=False)  # forgotten: provide() only tells them again
+        return told
+
     async def provide(self, key: bytes) -> int:
         """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it.
 
         In two waves: at once to the k peers of our routing table nearest to the key (no lookup to
         wait for: on a small network, or near our own ID, they are the closest; elsewhere they lie
         on the paths other lookups take), then, after the lookup, to any of the k closest peers the
-        first wave missed.
+        first wave missed. Peers that :meth:`announce_now` told already are not told again.
         """
+        when, early = self._told_early.pop(key, (0.0, set()))
+        if trio.current_time() - when >= TOLD_EARLY_FOR:
+            early = set()
         me = self._self_entry()
         if not me.addrs:
             return 0  # no address in this DHT's scope: nobody here could reach us
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
         frame = encode_frame(message)  # the same bytes to every peer
-        told: set[ID] = set()
-        asked: set[ID] = set()
+        told: set[ID] = set(early)
+        asked: set[ID] = set(early)
 
         async def tell(peer: ID, addrs: tuple[DialAddr, ...]) -> None:
             try:
@@ -870,8 +942,9 @@ class KademliaDHT:
         async with trio.open_nursery() as nursery:
             for entry in self.table.closest(kad_id(key), K):
                 peer = ID(entry.peer)
-                asked.add(peer)
-                nursery.start_soon(tell, peer, tuple(entry.addrs))
+                if peer not in asked:
+                    asked.add(peer)
+                    nursery.start_soon(tell, peer, tuple(entry.addrs))
         # The first wave is out before the lookup competes with it for the event loop.
         async with trio.open_nursery() as nursery:
             for peer, addrs in await self.closest_peers(key):

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 VALUE_QUORUM = 16  # the spec's quorum for IPNS lookups
 BOOTSTRAP_WAIT = 5.0  # seconds the first refresh waits for bootstrap peers to be admitted
+# Keys of one commit told to the nearest peers at once (Routing.provide); a larger batch (an import)
+# goes through the provide queue beyond these.
+ANNOUNCE_NOW_KEYS = 16
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,17 @@ class Routing:
         for cid in cids:
             self.providers.add(cid.multihash, me, raw_addrs, own=True)
         self.queue.enqueue(cids)
+        if self._running:
+            # The table's nearest peers are told now, ahead of the queue worker's announcement
+            # (which still runs: the lookup, the peers without an idle stream, the retries).
+            keys = list(dict.fromkeys(cid.multihash for cid in cids))[:ANNOUNCE_NOW_KEYS]
+            for dht in self.dhts:
+                try:
+                    dht.announce_now(keys)
+                except Exception:  # the queued announcement still goes out
+                    logger.exception(
+                        "routing: announcing %d keys at once on the %s failed", len(keys), dht.name
+                    )
 
     def unprovide(self, cids: Sequence[CID]) -> None:
         me = self.local.to_bytes()
