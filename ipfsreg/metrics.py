@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ipfsreg.blockstore import Datastore
-from ipfsreg.httpserver import loggable_headers
+from ipfsreg.httpserver import ZEROCOPY_SEND, loggable_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -205,8 +205,9 @@ class ObservedApp:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = int(message["status"])
-            elif message["type"] == "http.response.body":
-                state["out"] += len(message.get("body", b""))
+            elif message["type"] in ("http.response.body", ZEROCOPY_SEND):
+                body = message.get("body")
+                state["out"] += len(body) if body is not None else int(message.get("count") or 0)
                 if not message.get("more_body", False):
                     # Count the request before its last byte leaves: a client that reads /metrics
                     # right after this response then sees it.

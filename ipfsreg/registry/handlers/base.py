@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import trio
@@ -19,6 +19,7 @@ from ipfsreg.registry.priority import bulk_turn
 from ipfsreg.registry.routes import ALLOWED_METHODS
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.zerocopy import SendableLeaves
 from ipfsreg.unixfs.exporter import BlockSource
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -42,6 +43,8 @@ class Context:
     """Per-request block sources for pulls by CID (each pull its own bitswap session); None: the store's."""
     ipns: IpnsResolver | None = None
     """Resolves ``ipns/<name>/<repository>`` tags to image directories (None: such pulls are refused)."""
+    sendable_leaves: SendableLeaves = field(default_factory=SendableLeaves)
+    """Where recently sent leaves' payloads lie in their blocks (zero-copy blob GETs)."""
 
     def source_factory_or_shared(self) -> SourceFactory:
         """The per-request factory, or one handing out the store's (already entered) shared source."""
