@@ -46,7 +46,7 @@ from ipfsreg.blockstore.store import Lease
 from ipfsreg.cid import CID
 from ipfsreg.httpserver import ZEROCOPY_SEND
 from ipfsreg.registry.priority import bulk_turn
-from ipfsreg.unixfs.exporter import BlockSource, Extent, leaf_content_span, read_file_pieces
+from ipfsreg.unixfs.exporter import BlockSource, Extent, FileNodes, leaf_content_span, read_file_pieces
 
 VERIFY_SECONDS: Final = 60.0
 """How long a block's CRC check stands for zero-copy sends before its bytes are read and checked again."""
@@ -69,7 +69,7 @@ class _Known:
 
 class SendableLeaves:
     """Where the payloads of recently sent leaves lie in their blocks, and when each block's pack
-    bytes were last checked (one per registry; a bounded LRU)."""
+    bytes were last checked (one per registry; a bounded LRU); the files' decoded interior nodes."""
 
     def __init__(
         self,
@@ -82,6 +82,8 @@ class SendableLeaves:
         self.verify_seconds = verify_seconds
         self.clock = clock
         self._known: OrderedDict[CID, _Known] = OrderedDict()
+        self.nodes = FileNodes()
+        """Decoded interior nodes of the files sent (each pull of a blob would decode them again)."""
         self.checks = 0
         """Blocks read and CRC-checked for zero-copy sends (for tests and metrics)."""
 
@@ -207,7 +209,14 @@ async def send_response(send: Callable[[MutableMapping[str, Any]], Any], respons
     lease = Lease(response.datastore)
     locator = PackLocator(response.datastore.blocks, lease, response.leaves)
     try:
-        pieces = read_file_pieces(response.source, response.cid, response.offset, response.length, locator)
+        pieces = read_file_pieces(
+            response.source,
+            response.cid,
+            response.offset,
+            response.length,
+            locator,
+            response.leaves.nodes,
+        )
         async with aclosing(pieces):
             async for piece in pieces:
                 await bulk_turn()  # ipfsreg/registry/priority.py: small requests first

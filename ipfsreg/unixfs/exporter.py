@@ -13,6 +13,7 @@ reading them (sendfile).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -161,6 +162,36 @@ class Extent:
         return Extent(self.where, self.offset + lo, hi - lo)
 
 
+@dataclass(frozen=True, slots=True)
+class FileNode:
+    """A decoded interior node of a file: its inline content, content size, and (child, size) links."""
+
+    content: bytes
+    total: int
+    links: tuple[tuple[CID, int], ...]
+
+
+class FileNodes:
+    """Decoded interior file nodes by CID, for readers of the same files again and again (a node's
+    bytes never change under its CID, so nothing here goes stale): a bounded LRU."""
+
+    def __init__(self, entries: int = 128) -> None:
+        self.entries = entries
+        self._nodes: OrderedDict[CID, FileNode] = OrderedDict()
+
+    def get(self, cid: CID) -> FileNode | None:
+        node = self._nodes.get(cid)
+        if node is not None:
+            self._nodes.move_to_end(cid)
+        return node
+
+    def put(self, cid: CID, node: FileNode) -> None:
+        self._nodes[cid] = node
+        self._nodes.move_to_end(cid)
+        while len(self._nodes) > self.entries:
+            self._nodes.popitem(last=False)
+
+
 class LeafLocator(Protocol):
     """Finds where file leaves' content lies in storage, so readers can send it without reading it."""
 
@@ -195,9 +226,11 @@ async def read_file_pieces(
     offset: int = 0,
     length: int | None = None,
     locator: LeafLocator | None = None,
+    nodes: FileNodes | None = None,
 ) -> AsyncGenerator[bytes | Extent, None]:
     """As :func:`read_file`, but the leaves that ``locator`` places come as :class:`Extent`\\ s (their
-    bytes are not read here); everything else comes as bytes, in file order."""
+    bytes are not read here); everything else comes as bytes, in file order. Interior nodes found in
+    ``nodes`` are not read again (and those read are put there)."""
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     if length is not None and length < 0:
@@ -223,36 +256,44 @@ async def read_file_pieces(
                 if lo < hi:
                     yield extent if (lo == 0 and hi == extent.length) else extent.slice(lo, hi)
                 continue
-        block = await load_block(source, node_cid)
-        children: list[tuple[CID, int, int | None, int]] = []
-        leaf = None if node_cid.codec == RAW else _kubo_leaf_data(block)
-        if node_cid.codec == RAW:
-            content: bytes = block
-            total = len(block)
-        elif leaf is not None and node_cid.codec == DAG_PB:
-            content = leaf
-            total = len(leaf)
+        known = nodes.get(node_cid) if nodes is not None else None
+        if known is not None:
+            content, total, links = known.content, known.total, known.links
         else:
-            node, fs = decode_unixfs_node(node_cid, block)
-            if fs.type not in (DataType.FILE, DataType.RAW):
-                if depth == 0:
-                    raise NotAFile(f"{node_cid} is a UnixFS {fs.type.name.lower()}, not a file")
-                raise InvalidNode(f"UnixFS {fs.type.name.lower()} {node_cid} inside a file")
-            content, total = _file_layout(node_cid, node, fs)
-            if node.links:
-                if depth >= MAX_DEPTH:
-                    raise InvalidNode(f"file DAG deeper than {MAX_DEPTH} levels at {node_cid}")
-                pos = start + len(content)
-                for link, size in zip(node.links, fs.blocksizes, strict=True):
-                    child_start = pos
-                    pos += size
-                    if end is not None and child_start >= end:
-                        break
-                    if pos <= offset or size == 0:
-                        continue
-                    children.append((link.cid, child_start, size, depth + 1))
+            block = await load_block(source, node_cid)
+            links = ()
+            leaf = None if node_cid.codec == RAW else _kubo_leaf_data(block)
+            if node_cid.codec == RAW:
+                content = block
+                total = len(block)
+            elif leaf is not None and node_cid.codec == DAG_PB:
+                content = leaf
+                total = len(leaf)
+            else:
+                node, fs = decode_unixfs_node(node_cid, block)
+                if fs.type not in (DataType.FILE, DataType.RAW):
+                    if depth == 0:
+                        raise NotAFile(f"{node_cid} is a UnixFS {fs.type.name.lower()}, not a file")
+                    raise InvalidNode(f"UnixFS {fs.type.name.lower()} {node_cid} inside a file")
+                content, total = _file_layout(node_cid, node, fs)
+                links = tuple((link.cid, size) for link, size in zip(node.links, fs.blocksizes, strict=True))
+                if nodes is not None and links:
+                    nodes.put(node_cid, FileNode(content, total, links))
         if expected is not None and total != expected:
             raise InvalidNode(f"{node_cid} holds {total} bytes but its parent says {expected}")
+        children: list[tuple[CID, int, int | None, int]] = []
+        if links:
+            if depth >= MAX_DEPTH:
+                raise InvalidNode(f"file DAG deeper than {MAX_DEPTH} levels at {node_cid}")
+            pos = start + len(content)
+            for link_cid, size in links:
+                child_start = pos
+                pos += size
+                if end is not None and child_start >= end:
+                    break
+                if pos <= offset or size == 0:
+                    continue
+                children.append((link_cid, child_start, size, depth + 1))
         if content:
             lo = max(offset - start, 0)
             hi = len(content) if end is None else min(end - start, len(content))
