@@ -15,12 +15,14 @@ Safety, as the byte-reading path has it:
 - Every block of the response is leased (``Datastore.lease``) before it is located and until the
   response ends, so garbage collection keeps it: a blob deleted and collected mid-send is still sent
   whole and exact, and its blocks go at the next collection after the response.
-- After each extent is sent, its block must still be stored at the same place. A block deleted
-  outside garbage collection meanwhile (its pages punched out) ends the response short (the
-  connection closes before the body is complete): never a complete body with wrong bytes. Pack
-  bytes are never rewritten in place (appends start on fresh pages; a delete punches whole pages
-  out, which drops them from the page cache without changing them), so what sendfile took while
-  the block was stored is the block's bytes.
+- Right before an extent is sent, and again after, its block must still be stored at the same
+  place. A block deleted outside garbage collection meanwhile (its pages punched out, which would
+  read as zeros) ends the response short (the connection closes before the body is complete):
+  never a complete body with wrong bytes. That is why the response's last byte never goes out
+  zero-copy: it is read (``pread``) after every extent before it passed its check, checked in turn,
+  and only then sent. A block's pointer is deleted before its pages are punched, and pack bytes are
+  never rewritten in place (appends start on fresh pages; a punch drops whole pages from the page
+  cache without changing them), so what sendfile took while the block was stored is its bytes.
 - Integrity: a block's pack bytes are read and checked against its pointer's CRC (as every pack
   read is) before its first zero-copy send, and again once :data:`VERIFY_SECONDS` have passed since
   the last check; in between, sends trust what the kernel caches.
@@ -147,8 +149,8 @@ class PackLocator:
 
     def locate_leaf(self, cid: CID) -> Extent | None:
         pointer = self._pointers.pop(cid, None)
-        if pointer is None:
-            return None
+        if pointer is None or self.blocks.locate(cid) != pointer:
+            return None  # not in a pack, or deleted since prepare(): the block source reads it
         span = self.leaves.span(self.blocks, cid, pointer)
         if span is None:
             return None
@@ -162,6 +164,16 @@ class PackLocator:
         """Raise :class:`BlobMovedWhileSent` unless ``leaf`` is still stored where it was sent from."""
         if self.blocks.locate(leaf.cid) != leaf.pointer:
             raise BlobMovedWhileSent(f"block {leaf.cid} was deleted while it was being sent")
+
+    def read_checked(self, extent: Extent) -> bytes:
+        """The bytes of ``extent`` read from its pack file, then checked to be the leaf's still."""
+        leaf = extent.where
+        assert isinstance(leaf, PackedLeaf)
+        data = os.pread(leaf.fd, extent.length, extent.offset)
+        if len(data) != extent.length:
+            raise BlockstoreError(f"pack {leaf.pointer.pack} ends inside block {leaf.cid}")
+        self.check_sent(leaf)
+        return data
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -208,6 +220,7 @@ async def send_response(send: Callable[[MutableMapping[str, Any]], Any], respons
     )
     lease = Lease(response.datastore)
     locator = PackLocator(response.datastore.blocks, lease, response.leaves)
+    left = response.length
     try:
         pieces = read_file_pieces(
             response.source,
@@ -221,20 +234,31 @@ async def send_response(send: Callable[[MutableMapping[str, Any]], Any], respons
             async for piece in pieces:
                 await bulk_turn()  # ipfsreg/registry/priority.py: small requests first
                 if isinstance(piece, Extent):
+                    left -= piece.length
                     leaf = piece.where
                     assert isinstance(leaf, PackedLeaf)
-                    await send(
-                        {
-                            "type": ZEROCOPY_SEND,
-                            "file": leaf.fd,
-                            "offset": piece.offset,
-                            "count": piece.length,
-                            "more_body": True,
-                        }
-                    )
-                    locator.check_sent(leaf)
+                    # The body's last byte goes as bytes, after every check (see the module doc).
+                    last = piece.slice(piece.length - 1, piece.length) if left == 0 else None
+                    count = piece.length - 1 if last is not None else piece.length
+                    if count:
+                        await send(
+                            {
+                                "type": ZEROCOPY_SEND,
+                                "file": leaf.fd,
+                                "offset": piece.offset,
+                                "count": count,
+                                "more_body": True,
+                            }
+                        )
+                        locator.check_sent(leaf)
+                    if last is not None:
+                        await send({"type": "http.response.body", "body": locator.read_checked(last)})
+                        return
                 else:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    left -= len(piece)
+                    await send({"type": "http.response.body", "body": piece, "more_body": left > 0})
+                    if left <= 0:
+                        return
     finally:
         locator.close()
         lease.release()
