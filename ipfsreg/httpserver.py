@@ -16,7 +16,10 @@ hypercorn server of the process (the registry port and the control API). What it
 - Large socket reads (:data:`SOCKET_READ_BYTES`), gathered while a body streams in.
 - Zero-copy responses: the ASGI ``http.response.zerocopysend`` extension (a file descriptor, an offset
   and a count, sent with ``os.sendfile``: the kernel moves the bytes from the page cache to the socket,
-  Python never holds them), offered to apps on plain-TCP HTTP/1.x connections. TLS connections do not
+  Python never holds them), offered to apps on plain-TCP HTTP/1.x connections. An addition of ours: a
+  message may carry ``extents``, a sequence of ``(file, offset, count)`` sent in order, in place of
+  ``file``/``offset``/``count`` (one message, one pass through the ASGI and HTTP layers, for many
+  pieces of files: a blob's leaves). TLS connections do not
   offer it (the app sends bytes as usual); should the kernel refuse sendfile for a file, its bytes are
   read and sent instead.
 
@@ -95,22 +98,23 @@ class FileShorterThanSent(OSError):
     """A zero-copy send named bytes past the end of its file (the response is cut short)."""
 
 
+FileExtent = tuple[int, int, int]
+"""``(file descriptor, offset, count)``: body bytes that lie in a file."""
+
+
 @dataclass(frozen=True)
 class FileBody(stream_events.Event):
-    """Stream event: ``count`` body bytes at ``offset`` of file descriptor ``file`` (app to protocol)."""
+    """Stream event: body bytes that lie in files, ``extents`` in order (app to protocol)."""
 
-    file: int
-    offset: int
+    extents: tuple[FileExtent, ...]
     count: int
 
 
 @dataclass(frozen=True)
 class FileData(Event):
-    """Server event: send ``count`` bytes at ``offset`` of ``file`` as they are (protocol to socket)."""
+    """Server event: send the bytes of ``extents`` as they are, in order (protocol to socket)."""
 
-    file: int
-    offset: int
-    count: int
+    extents: tuple[FileExtent, ...]
 
 
 class _FilePlaceholder:
@@ -179,7 +183,8 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             async with self.send_lock:
                 try:
                     with trio.CancelScope(shield=True):
-                        await self._send_file(event)
+                        for extent in event.extents:
+                            await self._send_file(*extent)
                 except (*_SEND_ERRORS, BrokenPipeError, ConnectionResetError):
                     failed = True
             if failed:
@@ -199,24 +204,24 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         else:
             await super().protocol_send(event)
 
-    async def _send_file(self, event: FileData) -> None:
+    async def _send_file(self, file: int, offset: int, count: int) -> None:
         """``os.sendfile`` straight to the socket, waiting whenever its buffer is full (plain TCP);
         on TLS, or where the kernel refuses sendfile, the bytes are read and sent."""
         sock = getattr(self.stream, "socket", None)
-        offset, left = event.offset, event.count
+        left = count
         if sock is None:
-            await self._send_file_copied(event.file, offset, left)
+            await self._send_file_copied(file, offset, left)
             return
         out = sock.fileno()
         while left:
             try:
-                sent = os.sendfile(out, event.file, offset, left)
+                sent = os.sendfile(out, file, offset, left)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
             except OSError as exc:
-                if exc.errno in _SENDFILE_UNSUPPORTED and left == event.count:
-                    await self._send_file_copied(event.file, offset, left)
+                if exc.errno in _SENDFILE_UNSUPPORTED and left == count:
+                    await self._send_file_copied(file, offset, left)
                     return
                 raise
             if sent == 0:
@@ -419,19 +424,26 @@ async def _app_send(self: HTTPStream, message: Any) -> None:
         return
     if self.state != ASGIHTTPState.RESPONSE:
         raise UnexpectedMessageError(self.state, ZEROCOPY_SEND)
-    file = message["file"]
-    fd = file if isinstance(file, int) else file.fileno()
-    offset = message.get("offset")
-    count = message.get("count")
-    advance = offset is None  # the ASGI spec: no offset means the file's position, which moves on
-    if offset is None:
-        offset = os.lseek(fd, 0, os.SEEK_CUR)
-    if count is None:
-        count = max(0, os.fstat(fd).st_size - offset)
-    if count and not suppress_body(self.scope["method"], int(self.response["status"])):
-        await self.send(FileBody(stream_id=self.stream_id, file=fd, offset=offset, count=count))
-    if advance:
-        os.lseek(fd, offset + count, os.SEEK_SET)
+    extents = message.get("extents")
+    if extents is not None:
+        extents = tuple((int(fd), int(offset), int(count)) for fd, offset, count in extents if count)
+        count = sum(extent[2] for extent in extents)
+        if count and not suppress_body(self.scope["method"], int(self.response["status"])):
+            await self.send(FileBody(stream_id=self.stream_id, extents=extents, count=count))
+    else:
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        advance = offset is None  # the ASGI spec: no offset means the file's position, which moves on
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if count and not suppress_body(self.scope["method"], int(self.response["status"])):
+            await self.send(FileBody(stream_id=self.stream_id, extents=((fd, offset, count),), count=count))
+        if advance:
+            os.lseek(fd, offset + count, os.SEEK_SET)
     if not message.get("more_body", False):
         if self.response.get("trailers", False):
             self.state = ASGIHTTPState.TRAILERS
@@ -457,7 +469,7 @@ async def _stream_send(self: H11Protocol, event: stream_events.Event) -> None:
         return
     for part in parts or ():
         if part is placeholder:  # type: ignore[comparison-overlap]
-            await self.send(FileData(file=event.file, offset=event.offset, count=event.count))
+            await self.send(FileData(extents=event.extents))
         else:
             await self.send(RawData(data=bytes(part)))
 

@@ -207,7 +207,12 @@ class ObservedApp:
                 state["status"] = int(message["status"])
             elif message["type"] in ("http.response.body", ZEROCOPY_SEND):
                 body = message.get("body")
-                state["out"] += len(body) if body is not None else int(message.get("count") or 0)
+                if body is not None:
+                    state["out"] += len(body)
+                elif "extents" in message:
+                    state["out"] += sum(extent[2] for extent in message["extents"])
+                else:
+                    state["out"] += int(message.get("count") or 0)
                 if not message.get("more_body", False):
                     # Count the request before its last byte leaves: a client that reads /metrics
                     # right after this response then sees it.
