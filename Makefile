@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?=
-SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap ip containerd
+SYSTEM_TOOLS := skopeo umoci docker-registry buildah debootstrap ip containerd ctr
 APT_PACKAGES := skopeo umoci docker-registry buildah debootstrap debian-archive-keyring python3-venv iproute2 containerd
 
 # Interop tests that run a JavaScript implementation (js-libp2p's ipns, @ipld/car, ...) keep one npm

@@ -397,8 +397,10 @@ class FleetNode:
 def fleet_node_command(node: FleetNode, upstream_url: str, peers: Sequence[FleetNode]) -> list[str]:
     """The command line of one fleet node: the one place that says what a fleet node is.
 
-    Today: a pull-through cache of the upstream, peered with every other node (bitswap between them
-    works for content that is local somewhere; the pull-through path itself asks only the upstream).
+    A pull-through cache of the upstream (unqualified names: the clients send no ``?ns=``), peered
+    with every other node: a miss asks the fleet first (``ipfsreg/registry/fleet.py``: peers that
+    hold or fetch the blob, the one upstream fetcher per blob a cold wave elects) and the upstream
+    last. ``--mirror docker.io=URL`` instead would serve ``?ns=docker.io`` pulls (containerd).
     """
     return [
         *ipfsreg_command(),

@@ -104,15 +104,20 @@ def test_central_anchor_upstream_sent_each_layer_once_per_node(report: FleetRepo
     assert central.upstream_multiple == pytest.approx(NODES, rel=0.01)
 
 
-def test_through_ipfsreg_the_upstream_sent_each_layer_at_most_once_per_node(report: FleetReport) -> None:
-    # Today's fleet node is a pull-through cache: each node asks the upstream once per layer (its
-    # concurrent requests for one blob share one fetch), and never more. With the fleet mirror's
-    # peers-first mode the bound is "about once per blob for the whole fleet".
-    for name in ("cold", "rolling"):
-        result = report.scenario(name)
-        for layer in report.image.layers:
-            assert 1 <= result.upstream.blob_gets.get(layer.digest, 0) <= NODES, name
-            assert result.upstream.blob_bytes[layer.digest] <= NODES * layer.size, name
+def test_through_ipfsreg_the_upstream_sent_each_layer_about_once_for_the_whole_fleet(
+    report: FleetReport,
+) -> None:
+    # The fleet node asks its peers first: in a rolling wave the first node's copy serves the others;
+    # in a cold wave the nodes elect one upstream fetcher per layer and follow it (ipfsreg/registry/
+    # fleet.py), so each layer leaves the upstream about once, not once per node.
+    rolling = report.scenario("rolling")
+    for layer in report.image.layers:
+        assert rolling.upstream.blob_gets.get(layer.digest, 0) == 1
+    cold = report.scenario("cold")
+    for layer in report.image.layers:
+        assert 1 <= cold.upstream.blob_gets.get(layer.digest, 0) <= NODES
+        assert cold.upstream.blob_bytes[layer.digest] <= 1.25 * layer.size
+    for result in (rolling, cold):
         assert all(stats.cpu_seconds > 0 and stats.peak_rss_bytes > 0 for stats in result.node_stats)
 
 

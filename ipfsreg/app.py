@@ -19,17 +19,22 @@ import trio
 from ipfsreg.apifile import ApiSettings
 from ipfsreg.auth import auth_app
 from ipfsreg.blockstore import BlockNotFound, Datastore
+from ipfsreg.cid import CID
 from ipfsreg.config import Config, ConfigError
 from ipfsreg.control import create_control_app, serve_control
 from ipfsreg.gateway.routes import register_gateway
 from ipfsreg.gateway.settings import GatewaySettings
 from ipfsreg.gc import GcSettings, collector_for
 from ipfsreg.ipns.keystore import Keystore
-from ipfsreg.ipns.service import IpnsService, ValueRouting
+from ipfsreg.ipns.routing import HttpRecordRouting, RecordRouting, Route
+from ipfsreg.ipns.service import IpnsService
 from ipfsreg.ipns.settings import IpnsSettings
 from ipfsreg.ipns.validator import IpnsValidator
 from ipfsreg.metrics import Metrics, ObservedApp
-from ipfsreg.node.errors import BlockFetchTimeout, RecordNotFound
+from ipfsreg.mirror.node import NodeFleetPeers
+from ipfsreg.mirror.rules import check_settings
+from ipfsreg.mirror.settings import MirrorSettings
+from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, RecordNotFound
 from ipfsreg.node.identity import load_or_create_identity
 from ipfsreg.node.node import Node
 from ipfsreg.node.pnet_conn import load_swarm_key
@@ -41,6 +46,7 @@ from ipfsreg.node.settings import NodeSettings
 from ipfsreg.registry.app import (
     create_app,
     hypercorn_config,
+    mirror_parts,
     registry_store,
     serve_registry,
     set_ipns_resolver,
@@ -83,18 +89,17 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     on_started: Callable[[ServerInfo], None] | None = None,
     handle_signals: bool = True,
-    value_routing: ValueRouting | None = None,
 ) -> None:
-    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled.
-
-    IPNS records are put to and got from ``value_routing`` when given, else from the node's DHT.
-    """
+    """Run the IPFS node, the registry (with the gateway) and the control API until cancelled or signalled."""
     registry_settings: RegistrySettings = config.section("registry")
     api_settings: ApiSettings = config.section("api")
     gateway_settings: GatewaySettings = config.section("gateway")
     node_settings: NodeSettings = config.section("node")
     routing_settings: RoutingSettings = config.section("routing")
     gc_settings: GcSettings = config.section("gc")
+    mirror_settings: MirrorSettings = config.section("mirror")
+    for problem in check_settings(mirror_settings):
+        log.warning("%s", problem)
     ipns_settings: IpnsSettings = config.section("ipns")
     try:
         hypercorn_config(registry_settings)  # fail before anything starts on an unusable TLS setup
@@ -142,6 +147,8 @@ async def run_server(
             ):
                 if routing_settings.http_routers:
                     node.routing.add_content_router(http_routers)  # asked beside the DHTs
+                # In a private swarm (a swarm key) every peer may get private namespaces' content.
+                share_private = psk is not None
                 registry = create_app(
                     store,
                     registry_settings,
@@ -150,20 +157,31 @@ async def run_server(
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                     on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
+                    mirror=mirror_settings,
+                    fleet_peers=NodeFleetPeers(node),
+                    share_private=share_private,
                 )
-                routing = value_routing
-                if routing is None and isinstance(node, ValueRouting):
-                    routing = node  # the node's DHT (put_value / get_value), once it has one
-                if routing is None and routing_settings.http_routers:
-                    routing = LocalRouter(node, http_routers)  # records put to and got from HTTP routers
+                mirror = mirror_parts(registry)
+                if mirror.fleet is not None:
+                    node.blobs.serve(mirror.fleet.answer)
+                if mirror.privacy is not None and not share_private:
+                    privacy = mirror.privacy
+                    node.server.withhold = privacy.is_private_block
+
+                    def notify_public(cids: list[CID]) -> None:
+                        # Private blocks are neither served nor (provide strategy "all") provided.
+                        node.notify_new_blocks([cid for cid in cids if not privacy.is_private_block(cid)])
+
+                    registry_store(registry).on_blocks_stored = notify_public
                 ipns = IpnsService(
                     store,
                     registry_store(registry),
                     Keystore(config.data_dir),
                     ipns_settings,
-                    routing=routing,
+                    routing=ipns_routing(node, http_routers, ipns_validator),
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,
+                    on_committed=node.provide,  # the tag directory of every published record
                 )
                 registry_store(registry).on_tags_changed = ipns.notify_tags_changed
                 set_ipns_resolver(registry, ipns)
@@ -182,6 +200,7 @@ async def run_server(
                         validator=ipns_validator,
                         not_found=(NoRecord, RecordNotFound),
                         unavailable=(RoutingUnavailable,),
+                        refused=(InvalidRecord,),  # the node's store holds a better record
                         settings=RoutingServerSettings(lookup_timeout=routing_settings.http_timeout),
                     )
                 await nursery.start(ipns.run)
@@ -197,6 +216,7 @@ async def run_server(
                     registry=registry_store(registry),
                     source_factory=node.block_source,
                     spool_dir=config.data_dir,
+                    mirror_stats=mirror.stats,
                     registry_host=lambda: reference_host(next(iter(info.registry_urls), None)),
                     ipns=ipns,
                     routing=node.routing,
@@ -205,7 +225,7 @@ async def run_server(
                 # Outermost: metrics and the access log see every request, 401s included, and
                 # /metrics and /healthz stay outside authentication.
                 guarded = auth_app(registry, registry_settings)
-                observed = ObservedApp(guarded, Metrics(store, node), lambda: _health(store))
+                observed = ObservedApp(guarded, Metrics(store, node, mirror.stats), lambda: _health(store))
                 info.registry_urls = await servers.start(
                     _serve_registry, observed, registry_settings, shutdown_trigger
                 )
@@ -219,6 +239,14 @@ async def run_server(
             nursery.cancel_scope.cancel()  # the servers have stopped: stop the node and signal watcher
     finally:
         store.close()
+
+
+def ipns_routing(node: Node, http_routers: HttpRouters, validator: IpnsValidator) -> RecordRouting:
+    """Where IPNS records go and come from: the node's DHT, and the HTTP routers when configured."""
+    routes = [Route("DHT", node)]
+    if http_routers.routers:
+        routes.append(Route("HTTP routers", HttpRecordRouting(http_routers)))
+    return RecordRouting(routes, validator)
 
 
 def freeze_startup_heap() -> None:

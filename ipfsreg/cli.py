@@ -1,4 +1,4 @@
-"""The `ipfsreg` command line: serve, add, cat, get, export, import, routing, config.
+"""The `ipfsreg` command line: serve, add, cat, get, export, import, routing, config, mirror.
 
 Every command takes ``--data DIR`` (before or after the command name). Errors are printed as one
 line on stderr with exit status 1; usage errors exit with 2.
@@ -50,6 +50,13 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         choices=["debug", "info", "warning", "error", "critical"],
         help="log level",
     )
+
+
+def _mirror_entry(text: str) -> dict[str, str]:
+    registry, sep, url = text.partition("=")
+    if not sep or not registry or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected REGISTRY=http(s)://HOST[:PORT], got {text!r}")
+    return {"registry": registry, "url": url}
 
 
 def _nonnegative(text: str) -> int:
@@ -117,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p.add_argument("--upstream", metavar="URL", default=None, help="pull-through cache of this registry")
+    p.add_argument(
+        "--mirror",
+        dest="mirror_list",
+        metavar="REGISTRY=URL",
+        action="append",
+        type=_mirror_entry,
+        default=None,
+        help="mirror REGISTRY (its ?ns= name, e.g. docker.io) from URL (repeatable; [[mirror.upstream]])",
+    )
+    p.add_argument(
+        "--mirror-default",
+        metavar="URL",
+        default=None,
+        help="URL template for every other registry, e.g. 'https://{ns}' ([mirror] default_url)",
+    )
     p.add_argument("--upstream-username", metavar="USER", default=None)
     p.add_argument(
         "--htpasswd", metavar="FILE", default=None, help="bcrypt htpasswd file: turns on basic auth"
@@ -271,6 +293,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("config", cmd_config, "show the effective configuration")
     p.add_argument("action", choices=["show"])
+
+    p = command("mirror", cmd_mirror, "the fleet mirror: container runtime configuration, counters")
+    actions = p.add_subparsers(dest="mirror_action", required=True, metavar="ACTION")
+    q = actions.add_parser(
+        "config", help="print (or write) a container runtime's configuration to pull through this node"
+    )
+    _common(q, top=False)
+    q.add_argument("--runtime", required=True, choices=["containerd", "cri-o", "docker", "podman"])
+    q.add_argument(
+        "--registry",
+        metavar="REGISTRY",
+        action="append",
+        default=None,
+        help="registry to mirror (repeatable; default: those in [[mirror.upstream]], else docker.io)",
+    )
+    q.add_argument("--write", metavar="DIR", type=Path, default=None, help="write the files under DIR")
+    q.add_argument(
+        "--address",
+        metavar="URL",
+        default=None,
+        help="this node as the runtime reaches it (default from listen)",
+    )
+    q = actions.add_parser("stat", help="where the mirror's bytes came from: local, peers, upstream")
+    _common(q, top=False)
+    q.add_argument("--json", action="store_true")
     return parser
 
 
@@ -630,7 +677,11 @@ def cmd_name(args: argparse.Namespace, config: Config) -> int:
             result = backend.ipns_call("publish", key=list(args.args))
             lines = []
             for item in result["published"]:
-                routed = "routed" if item["routed"] else f"local only: {item['route_error']}"
+                routed = (
+                    f"stored by {item['stored']} peers"
+                    if item["routed"]
+                    else f"local only: {item['route_error']}"
+                )
                 lines.append(f"{item['name']} seq {item['sequence']} -> {item['value']} ({routed})")
         else:
             result = backend.ipns_call("resolve", arg=args.args[0])
@@ -647,6 +698,72 @@ def cmd_name(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(render_toml(config))
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace, config: Config) -> int:
+    if args.mirror_action == "stat":
+        with backend_for(config) as backend:
+            stat = backend.mirror_stat()
+        if args.json:
+            print(json.dumps(stat))
+        else:
+            _print_mirror_stat(stat)
+        return 0
+    return _mirror_config(args, config)
+
+
+def _print_mirror_stat(stat: dict[str, Any]) -> None:
+    total = sum(stat["bytes"].values()) or 1
+    print("source    blobs        bytes   share")
+    for source, count in stat["bytes"].items():
+        print(f"{source:<8} {stat['blobs'][source]:>6} {count:>12}  {100 * count / total:5.1f}%")
+    if stat["namespaces"]:
+        print("\nnamespace                       hits   misses")
+        for name, counts in stat["namespaces"].items():
+            print(f"{name:<30} {counts['hits']:>6} {counts['misses']:>8}")
+    print(
+        f"\nstale tags served: {stat['stale_tags']}   peers dropped: {stat['peer_failures']}   "
+        f"fetches that followed another node: {stat['coordinated']}"
+    )
+
+
+def _mirror_config(args: argparse.Namespace, config: Config) -> int:
+    from ipfsreg.mirror.rules import mirrored_namespaces, route
+    from ipfsreg.mirror.runtime import RuntimeConfigError, mirror_address, runtime_config
+    from ipfsreg.registry.names import canonical_namespace
+
+    mirror = config.section("mirror")
+    registry = config.section("registry")
+    registries: list[str] = []
+    for text in args.registry or mirrored_namespaces(mirror) or ["docker.io"]:
+        host = canonical_namespace(text)
+        if host is None:
+            raise CommandError(f"{text!r} is not a registry host (it needs a dot or a port, or is localhost)")
+        if host not in registries:
+            registries.append(host)
+    upstreams = {host: found.url for host in registries if (found := route(mirror, host, "")) is not None}
+    address = args.address or mirror_address(registry.listen, tls=registry.tls_cert is not None)
+    daemon_json = args.write / "daemon.json" if args.write is not None else None
+    existing = daemon_json.read_text() if daemon_json is not None and daemon_json.is_file() else None
+    try:
+        result = runtime_config(args.runtime, address, registries, upstreams, existing_daemon_json=existing)
+    except RuntimeConfigError as exc:
+        raise CommandError(str(exc)) from None
+    for item in result.files:
+        if args.write is None:
+            print(f"# --- {item.path} ---")
+            sys.stdout.write(item.content)
+            continue
+        path = args.write / item.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(item.content)
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+        print(f"wrote {path}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -695,6 +812,8 @@ _FLAG_OPTIONS = (
     ("node.swarm_key", "swarm_key"),
     ("node.mdns", "mdns"),
     ("registry.upstream", "upstream"),
+    ("mirror.upstream", "mirror_list"),
+    ("mirror.default_url", "mirror_default"),
     ("registry.upstream_username", "upstream_username"),
     ("registry.htpasswd", "htpasswd"),
     ("registry.anonymous_pull", "anonymous_pull"),

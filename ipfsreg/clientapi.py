@@ -97,6 +97,8 @@ class Backend(Protocol):
 
     def connect(self, multiaddr: str) -> str: ...
 
+    def mirror_stat(self) -> dict[str, Any]: ...
+
     def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]: ...
 
     def provide(self, cids: Sequence[CID]) -> list[dict[str, Any]]: ...
@@ -293,6 +295,9 @@ class LocalBackend:
     def connect(self, multiaddr: str) -> str:
         raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
 
+    def mirror_stat(self) -> dict[str, Any]:
+        raise ControlApiError(f"no server is running on {self.config.data_dir}: start `ipfsreg serve` first")
+
     def find_providers(self, cid: CID, limit: int) -> Iterator[dict[str, Any]]:
         raise self._needs_server("routing findprovs")
 
@@ -461,6 +466,10 @@ class RemoteBackend:
 
     def connect(self, multiaddr: str) -> str:
         return str(self.request_json("POST", "/connect", params={"arg": multiaddr})["peer_id"])
+
+    def mirror_stat(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request_json("GET", "/mirror/stat")
+        return result
 
     def publish(self, name: str, tag: str) -> dict[str, str]:
         return dict(self.request_json("POST", "/image/publish", params={"arg": f"{name}:{tag}"}))

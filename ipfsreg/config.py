@@ -91,6 +91,7 @@ _LAYER_SECTIONS: Final = (
     ("registry", "ipfsreg.registry.settings", "RegistrySettings"),
     ("gateway", "ipfsreg.gateway.settings", "GatewaySettings"),
     ("gc", "ipfsreg.gc", "GcSettings"),
+    ("mirror", "ipfsreg.mirror.settings", "MirrorSettings"),
     ("ipns", "ipfsreg.ipns.settings", "IpnsSettings"),
 )
 

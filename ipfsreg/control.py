@@ -18,6 +18,7 @@ as Kubo does. Routes (all under ``/api/v0``):
     POST /image/tag?arg=CID&name=NAME[:TAG][&ref=REF]    (image blocks already local)
     POST /gc?dry-run=            garbage collection (see ipfsreg/gc.py)
     GET  /id, GET /peers, POST /connect?arg=MULTIADDR   (when the node runs)
+    GET  /mirror/stat            the mirror's counters: bytes by source, hits and misses by namespace
     GET  /routing/findprovs?arg=CID[&limit=N]   providers as they are found: NDJSON {"peer_id", "addrs"}
     POST /routing/provide?arg=CID...            announce now -> {"provided": [{"cid", "peers"}]}
     GET  /routing/findpeer?arg=PEER_ID          {"peer_id", "addrs"}
@@ -62,6 +63,7 @@ from ipfsreg.ipns import ops as ipns_ops
 from ipfsreg.ipns.keystore import KeystoreError
 from ipfsreg.ipns.record import IpnsError, NameNotFound
 from ipfsreg.ipns.service import IpnsService
+from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.errors import BlockFetchTimeout, InvalidRecord, NodeError, RecordNotFound, RoutingError
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.ops import BlockSink, OpsError, cat, parse_cid_path
@@ -213,6 +215,7 @@ def create_control_app(
     registry: RegistryStore | None = None,
     source_factory: Callable[[], Any] | None = None,
     spool_dir: Path | None = None,
+    mirror_stats: MirrorStats | None = None,
     registry_host: Callable[[], str | None] | None = None,
     ipns: IpnsService | None = None,
     routing: RoutingControl | None = None,
@@ -412,6 +415,12 @@ def create_control_app(
         except NodeError as exc:
             raise ApiError(502, str(exc), "connect-failed") from None
         return _json({"connected": addr, "peer_id": peer})
+
+    @app.get(f"{PREFIX}/mirror/stat")
+    async def get_mirror_stat() -> Response:
+        if mirror_stats is None:
+            raise ApiError(503, "the mirror is not running in this server", "no-mirror")
+        return _json(mirror_stats.as_json())
 
     def need_routing() -> RoutingControl:
         if routing is None:

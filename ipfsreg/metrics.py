@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ipfsreg.blockstore import Datastore
 from ipfsreg.httpserver import ZEROCOPY_SEND, loggable_headers
+from ipfsreg.mirror.stats import SOURCES, MirrorStats
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -115,10 +116,54 @@ class _StoreCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
 
 
+class _MirrorCollector(Collector):
+    """``ipfsreg_mirror_*``: where blob bytes came from, hits and misses by namespace."""
+
+    def __init__(self, stats: MirrorStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.stats
+        by_source = CounterMetricFamily(
+            "ipfsreg_mirror_bytes",
+            "Blob bytes the mirror delivered, by where they came from",
+            labels=["source"],
+        )
+        blobs = CounterMetricFamily(
+            "ipfsreg_mirror_blobs", "Blobs the mirror served locally or fetched, by source", labels=["source"]
+        )
+        for source in SOURCES:
+            by_source.add_metric([source], stats.bytes[source])
+            blobs.add_metric([source], stats.blobs[source])
+        yield by_source
+        yield blobs
+        requests = CounterMetricFamily(
+            "ipfsreg_mirror_requests",
+            "Mirrored blob requests by namespace ('-': none), served locally (hit) or fetched (miss)",
+            labels=["namespace", "result"],
+        )
+        for name in sorted(set(stats.hits) | set(stats.misses)):
+            requests.add_metric([name, "hit"], stats.hits[name])
+            requests.add_metric([name, "miss"], stats.misses[name])
+        yield requests
+        for name, doc, value in (
+            ("ipfsreg_mirror_stale_tags", "Tags served from the last known digest", stats.stale_tags),
+            ("ipfsreg_mirror_peer_failures", "Peers dropped while serving a blob", stats.peer_failures),
+            (
+                "ipfsreg_mirror_coordinated_fetches",
+                "Blobs fetched from a fleet node's own fetch",
+                stats.coordinated,
+            ),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
 class Metrics:
     """The metric set of one server (its own CollectorRegistry, so tests can run several)."""
 
-    def __init__(self, store: Datastore, node: HasStats | None = None) -> None:
+    def __init__(
+        self, store: Datastore, node: HasStats | None = None, mirror: MirrorStats | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ipfsreg_http_requests",
@@ -140,6 +185,8 @@ class Metrics:
             "ipfsreg_http_response_bytes", "Response body bytes sent", ["route"], registry=self.registry
         )
         self.registry.register(_StoreCollector(store, node))
+        if mirror is not None:
+            self.registry.register(_MirrorCollector(mirror))
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

@@ -35,6 +35,7 @@ def published_json(published: Published) -> dict[str, Any]:
         "repositories": published.repositories,
         "skipped": published.skipped,
         "routed": published.routed,
+        "stored": published.stored,
         "route_error": published.route_error,
     }
 

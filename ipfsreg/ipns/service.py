@@ -3,10 +3,15 @@
 - Publishing: a repository bound to a key (``ipfsreg name bind`` or an ``[[ipns.bind]]`` rule) gets, on
   every tag push or delete (the registry calls :meth:`IpnsService.notify_tags_changed`), a new record of
   that key whose value is the key's tag directory (see ``tagdir``): sequence + 1, EOL = now + lifetime.
-  The record is stored locally first (the gateway serves it at once), then put to the routing system
-  (``put_value`` under ``/ipns/<multihash>``). Every ``republish_interval`` every published name is
-  signed again (sequence + 1, new EOL) and put again, so it never expires in the network.
-- Resolving: the routing system's best record (``get_value``; the node's DHT, then its HTTP routers) is
+  The record is stored locally first (the gateway serves it at once), the directory's root is provided
+  (``on_committed``: the node's ``provide``, so resolvers find who holds the blocks), then the record is
+  put to the routing system (``routing.py``: the DHT's PUT_VALUE under ``/ipns/<multihash>`` and the
+  HTTP routers); the puts of one name run one at a time, and a record is not put once a newer one is
+  signed, so no route is left holding an older record than the last one put. Every
+  ``republish_interval`` every published name is signed again (sequence + 1, new EOL) and put again,
+  so it never expires in the network; at start a record that old is signed again and every current
+  one is put again; a record that no peer stored is put again after 30 s, 60 s, ...
+- Resolving: the routing system's best record (``get_value``: the node's DHT and its HTTP routers) is
   verified here too, compared with the stored one and kept if better; a forged, expired or
   lower-sequence record never replaces a valid one, and when the network has none the stored record
   is used while it is valid. A name this node publishes resolves to its own record.
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import trio
 
@@ -46,6 +51,7 @@ from ipfsreg.ipns.record import (
     value_cid,
     verify_record,
 )
+from ipfsreg.ipns.routing import ValueRouting
 from ipfsreg.ipns.settings import FollowRule, IpnsSettings
 from ipfsreg.ipns.store import IpnsStore
 from ipfsreg.unixfs.exporter import BlockSource
@@ -54,15 +60,8 @@ log = logging.getLogger(__name__)
 
 CIDsStored = Callable[[list[CID]], None]
 RECENT_IMAGES = 16  # images remembered per (name, repository) for pulls by digest
-
-
-@runtime_checkable
-class ValueRouting(Protocol):
-    """Where records are put and found: the node's DHT (``node.put_value`` / ``node.get_value``)."""
-
-    async def put_value(self, key: bytes, value: bytes) -> None: ...
-
-    async def get_value(self, key: bytes) -> bytes: ...
+REROUTE_FIRST = 30.0  # seconds before a record that no peer stored is put again (then doubled)
+REROUTE_CHECK = 5.0  # seconds between looks for such records
 
 
 @dataclass
@@ -72,7 +71,8 @@ class Published:
     record: IpnsRecord
     repositories: list[str]
     skipped: list[str] = field(default_factory=list)
-    routed: bool = False  # put to the routing system
+    routed: bool = False  # stored by at least one peer or router
+    stored: int = 0  # how many peers and routers stored it
     route_error: str = ""
 
 
@@ -95,6 +95,7 @@ class IpnsService:
         routing: ValueRouting | None = None,
         source_factory: SourceFactory | None = None,
         on_blocks_stored: CIDsStored | None = None,
+        on_committed: CIDsStored | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.datastore = datastore
@@ -104,6 +105,7 @@ class IpnsService:
         self.routing = routing
         self.source_factory = source_factory
         self.on_blocks_stored = on_blocks_stored
+        self.on_committed = on_committed
         self.clock_ns = clock_ns
         self.store = IpnsStore(datastore)
         self._dirty: set[str] = set()
@@ -112,6 +114,10 @@ class IpnsService:
         self._cache: dict[bytes, tuple[IpnsRecord, float]] = {}
         self._recent: dict[tuple[str, str], list[CID]] = {}  # (name, repository) -> images resolved last
         self._last_rejection: dict[bytes, str] = {}  # why the network's record of a name was refused
+        self._unrouted: dict[str, tuple[float, float]] = {}  # key -> (when to put again, pause before)
+        self._last_miss: dict[bytes, Exception] = {}  # why the network had no record of a name
+        self._provided_roots: dict[bytes, CID] = {}  # followed name -> the tag directory provided last
+        self._route_locks: dict[bytes, trio.Lock] = {}  # own name -> held while one of its records is put
 
     # --- bindings ------------------------------------------------------------------------------
 
@@ -192,8 +198,11 @@ class IpnsService:
                 )
         return tagdir.build_tag_directory(images)
 
-    async def publish(self, key_name: str, *, republish: bool = False) -> Published:
-        """Publish ``key_name``'s tag directory if it changed (or ``republish``), then route the record."""
+    async def publish(self, key_name: str, *, republish: bool = False, reroute: bool = False) -> Published:
+        """Sign a new record of ``key_name``'s tag directory if it changed, if ``republish``, or if the
+        current record is older than ``republish_interval``; then announce its root (``on_committed``)
+        and put the record to the routing system. An unchanged, recent record is put again only when
+        ``reroute`` (at start, or when no peer stored it)."""
         async with self._publish_lock:
             key = self.keystore.get(key_name)
             name = key.ipns_name
@@ -207,29 +216,58 @@ class IpnsService:
             current = self.store.record(name)
             if current is None:
                 current = await self._network_record(name)
-            if current is not None and current.value_text == value and not republish:
-                return Published(key_name, name, current, repositories, directory.skipped)
-            with self.datastore.batch(sync=True) as batch:
-                for block in directory.blocks:
-                    batch.put_block(block.cid, block.data, verify=False)
-            self._announce([block.cid for block in directory.blocks])
-            sequence = 0 if current is None else current.sequence + 1
+                if current is not None:
+                    self.store.offer(name, current)  # the sequence to continue from
             now = self.clock_ns()
-            raw = create_record(
-                key.private_key,
-                value,
-                sequence,
-                now + int(self.settings.lifetime * NANOSECONDS),
-                int(self.settings.ttl * NANOSECONDS),
-                v1_compatible=self.settings.v1_compatible,
-            )
-            record = verify_record(raw, name, now_ns=now)
-            self.store.offer(name, record)
-            self._cache.pop(name.multihash, None)
-            published = Published(key_name, name, record, repositories, directory.skipped)
+            if (
+                current is not None
+                and current.value_text == value
+                and not republish
+                and not current.expired(now)
+                and not self._due(current, now)
+            ):
+                published = Published(key_name, name, current, repositories, directory.skipped)
+                if not reroute:
+                    return published
+                self._announce_root(directory.root)
+            else:
+                published = self._sign(key, value, current, directory, repositories, now)
+                log.info("ipns: published %s seq %d -> %s", name, published.record.sequence, value)
         await self._route(published)
-        log.info("ipns: published %s seq %d -> %s", name, record.sequence, value)
         return published
+
+    def _sign(
+        self,
+        key: NamedKey,
+        value: str,
+        current: IpnsRecord | None,
+        directory: tagdir.TagDirectory,
+        repositories: list[str],
+        now: int,
+    ) -> Published:
+        """Store the tag directory and a new record of it (sequence + 1, EOL = now + lifetime)."""
+        with self.datastore.batch(sync=True) as batch:
+            for block in directory.blocks:
+                batch.put_block(block.cid, block.data, verify=False)
+        self._announce([block.cid for block in directory.blocks])
+        self._announce_root(directory.root)
+        raw = create_record(
+            key.private_key,
+            value,
+            0 if current is None else current.sequence + 1,
+            now + int(self.settings.lifetime * NANOSECONDS),
+            int(self.settings.ttl * NANOSECONDS),
+            v1_compatible=self.settings.v1_compatible,
+        )
+        record = verify_record(raw, key.ipns_name, now_ns=now)
+        self.store.offer(key.ipns_name, record)
+        self._cache.pop(key.ipns_name.multihash, None)
+        return Published(key.name, key.ipns_name, record, repositories, directory.skipped)
+
+    def _due(self, record: IpnsRecord, now_ns: int) -> bool:
+        """Whether ``record`` was signed ``republish_interval`` ago or more (judged by its EOL)."""
+        left = (record.eol_ns - now_ns) / NANOSECONDS
+        return left <= self.settings.lifetime - self.settings.republish_interval
 
     def _announce(self, cids: list[CID]) -> None:
         if self.on_blocks_stored is not None and cids:
@@ -238,17 +276,51 @@ class IpnsService:
             except Exception:
                 log.exception("ipns: on_blocks_stored failed")
 
+    def _announce_root(self, root: CID) -> None:
+        """Provide the tag directory (``on_committed``: the node's ``provide``), so that a node that
+        resolved the name finds who holds the blocks behind it, not only among its connected peers."""
+        if self.on_committed is not None:
+            try:
+                self.on_committed([root])
+            except Exception:
+                log.exception("ipns: on_committed failed")
+
     async def _route(self, published: Published) -> None:
         if self.routing is None:
             published.route_error = "no routing system (DHT) in this node: the record is only local"
             return
+        # The puts of one name never overlap and never go backwards: an HTTP router may keep whatever
+        # was put last, so the put of seq N must have ended before seq N+1's starts, and seq N is not
+        # put at all once N+1 is signed (its own put follows, or already ended).
+        lock = self._route_locks.setdefault(published.name.multihash, trio.Lock())
+        async with lock:
+            newest = self.store.record(published.name)
+            if newest is not None and compare(newest, published.record) > 0:
+                published.route_error = (
+                    f"not put: sequence {newest.sequence} was signed meanwhile and is put instead"
+                )
+                return
+            await self._put(self.routing, published)
+
+    async def _put(self, routing: ValueRouting, published: Published) -> None:
         try:
             with trio.fail_after(self.settings.resolve_timeout):
-                await self.routing.put_value(published.name.routing_key(), published.record.raw)
-            published.routed = True
+                published.stored = await routing.put_value(published.name.routing_key(), published.record.raw)
         except Exception as exc:  # the routing layer's errors are its own; the record stays local
             published.route_error = f"put_value failed: {exc or type(exc).__name__}"
-            log.warning("ipns: could not route %s: %s", published.name, published.route_error)
+        else:
+            if published.stored > 0:
+                published.routed = True
+                self._unrouted.pop(published.key, None)
+                return
+            published.route_error = (
+                "no DHT peer (or HTTP router) stored it: this node serves it to those who ask, and puts "
+                "it again later"
+            )
+        _when, pause = self._unrouted.get(published.key, (0.0, REROUTE_FIRST / 2))
+        pause = min(pause * 2, self.settings.republish_interval)
+        self._unrouted[published.key] = (trio.current_time() + pause, pause)
+        log.warning("ipns: could not route %s: %s", published.name, published.route_error)
 
     async def _network_record(self, name: IpnsName) -> IpnsRecord | None:
         """The routing system's valid record of ``name``, or None (not found, invalid or no routing)."""
@@ -257,8 +329,13 @@ class IpnsService:
         try:
             with trio.fail_after(self.settings.resolve_timeout):
                 raw = await self.routing.get_value(name.routing_key())
+        except InvalidRecord as exc:  # only invalid records were found: say why they were refused
+            log.warning("ipns: rejected the routing system's record of %s: %s", name, exc)
+            self._last_rejection[name.multihash] = str(exc)
+            return None
         except Exception as exc:  # not found, timed out, or the routing layer failed
             log.info("ipns: no record of %s from the routing system: %s", name, exc or type(exc).__name__)
+            self._last_miss[name.multihash] = exc
             return None
         try:
             return verify_record(raw, name, now_ns=self.clock_ns())
@@ -285,6 +362,7 @@ class IpnsService:
             if own is not None and not own.expired(now):
                 return own
         self._last_rejection.pop(name.multihash, None)
+        self._last_miss.pop(name.multihash, None)
         found = await self._network_record(name)
         if found is not None:
             self.store.offer(name, found)
@@ -296,10 +374,14 @@ class IpnsService:
             reason = self._last_rejection.get(name.multihash)
             if reason:
                 raise InvalidRecord(f"no valid record of {name}: {reason}")
+            miss = self._last_miss.pop(name.multihash, None)
+            if isinstance(miss, NameNotFound):
+                raise NameNotFound(str(miss))  # which routes were asked, and how those that failed did
             where = (
                 "from the routing system" if self.routing is not None else "locally (this node has no DHT)"
             )
-            raise NameNotFound(f"no record of {name} found {where}")
+            detail = f" ({miss or type(miss).__name__})" if miss is not None else ""
+            raise NameNotFound(f"no record of {name} found {where}{detail}")
         if best.expired(now):
             raise RecordExpired(f"the last known record of {name} expired at {best.validity.decode()}")
         ttl = min(best.ttl / NANOSECONDS, self.settings.ttl) if best.ttl else self.settings.ttl
@@ -420,6 +502,12 @@ class IpnsService:
                 report.pulled.append(label)
         if report.pulled:
             log.info("ipns: %s seq %d: pulled %s", name, record.sequence, ", ".join(report.pulled))
+        root = value_cid(record)[0]
+        if not report.failed and self._provided_roots.get(name.multihash) != root:
+            # This node now holds the whole tag directory (listing it fetched every node of it) and
+            # the images it follows: it is one more provider for whoever resolves the name.
+            self._announce_root(root)
+            self._provided_roots[name.multihash] = root
         return report
 
     async def _follow_loop(self, rule: FollowRule) -> None:
@@ -435,12 +523,17 @@ class IpnsService:
     # --- the service task ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Publish on tag changes, republish every ``republish_interval``, follow names; until cancelled."""
+        """Publish on tag changes, republish every ``republish_interval``, put again records no peer
+        stored, follow names; until cancelled."""
         async with trio.open_nursery() as nursery:
             for rule in self.settings.follow:
                 nursery.start_soon(self._follow_loop, rule)
             nursery.start_soon(self._republish_loop)
-            self._dirty.update(self.bound_keys())  # a restart publishes what changed while it was down
+            nursery.start_soon(self._reroute_loop)
+            # A restart publishes what changed while it was down, signs again what is due, and puts
+            # every current record to the DHT again (its peers keep records 36 h at most).
+            at_start = set(self.bound_keys())
+            self._dirty.update(at_start)
             self._wake.set()
             task_status.started()
             while True:
@@ -448,11 +541,12 @@ class IpnsService:
                 self._wake = trio.Event()
                 dirty, self._dirty = self._dirty, set()
                 for key in sorted(dirty):
-                    await self._publish_logged(key, republish=False)
+                    await self._publish_logged(key, reroute=key in at_start)
+                    at_start.discard(key)
 
-    async def _publish_logged(self, key: str, *, republish: bool) -> None:
+    async def _publish_logged(self, key: str, *, republish: bool = False, reroute: bool = False) -> None:
         try:
-            await self.publish(key, republish=republish)
+            await self.publish(key, republish=republish, reroute=reroute)
         except IpnsError as exc:
             log.warning("ipns: cannot publish key %s: %s", key, exc)
         except Exception:
@@ -463,3 +557,17 @@ class IpnsService:
             await trio.sleep(self.settings.republish_interval)
             for key in self.bound_keys():
                 await self._publish_logged(key, republish=True)
+
+    async def _reroute_loop(self) -> None:
+        """Put again the records that no peer stored (the DHT was empty or unreachable then), after
+        REROUTE_FIRST seconds, then after twice as long each time, up to ``republish_interval``."""
+        while True:
+            await trio.sleep(REROUTE_CHECK)
+            if not self._unrouted:
+                continue
+            bound, now = set(self.bound_keys()), trio.current_time()
+            for key, (when, _pause) in sorted(self._unrouted.items()):
+                if key not in bound:
+                    del self._unrouted[key]  # unbound or removed meanwhile: nothing to put
+                elif when <= now:
+                    await self._publish_logged(key, reroute=True)

@@ -34,6 +34,7 @@ from ipfsreg.node.bitswap.client import BitswapClient
 from ipfsreg.node.bitswap.message import Message
 from ipfsreg.node.bitswap.network import BitswapNetwork
 from ipfsreg.node.bitswap.server import BitswapServer
+from ipfsreg.node.blobs.service import BlobService
 from ipfsreg.node.blocksource import NetworkBlockSource
 from ipfsreg.node.discovery.mdns import MdnsDiscovery
 from ipfsreg.node.errors import NodeError, ProtocolViolation
@@ -108,6 +109,8 @@ class Node:
             datastore.blocks, self.network, settings, on_blocks_stored=self._fetched_blocks_stored
         )
         self.peering = Peering(self.host, settings.peers, max_backoff=settings.peering_max_backoff)
+        # Fleet peers ask each other about OCI blobs by digest (the registry answers: blobs.serve).
+        self.blobs = BlobService(self.host)
         self.network.on_message = self._on_message
         self.network.on_violation = self.client.penalise
         self.network.on_peer_connected = self.client.peer_connected
@@ -147,6 +150,7 @@ class Node:
                 await nursery.start(self.network.run)
                 await nursery.start(self.server.run)
                 await nursery.start(self.peering.run)
+                await nursery.start(self.blobs.run)
                 await nursery.start(self.routing.run)
                 await nursery.start(self.provider_search.run)
                 self._running = True

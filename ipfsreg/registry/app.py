@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -23,11 +24,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ipfsreg import httpserver
 from ipfsreg.blockstore import BlockstoreError, Datastore
+from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory
 from ipfsreg.httpserver import EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS
+from ipfsreg.mirror.rules import path_namespace, private_namespaces
+from ipfsreg.mirror.settings import MirrorSettings
+from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.registry import coalesce, zerocopy
 from ipfsreg.registry.body import StreamingBody
+from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.fleet import Fleet, FleetPeers
 from ipfsreg.registry.handlers import blobs, catalog, ipfs, ipns, manifests, referrers, tags, uploads
 from ipfsreg.registry.handlers.base import (
     API_VERSION_HEADER,
@@ -37,8 +44,17 @@ from ipfsreg.registry.handlers.base import (
     error_response,
     get_base,
 )
-from ipfsreg.registry.names import check_name, check_request_path, ipfs_repository_cid, ipns_repository
+from ipfsreg.registry.names import (
+    check_name,
+    check_request_path,
+    ipfs_repository_cid,
+    ipns_repository,
+    parse_namespace,
+    qualified_name,
+)
 from ipfsreg.registry.priority import CURRENT_TURN, Priority, Turn, bulk_chunks
+from ipfsreg.registry.private import PrivateContent
+from ipfsreg.registry.proxy import RequestScope, current_scope, enter_scope, response_headers
 from ipfsreg.registry.routes import ALLOWED_METHODS, Route, match_route
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import BlocksStored, RegistryStore
@@ -170,30 +186,54 @@ async def dispatch(ctx: Context, req: Request, route: Route) -> Response:
         if method == "DELETE" and method in ALLOWED_METHODS[route.kind]:
             detail["reason"] = "deletes are disabled on this registry"
         raise RegistryError("UNSUPPORTED", detail, headers={"Allow": ", ".join(allowed)})
+    scope = _enter_namespace(ctx, req, route)
     if route.kind == "base":
         return await get_base(ctx, req)
     if route.kind == "catalog":
         return await catalog.list_catalog(ctx, req)
-    ipns_repo = ipns_repository(route.name)
-    if ipns_repo is not None:
-        return await ipns.dispatch(ctx, req, route, *ipns_repo)
-    ipfs_root = ipfs_repository_cid(route.name)
-    if ipfs_root is not None:
-        return await ipfs.dispatch(ctx, req, route, ipfs_root)
-    check_name(route.name)
+    name = route.name
+    if scope.from_query:
+        # Another registry's repository, pulled through this mirror (ipfs/ and ipns/ names included:
+        # docker.io/ipfs/... is a Docker Hub repository).
+        name = qualified_name(scope.namespace, check_name(route.name))
+    else:
+        ipns_repo = ipns_repository(route.name)
+        if ipns_repo is not None:
+            return await ipns.dispatch(ctx, req, route, *ipns_repo)
+        ipfs_root = ipfs_repository_cid(route.name)
+        if ipfs_root is not None:
+            return await ipfs.dispatch(ctx, req, route, ipfs_root)
+        check_name(route.name)
     handler = _HANDLERS[(route.kind, method)]
     if route.kind in ("uploads", "tags"):
-        return await handler(ctx, req, route.name)
-    return await handler(ctx, req, route.name, route.ref)
+        return await handler(ctx, req, name)
+    return await handler(ctx, req, name, route.ref)
+
+
+def _enter_namespace(ctx: Context, req: Request, route: Route) -> RequestScope:
+    """The request's registry namespace: ``?ns=`` (containerd, the OCI proxying spec), or a name's
+    first component when it is a mirrored registry (CRI-O and podman mirrors with a path)."""
+    scope = RequestScope()
+    raw = req.args.get("ns")
+    if raw is not None:
+        scope.namespace, scope.from_query = parse_namespace(raw), True
+    elif ctx.mirror is not None and route.name:
+        found = path_namespace(ctx.mirror, route.name)
+        if found is not None:
+            scope.namespace = found[0]
+    enter_scope(scope)
+    return scope
 
 
 _WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 
 
 def _answerable(route_kind: str, settings: RegistrySettings) -> tuple[str, ...]:
-    """The Allow header of a handler's 405: a pull-through cache refuses every write."""
+    """The Allow header of a handler's 405: a pull-through cache refuses every write, and so does
+    a request through ``?ns=`` (another registry's repositories)."""
     methods = allowed_methods(route_kind, settings)
-    return tuple(m for m in methods if m not in _WRITES) if settings.upstream else methods
+    read_only = settings.upstream or current_scope().from_query
+    return tuple(m for m in methods if m not in _WRITES) if read_only else methods
 
 
 def create_app(
@@ -205,6 +245,9 @@ def create_app(
     source_factory: SourceFactory | None = None,
     on_blocks_stored: BlocksStored | None = None,
     on_committed: BlocksStored | None = None,
+    mirror: MirrorSettings | None = None,
+    fleet_peers: FleetPeers | None = None,
+    share_private: bool = False,
 ) -> RegistryApp:
     """The registry app over ``datastore``; reads go through ``block_source`` (default: local blocks).
 
@@ -213,6 +256,11 @@ def create_app(
     ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
     CIDs of every batch of blocks that uploads and manifest pushes commit. ``on_committed`` (e.g.
     ``node.provide``) gets the CID of every blob, manifest and image directory once it is stored.
+
+    ``mirror`` routes ``?ns=`` requests to their upstreams; ``fleet_peers`` (the p2p node, adapted)
+    makes the mirror ask fleet peers for missing blobs first and answer theirs (see
+    :func:`mirror_parts`); ``share_private``: the node is in a private swarm, where private
+    namespaces' content may be served to peers.
     """
     settings = settings if settings is not None else RegistrySettings()
     high_water_bytes = settings.body_buffer_bytes
@@ -229,7 +277,21 @@ def create_app(
         max_uploads_per_client=settings.max_uploads_per_client,
         upload_memory_bytes=settings.upload_memory_bytes,
     )
-    ctx = Context(store, settings, source_factory)
+    ctx = Context(store, settings, source_factory, mirror=mirror)
+    if mirror is not None and private_namespaces(mirror):
+        ctx.privacy = PrivateContent(datastore)
+    if fleet_peers is not None:
+        privacy = ctx.privacy
+        ctx.fleet = Fleet(
+            fleet_peers,
+            local_blob=lambda digest: _local_blob(store, digest),
+            is_private=(lambda digest: privacy.is_private_blob(digest)) if privacy is not None else _never,
+            stats=ctx.mirror_stats,
+            share_private=share_private,
+            peer_timeout=(mirror or MirrorSettings()).peer_timeout,
+            stall_timeout=(mirror or MirrorSettings()).peer_stall_timeout,
+            claim_settle=(mirror or MirrorSettings()).claim_settle,
+        )
     app = RegistryApp(__name__)
     app.peak_body_buffered = 0
     app.priority = Priority()
@@ -253,6 +315,7 @@ def create_app(
     async def handle(path: str = "") -> Response:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         head = req.method == "HEAD"
+        enter_scope(RequestScope())
         route: Route | None = None
         try:
             raw_path: bytes = req.scope.get("raw_path") or req.path.encode()
@@ -271,6 +334,7 @@ def create_app(
             log.exception("storage error serving %s %s", req.method, req.path)
             response = error_response(RegistryError("UNKNOWN", {"reason": str(exc)}, status=500), head=head)
         response.headers.update(API_VERSION_HEADER)
+        response.headers.update(response_headers())
         return response
 
     # No URL rewriting by the router: its slash-merging and trailing-slash redirects answer with an
@@ -317,6 +381,33 @@ def create_app(
     app.add_url_rule("/v2/", "registry_base", handle, methods=_ALL_METHODS)
     app.add_url_rule("/v2/<path:path>", "registry", handle, methods=_ALL_METHODS)
     return app
+
+
+def _local_blob(store: RegistryStore, digest: str) -> tuple[CID, int] | None:
+    try:
+        info = store.blob_info(parse_digest(digest))
+    except RegistryError:
+        return None
+    return None if info is None else (info.cid, info.size)
+
+
+def _never(digest: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class MirrorParts:
+    """What the composition wires to the node and to /metrics."""
+
+    fleet: Fleet | None
+    stats: MirrorStats
+    privacy: PrivateContent | None
+
+
+def mirror_parts(app: QuartTrio) -> MirrorParts:
+    """The fleet coordinator (answer peers with ``fleet.answer``), counters and private content."""
+    ctx: Context = app.extensions["ipfsreg.registry"]
+    return MirrorParts(ctx.fleet, ctx.mirror_stats, ctx.privacy)
 
 
 def set_ipns_resolver(app: QuartTrio, resolver: IpnsResolver | None) -> None:

@@ -86,6 +86,47 @@ def ipfs_repository_name(cid: CID) -> str:
     return IPFS_PREFIX + str(cid.to_v1())
 
 
+# --- registry hosts, as ``?ns=`` names them (docker reference grammar: domain[:port]) -----------
+
+_DOMAIN_COMPONENT: Final = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])"
+NAMESPACE_RE: Final = re.compile(
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?"
+)
+MAX_NAMESPACE_LENGTH: Final = 253
+DOCKER_HUB: Final = "docker.io"
+_DOCKER_HUB_ALIASES: Final = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def canonical_namespace(text: str) -> str | None:
+    """The registry host ``text`` names (lower case; Docker Hub's aliases as ``docker.io``), or None.
+
+    As in docker's reference grammar, a host has a dot or a port, or is ``localhost``: anything else
+    (``library``, ``ipfs``) is the first component of a repository name, never a registry.
+    """
+    host = text.lower()
+    if len(host) > MAX_NAMESPACE_LENGTH or NAMESPACE_RE.fullmatch(host) is None:
+        return None
+    if not ("." in host or ":" in host or host == "localhost"):
+        return None
+    return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
+
+
+def parse_namespace(text: str) -> str:
+    """The canonical registry host of an ``ns`` query parameter, or NAME_INVALID."""
+    host = canonical_namespace(text)
+    if host is None:
+        raise RegistryError(
+            "NAME_INVALID",
+            {"ns": text[:300], "reason": "ns must name a registry host (e.g. docker.io or host:port)"},
+        )
+    return host
+
+
+def qualified_name(namespace: str, name: str) -> str:
+    """The repository that holds ``name`` pulled through registry ``namespace``: ``<namespace>/<name>``."""
+    return f"{namespace}/{name}"
+
+
 IPNS_PREFIX: Final = "ipns/"
 
 

@@ -60,6 +60,7 @@ from ipfsreg.blockstore import BlockstoreError, Datastore, WriteBatch
 from ipfsreg.blockstore.store import Lease
 from ipfsreg.cid import CID, decode_varint, encode_varint
 from ipfsreg.excgroups import leaves
+from ipfsreg.node.blobs.protocol import digest_cid
 from ipfsreg.oci.blobs import layout_blob
 from ipfsreg.oci.errors import LayoutError
 from ipfsreg.oci.layout import LayoutBlob, LayoutResult, build_image_layout
@@ -96,6 +97,8 @@ CLIENT_RETRY_SECONDS: Final = 60
 _PURGE_EVERY_SECONDS: Final = 60.0
 
 BlocksStored = Callable[[list[CID]], None]
+# Called with the batch that will commit these blocks (e.g. to mark them private in the same batch).
+BatchTagger = Callable[[WriteBatch, list[CID]], None]
 # A batch of an upload's blocks on its way to LevelDB (None: nothing to write), its CIDs, and the
 # memory-budget bytes of the pieces whose blocks it completes (given back once it is committed).
 _Batch = tuple[WriteBatch | None, list[CID], int]
@@ -184,6 +187,13 @@ class Upload:
     pending_bytes: int = 0
     broken: bool = False
     lease: Lease | None = None
+    # The mirror's hooks: ``tag_blocks`` sees every batch of the upload's blocks before it commits,
+    # ``on_commit`` gets the blocks of each batch, in order, once they are stored (and servable).
+    tag_blocks: BatchTagger | None = None
+    on_commit: Callable[[list[Block]], None] | None = None
+    committing: list[list[Block]] = field(default_factory=list)
+    # Announce the finished blob to ``on_committed`` (content routing); a private namespace's is not.
+    announce: bool = True
     client: str = ""
     """Who opened the session (``user:NAME`` or ``addr:IP``), for the per-client cap."""
 
@@ -602,7 +612,7 @@ class RegistryStore:
                 pieces_in, pieces_out = trio.open_memory_channel[list[bytes]](1)
                 batches_in, batches_out = trio.open_memory_channel[_Batch](1)
                 nursery.start_soon(self._hash_pieces, upload, pieces_out, batches_in)
-                nursery.start_soon(self._commit_batches, batches_out, held)
+                nursery.start_soon(self._commit_batches, upload, batches_out, held)
                 async with pieces_in:
                     appended = await self._read_pieces(upload, body, pieces_in, max_bytes, held)
         except BaseExceptionGroup as group:
@@ -695,13 +705,16 @@ class RegistryStore:
                     await batches.send((None, [], ingested))  # in order, after earlier commits
                     ingested = 0
 
-    async def _commit_batches(self, batches: trio.MemoryReceiveChannel[_Batch], held: _Held) -> None:
+    async def _commit_batches(
+        self, upload: Upload, batches: trio.MemoryReceiveChannel[_Batch], held: _Held
+    ) -> None:
         """Stage 3: commit the upload's block batches in order, one at a time; the bytes of their
         pieces go back to the memory budget (the importer's partial chunk, at most one chunk per
         upload, is not counted)."""
         async for batch, cids, size in batches:
             if batch is not None:
                 await self._commit(batch, cids)
+                self._committed(upload)
             freed = min(size, held.bytes)
             held.bytes -= freed
             self.memory.release(freed)
@@ -729,6 +742,7 @@ class RegistryStore:
         batch = self.datastore.batch()
         cids = self._put_pending(upload, batch)
         await self._commit(batch, cids)
+        self._committed(upload)
 
     @staticmethod
     def _put_pending(upload: Upload, batch: WriteBatch) -> list[CID]:
@@ -739,9 +753,23 @@ class RegistryStore:
             if upload.lease is not None:
                 upload.lease.add(block.cid)  # before the commit: no collection sees them unheld
             cids.append(block.cid)
+        if upload.tag_blocks is not None and cids:
+            upload.tag_blocks(batch, cids)
+        if upload.on_commit is not None:
+            upload.committing.append(upload.pending)
         upload.pending = []
         upload.pending_bytes = 0
         return cids
+
+    @staticmethod
+    def _committed(upload: Upload) -> None:
+        """The upload's oldest uncommitted batch is stored: tell its ``on_commit`` hook."""
+        if upload.on_commit is not None and upload.committing:
+            blocks = upload.committing.pop(0)
+            try:
+                upload.on_commit(blocks)
+            except Exception:
+                log.exception("an upload's on_commit hook failed for %d blocks", len(blocks))
 
     async def _commit(self, batch: WriteBatch, cids: list[CID]) -> None:
         """Commit ``batch`` in a worker thread, then announce its blocks.
@@ -790,6 +818,7 @@ class RegistryStore:
             cids = self._put_pending(upload, batch)
             batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
             await self._commit(batch, cids)
+            self._committed(upload)
         except BaseException:
             self.discard_chunk(upload)
             raise
@@ -835,13 +864,16 @@ class RegistryStore:
             if upload.uuid:
                 batch.delete(self.uploads, upload.uuid.encode())
             await self._commit(batch, cids)
+            self._committed(upload)
         finally:
             self._live.pop(upload.uuid, None)
             upload.broken = True
             self._release(upload)  # after the commit: the blob index now reaches every block
         if upload.uuid:
             self._closed(upload.client)
-        self.committed([info.cid])
+        if upload.announce:
+            # Its root, and the digest CID fleet mirrors look it up by (it names the blob, not a block).
+            self.committed([info.cid, digest_cid(str(digest))])
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -880,9 +912,19 @@ class RegistryStore:
         return blocks, result.cid, result.size, result.dag_size
 
     async def put_manifest(
-        self, repo: str, body: bytes, content_type: str | None, *, tag: str | None, digest: Digest | None
+        self,
+        repo: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        tag: str | None,
+        digest: Digest | None,
+        tag_blocks: BatchTagger | None = None,
+        announce: bool = True,
     ) -> tuple[Digest, ParsedManifest]:
-        """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch."""
+        """Validate and store a manifest; move ``tag`` to it. Everything commits in one batch.
+
+        ``tag_blocks`` sees that batch and the CIDs of the blocks it stores before it commits."""
         parsed = parse_manifest(body, content_type)
         algorithm = digest.algorithm if digest is not None else "sha256"
         hasher = new_hasher(algorithm)
@@ -934,13 +976,17 @@ class RegistryStore:
                     json.dumps(descriptor).encode(),
                 )
             batch.put(self.repos, repo.encode(), b"")
+            if tag_blocks is not None and cids:
+                tag_blocks(batch, cids)
         except BaseException:
             batch.discard()
             raise
         # Everything is in this one batch (each tag move carries its own image), so committing it
         # off the trio thread keeps a tag and its published image in step.
         await self._commit(batch, cids)
-        self.committed([stored.cid, *([layout.root] if layout is not None else [])])
+        if announce:
+            image = [layout.root] if layout is not None else []
+            self.committed([stored.cid, digest_cid(str(actual)), *image])
         if tag is not None:
             self.tags_changed(repo)
         return actual, parsed
@@ -1158,24 +1204,24 @@ class RegistryStore:
         return out, False
 
     def list_repos(
-        self, *, last: str | None, limit: int, skip_prefix: str | None = None
+        self, *, last: str | None, limit: int, prefix: str = "", skip_prefix: str | None = None
     ) -> tuple[list[str], bool]:
-        """Up to ``limit`` repositories after ``last``, and whether more follow; names starting
-        with ``skip_prefix`` are left out."""
+        """Up to ``limit`` repositories starting with ``prefix`` after ``last``, and whether more
+        follow; names starting with ``skip_prefix`` are left out."""
         start = last.encode() if last else None
         out: list[str] = []
-        for key in self._repo_keys(start, skip_prefix.encode() if skip_prefix else None):
+        for key in self._repo_keys(prefix.encode(), start, skip_prefix.encode() if skip_prefix else None):
             if len(out) == limit:
                 return out, True
             out.append(key.decode())
         return out, False
 
-    def _repo_keys(self, start: bytes | None, skip: bytes | None) -> Iterator[bytes]:
-        """Repository names after ``start`` in order, jumping over the ones under ``skip``."""
-        for key, _ in self.repos.items(start=start):
+    def _repo_keys(self, prefix: bytes, start: bytes | None, skip: bytes | None) -> Iterator[bytes]:
+        """Repository names under ``prefix`` after ``start`` in order, skipping the ones under ``skip``."""
+        for key, _ in self.repos.items(prefix, start=start):
             if skip is not None and key.startswith(skip):
                 # Names are ASCII: every name under ``skip`` sorts before skip + 0xff.
-                for after, _ in self.repos.items(start=skip + b"\xff"):
+                for after, _ in self.repos.items(prefix, start=skip + b"\xff"):
                     yield after
                 return
             yield key

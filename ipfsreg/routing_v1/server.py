@@ -109,12 +109,14 @@ def register_routing_v1(
     validator: RecordValidator | None = None,
     not_found: tuple[type[BaseException], ...] = (KeyError, LookupError),
     unavailable: tuple[type[BaseException], ...] = (NotImplementedError,),
+    refused: tuple[type[BaseException], ...] = (),
     settings: RoutingServerSettings | None = None,
 ) -> None:
     """Add the ``/routing/v1/`` routes to ``app``.
 
     ``validator`` checks IPNS records put through the API (without one, PUT answers 501: an
-    unchecked record is never stored). ``not_found`` are the router's "no such record" errors.
+    unchecked record is never stored). ``not_found`` are the router's "no such record" errors;
+    ``refused`` its errors for a valid record it will not store (a better one is stored: 409).
     """
     timeout = (settings or RoutingServerSettings()).lookup_timeout
 
@@ -262,6 +264,8 @@ def register_routing_v1(
             return _text(504, f"publishing the IPNS record took longer than {timeout:g}s")
         except unavailable as exc:
             return _text(501, f"IPNS records cannot be published here: {exc}")
+        except refused as exc:
+            return _text(409, f"the IPNS record for {name} was not stored: {exc}")
         return Response(b"", status=200)
 
     async def unknown(path: str = "") -> Response:

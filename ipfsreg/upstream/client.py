@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, NamedTuple
 
 import httpx
@@ -84,29 +85,52 @@ def _is_digest(reference: str) -> bool:
 class UpstreamBlob:
     """An open blob response: ``size`` (Content-Length, if sent) and the verified byte stream."""
 
-    def __init__(self, response: httpx.Response, digest: str) -> None:
+    def __init__(self, response: httpx.Response, digest: str, start: int = 0) -> None:
         self.response = response
         self.digest = digest
         length = response.headers.get("Content-Length")
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         # With a content coding, Content-Length counts the coded bytes, not the blob's.
-        self.size: int | None = (
-            int(length) if length is not None and length.isdigit() and not encoded else None
-        )
+        body_size = int(length) if length is not None and length.isdigit() and not encoded else None
+        # The blob's bytes from ``start`` on: a 206 answer holds just those (and only the caller,
+        # who has the bytes before ``start``, can check the digest); a 200 answer holds the whole
+        # blob, whose first ``start`` bytes are dropped here after hashing.
+        self.partial = start > 0 and response.status_code == 206
+        self.start = start
+        self._skip = 0 if self.partial else start
+        self.size: int | None = None
+        if body_size is not None:
+            self.size = body_size + start if self.partial else body_size
         self._algorithm, self._hex = _split_digest(digest)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The blob's bytes; raises :class:`UpstreamDigestMismatch` (before the last piece) if they
-        do not hash to the digest, :class:`UpstreamUnavailable` if the connection breaks."""
+        """The blob's bytes (from ``start``); raises :class:`UpstreamDigestMismatch` (before the last
+        piece) if they do not hash to the digest, :class:`UpstreamUnavailable` if the connection
+        breaks. A partial (206) answer is not checked here: its caller hashes the whole blob."""
+        if self.partial:
+            content_range = self.response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {self.start}-"):
+                raise UpstreamError(
+                    f"blob {self.digest}: asked for bytes from {self.start}, got {content_range[:100]!r}",
+                    status=502,
+                )
         hasher = _HASHES[self._algorithm]()
-        received = 0
+        received = self.start if self.partial else 0
+        skip = self._skip
         held: bytes | None = None
         try:
             async for data in self.response.aiter_bytes():
                 if not data:
                     continue
-                hasher.update(data)
                 received += len(data)
+                if not self.partial:
+                    hasher.update(data)
+                if skip:
+                    dropped = min(skip, len(data))
+                    skip -= dropped
+                    data = data[dropped:]
+                    if not data:
+                        continue
                 if self.size is not None and received > self.size:
                     raise UpstreamError(
                         f"blob {self.digest} is longer than its Content-Length {self.size}", status=502
@@ -120,8 +144,10 @@ class UpstreamBlob:
             raise UpstreamUnavailable(
                 f"blob {self.digest} ended after {received} of {self.size} bytes", status=502
             )
+        if skip:
+            raise UpstreamUnavailable(f"blob {self.digest} is shorter than {self.start} bytes", status=502)
         actual = hasher.hexdigest()
-        if actual != self._hex:
+        if not self.partial and actual != self._hex:
             raise UpstreamDigestMismatch(
                 f"upstream sent bytes hashing to {self._algorithm}:{actual} for blob {self.digest}",
                 status=502,
@@ -139,6 +165,7 @@ class UpstreamClient:
         *,
         username: str = "",
         password: str = "",
+        token_file: Path | None = None,
         timeout: float = 60.0,
         connect_timeout: float = 10.0,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
@@ -147,6 +174,8 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.password = password
+        self.token_file = token_file
+        self._token_file_state: tuple[float, str] | None = None  # (mtime, content) last read
         self.max_manifest_bytes = max_manifest_bytes
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -170,12 +199,36 @@ class UpstreamClient:
 
     # --- auth ----------------------------------------------------------------------------
 
+    def _file_secret(self) -> str:
+        """The token file's content (stripped), re-read when its mtime changes; "" without a file."""
+        if self.token_file is None:
+            return ""
+        try:
+            mtime = self.token_file.stat().st_mtime
+            if self._token_file_state is None or self._token_file_state[0] != mtime:
+                self._token_file_state = (mtime, self.token_file.read_text().strip())
+        except OSError as exc:
+            raise UpstreamUnauthorized(
+                f"cannot read the token file {self.token_file}: {exc.strerror}"
+            ) from None
+        return self._token_file_state[1]
+
     def _credentials(self) -> str | None:
-        if not self.username and not self.password:
+        password = self._file_secret() if self.token_file is not None else self.password
+        if not self.username and not password:
             return None
-        return basic_credentials(self.username, self.password)
+        return basic_credentials(self.username, password)
+
+    def _static_bearer(self) -> str | None:
+        """A token file without a username is a bearer token sent as it stands."""
+        if self.token_file is None or self.username:
+            return None
+        return self._file_secret() or None
 
     def _auth_header(self, scope: str) -> dict[str, str]:
+        static = self._static_bearer()
+        if static is not None:
+            return {"Authorization": f"Bearer {static}"}
         token = self._tokens.get(scope)
         if token is not None and token.valid(time.time()):
             return {"Authorization": f"Bearer {token.value}"}
@@ -191,6 +244,10 @@ class UpstreamClient:
             challenges.extend(parse_www_authenticate(value))
         challenge = pick_challenge(challenges)
         _, message = error_message(await response.aread(), 401)
+        if self._static_bearer() is not None:
+            raise UpstreamUnauthorized(
+                f"upstream refused the token from {self.token_file}: {message}", status=401
+            )
         if challenge is None:
             raise UpstreamUnauthorized(
                 f"upstream refused access without a usable challenge: {message}", status=401
@@ -351,24 +408,30 @@ class UpstreamClient:
         return int(length) if length is not None and length.isdigit() else None
 
     @asynccontextmanager
-    async def open_blob(self, name: str, digest: str) -> AsyncIterator[UpstreamBlob]:
-        """An open ``GET`` of a blob (redirects followed); iterate ``.chunks()`` inside the block."""
+    async def open_blob(self, name: str, digest: str, *, start: int = 0) -> AsyncIterator[UpstreamBlob]:
+        """An open ``GET`` of a blob (redirects followed); iterate ``.chunks()`` inside the block.
+
+        With ``start`` the blob's bytes from that offset are asked for (``Range``); an upstream
+        that ignores it sends the whole blob, whose first bytes ``chunks`` then drops."""
         _split_digest(digest)
+        headers = {"Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
         response = await self._send(
             "GET",
             f"/v2/{name}/blobs/{digest}",
             scope=repository_scope(name),
-            headers={"Accept-Encoding": "identity"},
+            headers=headers,
             stream=True,
         )
         try:
-            if response.status_code != 200:
+            if response.status_code not in ((200, 206) if start else (200,)):
                 try:
                     body = await response.aread()
                 except httpx.TransportError:
                     body = b""
                 raise _status_error(response.status_code, body, f"blob {name}@{digest}")
-            yield UpstreamBlob(response, digest)
+            yield UpstreamBlob(response, digest, start)
         finally:
             await response.aclose()
 

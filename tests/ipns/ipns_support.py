@@ -1,66 +1,21 @@
-"""Shared by the IPNS tests: whole servers on loopback, an in-memory validating value store, pushes."""
+"""Shared by the IPNS tests: pushes to whole servers on loopback, and what their HTTP APIs say about names."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
 import httpx
 import trio
 
-from ipfsreg.app import ServerInfo, run_server
-from ipfsreg.config import load_config
-from ipfsreg.ipns.record import IpnsName, decode_record
-from ipfsreg.ipns.validator import IpnsValidator
+from ipfsreg.app import ServerInfo
+from ipfsreg.ipns.record import IpnsName, IpnsRecord, decode_record
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-class MemoryValueStore:
-    """Puts and gets like a DHT node with the ``/ipns/`` validator; ``answer`` plays a hostile peer."""
-
-    def __init__(self) -> None:
-        self.validator = IpnsValidator()
-        self.values: dict[bytes, bytes] = {}
-        self.hostile: dict[bytes, bytes] = {}
-
-    async def put_value(self, key: bytes, value: bytes) -> None:
-        self.validator.validate(key, value)
-        current = self.values.get(key)
-        if current is None or self.validator.select(key, [value, current]) == 0:
-            self.values[key] = value
-
-    async def get_value(self, key: bytes) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if key in self.hostile:
-            return self.hostile[key]
-        if key not in self.values:
-            raise LookupError("no record")
-        return self.values[key]
-
-
-@asynccontextmanager
-async def server(
-    tmp: Path, label: str, routing: MemoryValueStore, **overrides: Any
-) -> AsyncIterator[ServerInfo]:
-    loopback = {
-        "registry.listen": "127.0.0.1:0",
-        "api.listen": "127.0.0.1:0",
-        "node.p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
-    }
-    config = load_config(data_dir=tmp / label, environ={}, overrides={**loopback, **overrides})
-    async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(
-            lambda task_status: run_server(
-                config, task_status=task_status, handle_signals=False, value_routing=routing
-            )
-        )
-        yield info
-        nursery.cancel_scope.cancel()
 
 
 def digest(data: bytes) -> str:
@@ -125,3 +80,63 @@ BIND_ALL = {"ipns.bind": [{"repository": "*", "key": "self"}]}
 async def has_seq(client: httpx.AsyncClient, url: str, name: IpnsName, at_least: int = 0) -> bool:
     seq = await record_seq(client, url, name)
     return seq is not None and seq >= at_least
+
+
+async def gateway_record(client: httpx.AsyncClient, url: str, name: IpnsName) -> IpnsRecord:
+    """The record a server's gateway resolves ``name`` to (``?format=ipns-record``)."""
+    resp = await client.get(f"{url}/ipns/{name}", params={"format": "ipns-record"})
+    assert resp.status_code == 200, resp.text
+    return decode_record(resp.content)
+
+
+async def routing_table_size(client: httpx.AsyncClient, api_url: str) -> int:
+    """Peers in a server's DHT routing tables (control API ``routing/stat``)."""
+    stat = (await client.get(f"{api_url}/api/v0/routing/stat")).json()
+    return sum(dht["routing_table_size"] for dht in stat["dhts"])
+
+
+async def joined(client: httpx.AsyncClient, *servers: ServerInfo) -> None:
+    """Until every server has a peer in its DHT routing table."""
+    for info in servers:
+        await eventually(partial(_has_peers, client, info.api_url))
+
+
+async def _has_peers(client: httpx.AsyncClient, api_url: str) -> bool:
+    return await routing_table_size(client, api_url) > 0
+
+
+async def publish(client: httpx.AsyncClient, api_url: str) -> dict[str, Any]:
+    """``ipfsreg name publish`` through the control API: every bound key, signed again; the first."""
+    resp = await client.post(f"{api_url}/api/v0/name/publish")
+    assert resp.status_code == 200, resp.text
+    published: dict[str, Any] = resp.json()["published"][0]
+    return published
+
+
+async def resolve(client: httpx.AsyncClient, api_url: str, name: IpnsName) -> httpx.Response:
+    """``ipfsreg name resolve`` through the control API (asks the network afresh)."""
+    return await client.get(f"{api_url}/api/v0/name/resolve", params={"arg": str(name)})
+
+
+async def start_stoppable(
+    nursery: trio.Nursery, server: AbstractAsyncContextManager[ServerInfo]
+) -> tuple[ServerInfo, Callable[[], Awaitable[None]]]:
+    """Run ``server`` in a task of ``nursery``, so it can be stopped while servers started after it run
+    on; returns its info and a function that stops it and waits until it has."""
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        try:
+            async with server as info:
+                task_status.started(info)
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    info: ServerInfo = await nursery.start(run)
+
+    async def halt() -> None:
+        stop.set()
+        await stopped.wait()
+
+    return info, halt

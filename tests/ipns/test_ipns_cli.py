@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
-from ipns_support import OCI_MANIFEST, MemoryValueStore, digest, eventually, has_seq, push_image, server
+from ipns_support import OCI_MANIFEST, digest, eventually, has_seq, push_image
 
 from ipfsreg.ipns.record import IpnsName
 
@@ -37,10 +38,11 @@ async def test_key_gen_list_rm_on_a_data_dir(tmp_path: Path) -> None:
     assert missing.returncode == 1 and b"no key named 'team'" in missing.stderr
 
 
-async def test_exported_car_carries_the_record_and_an_offline_node_pulls_by_ipns_name(tmp_path: Path) -> None:
-    routing = MemoryValueStore()
+async def test_exported_car_carries_the_record_and_an_offline_node_pulls_by_ipns_name(
+    serve_node: Any, tmp_path: Path
+) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
-        async with server(tmp_path, "a", routing) as a:
+        async with serve_node("a") as a:
             assert a.peer_id is not None
             name = IpnsName.parse(a.peer_id)
             bound = await ipfsreg(
@@ -62,7 +64,7 @@ async def test_exported_car_carries_the_record_and_an_offline_node_pulls_by_ipns
         resolved = await ipfsreg("name", "resolve", str(name), data=tmp_path / "c")
         assert resolved.returncode == 0, resolved.stderr
         assert b"app:v1" in resolved.stdout
-        async with server(tmp_path, "c", MemoryValueStore()) as c:  # no network has the record
+        async with serve_node("c") as c:  # alone: no DHT peer has the record
             base = f"{c.registry_urls[0]}/v2/ipns/{name}/app"
             resp = await client.get(f"{base}/manifests/v1", headers={"Accept": OCI_MANIFEST})
             assert resp.status_code == 200 and resp.headers["Docker-Content-Digest"] == manifest

@@ -7,6 +7,7 @@ from pathlib import Path
 from registry_helpers import Server, running_registry
 
 from ipfsreg.cid import CID
+from ipfsreg.node.blobs.protocol import digest_cid
 from ipfsreg.registry.digests import parse_digest
 
 
@@ -20,7 +21,8 @@ async def test_push_reports_every_blob_root_the_manifest_and_the_image_directory
     committed: list[CID] = []
     async with running_registry(tmp_path / "data", on_committed=committed.extend) as server:
         config_digest = await server.push_blob("lib/app", b'{"os": "linux"}')
-        assert committed == [_root(server, config_digest)]  # at once, with the 201
+        # At once, with the 201: its root, and its digest CID (how fleet mirrors look blobs up).
+        assert committed == [_root(server, config_digest), digest_cid(config_digest)]
         digest, manifest = await server.push_image("lib/app", "v1", layers=[b"one", b"two"])
         blob_roots = {
             _root(server, d)

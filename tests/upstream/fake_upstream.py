@@ -48,6 +48,11 @@ class FakeUpstream:
     chunk_bytes: int = 64 * 1024
     gate: trio.Event | None = None  # a blob GET sends three chunks, then waits for this
     blob_started: trio.Event = field(default_factory=trio.Event)  # set when a blob's first chunk went out
+    chunk_delay: float = 0.0  # seconds between blob chunks (a slow upstream)
+    ranges: bool = True  # honour "Range: bytes=N-" on blobs (else the whole blob, 200)
+    static_tokens: set[str] = field(default_factory=set)  # bearer tokens accepted as they stand
+    hang: bool = False  # take requests and never answer them
+    blob_bytes_sent: dict[str, int] = field(default_factory=dict)  # digest -> blob bytes sent, all GETs
     requests: list[tuple[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> granted scope
@@ -118,6 +123,8 @@ def build_app(state: FakeUpstream) -> QuartTrio:
         if state.auth == "basic":
             return basic_user() is not None
         header = request.headers.get("Authorization", "")
+        if header.removeprefix("Bearer ") in state.static_tokens:
+            return True
         granted = state.tokens.get(header.removeprefix("Bearer ")) if header.startswith("Bearer ") else None
         return granted is not None and (not scope or scope in granted.split())
 
@@ -161,6 +168,8 @@ def build_app(state: FakeUpstream) -> QuartTrio:
     @app.route("/v2/<path:path>", methods=["GET", "HEAD"])
     async def v2(path: str) -> Response:
         state.requests.append((request.method, request.path))
+        if state.hang:
+            await trio.sleep_forever()
         if state.down:
             return _error(503, "UNAVAILABLE", "down for maintenance")
         if "/manifests/" in path:
@@ -210,19 +219,34 @@ def _blob_response(state: FakeUpstream, repo: str, digest: str) -> Response:
     if digest in state.corrupt:
         data = data[:-1] + bytes([data[-1] ^ 0xFF])
 
+    start = 0
+    status = 200
+    extra: dict[str, str] = {}
+    ranged = request.headers.get("Range", "")
+    if state.ranges and ranged.startswith("bytes=") and ranged.endswith("-") and ranged[6:-1].isdigit():
+        start = int(ranged[6:-1])
+        status = 206
+        extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+
     async def body() -> AsyncIterator[bytes]:
-        for pos in range(0, len(data), state.chunk_bytes):
-            yield data[pos : pos + state.chunk_bytes]
+        for pos in range(start, len(data), state.chunk_bytes):
+            piece = data[pos : pos + state.chunk_bytes]
+            state.blob_bytes_sent[digest] = state.blob_bytes_sent.get(digest, 0) + len(piece)
+            yield piece
             state.blob_started.set()
+            if state.chunk_delay:
+                await trio.sleep(state.chunk_delay)
             if digest in state.break_after_first_chunk:
                 raise ConnectionAbortedError("the fake upstream breaks this blob's connection")
             if pos == 2 * state.chunk_bytes and state.gate is not None:
                 await state.gate.wait()
 
     response = Response(
-        body(), headers={"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
+        body(),
+        status=status,
+        headers={"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest, **extra},
     )
-    response.content_length = len(data)
+    response.content_length = len(data) - start
     response.timeout = None
     return response
 

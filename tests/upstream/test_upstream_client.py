@@ -3,7 +3,9 @@ checks of manifests and streamed blobs, redirects, and typed errors carrying the
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 from fake_upstream import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, FakeUpstream, running_upstream, sha256
@@ -207,3 +209,47 @@ async def test_malformed_digest_is_refused_before_any_request() -> None:
             with pytest.raises(UpstreamError, match="malformed"):
                 await client.stat_blob("library/app", "sha256:xyz")
         assert state.requests == []
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+async def test_a_blob_from_an_offset_is_the_rest_of_its_bytes_whether_or_not_ranges_are_honoured(
+    ranges: bool,
+) -> None:
+    async with running_upstream(FakeUpstream(ranges=ranges)) as state:
+        _, layer = _image(state)
+        async with (
+            UpstreamClient(state.url) as client,
+            client.open_blob("library/app", sha256(layer), start=1000) as blob,
+        ):
+            assert blob.size == len(layer)
+            assert blob.partial is ranges
+            assert b"".join([chunk async for chunk in blob.chunks()]) == layer[1000:]
+        assert state.blob_bytes_sent[sha256(layer)] == len(layer) - (1000 if ranges else 0)
+
+
+async def test_an_offset_past_the_end_of_a_blob_is_an_error() -> None:
+    async with running_upstream(FakeUpstream(ranges=False)) as state:
+        _, layer = _image(state)
+        async with UpstreamClient(state.url) as client:
+            with pytest.raises(UpstreamError):
+                async with client.open_blob("library/app", sha256(layer), start=len(layer) + 5) as blob:
+                    async for _ in blob.chunks():
+                        pass
+
+
+async def test_a_token_file_without_a_username_is_a_bearer_token_reread_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    async with running_upstream(FakeUpstream(auth="token", static_tokens={"first"})) as state:
+        digest, _ = _image(state)
+        token = tmp_path / "token"
+        token.write_text("first\n")
+        async with UpstreamClient(state.url, token_file=token) as client:
+            assert (await client.get_manifest("library/app", "v1", ACCEPT)).digest == digest
+            token.write_text("second\n")
+            os.utime(token, (1, 1))  # a new mtime whatever the clock's resolution
+            with pytest.raises(UpstreamUnauthorized, match="token"):
+                await client.get_manifest("library/app", "v1", ACCEPT)
+            state.static_tokens.add("second")
+            assert (await client.get_manifest("library/app", "v1", ACCEPT)).digest == digest
+        assert state.token_requests == []  # never the token service: the file is the token

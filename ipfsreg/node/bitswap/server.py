@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -69,6 +69,8 @@ class BitswapServer:
         self._ledgers: dict[ID, _Ledger] = {}
         self._ready: deque[ID] = deque()
         self._lot = trio.lowlevel.ParkingLot()
+        # Blocks answered as if we lacked them (the mirror's private content outside a private swarm).
+        self.withhold: Callable[[CID], bool] | None = None
 
     # --- input -------------------------------------------------------------------------------
 
@@ -175,8 +177,9 @@ class BitswapServer:
                 ledger.queued.discard(key)
                 continue
             cid = entry.cid
+            withheld = self.withhold is not None and self.withhold(cid)
             if entry.want_type == WantType.BLOCK:
-                data = self.blockstore.get_or_none(cid)
+                data = None if withheld else self.blockstore.get_or_none(cid)
                 if data is not None and len(data) > settings.max_block_size:
                     data = None  # too big to send: as good as not having it
                 if data is not None and not has_presences and cid.version != 0:
@@ -192,7 +195,7 @@ class BitswapServer:
                 elif entry.send_dont_have and has_presences:
                     message.presences.append(BlockPresence(cid, PresenceType.DONT_HAVE))
                     size += len(key) + 4
-            elif self.blockstore.has(cid):
+            elif not withheld and self.blockstore.has(cid):
                 message.presences.append(BlockPresence(cid, PresenceType.HAVE))
                 size += len(key) + 4
                 del ledger.wants[key]

@@ -13,9 +13,13 @@ from quart import Request, Response
 
 from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory, open_source
+from ipfsreg.mirror.settings import MirrorSettings
+from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.errors import RegistryError
+from ipfsreg.registry.fleet import Fleet
 from ipfsreg.registry.priority import bulk_turn
+from ipfsreg.registry.private import PrivateContent
 from ipfsreg.registry.routes import ALLOWED_METHODS
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
@@ -41,6 +45,12 @@ class Context:
     settings: RegistrySettings
     source_factory: SourceFactory | None = None
     """Per-request block sources for pulls by CID (each pull its own bitswap session); None: the store's."""
+    mirror: MirrorSettings | None = None
+    """Namespaced upstreams (``?ns=``); None: requests with ``ns`` read the local store only."""
+    fleet: Fleet | None = None
+    """Fleet peers asked for missing blobs before the upstream (None: no p2p node)."""
+    mirror_stats: MirrorStats = field(default_factory=MirrorStats)
+    privacy: PrivateContent | None = None
     ipns: IpnsResolver | None = None
     """Resolves ``ipns/<name>/<repository>`` tags to image directories (None: such pulls are refused)."""
     sendable_leaves: SendableLeaves = field(default_factory=SendableLeaves)

@@ -26,13 +26,16 @@ def blob_headers(info: BlobInfo) -> dict[str, str]:
 
 async def get_blob(ctx: Context, request: Request, name: str, reference: str) -> Response:
     digest = parse_digest(reference)
-    proxy = pull_through(ctx.store, ctx.settings)
-    if proxy is not None:  # a miss is answered from the upstream (None: stored now, read it locally)
+    proxy = pull_through(ctx, name)
+    if proxy is not None:  # a miss is answered by the mirror (None: stored now, read it locally)
         head = request.method == "HEAD"
-        fetched = await proxy.blob(name, digest, head=head, ranged="Range" in request.headers)
+        fetched = await proxy.blob(digest, head=head, ranged="Range" in request.headers)
         if fetched is not None:
             return make_response(200, fetched.headers(), fetched.body or b"", content_length=fetched.size)
-    return await serve_stored_blob(ctx, request, name, digest)
+    response = await serve_stored_blob(ctx, request, name, digest)
+    if proxy is not None and request.method == "GET" and response.content_length:
+        proxy.served_locally(response.content_length)
+    return response
 
 
 async def serve_stored_blob(ctx: Context, request: Request, name: str, digest: Digest) -> Response:

@@ -65,8 +65,8 @@ async def get_manifest(ctx: Context, request: Request, name: str, reference: str
         if exc.code == "MANIFEST_INVALID":
             raise RegistryError("MANIFEST_UNKNOWN", {"reference": reference[:150]}) from None
         raise
-    proxy = pull_through(ctx.store, ctx.settings)
-    proxied = await proxy.manifest(name, ref) if proxy is not None else None
+    proxy = pull_through(ctx, name)
+    proxied = await proxy.manifest(ref) if proxy is not None else None
     if proxied is not None:  # not stored (or not current) here: the upstream's answer
         if request.method == "HEAD":
             return make_response(200, proxied.headers(), b"", content_length=len(proxied.body))
