@@ -14,6 +14,14 @@ hypercorn server of the process (the registry port and the control API). What it
   response), reads and drops what still arrives until the client closes too (bounded by
   :data:`LINGER_SECONDS`, :data:`LINGER_IDLE_SECONDS` and :data:`LINGER_BYTES`), then closes.
 - Large socket reads (:data:`SOCKET_READ_BYTES`), gathered while a body streams in.
+- Zero-copy responses: the ASGI ``http.response.zerocopysend`` extension (a file descriptor, an offset
+  and a count, sent with ``os.sendfile``: the kernel moves the bytes from the page cache to the socket,
+  Python never holds them), offered to apps on plain-TCP HTTP/1.x connections. An addition of ours: a
+  message may carry ``extents``, a sequence of ``(file, offset, count)`` sent in order, in place of
+  ``file``/``offset``/``count`` (one message, one pass through the ASGI and HTTP layers, for many
+  pieces of files: a blob's leaves). TLS connections do not
+  offer it (the app sends bytes as usual); should the kernel refuse sendfile for a file, its bytes are
+  read and sent instead.
 
 For ASGI code that answers without reading the request body (auth refusals, /metrics):
 :func:`drain_body` reads the rest away, bounded, so the connection can be kept.
@@ -22,13 +30,17 @@ For ASGI code that answers without reading the request body (auth refusals, /met
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from math import inf
 from typing import Any, Final
 
 import h11
+import hypercorn.protocol.events as stream_events
 import hypercorn.trio.run as hypercorn_run
 import hypercorn.trio.task_group as hypercorn_task_group
 import hypercorn.trio.tcp_server as hypercorn_tcp
@@ -36,6 +48,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.utils import UnexpectedMessageError, suppress_body
 
 from ipfsreg.excgroups import describe
 
@@ -70,6 +84,49 @@ EARLY_DRAIN_BYTES: Final = 256 * 1024
 EARLY_DRAIN_SECONDS: Final = 2.0
 
 _SEND_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
+
+ZEROCOPY_SEND: Final = "http.response.zerocopysend"
+"""The ASGI extension (and message type) of zero-copy response bodies."""
+
+# sendfile refused for this pair of descriptors (the file's filesystem cannot, an odd socket): the
+# bytes are read and sent instead. Any other error ends the connection.
+_SENDFILE_UNSUPPORTED: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+_FALLBACK_READ_BYTES: Final = 256 * 1024
+
+
+class FileShorterThanSent(OSError):
+    """A zero-copy send named bytes past the end of its file (the response is cut short)."""
+
+
+FileExtent = tuple[int, int, int]
+"""``(file descriptor, offset, count)``: body bytes that lie in a file."""
+
+
+@dataclass(frozen=True)
+class FileBody(stream_events.Event):
+    """Stream event: body bytes that lie in files, ``extents`` in order (app to protocol)."""
+
+    extents: tuple[FileExtent, ...]
+    count: int
+
+
+@dataclass(frozen=True)
+class FileData(Event):
+    """Server event: send the bytes of ``extents`` as they are, in order (protocol to socket)."""
+
+    extents: tuple[FileExtent, ...]
+
+
+class _FilePlaceholder:
+    """Where h11 puts a body's bytes in its output (``send_with_data_passthrough``): only the length."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def peer_name(stream: Any) -> str:
@@ -119,7 +176,20 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
                 raise keep from None
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, RawData):
+        if isinstance(event, FileData):
+            if self._write_closed:
+                return
+            failed = False
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True):
+                        for extent in event.extents:
+                            await self._send_file(*extent)
+                except (*_SEND_ERRORS, BrokenPipeError, ConnectionResetError):
+                    failed = True
+            if failed:
+                await self.protocol.handle(Closed())
+        elif isinstance(event, RawData):
             if self._write_closed:
                 return  # the connection is closing: nothing more can be sent on it
             failed = False
@@ -133,6 +203,40 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
                 await self.protocol.handle(Closed())
         else:
             await super().protocol_send(event)
+
+    async def _send_file(self, file: int, offset: int, count: int) -> None:
+        """``os.sendfile`` straight to the socket, waiting whenever its buffer is full (plain TCP);
+        on TLS, or where the kernel refuses sendfile, the bytes are read and sent."""
+        sock = getattr(self.stream, "socket", None)
+        left = count
+        if sock is None:
+            await self._send_file_copied(file, offset, left)
+            return
+        out = sock.fileno()
+        while left:
+            try:
+                sent = os.sendfile(out, file, offset, left)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in _SENDFILE_UNSUPPORTED and left == count:
+                    await self._send_file_copied(file, offset, left)
+                    return
+                raise
+            if sent == 0:
+                raise FileShorterThanSent(f"file ends before byte {offset + left} of a response body")
+            offset += sent
+            left -= sent
+
+    async def _send_file_copied(self, file: int, offset: int, count: int) -> None:
+        while count:
+            data = os.pread(file, min(count, _FALLBACK_READ_BYTES), offset)
+            if not data:
+                raise FileShorterThanSent(f"file ends before byte {offset + count} of a response body")
+            await self.stream.send_all(data)
+            offset += len(data)
+            count -= len(data)
 
     async def _read_data(self) -> None:
         self._reading = True
@@ -216,6 +320,10 @@ async def _spawn_app(
     events nobody needs any more), and the channel is closed when the app returns, so every
     pending and later event for it is dropped at once.
     """
+    plain_http1 = scope.get("scheme") == "http" and scope.get("http_version") in ("1.0", "1.1")
+    if scope.get("type") == "http" and plain_http1:
+        # Plain HTTP/1.x: :class:`GuardedTCPServer` sends files itself (see :func:`_app_send`).
+        scope.setdefault("extensions", {})[ZEROCOPY_SEND] = {}
     send_channel, receive_channel = trio.open_memory_channel[Any](config.max_app_queue_size)
     assert self._nursery is not None
     self._nursery.start_soon(_run_app, app, config, scope, receive_channel, send)
@@ -305,13 +413,75 @@ class ClosingConnection(h11.Connection):
         return super().next_event()
 
 
+_original_app_send = HTTPStream.app_send
+_original_stream_send = H11Protocol.stream_send
+
+
+async def _app_send(self: HTTPStream, message: Any) -> None:
+    """hypercorn's ``HTTPStream.app_send``, plus ``http.response.zerocopysend`` messages."""
+    if message is None or message.get("type") != ZEROCOPY_SEND:
+        await _original_app_send(self, message)
+        return
+    if self.state != ASGIHTTPState.RESPONSE:
+        raise UnexpectedMessageError(self.state, ZEROCOPY_SEND)
+    extents = message.get("extents")
+    if extents is not None:
+        extents = tuple((int(fd), int(offset), int(count)) for fd, offset, count in extents if count)
+        count = sum(extent[2] for extent in extents)
+        if count and not suppress_body(self.scope["method"], int(self.response["status"])):
+            await self.send(FileBody(stream_id=self.stream_id, extents=extents, count=count))
+    else:
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        advance = offset is None  # the ASGI spec: no offset means the file's position, which moves on
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if count and not suppress_body(self.scope["method"], int(self.response["status"])):
+            await self.send(FileBody(stream_id=self.stream_id, extents=((fd, offset, count),), count=count))
+        if advance:
+            os.lseek(fd, offset + count, os.SEEK_SET)
+    if not message.get("more_body", False):
+        if self.response.get("trailers", False):
+            self.state = ASGIHTTPState.TRAILERS
+        else:
+            await self._send_closed()
+
+
+async def _stream_send(self: H11Protocol, event: stream_events.Event) -> None:
+    """hypercorn's ``H11Protocol.stream_send``, plus :class:`FileBody`: h11 frames the body (it only
+    needs the length) and the bytes go to the server as a :class:`FileData`."""
+    if not isinstance(event, FileBody):
+        await _original_stream_send(self, event)
+        return
+    placeholder = _FilePlaceholder(event.count)
+    connection = self.connection
+    if not isinstance(connection, h11.Connection):
+        raise TypeError(f"{ZEROCOPY_SEND} on a websocket connection")
+    try:
+        parts = connection.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
+    except h11.LocalProtocolError:
+        if connection.their_state != h11.ERROR:
+            raise
+        return
+    for part in parts or ():
+        if part is placeholder:  # type: ignore[comparison-overlap]
+            await self.send(FileData(extents=event.extents))
+        else:
+            await self.send(RawData(data=bytes(part)))
+
+
 _installed = False
 
 
 def install() -> None:
     """Make hypercorn's trio servers in this process use :class:`GuardedTCPServer`, an app runner
-    that drops events for a finished app (:func:`_spawn_app`) and, for HTTP/1.1,
-    :class:`ClosingConnection` (or a subclass another module put there). Idempotent."""
+    that drops events for a finished app (:func:`_spawn_app`), zero-copy response bodies
+    (:data:`ZEROCOPY_SEND`) and, for HTTP/1.1, :class:`ClosingConnection` (or a subclass another
+    module put there). Idempotent."""
     global _installed
     if hypercorn_tcp.MAX_RECV < SOCKET_READ_BYTES:
         hypercorn_tcp.MAX_RECV = SOCKET_READ_BYTES
@@ -319,6 +489,8 @@ def install() -> None:
     if _installed:
         return
     hypercorn_task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
+    HTTPStream.app_send = _app_send  # type: ignore[method-assign]
+    H11Protocol.stream_send = _stream_send  # type: ignore[method-assign]
     original = H11Protocol.__init__
 
     def __init__(self: H11Protocol, app: Any, config: Config, *args: Any, **kwargs: Any) -> None:

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ipfsreg.blockstore import Datastore
-from ipfsreg.httpserver import loggable_headers
+from ipfsreg.httpserver import ZEROCOPY_SEND, loggable_headers
 from ipfsreg.mirror.stats import SOURCES, MirrorStats
 
 Scope = MutableMapping[str, Any]
@@ -252,8 +252,14 @@ class ObservedApp:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = int(message["status"])
-            elif message["type"] == "http.response.body":
-                state["out"] += len(message.get("body", b""))
+            elif message["type"] in ("http.response.body", ZEROCOPY_SEND):
+                body = message.get("body")
+                if body is not None:
+                    state["out"] += len(body)
+                elif "extents" in message:
+                    state["out"] += sum(extent[2] for extent in message["extents"])
+                else:
+                    state["out"] += int(message.get("count") or 0)
                 if not message.get("more_body", False):
                     # Count the request before its last byte leaves: a client that reads /metrics
                     # right after this response then sees it.

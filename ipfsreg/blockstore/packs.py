@@ -330,6 +330,13 @@ class PackFiles:
             )
         return data
 
+    def open_reader(self, pack: int) -> int:
+        """A new read-only descriptor of ``pack``, owned by the caller (it outlives :meth:`close`)."""
+        try:
+            return os.dup(self._reader(pack))
+        except OSError as exc:
+            raise PackError(f"cannot open pack {pack}: {exc}") from exc
+
     def _reader(self, pack: int) -> int:
         fd = self._read_fds.get(pack)
         if fd is not None:

@@ -476,6 +476,35 @@ class Blockstore:
     def has(self, cid: CID) -> bool:
         return self._store._block_size(cid.multihash) is not None
 
+    def locate(self, cid: CID) -> Pointer | None:
+        """Where a block's bytes lie in a pack file; None when it is stored inline (a small block)
+        or not at all. The bytes stay there while the block is stored (packs are append-only; a
+        deleted block's pages are punched out, so hold the block, e.g. with a lease, while using them)."""
+        raw = self._store._get(_PACKED + cid.multihash)
+        return None if raw is None else _pointer(cid.multihash, raw)
+
+    def read_located(self, cid: CID, pointer: Pointer) -> bytes | None:
+        """The bytes of block ``cid`` at ``pointer`` (from :meth:`locate`), checked against the
+        pointer's CRC (and re-hashed with ``verify_reads``); None when the block is no longer stored
+        there; :class:`BlockCorrupted` when they are damaged."""
+        try:
+            data = self._store.packs.read(pointer)
+        except PackError as exc:
+            if self.locate(cid) != pointer:
+                return None  # deleted (its space punched out) while we read
+            raise BlockCorrupted(f"block {cid} is damaged in its pack file: {exc}") from exc
+        if self._store.verify_reads and not cid.verify(data):
+            raise BlockCorrupted(f"block {cid} does not match its hash")
+        return data
+
+    def open_pack(self, pack: int) -> int:
+        """A new read-only file descriptor of pack file ``pack`` (the caller closes it), for reading
+        located blocks outside this object (e.g. ``os.sendfile``); BlockstoreError if it is gone."""
+        try:
+            return self._store.packs.open_reader(pack)
+        except PackError as exc:
+            raise BlockstoreError(str(exc)) from exc
+
     def size(self, cid: CID) -> int | None:
         return self._store._block_size(cid.multihash)
 

@@ -30,7 +30,7 @@ from ipfsreg.httpserver import EARLY_DRAIN_BYTES, EARLY_DRAIN_SECONDS
 from ipfsreg.mirror.rules import path_namespace, private_namespaces
 from ipfsreg.mirror.settings import MirrorSettings
 from ipfsreg.mirror.stats import MirrorStats
-from ipfsreg.registry import coalesce
+from ipfsreg.registry import coalesce, zerocopy
 from ipfsreg.registry.body import StreamingBody
 from ipfsreg.registry.digests import parse_digest
 from ipfsreg.registry.errors import RegistryError
@@ -119,6 +119,12 @@ class BackpressureHTTPConnection(TrioASGIHTTPConnection):
             timeout = self.app.config["RESPONSE_TIMEOUT"]
         with trio.move_on_after(float("inf") if timeout is None else float(timeout)):
             await self._send_response(send, response)
+
+    async def _send_response(self, send: Callable[..., Any], response: Any) -> None:
+        if isinstance(response, zerocopy.ZeroCopyResponse):
+            await zerocopy.send_response(send, response)
+        else:
+            await super()._send_response(send, response)
 
     async def _receive(
         self, nursery: trio.Nursery, request: Request, receive: Callable[[], Awaitable[Any]]

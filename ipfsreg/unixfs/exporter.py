@@ -5,11 +5,17 @@ exporter announces, through ``prefetch``, the children it is about to read, in o
 decodes an interior node. Malformed DAGs raise :class:`InvalidNode` instead of looping or growing:
 every file node's ``blocksizes`` must match its links and add up to its ``filesize``, every child must
 hold exactly the bytes its parent claims, and nesting is limited to ``MAX_DEPTH``.
+
+:func:`read_file_pieces` also takes a :class:`LeafLocator`: the leaves it places in storage come out
+as :class:`Extent`\\ s (where their bytes lie) instead of bytes, for senders that move them without
+reading them (sendfile).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
@@ -90,8 +96,9 @@ def decode_unixfs_node(cid: CID, block: bytes) -> tuple[dagpb.PBNode, UnixFSData
     return node, decode_unixfs(node.data)
 
 
-def _kubo_leaf_data(block: bytes) -> bytes | None:
-    """Fast path for the common dag-pb leaf ``{Data: {Type: File, Data, filesize}}``: its bytes, copied once.
+def _kubo_leaf_span(block: bytes) -> tuple[int, int] | None:
+    """Fast path for the common dag-pb leaf ``{Data: {Type: File, Data, filesize}}``: where its bytes lie
+    in the block, ``(start, end)``.
 
     Returns None for any other layout, which then goes through the strict generic decoders.
     """
@@ -110,7 +117,24 @@ def _kubo_leaf_data(block: bytes) -> bytes | None:
         return None
     if end != len(block) or filesize != size:
         return None
-    return block[data_start:data_end]
+    return data_start, data_end
+
+
+def _kubo_leaf_data(block: bytes) -> bytes | None:
+    """The bytes of a leaf in the common layout (see :func:`_kubo_leaf_span`), copied once; else None."""
+    span = _kubo_leaf_span(block)
+    return None if span is None else block[span[0] : span[1]]
+
+
+def leaf_content_span(cid: CID, block: bytes) -> tuple[int, int] | None:
+    """Where a file leaf's content lies in its block, ``(start, end)``: all of a raw block, the data of
+    a dag-pb leaf in Kubo's layout. None for anything else (an interior node, another layout), whose
+    content is only known by decoding it (:func:`read_file` does)."""
+    if cid.codec == RAW:
+        return 0, len(block)
+    if cid.codec == DAG_PB:
+        return _kubo_leaf_span(block)
+    return None
 
 
 def _file_layout(cid: CID, node: dagpb.PBNode, fs: UnixFSData) -> tuple[bytes, int]:
@@ -124,6 +148,63 @@ def _file_layout(cid: CID, node: dagpb.PBNode, fs: UnixFSData) -> tuple[bytes, i
     return inline, total
 
 
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A file's content bytes that lie contiguous in storage: ``length`` bytes at ``offset`` of
+    whatever ``where`` names (a :class:`LeafLocator` decides what that is, e.g. a pack file)."""
+
+    where: object
+    offset: int
+    length: int
+
+    def slice(self, lo: int, hi: int) -> Extent:
+        """Bytes ``[lo, hi)`` of this extent."""
+        return Extent(self.where, self.offset + lo, hi - lo)
+
+
+@dataclass(frozen=True, slots=True)
+class FileNode:
+    """A decoded interior node of a file: its inline content, content size, and (child, size) links."""
+
+    content: bytes
+    total: int
+    links: tuple[tuple[CID, int], ...]
+
+
+class FileNodes:
+    """Decoded interior file nodes by CID, for readers of the same files again and again (a node's
+    bytes never change under its CID, so nothing here goes stale): a bounded LRU."""
+
+    def __init__(self, entries: int = 128) -> None:
+        self.entries = entries
+        self._nodes: OrderedDict[CID, FileNode] = OrderedDict()
+
+    def get(self, cid: CID) -> FileNode | None:
+        node = self._nodes.get(cid)
+        if node is not None:
+            self._nodes.move_to_end(cid)
+        return node
+
+    def put(self, cid: CID, node: FileNode) -> None:
+        self._nodes[cid] = node
+        self._nodes.move_to_end(cid)
+        while len(self._nodes) > self.entries:
+            self._nodes.popitem(last=False)
+
+
+class LeafLocator(Protocol):
+    """Finds where file leaves' content lies in storage, so readers can send it without reading it."""
+
+    def prepare(self, cids: Sequence[CID]) -> Sequence[CID]:
+        """The children of a node about to be read, in order: return those the block source should
+        prefetch (the ones this locator will not find)."""
+        ...
+
+    def locate_leaf(self, cid: CID) -> Extent | None:
+        """The content of ``cid`` if it is a leaf this locator can place; None: read its block."""
+        ...
+
+
 async def read_file(
     source: BlockSource, cid: CID, offset: int = 0, length: int | None = None
 ) -> AsyncIterator[bytes]:
@@ -133,6 +214,23 @@ async def read_file(
     blocks holding the range are fetched: subtrees are skipped using their parents' blocksizes.
     Raises NotAFile for a directory or symlink root, InvalidNode for a malformed DAG.
     """
+    async with aclosing(read_file_pieces(source, cid, offset, length)) as pieces:
+        async for piece in pieces:
+            assert isinstance(piece, bytes)  # without a locator every piece is bytes
+            yield piece
+
+
+async def read_file_pieces(
+    source: BlockSource,
+    cid: CID,
+    offset: int = 0,
+    length: int | None = None,
+    locator: LeafLocator | None = None,
+    nodes: FileNodes | None = None,
+) -> AsyncGenerator[bytes | Extent, None]:
+    """As :func:`read_file`, but the leaves that ``locator`` places come as :class:`Extent`\\ s (their
+    bytes are not read here); everything else comes as bytes, in file order. Interior nodes found in
+    ``nodes`` are not read again (and those read are put there)."""
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     if length is not None and length < 0:
@@ -142,45 +240,71 @@ async def read_file(
     end = None if length is None else offset + length
     # (cid, file offset where the node's content starts, content size the parent claims, depth)
     stack: list[tuple[CID, int, int | None, int]] = [(cid, 0, None, 0)]
+    if locator is not None:
+        locator.prepare([cid])
     while stack:
         node_cid, start, expected, depth = stack.pop()
-        block = await load_block(source, node_cid)
-        children: list[tuple[CID, int, int | None, int]] = []
-        leaf = None if node_cid.codec == RAW else _kubo_leaf_data(block)
-        if node_cid.codec == RAW:
-            content: bytes = block
-            total = len(block)
-        elif leaf is not None and node_cid.codec == DAG_PB:
-            content = leaf
-            total = len(leaf)
+        if locator is not None:
+            extent = locator.locate_leaf(node_cid)
+            if extent is not None:
+                if expected is not None and extent.length != expected:
+                    raise InvalidNode(
+                        f"{node_cid} holds {extent.length} bytes but its parent says {expected}"
+                    )
+                lo = max(offset - start, 0)
+                hi = extent.length if end is None else min(end - start, extent.length)
+                if lo < hi:
+                    yield extent if (lo == 0 and hi == extent.length) else extent.slice(lo, hi)
+                continue
+        known = nodes.get(node_cid) if nodes is not None else None
+        if known is not None:
+            content, total, links = known.content, known.total, known.links
         else:
-            node, fs = decode_unixfs_node(node_cid, block)
-            if fs.type not in (DataType.FILE, DataType.RAW):
-                if depth == 0:
-                    raise NotAFile(f"{node_cid} is a UnixFS {fs.type.name.lower()}, not a file")
-                raise InvalidNode(f"UnixFS {fs.type.name.lower()} {node_cid} inside a file")
-            content, total = _file_layout(node_cid, node, fs)
-            if node.links:
-                if depth >= MAX_DEPTH:
-                    raise InvalidNode(f"file DAG deeper than {MAX_DEPTH} levels at {node_cid}")
-                pos = start + len(content)
-                for link, size in zip(node.links, fs.blocksizes, strict=True):
-                    child_start = pos
-                    pos += size
-                    if end is not None and child_start >= end:
-                        break
-                    if pos <= offset or size == 0:
-                        continue
-                    children.append((link.cid, child_start, size, depth + 1))
+            block = await load_block(source, node_cid)
+            links = ()
+            leaf = None if node_cid.codec == RAW else _kubo_leaf_data(block)
+            if node_cid.codec == RAW:
+                content = block
+                total = len(block)
+            elif leaf is not None and node_cid.codec == DAG_PB:
+                content = leaf
+                total = len(leaf)
+            else:
+                node, fs = decode_unixfs_node(node_cid, block)
+                if fs.type not in (DataType.FILE, DataType.RAW):
+                    if depth == 0:
+                        raise NotAFile(f"{node_cid} is a UnixFS {fs.type.name.lower()}, not a file")
+                    raise InvalidNode(f"UnixFS {fs.type.name.lower()} {node_cid} inside a file")
+                content, total = _file_layout(node_cid, node, fs)
+                links = tuple((link.cid, size) for link, size in zip(node.links, fs.blocksizes, strict=True))
+                if nodes is not None and links:
+                    nodes.put(node_cid, FileNode(content, total, links))
         if expected is not None and total != expected:
             raise InvalidNode(f"{node_cid} holds {total} bytes but its parent says {expected}")
+        children: list[tuple[CID, int, int | None, int]] = []
+        if links:
+            if depth >= MAX_DEPTH:
+                raise InvalidNode(f"file DAG deeper than {MAX_DEPTH} levels at {node_cid}")
+            pos = start + len(content)
+            for link_cid, size in links:
+                child_start = pos
+                pos += size
+                if end is not None and child_start >= end:
+                    break
+                if pos <= offset or size == 0:
+                    continue
+                children.append((link_cid, child_start, size, depth + 1))
         if content:
             lo = max(offset - start, 0)
             hi = len(content) if end is None else min(end - start, len(content))
             if lo < hi:
                 yield content if (lo == 0 and hi == len(content)) else content[lo:hi]
         if children:
-            source.prefetch([child[0] for child in children])
+            wanted: Sequence[CID] = [child[0] for child in children]
+            if locator is not None:
+                wanted = locator.prepare(wanted)
+            if wanted:
+                source.prefetch(wanted)
             stack.extend(reversed(children))
 
 

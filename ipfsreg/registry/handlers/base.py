@@ -23,6 +23,7 @@ from ipfsreg.registry.private import PrivateContent
 from ipfsreg.registry.routes import ALLOWED_METHODS
 from ipfsreg.registry.settings import RegistrySettings
 from ipfsreg.registry.storage import RegistryStore
+from ipfsreg.registry.zerocopy import SendableLeaves
 from ipfsreg.unixfs.exporter import BlockSource
 
 API_VERSION_HEADER: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -52,6 +53,8 @@ class Context:
     privacy: PrivateContent | None = None
     ipns: IpnsResolver | None = None
     """Resolves ``ipns/<name>/<repository>`` tags to image directories (None: such pulls are refused)."""
+    sendable_leaves: SendableLeaves = field(default_factory=SendableLeaves)
+    """Where recently sent leaves' payloads lie in their blocks (zero-copy blob GETs)."""
 
     def source_factory_or_shared(self) -> SourceFactory:
         """The per-request factory, or one handing out the store's (already entered) shared source."""

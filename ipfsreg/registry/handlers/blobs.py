@@ -1,9 +1,11 @@
-"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with Range) streamed from the blob's DAG, and DELETE."""
+"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with Range) streamed from the blob's DAG (zero-copy where the
+server offers it: registry/zerocopy.py), and DELETE."""
 
 from __future__ import annotations
 
 from quart import Request, Response
 
+from ipfsreg.registry import zerocopy
 from ipfsreg.registry.digests import Digest, parse_digest
 from ipfsreg.registry.handlers.base import Context, make_response
 from ipfsreg.registry.proxy import pull_through, refuse_writes
@@ -54,6 +56,18 @@ async def serve_stored_blob(ctx: Context, request: Request, name: str, digest: D
             headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
     if request.method == "HEAD" or length == 0:
         return make_response(status, headers, b"", content_length=length)
+    if zerocopy.offered(request.scope):
+        # Leaves in pack files go out with sendfile, the rest as bytes (registry/zerocopy.py).
+        return zerocopy.ZeroCopyResponse(
+            status,
+            headers,
+            datastore=ctx.store.datastore,
+            source=ctx.store.block_source,
+            leaves=ctx.sendable_leaves,
+            cid=info.cid,
+            offset=offset,
+            length=length,
+        )
     return make_response(status, headers, ctx.store.read(info.cid, offset, length), content_length=length)
 
 
