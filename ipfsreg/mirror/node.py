@@ -7,12 +7,13 @@ The registry never speaks libp2p; this adapter is the one place the two meet (bu
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 from libp2p.peer.id import ID
 
+from ipfsreg.cid import CID
 from ipfsreg.node.blobs.protocol import Answer, Request, digest_cid
 from ipfsreg.node.errors import ProtocolViolation
 from ipfsreg.node.node import Node
@@ -57,8 +58,26 @@ class NodeFleetPeers:
     def provide(self, digest: str) -> None:
         self.node.provide([digest_cid(digest)])
 
-    def block_source(self) -> AbstractAsyncContextManager[BlockSource]:
-        return self.node.block_source()
+    def block_source(
+        self, route: Callable[[CID], str | None] | None = None
+    ) -> AbstractAsyncContextManager[BlockSource]:
+        source = self.node.block_source()
+        if route is not None:
+            peer_ids: dict[str, ID] = {}
+
+            def routed(cid: CID) -> ID | None:
+                peer = route(cid)
+                if peer is None:
+                    return None
+                if peer not in peer_ids:
+                    try:
+                        peer_ids[peer] = ID.from_base58(peer)
+                    except ValueError:
+                        return None
+                return peer_ids[peer]
+
+            source.session.route = routed
+        return source
 
     def received_bytes(self) -> int:
         return self.node.client.stats.block_bytes_received

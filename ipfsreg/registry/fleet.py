@@ -17,6 +17,14 @@ misses blob D:
    waiting at most ``peer_timeout`` for it to start; otherwise
 4. goes to the upstream.
 
+Nodes reading one blob from the same source at once (the followers of a fetcher; a rolling wave
+reading from the node that has it) spread its leaves: each leaf is asked first of the reader whose
+share it is (``ipfsreg.mirror.claims.share_of`` over this node and the other claimants), which
+takes it from the source; the source's uplink carries each leaf about once instead of once per
+reader. The readers are the claimants this node knows of ``claim_settle`` after it claimed (when
+every simultaneous claim has reached it); a share's reader that lets a leaf wait is asked like any
+other peer from then on.
+
 A peer that stalls for ``peer_stall_timeout`` (no block arrives at all meanwhile: one whose link is
 busy serving the fleet is waited for while blocks keep coming, up to ``STALL_PATIENCE`` rounds),
 breaks the protocol or sends a DAG that does not add up is dropped and the next source continues
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
@@ -49,7 +58,7 @@ import trio
 from ipfsreg.blockstore import BlockstoreError
 from ipfsreg.cid import CID, DAG_PB, RAW
 from ipfsreg.excgroups import leaves
-from ipfsreg.mirror.claims import fetcher_for
+from ipfsreg.mirror.claims import fetcher_for, share_of
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.blobs.protocol import (
     MAX_CLAIMANTS,
@@ -77,6 +86,9 @@ STALL_PATIENCE = 4
 # Reads of a peer's DAG restarted (from the byte reached) after bitswap reported a block missing
 # while blocks kept arriving: its answers are late, not absent (a link busy serving the fleet).
 MISS_RETRIES = 12
+# Digests whose claims this node heard before it missed them itself, remembered for peer_timeout:
+# nodes of a wave start a moment apart, and the first to ask must still count as a claimant.
+EARLY_CLAIM_DIGESTS = 1024
 T = TypeVar("T")
 
 
@@ -104,8 +116,10 @@ class FleetPeers(Protocol):
         """Content routing can find peers this node is not connected to (a DHT with peers)."""
         ...
 
-    def block_source(self) -> AbstractAsyncContextManager[BlockSource]:
-        """A bitswap session over the connected peers."""
+    def block_source(
+        self, route: Callable[[CID], str | None] | None = None
+    ) -> AbstractAsyncContextManager[BlockSource]:
+        """A bitswap session over the connected peers; ``route(cid)`` names the peer asked first."""
         ...
 
     async def penalise(self, peer: str, reason: str) -> None:
@@ -226,6 +240,20 @@ class PeerSupply:
     root: CID | None = None
     wait_for_start: float = 0.0  # a claimant that has not started: how long to wait for it
     coordinated: bool = False
+    # The nodes (this one included) reading the blob from this peer at the same moment, once known:
+    # they share its leaves out (see route). None or fewer than two: every leaf as bitswap finds it.
+    co_readers: Callable[[], set[str] | None] | None = None
+    # Reading starts then (trio time): readers of a holder wait until every simultaneous claim has
+    # arrived, or their first wants (before the shares are known) queue the whole blob at the holder.
+    start_at: float = 0.0
+
+    def route(self, cid: CID) -> str | None:
+        """The peer to ask leaf ``cid`` of first: the source for this node's share, else its reader."""
+        readers = self.co_readers() if self.co_readers is not None else None
+        if not readers or len(readers) < 2:
+            return None
+        owner = share_of(self.digest, cid, readers)
+        return self.peer if owner == self.fleet.peers.peer_id else owner
 
     async def pump(self, emit: Pump, offset: int, announce: Callable[[int | None], None]) -> int:
         """Send the blob's bytes from ``offset`` to ``emit``; return the offset reached (the end).
@@ -234,7 +262,9 @@ class PeerSupply:
         Raises PeerFailed when the peer stalls, goes away or lies.
         """
         try:
-            async with self.fleet.peers.block_source() as source:
+            await trio.sleep_until(self.start_at)
+            route = self.route if self.co_readers is not None else None
+            async with self.fleet.peers.block_source(route) as source:
                 if self.root is not None:
                     announce(self.size)
                     return await self._read_dag(source, self.root, self.size, emit, offset)
@@ -507,16 +537,28 @@ class Fleet:
         self.stall_timeout = stall_timeout
         self.claim_settle = claim_settle
         self.inflight: dict[str, InFlight] = {}
+        self._early_claims: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     # --- answering peers ---------------------------------------------------------------------
 
     def begin(self, digest: str, *, private: bool) -> InFlight:
         """Register this node's fetch of ``digest`` (claimed) and announce it."""
         flight = InFlight(digest, trio.current_time(), private=private)
+        for peer, heard in self._early_claims.pop(digest, {}).items():
+            if flight.started - heard <= self.peer_timeout:
+                flight.note_claimant(peer)  # it asked a moment before this node missed the blob
         self.inflight[digest] = flight
         if not private or self.share_private:
             self.peers.provide(digest)
         return flight
+
+    def _note_early_claim(self, digest: str, peer: str) -> None:
+        claims = self._early_claims.pop(digest, {})
+        if peer in claims or len(claims) < MAX_CLAIMANTS:
+            claims[peer] = trio.current_time()
+        self._early_claims[digest] = claims  # newest last
+        while len(self._early_claims) > EARLY_CLAIM_DIGESTS:
+            self._early_claims.popitem(last=False)
 
     def end(self, flight: InFlight) -> None:
         if self.inflight.get(flight.digest) is flight:
@@ -528,6 +570,8 @@ class Fleet:
         flight = self.inflight.get(digest)
         if flight is None or (flight.private and not self.share_private):
             local = self.local_blob(digest)
+            if local is None and flight is None and request.claim and peer != self.peers.peer_id:
+                self._note_early_claim(digest, peer)
             if local is None or (self.is_private(digest) and not self.share_private):
                 yield Missing()
             else:
@@ -574,8 +618,26 @@ class Fleet:
             # record must reach the DHT first): after the settle time, look once more.
             await trio.sleep_until(flight.started + self.claim_settle)
             survey = await self._survey(digest, claim=True)
+        me = self.peers.peer_id
+        sources = {peer for peer, _ in survey.haves}
+
+        def readers() -> set[str] | None:
+            # Claims made at the same moment have all arrived claim_settle after ours.
+            if trio.current_time() < flight.started + self.claim_settle:
+                return None
+            fetching = {peer for peer, _ in survey.fetching}
+            return (survey.claimants | fetching | flight.claimants | {me}) - sources
+
         for peer, have in survey.haves:
-            yield PeerSupply(self, peer, digest, have.size, have.root)
+            yield PeerSupply(
+                self,
+                peer,
+                digest,
+                have.size,
+                have.root,
+                co_readers=readers,
+                start_at=flight.started + self.claim_settle,
+            )
         for peer, fetching in sorted(survey.fetching, key=lambda item: -len(item[1].leaves)):
             yield PeerSupply(self, peer, digest, fetching.size)
         claimants = (survey.claimants | flight.claimants) - {self.peers.peer_id}
@@ -587,7 +649,6 @@ class Fleet:
         # Others missed it at the same moment: give late claims a moment, then the rule decides.
         await trio.sleep_until(flight.started + self.claim_settle)
         claimants = (claimants | flight.claimants) - {self.peers.peer_id}
-        me = self.peers.peer_id
         fetcher = fetcher_for(digest, claimants | {me})
         if fetcher == me:
             log.info(
@@ -596,7 +657,19 @@ class Fleet:
             flight.start(None)
             return
         # Follow the fetcher (its followers read from it and from each other over bitswap).
-        yield PeerSupply(self, fetcher, digest, None, wait_for_start=self.peer_timeout, coordinated=True)
+
+        def followers() -> set[str]:
+            return (survey.claimants | flight.claimants | {me}) - {fetcher}
+
+        yield PeerSupply(
+            self,
+            fetcher,
+            digest,
+            None,
+            wait_for_start=self.peer_timeout,
+            coordinated=True,
+            co_readers=followers,
+        )
 
     async def find_have(self, digest: str) -> Have | None:
         """A peer's ``have`` answer for ``digest`` (asked without claiming it), or None."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
 from ipfsreg.cid import CID
-from ipfsreg.mirror.claims import distance
+from ipfsreg.mirror.claims import distance, share_of
 from ipfsreg.mirror.stats import MirrorStats
 from ipfsreg.node.blobs.protocol import Answer, Claimed, Failed, Fetching, Have, Leaf, Missing, Request
 from ipfsreg.node.errors import BlockFetchTimeout, NodeError
@@ -68,7 +68,7 @@ class ScriptedPeers:
 
     routing = False
 
-    def block_source(self) -> Any:
+    def block_source(self, route: Any = None) -> Any:
         raise AssertionError("not used here")
 
     async def penalise(self, peer: str, reason: str) -> None:
@@ -326,7 +326,7 @@ async def test_a_dag_read_cut_by_a_late_block_resumes_at_exactly_the_byte_delive
     leaves = [b.cid for b in blocks if b.cid.codec == 0x55]
 
     class Peers(Progressing):
-        def block_source(self) -> Any:
+        def block_source(self, route: Any = None) -> Any:
             source = FlakySource(store, leaves[3])
 
             @asynccontextmanager
@@ -348,3 +348,57 @@ async def test_a_dag_read_cut_by_a_late_block_resumes_at_exactly_the_byte_delive
     with trio.fail_after(10):
         assert await supply.pump(emit, 0, lambda size: None) == len(data)
     assert b"".join(delivered) == data
+
+
+async def test_simultaneous_readers_of_a_holder_share_its_leaves_once_every_claim_has_arrived() -> None:
+    # A rolling wave: "holder" has the blob, "other" claimed it at the same moment as this node.
+    peers = ScriptedPeers("me", {"holder": [Have(ROOT, 10)], "other": [Claimed(("other",))]})
+    coordinator = fleet(peers)
+    flight = coordinator.begin(DIGEST, private=False)
+    async with aclosing(coordinator.supplies(flight)) as found:
+        supply = await found.__anext__()
+    assert supply.peer == "holder"
+    leaves = [CID.hash(bytes([i]), codec=0x55, version=1) for i in range(64)]
+    if trio.current_time() < flight.started + coordinator.claim_settle:
+        assert supply.route(leaves[0]) is None  # claims may still be on their way: no spreading yet
+    await trio.sleep_until(flight.started + coordinator.claim_settle)
+    routes = [supply.route(leaf) for leaf in leaves]
+    # This node's share is asked of the holder, the other reader's share of that reader.
+    assert set(routes) == {"holder", "other"}
+    for leaf, route in zip(leaves, routes, strict=True):
+        assert route == ("holder" if share_of(DIGEST, leaf, {"me", "other"}) == "me" else "other")
+
+
+async def test_followers_of_a_fetcher_share_its_leaves_and_never_route_to_the_fetchers_share() -> None:
+    near, *rest = sorted([f"peer{i}" for i in range(6)], key=lambda p: distance(p, DIGEST))
+    me = rest[-1]
+    supply = (await supplies(fleet(ScriptedPeers(me, {near: [Claimed(tuple([near, *rest]))]}))))[0]
+    assert (supply.peer, supply.coordinated) == (near, True)
+    leaves = [CID.hash(bytes([i]), codec=0x55, version=1) for i in range(200)]
+    routes = [supply.route(leaf) for leaf in leaves]
+    assert set(routes) == {near, *rest} - {me}
+    for leaf, route in zip(leaves, routes, strict=True):
+        owner = share_of(DIGEST, leaf, rest)
+        assert route == (near if owner == me else owner)
+
+
+async def test_a_reader_alone_with_its_source_routes_nothing() -> None:
+    found = await supplies(fleet(ScriptedPeers("me", {"holder": [Have(ROOT, 10)]})))
+    await trio.sleep(0.06)  # past claim_settle
+    assert found[0].route(ROOT) is None
+
+
+async def test_a_claim_heard_a_moment_before_this_node_missed_the_blob_counts_as_a_claimant() -> None:
+    # Nodes of a wave start a moment apart: the first to ask found nobody fetching yet.
+    coordinator = fleet(ScriptedPeers("me", {}))
+    assert await collect(coordinator.answer("early", Request(DIGEST, claim=True)), 2) == [Missing()]
+    assert await collect(coordinator.answer("curious", Request(DIGEST, claim=False)), 2) == [Missing()]
+    flight = coordinator.begin(DIGEST, private=False)
+    assert flight.claimants == {"early"}
+
+
+async def test_an_early_claim_older_than_the_peer_timeout_is_forgotten() -> None:
+    coordinator = fleet(ScriptedPeers("me", {}))
+    await collect(coordinator.answer("early", Request(DIGEST, claim=True)), 2)
+    await trio.sleep(coordinator.peer_timeout + 0.05)
+    assert coordinator.begin(DIGEST, private=False).claimants == set()

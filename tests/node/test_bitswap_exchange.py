@@ -395,3 +395,149 @@ async def test_big_messages_arriving_while_a_store_thread_is_busy_are_stored_in_
     assert batches == [1, len(cids) - 1]
     assert results == dict(zip(cids, blocks, strict=True))
     assert all(fetcher.datastore.blocks.get(cid) == data for cid, data in zip(cids, blocks, strict=True))
+
+
+async def _wants_of(probe: Probe, count: int) -> list[WantEntry]:
+    """The next ``count`` want entries the probe receives (across messages)."""
+    entries: list[WantEntry] = []
+    while len(entries) < count:
+        entries.extend((await probe.next_message()).wantlist)
+    return entries
+
+
+async def test_a_routed_peer_still_delivering_other_blocks_is_waited_for_past_the_want_timeout(
+    nodes: Nodes,
+) -> None:
+    # A share's reader serving many wants over a saturated link answers each late but keeps sending
+    # blocks: it is busy, not stalled, and the want stays with it (no cancel, no re-ask, no duplicate).
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    data = [random_bytes(1000, seed=700 + n) for n in range(9)]
+    cids = [CID.hash(chunk, codec=RAW, version=1) for chunk in data]
+    results: dict[CID, bytes] = {}
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: peer.node.identity.peer_id
+
+    async def fetch(cid: CID) -> None:
+        results[cid] = await session.fetch(cid)
+
+    async with trio.open_nursery() as nursery:
+        for cid in cids:
+            nursery.start_soon(fetch, cid)
+        wanted = await _wants_of(peer, len(cids))
+        assert {(entry.cid, entry.want_type) for entry in wanted} == {(cid, WantType.BLOCK) for cid in cids}
+        # One block every 0.1 s: the last one comes 0.9 s after it was asked for, 3 want timeouts.
+        for cid, chunk in zip(cids, data, strict=True):
+            await trio.sleep(0.1)
+            await peer.send(fetcher, Message(blocks=[Block.of(cid, chunk)]))
+        await peer.assert_silent_for(0.2)  # no cancel, no want asked again
+    assert results == dict(zip(cids, data, strict=True))
+    assert fetcher.stats().duplicate_blocks == 0
+    assert fetcher.stats().fetch_timeouts == 0
+    assert session.unrouted == set()
+
+
+async def test_a_peer_that_sends_nothing_for_the_want_timeout_is_cancelled_and_left(nodes: Nodes) -> None:
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    cid = CID.hash(b"never sent", codec=RAW, version=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.client.fetch, cid)
+        await _wants_of(peer, 1)
+        await peer.send(fetcher, Message(presences=[BlockPresence(cid, PresenceType.HAVE)]))
+        (block_want,) = await _wants_of(peer, 1)
+        assert block_want.want_type == WantType.BLOCK
+        began = trio.current_time()
+        assert await _wants_of(peer, 1) == cancels([cid])
+        assert trio.current_time() - began >= 0.25
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_routed_want_asks_only_the_routed_peer_and_takes_the_block_when_it_has_it(
+    nodes: Nodes,
+) -> None:
+    fetcher = await nodes.start(want_timeout=30.0, fetch_timeout=30.0)
+    routed = Probe(await nodes.start())
+    other = Probe(await nodes.start())
+    for probe in (routed, other):
+        await fetcher.connect(probe.node.listen_addrs()[0])
+    cid = CID.hash(b"shared out", codec=RAW, version=1)
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: routed.node.identity.peer_id
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.fetch, cid)
+        (entry,) = await _wants_of(routed, 1)
+        # want-block without DONT_HAVE: the routed peer sends it once it has it, nobody else is asked.
+        assert (entry.cid, entry.want_type, entry.send_dont_have, entry.cancel) == (
+            cid,
+            WantType.BLOCK,
+            False,
+            False,
+        )
+        await other.assert_silent_for(0.3)
+        await routed.send(fetcher, Message(blocks=[Block.of(cid, b"shared out")]))
+    assert fetcher.datastore.blocks.get(cid) == b"shared out"
+
+
+async def test_a_routed_peer_that_lets_a_want_wait_is_cancelled_and_asked_like_any_peer_after(
+    nodes: Nodes,
+) -> None:
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    routed = Probe(await nodes.start())
+    holder = await nodes.start()
+    await fetcher.connect(routed.node.listen_addrs()[0])
+    await fetcher.connect(holder.listen_addrs()[0])
+    first, second = (_raw_block(holder, data) for data in (b"first", b"second"))
+    session = fetcher.client.new_session()
+    session.route = lambda wanted: routed.node.identity.peer_id
+    with trio.fail_after(10):
+        assert await session.fetch(first) == b"first"  # from the holder, after the routed peer's silence
+    entries = await _wants_of(routed, 3)
+    assert [(e.cid, e.want_type, e.cancel) for e in entries[:2]] == [
+        (first, WantType.BLOCK, False),
+        (first, WantType.BLOCK, True),
+    ]
+    assert session.unrouted == {routed.node.identity.peer_id}
+    with trio.fail_after(0.25):  # not routed again: asked like any peer, no want-timeout wait
+        assert await session.fetch(second) == b"second"
+
+
+async def test_a_holder_too_busy_to_answer_in_time_but_delivering_blocks_does_not_fail_the_fetch_fast(
+    nodes: Nodes,
+) -> None:
+    # The only holder serves a whole fleet: a want waits in its queue past want_timeout while its
+    # other blocks keep arriving. That silence is not a "no": no BlockNotProvided, the block comes.
+    fetcher = await nodes.start(want_timeout=0.3, fetch_timeout=30.0)
+    peer = Probe(await nodes.start())
+    await fetcher.connect(peer.node.listen_addrs()[0])
+    data = [random_bytes(1000, seed=800 + n) for n in range(12)]
+    cids = [CID.hash(chunk, codec=RAW, version=1) for chunk in data]
+    results: dict[CID, bytes] = {}
+
+    async def fetch(cid: CID) -> None:
+        results[cid] = await fetcher.client.fetch(cid)
+
+    async def answer_haves() -> None:
+        while True:
+            message = await peer.receive_channel.receive()
+            haves = [e.cid for e in message[1].wantlist if e.want_type == WantType.HAVE and not e.cancel]
+            if haves:
+                await peer.send(
+                    fetcher, Message(presences=[BlockPresence(c, PresenceType.HAVE) for c in haves])
+                )
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_haves)
+            async with trio.open_nursery() as fetches:
+                for cid in cids:
+                    fetches.start_soon(fetch, cid)
+                # One block every 0.1 s, the last 1.2 s after the first want: four want timeouts.
+                for cid, chunk in zip(cids, data, strict=True):
+                    await trio.sleep(0.1)
+                    await peer.send(fetcher, Message(blocks=[Block.of(cid, chunk)]))
+            nursery.cancel_scope.cancel()
+    assert results == dict(zip(cids, data, strict=True))
+    assert fetcher.stats().not_provided == 0

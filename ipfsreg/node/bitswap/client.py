@@ -3,12 +3,14 @@
 A fetch of one CID is driven by one task: it asks the session's known-good peers for the block
 directly (want-block), otherwise discovers who has it by sending want-have to every connected
 peer, then sends want-block to a peer that answered HAVE. A DONT_HAVE or a peer that stays silent
-for ``want_timeout`` moves the want to another peer; after ``fetch_timeout`` the caller gets
-BlockFetchTimeout naming the CID. With a provider search (``router``, the node's DHT lookups) a
-want that no connected peer can serve looks for providers: at once when every connected peer has
-said DONT_HAVE (or there is none), otherwise after the search delay, and again every little while
-as long as the want runs; providers found are connected and asked like any peer. When the search
-found nobody and every connected peer has said no, the caller gets BlockNotProvided at once.
+for ``want_timeout`` moves the want to another peer (a routed want, see Session, waits while its
+peer keeps delivering other blocks);
+after ``fetch_timeout`` the caller gets BlockFetchTimeout naming the CID. With a provider search
+(``router``, the node's DHT lookups) a want that no connected peer can serve looks for providers:
+at once when every connected peer has said DONT_HAVE (or there is none), otherwise after the search
+delay, and again every little while as long as the want runs; providers found are connected and
+asked like any peer. When the search found nobody and every connected peer has said no, the caller
+gets BlockNotProvided at once.
 
 On receipt the block's CID is rebuilt from its bytes, so a block
 is only ever accepted for the CID it really has; it is stored, cancels go to the other peers asked,
@@ -103,7 +105,14 @@ class _PeerScore:
 
 
 class Session:
-    """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first."""
+    """Peers that answered for one DAG fetch; later wants go straight to them, least loaded first.
+
+    ``route`` (optional) names the peer each block is asked of first: a want-block without
+    DONT_HAVE, so that peer sends the block as soon as it has it. The mirror uses it to spread a
+    blob's leaves over the fleet nodes reading it at the same moment (each node takes its share from
+    the source and the others take that share from it). A routed peer that sends no block at all
+    for ``want_timeout`` while a want waits is asked like any other peer from then on in this session.
+    """
 
     PROBE_EVERY = 4  # every how many wants also ask peers outside the session (want-have)
 
@@ -111,6 +120,17 @@ class Session:
         self._client = client
         self.peers: dict[ID, _PeerScore] = {}
         self._wants = 0
+        self.route: Callable[[CID], ID | None] | None = None
+        self.unrouted: set[ID] = set()  # routed peers that let a want time out
+
+    def routed_peer(self, cid: CID) -> ID | None:
+        """The peer to ask ``cid`` of first, if the route names a usable one."""
+        if self.route is None:
+            return None
+        peer = self.route(cid)
+        if peer is None or peer in self.unrouted or not self._client.usable(peer):
+            return None
+        return peer
 
     def should_probe(self) -> bool:
         """True for the first want and then every PROBE_EVERY-th: keeps discovering more peers."""
@@ -158,6 +178,7 @@ class BitswapClient:
         self._next_priority = MAX_PRIORITY
         self._recent: OrderedDict[bytes, _Finished] = OrderedDict()  # finished wants, newest last
         self._banned: dict[ID, float] = {}
+        self._last_block_from: dict[ID, float] = {}  # when each peer's latest block reached us
         self._store_lock = trio.Lock()  # one hash-and-store thread at a time
         self._open_batch: _StoreBatch | None = None  # messages waiting for the next thread
         self.router: ProviderSearch | None = None  # finds providers beyond the connected peers
@@ -196,6 +217,7 @@ class BitswapClient:
 
     def peer_disconnected(self, peer: ID) -> None:
         """Wants waiting on ``peer`` move on at once instead of waiting out the want timeout."""
+        self._last_block_from.pop(peer, None)
         for want in self._wants.values():
             if peer in want.asked:
                 _offer(want, _Event.DONT_HAVE, peer)
@@ -219,6 +241,8 @@ class BitswapClient:
         the claim of each block is then settled on the event loop as usual.
         """
         blocks = message.blocks
+        if blocks:
+            self._last_block_from[peer] = trio.current_time()
         if sum(len(block.data) for block in blocks) >= THREAD_BYTES:
             cids, stored_in_thread = await self._hash_and_store_batched(blocks)
         else:
@@ -420,10 +444,14 @@ class BitswapClient:
         has said DONT_HAVE (or stayed silent through a quiet period).
         """
         settings = self.settings
+        routed = session.routed_peer(want.cid)
+        if routed is not None and await self._want_routed(want, session, routed):
+            return
         dont_have: set[ID] = set()  # said DONT_HAVE or timed out on want-block
         haves: list[ID] = []  # said HAVE, not yet asked for the block
         asked_have: set[ID] = set()
-        said_no: set[ID] = set()  # DONT_HAVE or silence, never cleared: decides a fast failure
+        # DONT_HAVE, or silence from a peer that delivers nothing; never cleared: decides a fast failure.
+        said_no: set[ID] = set()
         began = trio.current_time()
         search: Search | None = None
         while not want.done.is_set():
@@ -438,7 +466,7 @@ class BitswapClient:
                     self._probe(want, session, asked_have)
             if target is not None:
                 await self._want_block(want, session, target, dont_have, haves, asked_have)
-                said_no |= dont_have
+                said_no |= {peer for peer in dont_have if not self._delivering(peer)}
                 continue
             # Discovery: who has it?
             candidates = self.candidate_peers()
@@ -502,9 +530,58 @@ class BitswapClient:
                         break
             if quiet.cancelled_caught and wait >= settings.want_timeout:
                 # Nobody answered: forget who refused, peers may have fetched it meanwhile.
-                said_no |= asked_have
+                said_no |= {peer for peer in asked_have if not self._delivering(peer)}
                 asked_have.clear()
                 dont_have.clear()
+
+    async def _want_routed(self, want: _Want, session: Session, peer: ID) -> bool:
+        """Ask the routed ``peer`` alone for the block, which it sends once it has it (no DONT_HAVE).
+
+        True when the block came (from anyone) or the want ended; False after ``want_timeout``
+        without it, or when the peer went away: then the want is cancelled there and asked as usual.
+        """
+        score = session.peers.setdefault(peer, _PeerScore())
+        want.asked.add(peer)
+        score.in_flight += 1
+        timed_out = False
+        try:
+            self.network.queue_wants(peer, [WantEntry(want.cid, want.priority, False, WantType.BLOCK, False)])
+            asked_at = trio.current_time()
+            while True:
+                # As for any want-block: a peer still delivering other blocks is busy, not stalled.
+                heard = max(asked_at, self._last_block_from.get(peer, asked_at))
+                with trio.move_on_at(heard + self.settings.want_timeout) as waited:
+                    while True:
+                        event, sender = await want.inbox.receive()
+                        if event is _Event.BLOCK:
+                            session.peers.setdefault(sender, _PeerScore()).blocks += 1
+                            return True
+                        if event is _Event.HAVE:
+                            session.note_have(sender)
+                        elif event is _Event.DONT_HAVE and sender == peer:
+                            break  # gone (or it answered DONT_HAVE after all)
+                if not waited.cancelled_caught:
+                    break
+                if self._last_block_from.get(peer, asked_at) <= heard:
+                    timed_out = True
+                    break
+        except trio.EndOfChannel:
+            return True
+        finally:
+            score.in_flight -= 1
+        if timed_out:
+            score.timeouts += 1
+            session.unrouted.add(peer)
+        if self.network.is_connected(peer):
+            self.network.queue_wants(peer, cancels([want.cid]))  # it would send it once it had it
+        return False
+
+    def _delivering(self, peer: ID) -> bool:
+        """``peer`` sent us a block within the last ``want_timeout``: a want it let time out waits in
+        a long queue (a holder serving a whole fleet), so its silence does not mean it lacks the block
+        and must not fail the fetch fast (BlockNotProvided)."""
+        last = self._last_block_from.get(peer)
+        return last is not None and trio.current_time() - last < self.settings.want_timeout
 
     def _probe(self, want: _Want, session: Session, asked_have: set[ID]) -> None:
         """Ask connected peers outside the session whether they have the block (want-have)."""
@@ -529,6 +606,8 @@ class BitswapClient:
         score.in_flight += 1
         try:
             self.network.queue_wants(target, [_want_entry(want, WantType.BLOCK)])
+            # A peer slow to answer (its queue is long) leaves the want to another peer that has
+            # the block: that is how a session spreads its wants over the peers that can serve.
             with trio.move_on_after(self.settings.want_timeout) as waited:
                 while True:
                     event, peer = await want.inbox.receive()
@@ -542,6 +621,9 @@ class BitswapClient:
                     elif event is _Event.DONT_HAVE:
                         dont_have.add(peer)
                         if peer == target:
+                            # Not cancelled there: it keeps the want and sends the block once it
+                            # has it, which is what keeps a want alive while the peers that do
+                            # have it are slow (the price: a duplicate when another one was faster).
                             return
             if waited.cancelled_caught:
                 score.timeouts += 1
