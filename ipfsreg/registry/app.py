@@ -375,6 +375,7 @@ def create_app(
         error = RegistryError("UNKNOWN", {"reason": f"internal error: {type(exc).__name__}"}, status=500)
         response = error_response(error, head=req.method == "HEAD")
         response.headers.update(API_VERSION_HEADER)
+        response.headers.update(response_headers())  # the request's namespace, as on every answer
         return response
 
     app.add_url_rule("/v2", "registry_root", handle, methods=_ALL_METHODS, strict_slashes=False)

@@ -1,5 +1,5 @@
-"""The fleet's pure rules: who fetches a blob from the upstream, and how simultaneous readers of one
-blob share its leaves out (ipfsreg/mirror/claims.py)."""
+"""How simultaneous readers of one blob share its leaves out (ipfsreg/mirror/claims.py); who fetches
+a blob from the upstream is tested in test_rules.py."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ from collections import Counter
 import pytest
 
 from ipfsreg.cid import CID, RAW
-from ipfsreg.mirror.claims import distance, fetcher_for, share_of
+from ipfsreg.mirror.claims import share_of
 
 DIGEST = "sha256:" + "5e" * 32
 READERS = [f"12D3KooWpeer{i}" for i in range(7)]
 LEAVES = [CID.hash(i.to_bytes(4, "big"), codec=RAW, version=1) for i in range(2000)]
-
-
-def test_the_fetcher_is_the_claimant_nearest_the_digest() -> None:
-    assert fetcher_for(DIGEST, READERS) == min(READERS, key=lambda peer: distance(peer, DIGEST))
 
 
 def test_every_reader_computes_the_same_owner_whatever_order_it_knows_the_readers_in() -> None:

@@ -121,6 +121,19 @@ async def test_catalog_and_tags_through_ns_use_the_names_that_registry_knows(tmp
             assert tags.headers["OCI-Namespace"] == "docker.io"
 
 
+async def test_an_internal_error_under_ns_still_names_the_namespace(tmp_path: Path, monkeypatch: Any) -> None:
+    async with running_upstream() as hub, mirror(tmp_path, UpstreamSettings("docker.io", hub.url)) as reg:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("broken on purpose")
+
+        monkeypatch.setattr(reg.store, "list_repos", broken)
+        catalog = await reg.client.get("/v2/_catalog", params={"ns": "docker.io"})
+        assert catalog.status_code == 500
+        assert catalog.json()["errors"][0]["code"] == "UNKNOWN"
+        assert catalog.headers["OCI-Namespace"] == "docker.io"
+
+
 async def test_a_name_led_by_a_mirrored_registry_is_that_registrys_repository(tmp_path: Path) -> None:
     # How CRI-O and podman ask a mirror configured with a path: no ns, the registry in the name.
     async with running_upstream() as hub:
