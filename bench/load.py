@@ -37,7 +37,16 @@ from typing import Any, Final
 
 import trio
 
-from bench.registry import REFERENCE_BINARY, Server, _free_port, _RssSampler, _status_kib, _stop, _wait_ready
+from bench.registry import (
+    REFERENCE_BINARY,
+    Server,
+    _free_port,
+    _reference,
+    _RssSampler,
+    _status_kib,
+    _stop,
+    _wait_ready,
+)
 
 MB: Final = 1_000_000
 PROBE_INTERVAL: Final = 0.02
@@ -365,31 +374,6 @@ def _ipfsreg(workdir: Path) -> Iterator[Server]:
         sampler.start()
         yield Server("ipfsreg", port, proc, sampler)
         sampler.stop()
-    finally:
-        _stop(proc)
-
-
-@contextmanager
-def _reference(workdir: Path) -> Iterator[Server]:
-    port = _free_port()
-    root = workdir / "reference-data"
-    root.mkdir()
-    config = workdir / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        [REFERENCE_BINARY, "serve", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_ready(port, proc, "docker-registry")
-        yield Server("reference", port, proc)
     finally:
         _stop(proc)
 
