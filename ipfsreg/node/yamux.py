@@ -801,13 +801,7 @@ class YamuxConn(IMuxedConn):
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._down:
-                return False
-            if not self._pending:
-                return True
-            frame = bytes(self._pending)
-            self._pending.clear()
-            return await self._write_locked(frame)
+            return await self._write_pending_locked()
         finally:
             lock.release()
 
@@ -820,15 +814,19 @@ class YamuxConn(IMuxedConn):
             self._pending_ready.set()
             return not self._down
         try:
-            if self._down:
-                return False
-            if not self._pending:
-                return True
-            frame = bytes(self._pending)
-            self._pending.clear()
-            return await self._write_locked(frame)
+            return await self._write_pending_locked()
         finally:
             self._write_lock.release()
+
+    async def _write_pending_locked(self) -> bool:
+        """Write everything queued in one secured write (caller holds the write lock)."""
+        if self._down:
+            return False
+        if not self._pending:
+            return True
+        frame = bytes(self._pending)
+        self._pending.clear()
+        return await self._write_locked(frame)
 
     async def _write_locked(self, frame: bytes) -> bool:
         """One secured write (caller holds the write lock); False, and the connection failing, on error.
