@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
+from ipfsreg import protowire
 from ipfsreg.cid import CID, CIDError, cid_from_prefix, encode_varint
 from ipfsreg.node.errors import MalformedMessage, MessageTooLarge
 
@@ -28,10 +29,7 @@ DEFAULT_MAX_BLOCK_SIZE: Final = 2 * 1024 * 1024
 V0_PREFIX: Final = b"\x00\x70\x12\x20"  # also what a 1.0.0 block (no prefix) is taken to have
 
 # Protobuf wire types.
-_VARINT: Final = 0
-_I64: Final = 1
-_LEN: Final = 2
-_I32: Final = 5
+_VARINT, _I64, _LEN, _I32 = protowire.VARINT, protowire.I64, protowire.LEN, protowire.I32
 
 
 class WantType(IntEnum):
@@ -192,58 +190,12 @@ def encoded_block_size(cid: CID, data_len: int) -> int:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise MalformedMessage("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise MalformedMessage("varint longer than 10 bytes")
-
-
 def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (field number, wire type, value or start, end) for each field in buf[pos:end].
-
-    For length-delimited fields the value is the start offset; for others ``end`` is unused (0).
-    """
-    while pos < end:
-        key, pos = _read_varint(buf, pos, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise MalformedMessage("field number 0")
-        if wire_type == _VARINT:
-            value, pos = _read_varint(buf, pos, end)
-            yield number, wire_type, value, 0
-        elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos, end)
-            if pos + length > end:
-                raise MalformedMessage(f"field {number} runs past the end of its message")
-            yield number, wire_type, pos, pos + length
-            pos += length
-        elif wire_type == _I64:
-            if pos + 8 > end:
-                raise MalformedMessage("truncated fixed64")
-            yield number, wire_type, pos, pos + 8
-            pos += 8
-        elif wire_type == _I32:
-            if pos + 4 > end:
-                raise MalformedMessage("truncated fixed32")
-            yield number, wire_type, pos, pos + 4
-            pos += 4
-        else:
-            raise MalformedMessage(f"unsupported wire type {wire_type} for field {number}")
+    return protowire.fields(buf, pos, end, MalformedMessage)
 
 
 def _expect(number: int, wire_type: int, expected: int, where: str) -> None:
-    if wire_type != expected:
-        raise MalformedMessage(f"{where} field {number} has wire type {wire_type}, expected {expected}")
+    protowire.expect(number, wire_type, expected, where, MalformedMessage)
 
 
 def _as_int32(value: int) -> int:

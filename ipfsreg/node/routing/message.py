@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
+from ipfsreg import protowire
 from ipfsreg.cid import encode_varint
 from ipfsreg.node.errors import DHTProtocolError
 
@@ -90,10 +91,7 @@ class Message:
 
 
 # Protobuf wire types.
-_VARINT: Final = 0
-_I64: Final = 1
-_LEN: Final = 2
-_I32: Final = 5
+_VARINT, _I64, _LEN, _I32 = protowire.VARINT, protowire.I64, protowire.LEN, protowire.I32
 
 
 def _tag(number: int, wire_type: int) -> bytes:
@@ -164,51 +162,12 @@ def encode_frame(message: Message) -> bytes:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise DHTProtocolError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise DHTProtocolError("varint longer than 10 bytes")
-
-
 def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, varint value or start offset, end offset) of each field in buf[pos:end]."""
-    while pos < end:
-        key, pos = _read_varint(buf, pos, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise DHTProtocolError("field number 0")
-        if wire_type == _VARINT:
-            value, pos = _read_varint(buf, pos, end)
-            yield number, wire_type, value, 0
-        elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos, end)
-            if pos + length > end:
-                raise DHTProtocolError(f"field {number} runs past the end of its message")
-            yield number, wire_type, pos, pos + length
-            pos += length
-        elif wire_type in (_I64, _I32):
-            size = 8 if wire_type == _I64 else 4
-            if pos + size > end:
-                raise DHTProtocolError(f"truncated fixed-size field {number}")
-            yield number, wire_type, pos, pos + size
-            pos += size
-        else:
-            raise DHTProtocolError(f"unsupported wire type {wire_type} for field {number}")
+    return protowire.fields(buf, pos, end, DHTProtocolError)
 
 
 def _expect(number: int, wire_type: int, expected: int, where: str) -> None:
-    if wire_type != expected:
-        raise DHTProtocolError(f"{where} field {number} has wire type {wire_type}, expected {expected}")
+    protowire.expect(number, wire_type, expected, where, DHTProtocolError)
 
 
 def _decode_peer(buf: memoryview, pos: int, end: int, limits: Limits) -> PeerEntry:
