@@ -197,27 +197,43 @@ async def fetch_manifest(
 
     Raises LayoutError (ReferenceNotFound for an unknown reference); fetch errors propagate.
     """
-    repo = ipfs_repository_name(root)
-    with leased(store, source) as held:
-        layout = await read_image_layout(held, root)
-        manifest = await read_manifest(held, layout, reference, max_bytes=MAX_MANIFEST_BYTES)
-        children: list[LayoutManifest] = []
-        pending = [manifest]
-        while pending:
-            parsed = _parse(pending.pop())
-            for child in parsed.manifests:
-                if any(c.digest == str(child.digest) for c in children):
-                    continue
-                fetched = await read_manifest(held, layout, str(child.digest), max_bytes=MAX_MANIFEST_BYTES)
-                children.append(fetched)
-                pending.append(fetched)
-        for child_manifest in children:
-            record_manifest(store, repo, child_manifest)
-        is_tag = not reference.startswith(("sha256:", "sha512:"))
-        record_manifest(
-            store, repo, manifest, tag=reference if is_tag else None, image=root if is_tag else None
-        )
+    layout, manifest, children = await _read_manifests(source, root, reference)
+    _record_manifests(store, root, reference, manifest, children)
     return layout, manifest
+
+
+async def _read_manifests(
+    source: BlockSource, root: CID, reference: str
+) -> tuple[ImageLayout, LayoutManifest, list[LayoutManifest]]:
+    """Manifest ``reference`` of layout ``root`` and, for an index, every manifest below it, verified."""
+    layout = await read_image_layout(source, root)
+    manifest = await read_manifest(source, layout, reference, max_bytes=MAX_MANIFEST_BYTES)
+    children: list[LayoutManifest] = []
+    pending = [manifest]
+    while pending:
+        parsed = _parse(pending.pop())
+        for child in parsed.manifests:
+            if any(c.digest == str(child.digest) for c in children):
+                continue
+            fetched = await read_manifest(source, layout, str(child.digest), max_bytes=MAX_MANIFEST_BYTES)
+            children.append(fetched)
+            pending.append(fetched)
+    return layout, manifest, children
+
+
+def _record_manifests(
+    store: RegistryStore,
+    root: CID,
+    reference: str,
+    manifest: LayoutManifest,
+    children: Sequence[LayoutManifest],
+) -> None:
+    """Index ``manifest`` and its ``children`` under ``ipfs/<root>``; a tag ``reference`` moves last."""
+    repo = ipfs_repository_name(root)
+    for child_manifest in children:
+        record_manifest(store, repo, child_manifest)
+    is_tag = not reference.startswith(("sha256:", "sha512:"))
+    record_manifest(store, repo, manifest, tag=reference if is_tag else None, image=root if is_tag else None)
 
 
 def _parse(manifest: LayoutManifest) -> ParsedManifest:
@@ -275,28 +291,25 @@ async def mirror_image(
 
     ``ref`` None: the layout's own tag (:func:`own_tag`)."""
     repo = ipfs_repository_name(root)
-    if ref is None:
-        with leased(store, source) as held:
+    with leased(store, source) as held:
+        if ref is None:
             ref = own_tag(await read_image_layout(held, root))
-    layout, manifest = await fetch_manifest(store, source, root, ref)
-    manifests = [manifest]
-    digests: dict[str, None] = {}
-    while manifests:
-        parsed = _parse(manifests.pop())
-        for blob in parsed.blobs:
-            digests.setdefault(str(blob.digest), None)
-        for child in parsed.manifests:
-            manifests.append(await read_manifest(source, layout, str(child.digest)))
-    fetched = 0
-    for digest_text in digests:
-        digest = parse_digest(digest_text)
-        if store.repo_has_blob(repo, digest):
-            continue
-        with leased(store, source) as held:
+        _, manifest, children = await _read_manifests(held, root, ref)
+        digests: dict[str, None] = {}
+        for parsed in map(_parse, [manifest, *children]):
+            for blob in parsed.blobs:
+                digests.setdefault(str(blob.digest), None)
+        fetched = 0
+        for digest_text in digests:
+            digest = parse_digest(digest_text)
+            if store.repo_has_blob(repo, digest):
+                continue
             cid, size = await locate_blob(held, root, digest)
             async for _ in fetch_blob(store, held, repo, digest, cid, size):
                 pass
-        fetched += 1
+            fetched += 1
+        # Recorded last: the image is listed (and its tag resolves) only once every blob is here.
+        _record_manifests(store, root, ref, manifest, children)
     return PulledImage(repo, ref, parse_digest(manifest.digest), root, fetched)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -523,6 +524,37 @@ async def test_mirror_image_records_the_whole_image_under_its_ipfs_repository(re
     assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
     again = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
     assert again.blobs == 0
+
+
+class FailingOn:
+    """The local blocks, except that reading ``missing`` fails as a vanished peer would."""
+
+    def __init__(self, inner: LocalBlockSource, missing: CID) -> None:
+        self.inner = inner
+        self.missing = missing
+
+    async def get(self, cid: CID) -> bytes:
+        if cid == self.missing:
+            raise BlockNotFound(cid)
+        return await self.inner.get(cid)
+
+    def prefetch(self, cids: Sequence[CID]) -> None:
+        self.inner.prefetch(cids)
+
+
+async def test_mirror_image_lists_the_image_only_once_every_blob_is_stored(registry: Server) -> None:
+    digest, _, _ = await push_oci_image(registry, "src", "v1", [b"first layer", b"second layer"])
+    cid = registry.store.image_cid("src", "v1")
+    second = registry.store.blob_info(parse_digest(sha256(b"second layer")))
+    assert cid is not None and second is not None
+    repo = ipfs_repository_name(cid)
+    with pytest.raises(BlockNotFound):
+        await mirror_image(registry.store, FailingOn(registry.store.local_source, second.cid), cid, "v1")
+    assert registry.store.resolve_tag(repo, "v1") is None  # not listed: the image is not whole here
+    assert registry.store.image_cid(repo, "v1") is None
+    mirrored = await mirror_image(registry.store, registry.store.local_source, cid, "v1")
+    assert mirrored.blobs == 1  # the blobs stored by the failed attempt stay
+    assert registry.store.resolve_tag(repo, "v1") == parse_digest(digest)
 
 
 async def test_mirror_image_without_a_reference_takes_the_layouts_own_tag(registry: Server) -> None:
