@@ -14,6 +14,13 @@ a dialer that waits for it before sending its protocol (py-libp2p's) is answered
 the dialer's protocol is already buffered, header and echo leave in one write. Malformed input (no
 header, a message over 1 KiB, a missing newline, bytes that are not UTF-8), end of stream or the
 timeout raise ``MultiselectError``, and py-libp2p's stream handler resets the stream.
+
+py-libp2p's own reader stays in use where the responder above is not (the security negotiation of
+every connection, dialled and accepted, and outbound streams), with one change: a message's length
+is checked against the same 1 KiB bound before its bytes are read. Stock, a peer's varint of any size
+became one ``recv`` of that many bytes, so a peer sending garbage (a node of a private network
+answering one outside it, whose bytes are ciphertext) made the dial fail with MemoryError instead
+of a negotiation error.
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, IMultiselectCommunicator
 from libp2p.custom_types import StreamHandlerFn, TProtocol
-from libp2p.protocol_muxer.exceptions import MultiselectError
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IOException
+from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError, MultiselectError
 from libp2p.protocol_muxer.multiselect import DEFAULT_NEGOTIATE_TIMEOUT, Multiselect
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from ipfsreg.cid import encode_varint
 from ipfsreg.node.yamux import YamuxStream
@@ -111,8 +122,21 @@ class _Responder:
                 raise MultiselectError(f"cannot answer the protocol negotiation: {exc!r}") from exc
 
 
+async def _read_bounded(communicator: MultiselectCommunicator) -> str:
+    """py-libp2p's ``MultiselectCommunicator.read`` with the message length bounded by MAX_MESSAGE."""
+    try:
+        body = await read_varint_prefixed_bytes_limited(communicator.read_writer, MAX_MESSAGE)
+        if body[-1:] != b"\n":
+            raise ParseError(f"multistream message without its newline: {body[:64]!r}")
+        return body[:-1].decode()
+    except (ParseError, IOException, UnicodeDecodeError) as error:
+        raise MultiselectCommunicatorError(f"fail to read from multiselect communicator: {error}") from error
+
+
 def install(host: IHost) -> None:
-    """Negotiate the host's inbound streams with the responder above (other muxers: py-libp2p's)."""
+    """Negotiate the host's inbound streams with the responder above (other muxers: py-libp2p's), and
+    bound every message py-libp2p's own reader takes (:func:`_read_bounded`)."""
+    MultiselectCommunicator.read = _read_bounded  # type: ignore[method-assign,assignment]
     multiselect = host.get_mux()
     if not isinstance(multiselect, Multiselect):
         return

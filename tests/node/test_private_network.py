@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
+from ipfsreg.cid import encode_varint
 from ipfsreg.node.errors import NodeError
+from ipfsreg.node.identity import Identity
 from ipfsreg.node.pnet import PnetHandshakeError, SwarmKeyError, fingerprint, format_swarm_key
 from ipfsreg.node.pnet_conn import load_swarm_key
 from ipfsreg.node.testing import Nodes, add_bytes, random_bytes, read_all
@@ -37,6 +41,27 @@ async def test_a_private_node_refuses_a_node_without_the_key_naming_the_cause(no
     with pytest.raises(NodeError, match="needs its swarm key"):
         await public.connect(private.listen_addrs()[0])
     assert private.peers() == [] and public.peers() == []
+
+
+async def test_a_dialled_peer_answering_with_a_huge_message_length_fails_as_a_negotiation_error(
+    nodes: Nodes,
+) -> None:
+    # What a node outside a private network reads from one inside it: ciphertext, here a varint
+    # claiming a 1 TiB multistream message. It must fail the dial as a refused negotiation (with the
+    # swarm key hint), not as an attempt to receive that many bytes.
+    public = await nodes.start()
+
+    async def answer_with_garbage(stream: trio.SocketStream) -> None:
+        await stream.send_all(encode_varint(1 << 40) + os.urandom(64))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, answer_with_garbage, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        peer = Identity.generate().peer_id
+        with pytest.raises(NodeError, match="needs its swarm key"):
+            await public.connect(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
+        nursery.cancel_scope.cancel()
 
 
 async def test_nodes_with_different_swarm_keys_cannot_connect(nodes: Nodes) -> None:
