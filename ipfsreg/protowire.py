@@ -1,5 +1,5 @@
-"""Reading the protobuf wire format, for the hand-written codecs (bitswap, the DHT): pure, over a
-memoryview, every length checked against the end of its message.
+"""Reading the protobuf wire format, for the hand-written codecs (bitswap, the DHT, IPNS records):
+pure, over a memoryview, every length checked against the end of its message.
 
 Each codec passes its own error type, so a malformed message surfaces as that layer's error.
 """
@@ -28,6 +28,8 @@ def read_varint(buf: memoryview, pos: int, end: int, error: Error) -> tuple[int,
         pos += 1
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if shift == 63 and byte > 1:  # a tenth byte may only hold bit 63
+                raise error("varint overflows 64 bits")
             return result, pos
         shift += 7
         if shift >= 64:

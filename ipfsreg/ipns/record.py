@@ -28,6 +28,7 @@ import dag_cbor
 from libp2p.crypto.keys import PrivateKey, PublicKey
 from libp2p.crypto.serialization import deserialize_public_key
 
+from ipfsreg import protowire
 from ipfsreg.cid import CID, IDENTITY, LIBP2P_KEY, CIDError, b58decode, b58encode, encode_varint, multihash
 
 MAX_RECORD_SIZE: Final = 10 * 1024
@@ -204,56 +205,25 @@ _BYTES_FIELDS: Final = {_F_VALUE, _F_SIGNATURE_V1, _F_VALIDITY, _F_PUB_KEY, _F_S
 _VARINT_FIELDS: Final = {_F_VALIDITY_TYPE, _F_SEQUENCE, _F_TTL}
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise InvalidRecord("IpnsEntry protobuf: truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift >= 70:
-            raise InvalidRecord("IpnsEntry protobuf: varint longer than 10 bytes")
-    if result > _MAX_U64:
-        raise InvalidRecord("IpnsEntry protobuf: varint overflows 64 bits")
-    return result, pos
+def _entry_error(reason: str) -> InvalidRecord:
+    return InvalidRecord(f"IpnsEntry protobuf: {reason}")
 
 
 def _decode_entry(buf: bytes) -> dict[int, bytes | int]:
     """The IpnsEntry fields present (last occurrence wins, as protobuf says); unknown fields skipped."""
     fields: dict[int, bytes | int] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise InvalidRecord("IpnsEntry protobuf: field number 0")
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
+    view = memoryview(buf)
+    for number, wire, value, end in protowire.fields(view, 0, len(view), _entry_error):
+        if wire == protowire.VARINT:
             if number in _BYTES_FIELDS:
-                raise InvalidRecord(f"IpnsEntry protobuf: field {number} must be bytes, got a varint")
+                raise _entry_error(f"field {number} must be bytes, got a varint")
             if number in _VARINT_FIELDS:
                 fields[number] = value
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            if pos + length > len(buf):
-                raise InvalidRecord(f"IpnsEntry protobuf: field {number} runs past the end")
+        elif wire == protowire.LEN:
             if number in _VARINT_FIELDS:
-                raise InvalidRecord(f"IpnsEntry protobuf: field {number} must be a varint, got bytes")
+                raise _entry_error(f"field {number} must be a varint, got bytes")
             if number in _BYTES_FIELDS:
-                fields[number] = buf[pos : pos + length]
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise InvalidRecord(f"IpnsEntry protobuf: unsupported wire type {wire}")
-        if pos > len(buf):
-            raise InvalidRecord("IpnsEntry protobuf: truncated field")
+                fields[number] = bytes(view[value:end])
     return fields
 
 

@@ -248,6 +248,7 @@ def test_record_over_10_kib_is_refused_both_ways() -> None:
         (b"\x40\x01", "must be bytes"),
         (b"\x2a\x01x", "must be a varint"),
         (b"\x08" + b"\xff" * 11, "longer than 10 bytes"),
+        (b"\x28" + b"\xff" * 9 + b"\x7f", "overflows 64 bits"),
         (b"\x0f", "wire type"),
         (_bytes_field(8, b"sig") + _bytes_field(9, b"\xff\xff"), "not DAG-CBOR"),
         (_bytes_field(8, b"sig") + _bytes_field(9, dag_cbor.encode([1])), "must be a DAG-CBOR map"),

@@ -127,6 +127,7 @@ def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
         (b"\x10\x01", "wire type 0, expected 2"),
         (b"\x42\x02\x12\x00", "without a peer ID"),
         (b"\x08" + b"\xff" * 10 + b"\x01", "varint longer than 10 bytes"),
+        (b"\x08" + b"\xff" * 9 + b"\x02", "varint overflows 64 bits"),
     ],
 )
 def test_malformed_messages_raise_dht_protocol_error(data: bytes, reason: str) -> None:
