@@ -89,6 +89,8 @@ MISS_RETRIES = 12
 # Digests whose claims this node heard before it missed them itself, remembered for peer_timeout:
 # nodes of a wave start a moment apart, and the first to ask must still count as a claimant.
 EARLY_CLAIM_DIGESTS = 1024
+# Fetchers a follower follows in turn when they fail it, before it goes to the upstream itself.
+FETCHER_ELECTIONS = 4
 T = TypeVar("T")
 
 
@@ -657,19 +659,30 @@ class Fleet:
             flight.start(None)
             return
         # Follow the fetcher (its followers read from it and from each other over bitswap).
+        gone: set[str] = set()  # fetchers that failed their followers
 
-        def followers() -> set[str]:
-            return (survey.claimants | flight.claimants | {me}) - {fetcher}
+        def followers_of(source: str, failed: frozenset[str]) -> Callable[[], set[str]]:
+            return lambda: (survey.claimants | flight.claimants | {me}) - failed - {source}
 
-        yield PeerSupply(
-            self,
-            fetcher,
-            digest,
-            None,
-            wait_for_start=self.peer_timeout,
-            coordinated=True,
-            co_readers=followers,
-        )
+        for _ in range(FETCHER_ELECTIONS):
+            yield PeerSupply(
+                self,
+                fetcher,
+                digest,
+                None,
+                wait_for_start=self.peer_timeout,
+                coordinated=True,
+                co_readers=followers_of(fetcher, frozenset(gone)),
+            )
+            # Back here, following it failed (it went away, stalled or its fetch failed): the rule
+            # picks again among the claimants left, so one of the followers, not each of them,
+            # fetches the rest from the upstream and the others follow it from where they are.
+            gone.add(fetcher)
+            fetcher = fetcher_for(digest, (survey.claimants | flight.claimants | {me}) - gone)
+            if fetcher == me:
+                log.info("fleet: the fetcher of %s failed; this node fetches the rest upstream", digest)
+                return
+            log.info("fleet: the fetcher of %s failed; following %s, the next nearest", digest, fetcher)
 
     async def find_have(self, digest: str) -> Have | None:
         """A peer's ``have`` answer for ``digest`` (asked without claiming it), or None."""

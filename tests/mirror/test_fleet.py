@@ -14,8 +14,9 @@ import httpx
 import pytest
 import trio
 from fake_upstream import FakeUpstream, running_upstream
-from fleet_support import Mirror, mirrors, sha256
+from fleet_support import Mirror, mirrors, sha256, wait_for
 
+from ipfsreg.mirror.claims import fetcher_for
 from ipfsreg.node.bitswap.message import Block
 from ipfsreg.node.blobs.protocol import Answer, Fetching, Have, Leaf, Request
 from ipfsreg.node.errors import BlockFetchTimeout
@@ -87,6 +88,67 @@ async def test_nodes_missing_one_layer_at_once_fetch_it_from_the_upstream_once(s
             assert sum(s["bytes"]["upstream"] for s in stats) == len(big)
             assert sum(s["coordinated"] for s in stats) == 2
             assert manifest["layers"][0]["digest"] == digest
+
+
+async def test_when_a_layers_fetcher_stops_mid_blob_one_follower_fetches_the_rest_the_other_follows_it(
+    serve_node: Any,
+) -> None:
+    big = bytes(range(251)) * 24_000  # 6 MB, 92 upstream chunks of 64 KiB
+    digest = sha256(big)
+    async with running_upstream(FakeUpstream(chunk_delay=0.01)) as up:
+        up.add_image("library/big", "v1", [big])
+        stops = [trio.Event() for _ in range(3)]
+
+        async def run(index: int, task_status: trio.TaskStatus[Mirror]) -> None:
+            config = mirror_of(up, **{"mirror.claim_settle": 0.3})
+            async with (
+                serve_node(f"node{index}", **config) as info,
+                httpx.AsyncClient(base_url=info.registry_urls[0], timeout=60) as client,
+                httpx.AsyncClient(base_url=info.api_url, timeout=60) as control,
+            ):
+                task_status.started(Mirror(info, client, control))
+                await stops[index].wait()
+
+        async with trio.open_nursery() as servers:
+            nodes: list[Mirror] = [await servers.start(run, index) for index in range(3)]
+            for index, node in enumerate(nodes):
+                for earlier in nodes[:index]:
+                    await node.connect(earlier)
+            for node in nodes:
+                await wait_for(lambda node=node: _has_peers(node, 2))
+            ids = [str(node.info.peer_id) for node in nodes]
+            fetcher = ids.index(fetcher_for(digest, ids))
+            results: dict[int, bytes] = {}
+
+            async def pull(index: int) -> None:
+                try:
+                    resp = await nodes[index].client.get(
+                        f"/v2/library/big/blobs/{digest}", params={"ns": "docker.io"}
+                    )
+                except httpx.HTTPError:
+                    assert index == fetcher  # its server stopped under it
+                    return
+                if resp.status_code == 200:
+                    results[index] = resp.content
+
+            async with trio.open_nursery() as pulls:
+                for index in range(3):
+                    pulls.start_soon(pull, index)
+                with trio.fail_after(30):
+                    while up.blob_bytes_sent.get(digest, 0) < len(big) // 3:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                stops[fetcher].set()  # the fetcher stops a third of the way in
+            survivors = set(range(3)) - {fetcher}
+            assert {index: results.get(index) == big for index in survivors} == dict.fromkeys(survivors, True)
+            # The fetcher's GET, then one follower's for the rest (was: one per follower).
+            assert up.count("GET", f"/blobs/{digest}") == 2
+            assert up.blob_bytes_sent[digest] < 2 * len(big)
+            for index in survivors:
+                stops[index].set()
+
+
+async def _has_peers(node: Mirror, count: int) -> bool:
+    return len(await node.peers()) == count
 
 
 # --- peers that misbehave: a bare node answers the blob protocol as the test tells it -----------

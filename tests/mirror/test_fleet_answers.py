@@ -211,6 +211,18 @@ async def test_simultaneous_claimants_follow_the_one_nearest_the_digest() -> Non
     assert await supplies(fleet(ScriptedPeers(near, {far: [Claimed((far,))]}))) == []
 
 
+async def test_when_the_fetcher_fails_its_followers_follow_the_next_nearest_then_fetch_themselves() -> None:
+    near, second, third = sorted(["peer1", "peer2", "peer3"], key=lambda p: distance(p, DIGEST))
+    claims = {near: [Claimed((near, second, third))]}
+    # Seen from the farthest: the nearest, then (it failed) the next nearest, then the upstream.
+    found = await supplies(fleet(ScriptedPeers(third, claims)))
+    assert [(s.peer, s.coordinated) for s in found] == [(near, True), (second, True)]
+    await trio.sleep(0.06)  # past claim_settle: the readers are known
+    assert found[1].co_readers() == {third}  # the failed fetcher reads no share any more
+    # Seen from the next nearest: once the nearest failed, it fetches the rest itself.
+    assert [s.peer for s in await supplies(fleet(ScriptedPeers(second, claims)))] == [near]
+
+
 async def test_with_content_routing_a_quiet_first_survey_is_asked_again_after_the_settle_time() -> None:
     near, far = nearest_and_farthest([f"peer{i}" for i in range(10)])
 
