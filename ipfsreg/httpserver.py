@@ -16,7 +16,9 @@ hypercorn server of the process (the registry port and the control API). What it
 - Large socket reads (:data:`SOCKET_READ_BYTES`), gathered while a body streams in.
 - Zero-copy responses: the ASGI ``http.response.zerocopysend`` extension (a file descriptor, an offset
   and a count, sent with ``os.sendfile``: the kernel moves the bytes from the page cache to the socket,
-  Python never holds them), offered to apps on plain-TCP HTTP/1.x connections. An addition of ours: a
+  Python never holds them), offered to apps on plain-TCP HTTP/1.x connections of a server that runs a
+  file sender (ipfsreg/filesender.py: one thread sends the files of every connection, beside the
+  event loop; ``serve_registry`` runs one). An addition of ours: a
   message may carry ``extents``, a sequence of ``(file, offset, count)`` sent in order, in place of
   ``file``/``offset``/``count`` (one message, one pass through the ASGI and HTTP layers, for many
   pieces of files: a blob's leaves). TLS connections do not
@@ -30,7 +32,6 @@ For ASGI code that answers without reading the request body (auth refusals, /met
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -51,7 +52,9 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.utils import UnexpectedMessageError, suppress_body
 
+from ipfsreg import filesender
 from ipfsreg.excgroups import describe
+from ipfsreg.filesender import FileExtent, FileShorterThanSent, SenderClosed, SendfileUnsupported
 
 log = logging.getLogger("ipfsreg.http")
 
@@ -88,18 +91,7 @@ _SEND_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, trio.
 ZEROCOPY_SEND: Final = "http.response.zerocopysend"
 """The ASGI extension (and message type) of zero-copy response bodies."""
 
-# sendfile refused for this pair of descriptors (the file's filesystem cannot, an odd socket): the
-# bytes are read and sent instead. Any other error ends the connection.
-_SENDFILE_UNSUPPORTED: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 _FALLBACK_READ_BYTES: Final = 256 * 1024
-
-
-class FileShorterThanSent(OSError):
-    """A zero-copy send named bytes past the end of its file (the response is cut short)."""
-
-
-FileExtent = tuple[int, int, int]
-"""``(file descriptor, offset, count)``: body bytes that lie in a file."""
 
 
 @dataclass(frozen=True)
@@ -182,10 +174,12 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
             failed = False
             async with self.send_lock:
                 try:
-                    with trio.CancelScope(shield=True):
-                        for extent in event.extents:
-                            await self._send_file(*extent)
-                except (*_SEND_ERRORS, BrokenPipeError, ConnectionResetError):
+                    await self._send_files(event.extents)
+                except trio.Cancelled:
+                    # The body is cut short (the server is stopping): nothing more goes out on it.
+                    self._write_closed = True
+                    raise
+                except (*_SEND_ERRORS, BrokenPipeError, ConnectionResetError, SenderClosed):
                     failed = True
             if failed:
                 await self.protocol.handle(Closed())
@@ -204,30 +198,19 @@ class GuardedTCPServer(hypercorn_tcp.TCPServer):
         else:
             await super().protocol_send(event)
 
-    async def _send_file(self, file: int, offset: int, count: int) -> None:
-        """``os.sendfile`` straight to the socket, waiting whenever its buffer is full (plain TCP);
-        on TLS, or where the kernel refuses sendfile, the bytes are read and sent."""
+    async def _send_files(self, extents: tuple[FileExtent, ...]) -> None:
+        """The bytes of ``extents``, in order: by the server's file sender thread (``os.sendfile``
+        on plain TCP); read and sent where the kernel refuses sendfile for a file."""
+        sender = filesender.current()
         sock = getattr(self.stream, "socket", None)
-        left = count
-        if sock is None:
-            await self._send_file_copied(file, offset, left)
-            return
-        out = sock.fileno()
-        while left:
-            try:
-                sent = os.sendfile(out, file, offset, left)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            except OSError as exc:
-                if exc.errno in _SENDFILE_UNSUPPORTED and left == count:
-                    await self._send_file_copied(file, offset, left)
-                    return
-                raise
-            if sent == 0:
-                raise FileShorterThanSent(f"file ends before byte {offset + left} of a response body")
-            offset += sent
-            left -= sent
+        if sender is None or sock is None:
+            # Only a server that runs a file sender offers the extension (:func:`_spawn_app`).
+            raise RuntimeError(f"{ZEROCOPY_SEND} without a file sender")
+        try:
+            await sender.send(sock, extents)
+        except SendfileUnsupported as refused:
+            for extent in refused.remaining:
+                await self._send_file_copied(*extent)
 
     async def _send_file_copied(self, file: int, offset: int, count: int) -> None:
         while count:
@@ -321,8 +304,8 @@ async def _spawn_app(
     pending and later event for it is dropped at once.
     """
     plain_http1 = scope.get("scheme") == "http" and scope.get("http_version") in ("1.0", "1.1")
-    if scope.get("type") == "http" and plain_http1:
-        # Plain HTTP/1.x: :class:`GuardedTCPServer` sends files itself (see :func:`_app_send`).
+    if scope.get("type") == "http" and plain_http1 and filesender.current() is not None:
+        # Plain HTTP/1.x on a server with a file sender: :class:`GuardedTCPServer` sends the files.
         scope.setdefault("extensions", {})[ZEROCOPY_SEND] = {}
     send_channel, receive_channel = trio.open_memory_channel[Any](config.max_app_queue_size)
     assert self._nursery is not None

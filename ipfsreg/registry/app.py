@@ -22,7 +22,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from ipfsreg import httpserver
+from ipfsreg import filesender, httpserver
 from ipfsreg.blockstore import BlockstoreError, Datastore
 from ipfsreg.cid import CID
 from ipfsreg.gateway.routes import SourceFactory
@@ -465,4 +465,5 @@ async def serve_registry(
     kwargs: dict[str, Any] = {"task_status": task_status}
     if shutdown_trigger is not None:
         kwargs["shutdown_trigger"] = shutdown_trigger
-    await serve(app, config, **kwargs)
+    async with filesender.running():  # zero-copy blob bodies go out from its thread
+        await serve(app, config, **kwargs)

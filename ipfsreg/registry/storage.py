@@ -421,7 +421,7 @@ class RegistryStore:
             headers={"Retry-After": str(CLIENT_RETRY_SECONDS)},
         )
 
-    def new_upload(self, repo: str, client: str = "") -> Upload:
+    async def new_upload(self, repo: str, client: str = "") -> Upload:
         """Start an upload session, persisted at once so it survives a restart.
 
         Raises TOOMANYREQUESTS (429, Retry-After) when ``client`` already has
@@ -442,9 +442,17 @@ class RegistryStore:
             lease=Lease(self.datastore),
             client=client,
         )
-        with self.datastore.batch() as batch:
-            batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
-        self._opened(client)
+        batch = self.datastore.batch()
+        batch.put(self.uploads, upload.uuid.encode(), self._upload_record(upload))
+        self._opened(client)  # before the write: concurrent POSTs count it against the cap
+        try:
+            # In a worker thread, as every commit of an upload: another upload's commit may hold
+            # the datastore's write lock for a while, and the event loop must not wait for it.
+            await self._commit(batch, [])
+        except BaseException:
+            self._closed(client)
+            self._release(upload)
+            raise
         self._live[upload.uuid] = upload
         return upload
 

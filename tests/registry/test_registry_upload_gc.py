@@ -72,7 +72,7 @@ async def test_session_chunk_survives_a_collection_before_its_save(tmp_path: Pat
     data = os.urandom(PART + 1024 * 1024)
     with _store(tmp_path) as store:
         removed: list[int] = []
-        upload = store.new_upload("app")
+        upload = await store.new_upload("app")
         await store.append(upload, _parts_with_gc_between(store, data, removed))
         await store.save_upload(upload)
         info = await store.finish_upload(upload, parse_digest(sha256(data)))
@@ -83,7 +83,7 @@ async def test_session_chunk_survives_a_collection_before_its_save(tmp_path: Pat
 async def test_evicted_session_is_kept_by_its_record_and_resumes_after_a_collection(tmp_path: Path) -> None:
     data = os.urandom(PART + 512 * 1024 + 12345)
     with _store(tmp_path) as store:
-        upload = store.new_upload("app")
+        upload = await store.new_upload("app")
 
         async def first() -> AsyncIterator[bytes]:
             yield data[:PART]
@@ -113,7 +113,7 @@ async def test_upload_leases_end_when_the_upload_is_cancelled_or_fails(tmp_path:
         yield data
 
     with _store(tmp_path) as store:
-        cancelled = store.new_upload("app")
+        cancelled = await store.new_upload("app")
         await store.append(cancelled, body())
         assert store.datastore.leased()
         store.cancel_upload(cancelled)

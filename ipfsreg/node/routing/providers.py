@@ -76,6 +76,12 @@ def _decode_value(raw: bytes) -> tuple[float, tuple[bytes, ...]] | None:
     return millis / 1000.0, tuple(addrs)
 
 
+def _fresh(raw: bytes, addrs: list[bytes], until: float) -> bool:
+    """Whether the stored record ``raw`` lists exactly ``addrs`` and stays valid past ``until``."""
+    decoded = _decode_value(raw)
+    return decoded is not None and decoded[0] > until and list(decoded[1]) == addrs
+
+
 class ProviderStore:
     def __init__(
         self,
@@ -123,13 +129,22 @@ class ProviderStore:
 
         ``own``: this node's record of what it provides itself, which no bound refuses (there is one
         per key this node provides, so they grow with its own content, not with anyone's traffic).
+        An own record that is unchanged and valid for more than half the ``ttl`` is left as it is.
         """
         prefix = _prefix(key)
         record_key = prefix + peer
-        value = _encode_value(self.clock() + self.ttl, list(dict.fromkeys(addrs))[:MAX_ADDRS])
-        if self.keyspace.get(record_key) is not None:
-            self.keyspace.put(record_key, value)
+        now = self.clock()
+        kept = list(dict.fromkeys(addrs))[:MAX_ADDRS]
+        stored = self.keyspace.get(record_key)
+        if stored is not None:
+            if own and _fresh(stored, kept, now + self.ttl / 2):
+                # This node's record of a key it announced lately (a push provides a blob, then the
+                # provide queue announces it): unchanged, so not written again. A write on the
+                # event loop can wait behind an upload's commit for the store's write lock.
+                return True
+            self.keyspace.put(record_key, _encode_value(now + self.ttl, kept))
             return True
+        value = _encode_value(now + self.ttl, kept)
         if not own and (
             self._count >= self.max_records
             or self._per_peer.get(peer, 0) >= self.max_per_peer

@@ -108,7 +108,7 @@ async def post_upload(ctx: Context, request: Request, name: str) -> Response:
         await _append(ctx, request, name, scratch, None)
         info = await store.finish_upload(scratch, digest)
         return _created(name, info)
-    upload = store.new_upload(name, client_key(request))
+    upload = await store.new_upload(name, client_key(request))
     headers = _session_headers(name, upload)
     return make_response(202, headers)
 
