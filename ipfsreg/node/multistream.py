@@ -1,4 +1,5 @@
-"""Inbound multistream-select 1.0.0 without a read per byte, and with one reply write for lazy dialers.
+"""Inbound multistream-select 1.0.0 without a read per byte, and with one reply write for lazy dialers;
+and the dialer's side of lazy negotiation.
 
 py-libp2p's responder reads every message through a varint decoder that asks the stream for one
 byte at a time, and answers the header and the protocol in separate writes. Kubo opens a stream
@@ -14,6 +15,11 @@ a dialer that waits for it before sending its protocol (py-libp2p's) is answered
 the dialer's protocol is already buffered, header and echo leave in one write. Malformed input (no
 header, a message over 1 KiB, a missing newline, bytes that are not UTF-8), end of stream or the
 timeout raise ``MultiselectError``, and py-libp2p's stream handler resets the stream.
+
+Lazy dialing (as go-libp2p does for a protocol the peer is known to speak): ``lazy_select`` is the
+header and the protocol, sent together with the first message; ``expect_selected`` then reads the
+peer's header and echo off the stream, leaving what follows (the answer) for the protocol. Where
+py-libp2p's dialer waits two round trips before its first message, this waits none.
 """
 
 from __future__ import annotations
@@ -109,6 +115,32 @@ class _Responder:
                 await self.net_stream.write(reply)
             except Exception as exc:
                 raise MultiselectError(f"cannot answer the protocol negotiation: {exc!r}") from exc
+
+
+def lazy_select(protocol: str) -> bytes:
+    """What a lazy dialer sends ahead of its first message: the header and ``protocol``."""
+    return encode_message(HEADER) + encode_message(protocol)
+
+
+async def expect_selected(stream: YamuxStream, protocol: str) -> None:
+    """Read the peer's answers to ``lazy_select(protocol)``: its header, then ``protocol`` echoed.
+
+    MultiselectError if it refuses the protocol (``na``), answers anything else, or the stream ends.
+    """
+    for expected in (HEADER, protocol):
+        while True:
+            buffered = stream.peek(_PEEK)
+            parsed = parse_message(buffered)
+            if parsed is not None:
+                break
+            try:
+                await stream.wait_readable(len(buffered))
+            except Exception as exc:
+                raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
+        text, size = parsed
+        stream.read_nowait(size)
+        if text != expected:
+            raise MultiselectError(f"peer answered {text!r} to {expected!r}")
 
 
 def install(host: IHost) -> None:

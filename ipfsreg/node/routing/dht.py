@@ -42,10 +42,12 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF
 from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import DHTProtocolError, InvalidRecord, RoutingError
+from ipfsreg.node.multistream import expect_selected, lazy_select
 from ipfsreg.node.routing.addrs import DialAddr, dial_addr_of, parse_dial_addr, peer_id_from_bytes
 from ipfsreg.node.routing.keys import MAX_REFRESH_CPL, kad_id, random_key_with_prefix
 from ipfsreg.node.routing.lookup import Lookup
@@ -783,28 +785,60 @@ class KademliaDHT:
                 return await self._exchange_on(peer, reused, message, frame, expect_answer=expect_answer)
             except _StaleStream:
                 pass  # the peer closed its end while the stream sat idle: a fresh one
-        try:
-            stream = await self.host.new_stream(peer, [TProtocol(self.protocol)])
-        except Exception as exc:
-            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+        stream, lazy = await self._new_stream(peer)
         self.stats.streams_opened += 1
         try:
-            return await self._exchange_on(peer, stream, message, frame, expect_answer=expect_answer)
+            return await self._exchange_on(
+                peer, stream, message, frame, expect_answer=expect_answer, lazy=lazy
+            )
         except _StaleStream as exc:
             raise RoutingError(f"{peer} closed a new stream at once: {exc}") from None
 
+    async def _new_stream(self, peer: ID) -> tuple[INetStream, bool]:
+        """A new stream of our protocol to ``peer``, and whether its negotiation is still to be done
+        lazily (with the first message): for a peer whose identify listed the protocol, as go-libp2p
+        does, which spares the two round trips of py-libp2p's negotiation before the request."""
+        try:
+            known = self.protocol in self.host.get_peerstore().get_protocols(peer)
+        except Exception:
+            known = False
+        try:
+            if known:
+                stream = await self.host.get_network().new_stream(peer)
+                if _yamux(stream) is not None:
+                    stream.set_protocol(TProtocol(self.protocol))
+                    return stream, True
+                await _reset(stream)
+            return await self.host.new_stream(peer, [TProtocol(self.protocol)]), False
+        except Exception as exc:
+            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+
     async def _exchange_on(
-        self, peer: ID, stream: INetStream, message: Message, frame: bytes, *, expect_answer: bool
+        self,
+        peer: ID,
+        stream: INetStream,
+        message: Message,
+        frame: bytes,
+        *,
+        expect_answer: bool,
+        lazy: bool = False,
     ) -> Message | None:
         """Write ``message`` (encoded: ``frame``) on ``stream`` and read its answer; the stream goes
-        back to the pool."""
+        back to the pool. ``lazy``: a new stream, negotiated along with this first message."""
         sent = False
         try:
             try:
-                await _write(stream, frame)
+                await _write(stream, lazy_select(self.protocol) + frame if lazy else frame)
             except Exception as exc:
                 raise _StaleStream(repr(exc)) from None
             sent = True
+            if lazy:
+                muxed = _yamux(stream)
+                assert muxed is not None  # _new_stream makes lazy ones on Yamux only
+                try:
+                    await expect_selected(muxed, self.protocol)
+                except MultiselectError as exc:
+                    raise _NoStream(f"{peer} refused {self.protocol}: {exc}") from None
             if not expect_answer:
                 self.streams.give_back(peer, stream)
                 return None
