@@ -965,10 +965,12 @@ class KademliaDHT:
         once without waiting: key -> the peers it was queued to.
 
         For the task that has just committed content (no await: nothing it does next, such as
-        answering its HTTP request, comes first). Only peers with an idle pooled stream are told,
-        every key for one peer in one write, which the connection's flusher sends at the next
-        scheduling round; the others are left to :meth:`provide`, which later skips the peers told
-        here (the lookup and its second wave still run there).
+        answering its HTTP request, comes first). Peers with an idle pooled stream are told every
+        key in one write, which the connection's flusher sends at the next scheduling round; those
+        are returned, and :meth:`provide` later skips them (the lookup and its second wave still
+        run there). A connected peer without one (a quiet node's streams have expired) is sent the
+        same write on a new stream by a task started here, its negotiation riding along; it is not
+        counted as told, so provide() tells it again if that failed (a duplicate record is harmless).
         """
         me = self._self_entry()
         if not me.addrs or not keys:
@@ -985,6 +987,8 @@ class KademliaDHT:
                 continue
             stream = self.streams.take(peer)
             if stream is None:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._announce_on_new_stream, peer, [f for _, f in items])
                 continue
             muxed = _yamux(stream)
             queued = muxed is not None and muxed.write_nowait(b"".join(frame for _, frame in items))
@@ -1003,6 +1007,14 @@ class KademliaDHT:
         while len(self._told_early) > MAX_TOLD_EARLY:
             self._told_early.popitem(last=False)  # forgotten: provide() only tells them again
         return told
+
+    async def _announce_on_new_stream(self, peer: ID, frames: list[bytes]) -> None:
+        try:
+            await self.send(peer, Message(MessageType.ADD_PROVIDER), frame=b"".join(frames))
+        except (RoutingError, DHTProtocolError) as exc:
+            logger.debug("%s: early ADD_PROVIDER to %s failed: %s", self.name, peer, exc)
+        else:
+            self.stats.requests_out += len(frames) - 1  # send() counted one
 
     async def provide(self, key: bytes) -> int:
         """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it.
