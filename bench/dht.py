@@ -142,13 +142,15 @@ class Observer:
     def __init__(self, node: Node) -> None:
         self.dht = node.routing.dhts[0]
 
-    async def wait_until_named(self, server: str, addr: str, key: bytes, provider: str) -> None:
-        peer = ID.from_base58(server)
+    async def ask(self, server: str, addr: str, key: bytes) -> Message:
         dial = dial_addr_of(Multiaddr(addr.split("/p2p/")[0]))
-        wanted = ID.from_base58(provider).to_bytes()
         request = Message(MessageType.GET_PROVIDERS, key=key)
+        return await self.dht.request(ID.from_base58(server), request, [dial] if dial else [])
+
+    async def wait_until_named(self, server: str, addr: str, key: bytes, provider: str) -> None:
+        wanted = ID.from_base58(provider).to_bytes()
         while True:
-            answer = await self.dht.request(peer, request, [dial] if dial else [])
+            answer = await self.ask(server, addr, key)
             if any(entry.peer_id == wanted for entry in answer.provider_peers):
                 return
             await trio.sleep(POLL)
@@ -273,6 +275,8 @@ async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[
                 while min(await _table_sizes(served)) < len(kubos) + len(served) - 1:  # noqa: ASYNC110
                     await trio.sleep(0.5)  # the servers, other processes, fill them
             await trio.sleep(2.0)  # Kubo admits peers after a check of its own: let its tables settle
+            for holder in [*ipfsreg_holders, *kubo_holders]:  # connected, a stream each: not measured
+                await observer.ask(holder.peer_id, holder.p2p, CID.hash(os.urandom(8)).multihash)
 
             # (provider kind, holder kind) -> samples; the four cells are measured in turn, so
             # that load drifting during the run weighs on each alike.
