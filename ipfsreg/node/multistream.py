@@ -138,7 +138,7 @@ async def expect_selected(stream: YamuxStream, protocol: str) -> None:
             except Exception as exc:
                 raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
         text, size = parsed
-        stream.read_nowait(size)
+        await stream.read(size)  # exactly the message: it is buffered
         if text != expected:
             raise MultiselectError(f"peer answered {text!r} to {expected!r}")
 

@@ -22,11 +22,7 @@ at 256 KiB, and its read path takes locks per call. Here:
   four, and the read loop never waits for the write side (two peers blocked writing cannot deadlock);
 - a message a peer waits for (a DHT request or answer) can skip that wait: ``write_now`` writes it
   from the calling task when the connection is free, ``write_nowait`` queues it from code that
-  cannot wait for the flusher's next round, without the extra round for other writes to join;
-- a stream's ``on_data`` hook, when set, is called by the read loop once a whole DATA frame is
-  buffered (instead of waking the reader for each piece): a protocol can answer a small complete
-  request there (``read_nowait``, ``write_nowait``), with no task wake-up in between; what it
-  leaves in the buffer wakes the reader as usual. A frame with FIN or RST goes to the reader.
+  cannot wait for the flusher's next round, without the extra round for other writes to join.
 A peer that breaks the protocol (bad version or type, data beyond its window, frames for streams
 that never existed, duplicate SYNs) gets a GoAway(protocol error) and the connection is closed; the
 typed error is logged and kept in ``YamuxConn.close_reason``.
@@ -299,9 +295,6 @@ class YamuxStream(IMuxedStream):
         self._write_waiter: trio.Event | None = None
         self._write_lock = trio.Lock()  # one write() at a time, so messages never interleave
         self._deadline = float("inf")
-        # Called by the connection's read loop each time a whole DATA frame has been buffered, in
-        # place of waking the reader for its pieces (see ``on_data`` in the module docstring).
-        self.on_data: Callable[[YamuxStream], None] | None = None
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} of {self.conn.peer_id}>"
@@ -343,11 +336,6 @@ class YamuxStream(IMuxedStream):
             await self.wait_readable(0)
             if self._reset:
                 raise MuxedStreamReset(f"stream {self.stream_id} was reset")
-        return self.read_nowait(n)
-
-    def read_nowait(self, n: int | None = None) -> bytes:
-        """Up to ``n`` of the buffered bytes (all for None or -1) without waiting: b"" if none are."""
-        buf = self._buf
         if n is None or n < 0 or n >= len(buf):
             data = bytes(buf)
             buf.clear()
@@ -523,10 +511,6 @@ class YamuxStream(IMuxedStream):
 
     async def reset(self) -> None:
         """Abort both directions: RST to the peer, buffered data dropped."""
-        self.reset_nowait()
-
-    def reset_nowait(self) -> None:
-        """reset() for code that cannot wait (it never does: the RST is queued)."""
         if self._reset or (self._local_closed and self._remote_closed):
             return
         self._reset = True
@@ -901,7 +885,7 @@ class YamuxConn(IMuxedConn):
                             stream._buf += event.data
                             if event.last:
                                 self._end_body(stream)
-                            elif stream.on_data is None and len(stream._buf) >= stream._wake_at:
+                            elif len(stream._buf) >= stream._wake_at:
                                 stream._wake_reader()
                     else:
                         self._on_header(event)  # type: ignore[arg-type]
@@ -956,15 +940,7 @@ class YamuxConn(IMuxedConn):
         self._body_stream = None
         if self._body_flags & (FLAG_FIN | FLAG_RST):
             self._apply_close_flags(stream, self._body_flags)
-            return
-        on_data = stream.on_data
-        if on_data is not None:
-            try:
-                on_data(stream)  # may take what it can handle now; the reader gets the rest
-            except Exception:
-                logger.exception("yamux: on_data of stream %d from %s failed", stream.stream_id, self.peer_id)
-                stream.on_data = None
-        if len(stream._buf) >= stream._wake_at:
+        elif len(stream._buf) >= stream._wake_at:
             stream._wake_reader()
 
     @staticmethod

@@ -33,7 +33,6 @@ import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Final
 
 import trio
@@ -64,7 +63,6 @@ from ipfsreg.node.routing.message import (
     Record,
     decode_message,
     encode_frame,
-    frame_length,
 )
 from ipfsreg.node.routing.providers import ProviderStore
 from ipfsreg.node.routing.records import RecordStore
@@ -94,24 +92,11 @@ MAX_IDLE: Final = 512
 STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
 MAX_TOLD_EARLY: Final = 4096  # keys whose early ADD_PROVIDER recipients are remembered for provide()
 TOLD_EARLY_FOR: Final = 30.0  # seconds provide() trusts that record (a later reprovide tells everyone)
-# Requests answered in the connection's read loop when whole (see _answer_buffered): those whose
-# answer is a lookup in memory or none at all. PUT_VALUE (a record to validate and store, echoed)
-# is left to the stream's task.
-_READ_LOOP_REQUESTS: Final = frozenset(
-    {
-        MessageType.FIND_NODE,
-        MessageType.GET_PROVIDERS,
-        MessageType.GET_VALUE,
-        MessageType.ADD_PROVIDER,
-        MessageType.PING,
-    }
-)
 
 
 @dataclass
 class DHTStats:
     requests_in: int = 0
-    answered_in_read_loop: int = 0  # of requests_in: answered by the connection's read loop (no task)
     requests_out: int = 0
     requests_failed: int = 0
     violations: int = 0
@@ -531,19 +516,11 @@ class KademliaDHT:
 
     async def _serve(self, peer: ID, stream: INetStream) -> None:
         reader = FrameReader(self.limits.max_message_size)
-        muxed = _yamux(stream)
         # One scope for the idle timeout, armed only while waiting for the next request.
         with trio.CancelScope() as idle:
             while True:
                 idle.deadline = trio.current_time() + STREAM_IDLE_TIMEOUT
-                if muxed is not None and reader.at_boundary():
-                    # While this task waits, whole requests are answered as they arrive (no wake-up).
-                    muxed.on_data = partial(self._answer_buffered, peer, idle)
-                try:
-                    chunk = await _read(stream)
-                finally:
-                    if muxed is not None:
-                        muxed.on_data = None
+                chunk = await _read(stream)
                 idle.deadline = math.inf
                 if not chunk:
                     if not reader.at_boundary():
@@ -560,40 +537,6 @@ class KademliaDHT:
                         await _reset(stream)  # an invalid request: close without answering (the spec)
                         return
         await _close(stream)  # the peer closed its side, or was idle too long
-
-    def _answer_buffered(self, peer: ID, idle: trio.CancelScope, stream: YamuxStream) -> None:
-        """Answer the whole requests buffered on ``stream``, from the connection's read loop.
-
-        The stream's on_data hook while its task waits for a request: the answer is queued with
-        write_nowait in the same turn as the request was read, sparing the task's wake-up (on a
-        loaded machine, a scheduling round or more). The answer is the one ``_serve`` would give,
-        in order. The first request that cannot be finished here — incomplete, not decodable,
-        oversized, not in ``_READ_LOOP_REQUESTS``, an answer write_nowait cannot queue — stops
-        it: that request and the rest stay buffered for the task, which answers or rejects them.
-        """
-        limits = self.limits
-        while True:
-            data = stream.peek(limits.max_message_size + 10)
-            try:
-                parsed = frame_length(data, limits.max_message_size)
-                if parsed is None or len(data) < parsed[0] + parsed[1]:
-                    return
-                length, prefix = parsed
-                request = decode_message(memoryview(data)[prefix : prefix + length], limits)
-            except DHTProtocolError:
-                return  # the task reads it again and drops the peer
-            if request.type not in _READ_LOOP_REQUESTS or self.is_banned(peer):
-                return
-            response = self.answer(peer, request)  # ADD_PROVIDER is stored here: it has no answer
-            if isinstance(response, Message) and not stream.write_nowait(encode_frame(response)):
-                return  # a lookup in memory, no side effect: the task answers it again
-            stream.read_nowait(prefix + length)
-            self.stats.requests_in += 1
-            self.stats.answered_in_read_loop += 1
-            idle.deadline = trio.current_time() + STREAM_IDLE_TIMEOUT
-            if response is False:
-                stream.reset_nowait()  # an invalid request (as _serve does)
-                return
 
     def answer(self, peer: ID, request: Message) -> Message | bool | None:
         """The answer to ``request``: a Message, None (no answer is sent) or False (reset the stream)."""

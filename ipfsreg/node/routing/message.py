@@ -267,24 +267,6 @@ def decode_message(data: bytes | bytearray | memoryview, limits: Limits = DEFAUL
     return message
 
 
-def frame_length(data: bytes | bytearray | memoryview, max_message_size: int) -> tuple[int, int] | None:
-    """The body length a frame's varint prefix at the start of ``data`` declares, and the prefix's
-    size; None while the prefix is incomplete. DHTProtocolError for a prefix that is not minimal,
-    longer than 10 bytes, or declares more than ``max_message_size``."""
-    result = 0
-    for i, byte in enumerate(data[:10]):
-        result |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            if i > 0 and byte == 0:
-                raise DHTProtocolError("non-minimal varint length prefix")
-            if result > max_message_size:
-                raise DHTProtocolError(f"message of {result} bytes (limit {max_message_size})")
-            return result, i + 1
-    if len(data) >= 10:
-        raise DHTProtocolError("length prefix longer than 10 bytes")
-    return None
-
-
 class FrameReader:
     """Sans-I/O splitter of a byte stream into varint-length-prefixed message bodies.
 
@@ -311,14 +293,28 @@ class FrameReader:
     def frames(self) -> Iterator[bytes]:
         while True:
             if self._need is None:
-                parsed = frame_length(self._buf, self.max_message_size)
-                if parsed is None:
+                length = self._parse_length()
+                if length is None:
                     return
-                self._need, prefix = parsed
-                del self._buf[:prefix]
+                self._need = length
             if len(self._buf) < self._need:
                 return
             body = bytes(self._buf[: self._need])
             del self._buf[: self._need]
             self._need = None
             yield body
+
+    def _parse_length(self) -> int | None:
+        result = 0
+        for i, byte in enumerate(self._buf[:10]):
+            result |= (byte & 0x7F) << (7 * i)
+            if byte < 0x80:
+                if i > 0 and byte == 0:
+                    raise DHTProtocolError("non-minimal varint length prefix")
+                if result > self.max_message_size:
+                    raise DHTProtocolError(f"message of {result} bytes (limit {self.max_message_size})")
+                del self._buf[: i + 1]
+                return result
+        if len(self._buf) >= 10:
+            raise DHTProtocolError("length prefix longer than 10 bytes")
+        return None
