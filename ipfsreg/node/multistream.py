@@ -31,6 +31,7 @@ py-libp2p's dialer waits two round trips before its first message, this waits no
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -86,6 +87,30 @@ def parse_message(data: bytes) -> tuple[str, int] | None:
     return None
 
 
+async def read_message(
+    stream: YamuxStream, *, before_wait: Callable[[], Awaitable[None]] | None = None
+) -> str:
+    """The next multistream message on ``stream``, parsed from what it has buffered; only its bytes
+    are consumed. ``before_wait`` runs each time more bytes must be waited for.
+
+    MultiselectError for a malformed message (see :func:`parse_message`) or a stream that ends first.
+    """
+    while True:
+        buffered = stream.peek(_PEEK)
+        parsed = parse_message(buffered)
+        if parsed is not None:
+            text, size = parsed
+            await stream.read(size)  # exactly the message: it is buffered
+            return text
+        if before_wait is not None:
+            await before_wait()
+        try:
+            # What arrived meanwhile (the rest, and the peer's FIN) counts: parse it first.
+            await stream.wait_readable(len(buffered))
+        except Exception as exc:
+            raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
+
+
 class _Responder:
     """One inbound negotiation over a YamuxStream (through its NetStream for writes)."""
 
@@ -96,19 +121,7 @@ class _Responder:
         self.header_sent = False
 
     async def next_message(self) -> str:
-        while True:
-            buffered = self.stream.peek(_PEEK)
-            parsed = parse_message(buffered)
-            if parsed is not None:
-                text, size = parsed
-                await self.stream.read(size)  # exactly the message: it is buffered
-                return text
-            await self.flush()  # before waiting: a dialer may wait for our header
-            try:
-                # What arrived during the flush (the rest, and the peer's FIN) counts: parse it first.
-                await self.stream.wait_readable(len(buffered))
-            except Exception as exc:
-                raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
+        return await read_message(self.stream, before_wait=self.flush)  # a dialer may wait for our header
 
     def answer(self, text: str) -> None:
         if not self.header_sent:
@@ -150,17 +163,7 @@ async def expect_selected(stream: YamuxStream, protocol: str) -> None:
     MultiselectError if it refuses the protocol (``na``), answers anything else, or the stream ends.
     """
     for expected in (HEADER, protocol):
-        while True:
-            buffered = stream.peek(_PEEK)
-            parsed = parse_message(buffered)
-            if parsed is not None:
-                break
-            try:
-                await stream.wait_readable(len(buffered))
-            except Exception as exc:
-                raise MultiselectError(f"stream ended during protocol negotiation: {exc!r}") from exc
-        text, size = parsed
-        await stream.read(size)  # exactly the message: it is buffered
+        text = await read_message(stream)
         if text != expected:
             raise MultiselectError(f"peer answered {text!r} to {expected!r}")
 
