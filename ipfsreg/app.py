@@ -157,6 +157,7 @@ async def run_server(
                     source_factory=node.block_source,
                     on_blocks_stored=node.notify_new_blocks,  # peers waiting for pushed blocks get them
                     on_committed=node.provide,  # blob roots, manifests, image directories: on the DHT
+                    send_committed=node.send_announced,  # on the wire before the 201
                     mirror=mirror_settings,
                     fleet_peers=NodeFleetPeers(node),
                     share_private=share_private,

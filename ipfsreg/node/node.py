@@ -243,6 +243,11 @@ class Node:
         """
         self.routing.provide(cids)
 
+    async def send_announced(self) -> None:
+        """Write the ADD_PROVIDER messages :meth:`provide` queued for the nearest peers from this task,
+        so that they are on the wire before the caller answers whoever committed the content."""
+        await self.routing.send_announced()
+
     def unprovide(self, cids: Sequence[CID]) -> None:
         """Stop announcing ``cids`` (records already on the network expire within 48 h)."""
         self.routing.unprovide(cids)

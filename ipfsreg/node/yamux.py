@@ -805,6 +805,15 @@ class YamuxConn(IMuxedConn):
         finally:
             lock.release()
 
+    async def flush(self) -> bool:
+        """Write what is queued (write_nowait's messages among it) from this task now, unless a write
+        holds the connection (that write takes it along); False if the connection has failed.
+
+        For a task that queued messages it wants on the wire before it does what comes next (a
+        commit's ADD_PROVIDERs before the HTTP answer): the flusher would send them at the next
+        scheduling round, which may come after that."""
+        return await self._flush_now()
+
     async def _flush_now(self) -> bool:
         """Write what is queued from this task if no write holds the connection (else that write or
         the flusher takes it along); False if the connection failed."""

@@ -245,6 +245,7 @@ def create_app(
     source_factory: SourceFactory | None = None,
     on_blocks_stored: BlocksStored | None = None,
     on_committed: BlocksStored | None = None,
+    send_committed: Callable[[], Awaitable[None]] | None = None,
     mirror: MirrorSettings | None = None,
     fleet_peers: FleetPeers | None = None,
     share_private: bool = False,
@@ -255,7 +256,8 @@ def create_app(
     (e.g. ``node.block_source``: one bitswap session each); without it they use ``block_source``.
     ``on_blocks_stored`` (e.g. ``node.notify_new_blocks``) is called on the trio thread with the
     CIDs of every batch of blocks that uploads and manifest pushes commit. ``on_committed`` (e.g.
-    ``node.provide``) gets the CID of every blob, manifest and image directory once it is stored.
+    ``node.provide``) gets the CID of every blob, manifest and image directory once it is stored;
+    ``send_committed`` (e.g. ``node.send_announced``) is awaited after it before a push is answered.
 
     ``mirror`` routes ``?ns=`` requests to their upstreams; ``fleet_peers`` (the p2p node, adapted)
     makes the mirror ask fleet peers for missing blobs first and answer theirs (see
@@ -273,6 +275,7 @@ def create_app(
         max_blob_bytes=settings.max_blob_bytes,
         on_blocks_stored=on_blocks_stored,
         on_committed=on_committed,
+        send_committed=send_committed,
         max_live_uploads=settings.max_live_uploads,
         max_uploads_per_client=settings.max_uploads_per_client,
         upload_memory_bytes=settings.upload_memory_bytes,

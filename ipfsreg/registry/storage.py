@@ -50,7 +50,7 @@ import struct
 import time
 import uuid as uuidlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -251,6 +251,7 @@ class RegistryStore:
         max_blob_bytes: int = 0,
         on_blocks_stored: BlocksStored | None = None,
         on_committed: BlocksStored | None = None,
+        send_committed: Callable[[], Awaitable[None]] | None = None,
         max_live_uploads: int = 1000,
         max_uploads_per_client: int = 1000,
         upload_memory_bytes: int = 16 * 1024 * 1024,
@@ -258,6 +259,7 @@ class RegistryStore:
         self.datastore = datastore
         self.on_blocks_stored = on_blocks_stored
         self.on_committed = on_committed
+        self.send_committed = send_committed
         self.local_source: BlockSource = LocalBlockSource(datastore.blocks)
         self.block_source: BlockSource = block_source if block_source is not None else self.local_source
         self.import_options = import_options if import_options is not None else ImportOptions()
@@ -807,6 +809,16 @@ class RegistryStore:
             # The content is stored whatever a listener does; a failing one must not fail the write.
             log.exception("on_committed callback failed for %d CIDs", len(cids))
 
+    async def committed_sent(self) -> None:
+        """Before a push is answered: ``send_committed`` (e.g. the node's ``send_announced``) puts what
+        ``on_committed`` queued on the wire, so that whoever the 201 prompts finds it announced."""
+        if self.send_committed is None:
+            return
+        try:
+            await self.send_committed()
+        except Exception:  # the content is stored and queued for announcement whatever happens here
+            log.exception("send_committed failed")
+
     def discard_chunk(self, upload: Upload) -> None:
         """Forget the in-memory progress of a failed chunk; the session resumes from its last save."""
         upload.broken = True
@@ -882,7 +894,7 @@ class RegistryStore:
         if upload.announce:
             # Its root, and the digest CID fleet mirrors look it up by (it names the blob, not a block).
             self.committed([info.cid, digest_cid(str(digest))])
-            await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
+            await self.committed_sent()
         return info
 
     # --- manifests -----------------------------------------------------------------------
@@ -996,7 +1008,7 @@ class RegistryStore:
         if announce:
             image = [layout.root] if layout is not None else []
             self.committed([stored.cid, digest_cid(str(actual)), *image])
-            await trio.lowlevel.checkpoint()  # the announcements on_committed queued leave before the 201
+            await self.committed_sent()
         if tag is not None:
             self.tags_changed(repo)
         return actual, parsed

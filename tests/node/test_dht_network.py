@@ -13,8 +13,10 @@ from libp2p.peer.id import ID
 from ipfsreg.cid import CID
 from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound, RoutingError
 from ipfsreg.node.node import Node
+from ipfsreg.node.routing.dht import KademliaDHT
 from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN, Message, MessageType
 from ipfsreg.node.testing import LOOPBACK_ROUTING, Nodes, add_bytes, random_bytes, read_all, wait_until
+from ipfsreg.node.yamux import YamuxConn, YamuxStream
 
 
 async def _chain(nodes: Nodes, count: int, **routing: object) -> list[Node]:
@@ -205,6 +207,54 @@ async def test_announce_now_tells_peers_without_an_idle_stream_on_a_new_one_and_
     await _stored_by([b], cid, a)
     assert dht.stats.streams_opened - opened == 1
     assert await dht.provide(cid.multihash) == 1  # so provide() tells b again
+
+
+def _yamux_conn(dht: KademliaDHT, peer: ID) -> YamuxConn:
+    """The Yamux connection under ``dht``'s idle pooled stream to ``peer``."""
+    stream = dht.streams.take(peer)
+    assert stream is not None
+    dht.streams.give_back(peer, stream)
+    muxed = stream.muxed_stream
+    assert isinstance(muxed, YamuxStream)
+    return muxed.conn
+
+
+async def test_send_announced_writes_what_announce_now_queued_from_the_calling_task(nodes: Nodes) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = a.routing.dhts[0]
+    await wait_until(lambda: len(dht.table) == 1)
+    await dht.request(b.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
+    conn = _yamux_conn(dht, b.identity.peer_id)
+    cid = CID.hash(b"answered after it left")
+    assert dht.announce_now([cid.multihash]) == {cid.multihash: {b.identity.peer_id}}
+    assert conn._pending  # queued for the flusher, not written yet
+    await a.send_announced()
+    assert not conn._pending  # written by the caller before it goes on
+    await _stored_by([b], cid, a)
+
+
+async def test_a_peer_whose_early_announcement_was_not_sent_is_told_again_by_provide(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await _chain(nodes, 2)
+    dht = a.routing.dhts[0]
+    await wait_until(lambda: len(dht.table) == 1)
+    await dht.request(b.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
+    conn = _yamux_conn(dht, b.identity.peer_id)
+    cid = CID.hash(b"lost on the way")
+    dht.announce_now([cid.multihash])
+
+    async def failed() -> bool:
+        conn._pending.clear()  # what a failed connection loses
+        return False
+
+    monkeypatch.setattr(conn, "flush", failed)
+    await dht.send_announced()
+    monkeypatch.undo()
+    stored = b.routing.dhts[0].stats.providers_stored
+    assert await dht.provide(cid.multihash) == 1
+    await wait_until(lambda: b.routing.dhts[0].stats.providers_stored == stored + 1)
+    await _stored_by([b], cid, a)
 
 
 async def test_a_committed_cid_reaches_the_nearest_peers_before_the_provide_queue_runs(nodes: Nodes) -> None:

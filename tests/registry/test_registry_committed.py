@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
 from registry_helpers import Server, running_registry
 
 from ipfsreg.cid import CID
@@ -50,5 +51,36 @@ async def test_a_failing_listener_does_not_fail_the_push(tmp_path: Path) -> None
         raise RuntimeError("listener bug")
 
     async with running_registry(tmp_path / "data", on_committed=broken) as server:
+        digest, _ = await server.push_image("lib/app", "v1")
+        assert (await server.client.get(f"/v2/lib/app/manifests/{digest}")).status_code == 200
+
+
+async def test_the_push_is_answered_only_after_what_on_committed_queued_was_sent(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def queued(cids: list[CID]) -> None:
+        events.append(f"queued {len(cids)}")
+
+    async def sent() -> None:
+        await trio.sleep(0.05)  # a slow write: the 201 still waits for it
+        events.append("sent")
+
+    async with running_registry(tmp_path / "data", on_committed=queued, send_committed=sent) as server:
+        await server.push_blob("lib/app", b'{"os": "linux"}')
+        assert events == ["queued 2", "sent"]
+        events.clear()
+        await server.push_image("lib/app", "v1", layers=[b"one"])
+        # Config (already there: recorded again), the layer, then the manifest with its image directory.
+        assert events[-2:] == ["queued 3", "sent"]
+        assert events.count("sent") == events.count("queued 2") + events.count("queued 3")
+
+
+async def test_a_failing_sender_does_not_fail_the_push(tmp_path: Path) -> None:
+    async def broken() -> None:
+        raise RuntimeError("sender bug")
+
+    async with running_registry(
+        tmp_path / "data", on_committed=lambda cids: None, send_committed=broken
+    ) as server:
         digest, _ = await server.push_image("lib/app", "v1")
         assert (await server.client.get(f"/v2/lib/app/manifests/{digest}")).status_code == 200

@@ -68,7 +68,7 @@ from ipfsreg.node.routing.providers import ProviderStore
 from ipfsreg.node.routing.records import RecordStore
 from ipfsreg.node.routing.settings import RoutingSettings
 from ipfsreg.node.routing.table import RoutingTable
-from ipfsreg.node.yamux import YamuxStream
+from ipfsreg.node.yamux import YamuxConn, YamuxStream
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +379,8 @@ class KademliaDHT:
         self._nursery: trio.Nursery | None = None
         self.last_refresh: float | None = None
         self._told_early: OrderedDict[bytes, tuple[float, set[ID]]] = OrderedDict()  # see announce_now
+        # Connections announce_now queued on, with the keys queued there (see send_announced).
+        self._unsent: dict[int, tuple[YamuxConn, list[bytes]]] = {}
 
     @property
     def name(self) -> str:
@@ -938,6 +940,8 @@ class KademliaDHT:
             self.streams.give_back(peer, stream)  # a dead one is dropped by the next take()
             if not queued:
                 continue
+            assert muxed is not None
+            self._unsent.setdefault(id(muxed.conn), (muxed.conn, []))[1].extend(k for k, _ in items)
             self.stats.requests_out += len(items)
             for key, _ in items:
                 told.setdefault(key, set()).add(peer)
@@ -950,6 +954,21 @@ class KademliaDHT:
         while len(self._told_early) > MAX_TOLD_EARLY:
             self._told_early.popitem(last=False)  # forgotten: provide() only tells them again
         return told
+
+    async def send_announced(self) -> None:
+        """Write what :meth:`announce_now` queued from this task, connection after connection.
+
+        Without it the connections' flushers send it at the next scheduling round, which can come
+        after the caller's next step: a registry answering 201 before its ADD_PROVIDERs left would
+        let a client that asks a holder at once find nothing there yet.
+        """
+        unsent, self._unsent = self._unsent, {}
+        for conn, keys in unsent.values():
+            if not await conn.flush():  # the peer did not get them: provide() tells it again
+                for key in keys:
+                    told = self._told_early.get(key)
+                    if told is not None:
+                        told[1].discard(conn.peer_id)
 
     async def _announce_on_new_stream(self, peer: ID, frames: list[bytes]) -> None:
         try:

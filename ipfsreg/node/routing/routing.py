@@ -247,6 +247,12 @@ class Routing:
                         "routing: announcing %d keys at once on the %s failed", len(keys), dht.name
                     )
 
+    async def send_announced(self) -> None:
+        """Put the announcements :meth:`provide` queued on the wire from this task (see
+        :meth:`KademliaDHT.send_announced`): awaited before a commit is answered."""
+        for dht in self.dhts:
+            await dht.send_announced()
+
     def unprovide(self, cids: Sequence[CID]) -> None:
         me = self.local.to_bytes()
         for cid in cids:
