@@ -805,6 +805,11 @@ class YamuxConn(IMuxedConn):
         finally:
             lock.release()
 
+    @property
+    def has_queued(self) -> bool:
+        """Frames wait for the next write (the flusher's, or :meth:`flush`)."""
+        return bool(self._pending)
+
     async def flush(self) -> bool:
         """Write what is queued (write_nowait's messages among it) from this task now, unless a write
         holds the connection (that write takes it along); False if the connection has failed.

@@ -209,38 +209,43 @@ async def test_announce_now_tells_peers_without_an_idle_stream_on_a_new_one_and_
     assert await dht.provide(cid.multihash) == 1  # so provide() tells b again
 
 
-def _yamux_conn(dht: KademliaDHT, peer: ID) -> YamuxConn:
-    """The Yamux connection under ``dht``'s idle pooled stream to ``peer``."""
-    stream = dht.streams.take(peer)
-    assert stream is not None
-    dht.streams.give_back(peer, stream)
-    muxed = stream.muxed_stream
-    assert isinstance(muxed, YamuxStream)
-    return muxed.conn
-
-
-async def test_send_announced_writes_what_announce_now_queued_from_the_calling_task(nodes: Nodes) -> None:
+async def _warm_pair(nodes: Nodes) -> tuple[Node, Node, KademliaDHT, YamuxConn]:
+    """A and B on a DHT of two, A's DHT with an idle pooled stream to B, and the Yamux connection under it."""
     a, b = await _chain(nodes, 2)
     dht = a.routing.dhts[0]
     await wait_until(lambda: len(dht.table) == 1)
     await dht.request(b.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
-    conn = _yamux_conn(dht, b.identity.peer_id)
+    stream = dht.streams.take(b.identity.peer_id)
+    assert stream is not None
+    dht.streams.give_back(b.identity.peer_id, stream)
+    muxed = stream.muxed_stream
+    assert isinstance(muxed, YamuxStream)
+    return a, b, dht, muxed.conn
+
+
+async def test_send_announced_writes_what_announce_now_queued_from_the_calling_task(nodes: Nodes) -> None:
+    a, b, dht, conn = await _warm_pair(nodes)
     cid = CID.hash(b"answered after it left")
     assert dht.announce_now([cid.multihash]) == {cid.multihash: {b.identity.peer_id}}
-    assert conn._pending  # queued for the flusher, not written yet
+    assert conn.has_queued  # queued for the flusher, not written yet
     await a.send_announced()
-    assert not conn._pending  # written by the caller before it goes on
+    assert not conn.has_queued  # written by the caller before it goes on
     await _stored_by([b], cid, a)
+
+
+async def test_what_the_flushers_sent_is_not_kept_for_send_announced(nodes: Nodes) -> None:
+    a, b, dht, conn = await _warm_pair(nodes)
+    first, second = CID.hash(b"nobody awaits this"), CID.hash(b"nor this")
+    dht.announce_now([first.multihash])
+    await _stored_by([b], first, a)  # the flusher sent it
+    dht.announce_now([second.multihash])
+    assert dht._unsent == {conn: {second.multihash}}
 
 
 async def test_a_peer_whose_early_announcement_was_not_sent_is_told_again_by_provide(
     nodes: Nodes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = await _chain(nodes, 2)
-    dht = a.routing.dhts[0]
-    await wait_until(lambda: len(dht.table) == 1)
-    await dht.request(b.identity.peer_id, Message(MessageType.FIND_NODE, key=b"warm"))
-    conn = _yamux_conn(dht, b.identity.peer_id)
+    a, b, dht, conn = await _warm_pair(nodes)
     cid = CID.hash(b"lost on the way")
     dht.announce_now([cid.multihash])
 

@@ -380,7 +380,7 @@ class KademliaDHT:
         self.last_refresh: float | None = None
         self._told_early: OrderedDict[bytes, tuple[float, set[ID]]] = OrderedDict()  # see announce_now
         # Connections announce_now queued on, with the keys queued there (see send_announced).
-        self._unsent: dict[int, tuple[YamuxConn, list[bytes]]] = {}
+        self._unsent: dict[YamuxConn, set[bytes]] = {}
 
     @property
     def name(self) -> str:
@@ -926,6 +926,10 @@ class KademliaDHT:
             for entry in self.table.closest(kad_id(key), K):
                 frames.setdefault(entry.peer, []).append((key, frame))
         told: dict[bytes, set[ID]] = {}
+        # What the flushers sent meanwhile needs no send_announced (a node nobody awaits it on, such
+        # as a pull-through mirror's, keeps only what is still queued).
+        for conn in [c for c in self._unsent if not c.has_queued]:
+            del self._unsent[conn]
         for raw, items in frames.items():
             peer = ID(raw)
             if self.is_banned(peer) or not self.connector.is_connected(peer):
@@ -941,7 +945,7 @@ class KademliaDHT:
             if not queued:
                 continue
             assert muxed is not None
-            self._unsent.setdefault(id(muxed.conn), (muxed.conn, []))[1].extend(k for k, _ in items)
+            self._unsent.setdefault(muxed.conn, set()).update(k for k, _ in items)
             self.stats.requests_out += len(items)
             for key, _ in items:
                 told.setdefault(key, set()).add(peer)
@@ -963,7 +967,7 @@ class KademliaDHT:
         let a client that asks a holder at once find nothing there yet.
         """
         unsent, self._unsent = self._unsent, {}
-        for conn, keys in unsent.values():
+        for conn, keys in unsent.items():
             if not await conn.flush():  # the peer did not get them: provide() tells it again
                 for key in keys:
                     told = self._told_early.get(key)
