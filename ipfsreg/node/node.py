@@ -244,8 +244,9 @@ class Node:
         self.routing.provide(cids)
 
     async def send_announced(self) -> None:
-        """Write the ADD_PROVIDER messages :meth:`provide` queued for the nearest peers from this task,
-        so that they are on the wire before the caller answers whoever committed the content."""
+        """Write the ADD_PROVIDER messages :meth:`provide` queued for the nearest peers and return once
+        they are on the wire (half a second at most), so that the caller answers whoever committed
+        the content after that."""
         await self.routing.send_announced()
 
     def unprovide(self, cids: Sequence[CID]) -> None:

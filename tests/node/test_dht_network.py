@@ -13,7 +13,7 @@ from libp2p.peer.id import ID
 from ipfsreg.cid import CID
 from ipfsreg.node.errors import BlockNotProvided, InvalidRecord, RecordNotFound, RoutingError
 from ipfsreg.node.node import Node
-from ipfsreg.node.routing.dht import KademliaDHT
+from ipfsreg.node.routing.dht import SEND_ANNOUNCED_WAIT, KademliaDHT
 from ipfsreg.node.routing.message import PROTOCOL_AMINO, PROTOCOL_LAN, Message, MessageType
 from ipfsreg.node.testing import LOOPBACK_ROUTING, Nodes, add_bytes, random_bytes, read_all, wait_until
 from ipfsreg.node.yamux import YamuxConn, YamuxStream
@@ -231,6 +231,24 @@ async def test_send_announced_writes_what_announce_now_queued_from_the_calling_t
     await a.send_announced()
     assert not conn.has_queued  # written by the caller before it goes on
     await _stored_by([b], cid, a)
+
+
+async def test_send_announced_waits_only_so_long_for_a_connection_whose_write_stalls(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _b, dht, conn = await _warm_pair(nodes)
+    stalled = trio.Event()
+
+    async def stalls() -> bool:
+        stalled.set()
+        await trio.sleep_forever()  # a peer that stopped reading: Yamux gives up after WRITE_TIMEOUT
+        return False
+
+    monkeypatch.setattr(conn, "flush", stalls)
+    dht.announce_now([CID.hash(b"to a stalled peer").multihash])
+    with trio.fail_after(SEND_ANNOUNCED_WAIT * 10):  # the stalled write itself never ends
+        await a.send_announced()
+    assert stalled.is_set()
 
 
 async def test_what_the_flushers_sent_is_not_kept_for_send_announced(nodes: Nodes) -> None:

@@ -91,6 +91,7 @@ MAX_IDLE_PER_PEER: Final = 4
 MAX_IDLE: Final = 512
 STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is re-checked on refresh
 MAX_TOLD_EARLY: Final = 4096  # keys whose early ADD_PROVIDER recipients are remembered for provide()
+SEND_ANNOUNCED_WAIT: Final = 0.5  # seconds a commit's answer waits at most for its ADD_PROVIDERs to leave
 TOLD_EARLY_FOR: Final = 30.0  # seconds provide() trusts that record (a later reprovide tells everyone)
 
 
@@ -960,19 +961,38 @@ class KademliaDHT:
         return told
 
     async def send_announced(self) -> None:
-        """Write what :meth:`announce_now` queued from this task, connection after connection.
+        """Write what :meth:`announce_now` queued, every connection at once, and return once it is
+        written (``SEND_ANNOUNCED_WAIT`` at most: a peer that stopped reading holds up nobody).
 
         Without it the connections' flushers send it at the next scheduling round, which can come
         after the caller's next step: a registry answering 201 before its ADD_PROVIDERs left would
         let a client that asks a holder at once find nothing there yet.
         """
         unsent, self._unsent = self._unsent, {}
+        if not unsent or self._nursery is None:
+            return
+        left = len(unsent)
+        written = trio.Event()
+
+        async def flush(conn: YamuxConn, keys: set[bytes]) -> None:
+            nonlocal left
+            try:
+                if not await conn.flush():  # the peer did not get them: provide() tells it again
+                    for key in keys:
+                        told = self._told_early.get(key)
+                        if told is not None:
+                            told[1].discard(conn.peer_id)
+            finally:
+                left -= 1
+                if left == 0:
+                    written.set()
+
+        # In the DHT's tasks: a write is shielded (half a frame would corrupt the connection) and may
+        # stall until Yamux gives the connection up; the caller waits for it only so long.
         for conn, keys in unsent.items():
-            if not await conn.flush():  # the peer did not get them: provide() tells it again
-                for key in keys:
-                    told = self._told_early.get(key)
-                    if told is not None:
-                        told[1].discard(conn.peer_id)
+            self._nursery.start_soon(flush, conn, keys)
+        with trio.move_on_after(SEND_ANNOUNCED_WAIT):
+            await written.wait()
 
     async def _announce_on_new_stream(self, peer: ID, frames: list[bytes]) -> None:
         try:

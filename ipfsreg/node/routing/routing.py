@@ -248,7 +248,7 @@ class Routing:
                     )
 
     async def send_announced(self) -> None:
-        """Put the announcements :meth:`provide` queued on the wire from this task (see
+        """Put the announcements :meth:`provide` queued on the wire (see
         :meth:`KademliaDHT.send_announced`): awaited before a commit is answered."""
         for dht in self.dhts:
             await dht.send_announced()
