@@ -265,10 +265,12 @@ async def test_a_peer_whose_early_announcement_was_not_sent_is_told_again_by_pro
 ) -> None:
     a, b, dht, conn = await _warm_pair(nodes)
     cid = CID.hash(b"lost on the way")
-    dht.announce_now([cid.multihash])
+    assert dht.announce_now([cid.multihash]) == {cid.multihash: {b.identity.peer_id}}
+    # Lost before any write (no await since it was queued: the flusher has not run), as a
+    # connection that fails loses what it had queued.
+    conn._pending.clear()
 
     async def failed() -> bool:
-        conn._pending.clear()  # what a failed connection loses
         return False
 
     monkeypatch.setattr(conn, "flush", failed)
