@@ -632,7 +632,9 @@ def cmd_routing(args: argparse.Namespace, config: Config) -> int:
 def _print_routing_stat(stat: dict[str, Any]) -> None:
     for dht in stat["dhts"]:
         mode = "server" if dht["server"] else "client"
-        print(f"{dht['protocol']} ({mode}): {dht['routing_table_size']} peers in the routing table")
+        whole = dht.get("whole_network")
+        seen = "" if whole is None else f" (a lookup saw the whole DHT: {whole} other servers)"
+        print(f"{dht['protocol']} ({mode}): {dht['routing_table_size']} peers in the routing table{seen}")
     queue = stat["provide_queue"]
     print(f"provider records: {stat['provider_records']}, value records: {stat['value_records']}")
     print(f"provide queue: {queue['queued']} waiting, {queue['provided']} provided")

@@ -59,10 +59,14 @@ async def test_routing_commands_act_on_the_running_nodes(serve_node: Any, tmp_pa
         stat = json.loads((await _ipfsreg("routing", "stat", "--json", data=data_a)).stdout)
         lan = next(d for d in stat["dhts"] if d["protocol"] == "/ipfs/lan/kad/1.0.0")
         assert lan["server"] and lan["routing_table_size"] == 1
+        assert lan["whole_network"] == 1  # the lookup of a's provide saw b, and b knows nobody else
         assert stat["provide_queue"]["provided"] >= 1
         assert stat["provider_records"] >= 2  # its own record and b's
         text = (await _ipfsreg("routing", "stat", data=data_a)).stdout.decode()
-        assert "/ipfs/lan/kad/1.0.0 (server): 1 peers in the routing table" in text
+        assert (
+            "/ipfs/lan/kad/1.0.0 (server): 1 peers in the routing table"
+            " (a lookup saw the whole DHT: 1 other servers)" in text
+        )
         assert "provide queue: 0 waiting" in text
 
 

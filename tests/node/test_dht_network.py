@@ -298,6 +298,47 @@ async def test_a_committed_cid_reaches_the_nearest_peers_before_the_provide_queu
     await _stored_by([b], cid, a)
 
 
+async def test_on_a_dht_of_fewer_than_k_servers_one_lookup_stands_for_the_next_provides(nodes: Nodes) -> None:
+    a, *others = await _chain(nodes, 4)
+    dht = a.routing.dhts[0]
+    first, second = CID.hash(b"the first push"), CID.hash(b"the next push")
+    assert await dht.provide(first.multihash) == 3
+    assert dht.stats.lookups_spared == 0
+    assert await dht.provide(second.multihash) == 3  # every server, without walking them again
+    assert dht.stats.lookups_spared == 1
+    await _stored_by(others, second, a)
+
+
+async def test_a_server_that_joins_a_small_dht_makes_the_next_provide_look_again(nodes: Nodes) -> None:
+    a, b, c = await _chain(nodes, 3)
+    dht = a.routing.dhts[0]
+    assert await dht.provide(CID.hash(b"before").multihash) == 2
+    d = await nodes.start(routing=replace(LOOPBACK_ROUTING, bootstrap=[c.listen_addrs()[0]]))
+    await wait_until(lambda: d.identity.peer_id.to_bytes() in dht.table)
+    after = CID.hash(b"after")
+    assert await dht.provide(after.multihash) == 3
+    assert dht.stats.lookups_spared == 0  # it looked: D was not among what the first lookup saw
+    assert await dht.provide(CID.hash(b"later").multihash) == 3
+    assert dht.stats.lookups_spared == 1  # and that lookup, which saw D, stands for the next
+    await _stored_by([b, c, d], after, a)
+
+
+async def test_what_a_lookup_saw_of_a_small_dht_stands_only_so_long(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ipfsreg.node.routing.dht as dht_module
+
+    a, _b, _c = await _chain(nodes, 3)
+    dht = a.routing.dhts[0]
+    monkeypatch.setattr(dht_module, "WHOLE_NETWORK_FOR", 0.0)
+    assert await dht.provide(CID.hash(b"one").multihash) == 2
+    assert await dht.provide(CID.hash(b"two").multihash) == 2
+    assert dht.stats.lookups_spared == 0
+    monkeypatch.undo()
+    assert await dht.provide(CID.hash(b"three").multihash) == 2
+    assert dht.stats.lookups_spared == 1
+
+
 async def test_ipns_records_go_through_the_dht_checked_by_the_ipns_validator(nodes: Nodes) -> None:
     import time
 

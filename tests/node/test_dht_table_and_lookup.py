@@ -246,3 +246,55 @@ def test_half_of_each_batch_goes_to_peers_vouched_for_by_live_ones() -> None:
     lookup.responded(_peer(901), crowd)  # the unknown peer answers first, with its crowd
     lookup.responded(_peer(900), [honest_referral])
     assert honest_referral in lookup.next_queries()  # asked at once, though 60 others are nearer
+
+
+@pytest.mark.parametrize("size", [1, 5, 19])  # 19 servers: each names the 18 others
+def test_a_lookup_on_a_network_of_fewer_than_k_servers_saw_all_of_them(size: int) -> None:
+    network = _Network(size)  # every answer names all the others: fewer than k
+    lookup = Lookup(kad_id(b"any key"), network.peers[:1], local=_peer(0), followup=True)
+    _drive(lookup, network)
+    assert lookup.saw_whole_network
+    assert sorted(lookup.closest()) == sorted(network.peers)
+
+
+@pytest.mark.parametrize("size", [20, 21, 300])
+def test_a_lookup_has_not_seen_the_whole_network_when_an_answer_named_k_less_one_peers(size: int) -> None:
+    # 20 servers: each names the 19 others, as many as a server of a bigger DHT names when the
+    # asker is among its 20 nearest to the key (the asker is left out of the answer).
+    network = _Network(size)
+    lookup = Lookup(kad_id(b"any key"), network.peers[:1], local=_peer(0), followup=True)
+    _drive(lookup, network)
+    assert not lookup.saw_whole_network
+
+
+def test_a_lookup_has_not_seen_the_whole_network_when_an_answer_was_cut_to_what_it_can_ask() -> None:
+    network = _Network(5)
+    lookup = Lookup(kad_id(b"any key"), network.peers[:1], local=_peer(0), followup=True)
+    first = lookup.next_queries()
+    lookup.responded(first[0], network.closer(first[0], lookup.target), named=19)  # 15 undialable
+    _drive(lookup, network)
+    assert lookup.done and not lookup.saw_whole_network
+
+
+def test_unreachable_peers_are_left_out_of_the_whole_network_and_a_stopped_lookup_saw_nothing_whole() -> None:
+    network = _Network(10)
+    dead = frozenset(network.peers[5:7])
+    lookup = Lookup(kad_id(b"any key"), network.peers[:1], local=_peer(0), followup=True)
+    _drive(lookup, network, dead)
+    assert lookup.saw_whole_network
+    assert sorted(lookup.closest()) == sorted(set(network.peers) - dead)
+    stopped = Lookup(kad_id(b"any key"), network.peers, local=_peer(0))
+    for peer in stopped.next_queries():
+        stopped.responded(peer, [])
+    stopped.stop()
+    assert not stopped.saw_whole_network
+
+
+def test_a_lookup_that_forgot_heard_peers_or_ran_out_of_queries_did_not_see_the_whole_network() -> None:
+    network = _Network(15)
+    forgetful = Lookup(kad_id(b"x"), network.peers[:1], local=_peer(0), followup=True, max_candidates=5)
+    _drive(forgetful, network)
+    assert not forgetful.saw_whole_network
+    short = Lookup(kad_id(b"x"), network.peers[:1], local=_peer(0), followup=True, max_queries=15)
+    _drive(short, network)
+    assert short.queries == 15 and not short.saw_whole_network

@@ -93,6 +93,7 @@ STALE_AFTER: Final = 300.0  # a routing table entry not useful for this long is 
 MAX_TOLD_EARLY: Final = 4096  # keys whose early ADD_PROVIDER recipients are remembered for provide()
 SEND_ANNOUNCED_WAIT: Final = 0.5  # seconds a commit's answer waits at most for its ADD_PROVIDERs to leave
 TOLD_EARLY_FOR: Final = 30.0  # seconds provide() trusts that record (a later reprovide tells everyone)
+WHOLE_NETWORK_FOR: Final = 60.0  # seconds a lookup that saw every server of a small DHT stands for any key
 
 
 @dataclass
@@ -107,6 +108,7 @@ class DHTStats:
     streams_refused: int = 0
     streams_opened: int = 0  # outgoing; requests reuse them (see StreamPool)
     lookups: int = 0
+    lookups_spared: int = 0  # closest-peers lookups answered by one that saw the whole (small) network
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +384,7 @@ class KademliaDHT:
         self._told_early: OrderedDict[bytes, tuple[float, set[ID]]] = OrderedDict()  # see announce_now
         # Connections announce_now queued on, with the keys queued there (see send_announced).
         self._unsent: dict[YamuxConn, set[bytes]] = {}
+        self._whole_network: tuple[float, list[tuple[ID, tuple[DialAddr, ...]]]] | None = None
 
     @property
     def name(self) -> str:
@@ -847,7 +850,7 @@ class KademliaDHT:
             found: list[Found] | None = None
             try:
                 answer = await self.request(peer, request, addrs)
-                found = self._parse_peers(answer.closer_peers)
+                found = self._parse_peers(answer.closer_peers)  # one Found per entry
                 self._admit(peer, addrs)
                 if on_answer is not None and await on_answer(peer, answer):
                     state.stop()
@@ -880,14 +883,48 @@ class KademliaDHT:
                         if item.addrs and raw not in known:
                             known[raw] = item.addrs
                         heard.append(raw)
-                    state.responded(peer_bytes, heard)
+                    state.responded(peer_bytes, heard, named=len(found))
                 nursery.cancel_scope.cancel()
         return state
 
     async def closest_peers(self, key: bytes) -> list[tuple[ID, tuple[DialAddr, ...]]]:
-        """The k closest DHT servers to ``key`` that answered (a FIND_NODE lookup with the follow-up)."""
+        """The k closest DHT servers to ``key`` that answered (a FIND_NODE lookup with the follow-up),
+        nearest first.
+
+        On a DHT of fewer than k servers (a fleet, an edge site) that is all of them, whatever the
+        key: a lookup that saw the whole network (:attr:`Lookup.saw_whole_network`) stands for the
+        next ones for ``WHOLE_NETWORK_FOR`` seconds, or until the routing table holds a peer it did
+        not see, so that the announcements of a push, or a reprovide of many keys, do not each walk
+        the same few peers again.
+        """
+        target = kad_id(key)
+        whole = self._whole_network_peers()
+        if whole is not None:
+            self.stats.lookups_spared += 1
+            return sorted(whole, key=lambda item: kad_id(item[0].to_bytes()) ^ target)
         state = await self.lookup(key, Message(MessageType.FIND_NODE, key=key), followup=True)
-        return [(ID(p), self._addrs_of(ID(p))) for p in state.closest()]
+        closest = [(ID(p), self._addrs_of(ID(p))) for p in state.closest()]
+        if state.saw_whole_network:
+            self._whole_network = (trio.current_time(), closest)
+        return closest
+
+    def whole_network_size(self) -> int | None:
+        """How many servers the DHT is known to have besides this node, if a lookup saw them all."""
+        whole = self._whole_network_peers()
+        return None if whole is None else len(whole)
+
+    def _whole_network_peers(self) -> list[tuple[ID, tuple[DialAddr, ...]]] | None:
+        """What the last lookup that saw the whole network found, while it stands for every key."""
+        if self._whole_network is None:
+            return None
+        when, peers = self._whole_network
+        seen = {peer.to_bytes() for peer, _ in peers}
+        if trio.current_time() - when >= WHOLE_NETWORK_FOR or any(
+            entry.peer not in seen for entry in self.table.entries()
+        ):
+            self._whole_network = None  # out of date, or the network grew: look again
+            return None
+        return [(peer, addrs) for peer, addrs in peers if not self.is_banned(peer)]
 
     async def find_providers(self, key: bytes, sink: ProviderSink) -> None:
         """Feed ``sink`` each provider of ``key`` until it has enough or the lookup ends."""

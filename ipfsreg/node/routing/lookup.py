@@ -21,6 +21,13 @@ half to the least deep ones (nearest first among equals). Peers named by others 
 or accept a connection and never answer; without this, a few peers that name dozens of such
 addresses fill every slot with dials that time out, and the lookup never reaches the live peers
 that live peers told it about. The nearest-first half keeps the lookup converging as Kademlia's.
+
+A lookup can also tell that it *saw the whole network* (:attr:`Lookup.saw_whole_network`): it
+asked every peer it heard of, and every answer named fewer than k - 1 peers. A DHT server names
+the k peers of its routing table nearest to the key, less the peer asking (Kubo's and ours), so
+an answer of fewer than k - 1 is its whole table; the peers that answered are then every DHT
+server that the routing tables reach, and the closest peers of any key, not only this one (a
+fleet of fewer than k nodes, an edge site's DHT).
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class Lookup:
         self.max_queries = max_queries
         self.queries = 0
         self.stopped = False  # set by stop(): the caller found what it looked for
+        self.full_answers = 0  # answers that named k - 1 peers or more: their tables may hold more
+        self._forgot = False  # _trim() dropped a heard peer
         self._peers: dict[bytes, _Candidate] = {}
         self._trusted: set[bytes] = set(trusted)
         self.add_heard(seeds)
@@ -102,8 +111,12 @@ class Lookup:
         if len(self._peers) > self.max_candidates:
             self._trim()
 
-    def responded(self, peer: bytes, closer: Iterable[bytes] = ()) -> None:
-        """``peer`` answered; ``closer`` are the peers it named."""
+    def responded(self, peer: bytes, closer: Iterable[bytes] = (), *, named: int | None = None) -> None:
+        """``peer`` answered; ``closer`` are the peers it named that can be asked, of ``named`` peers
+        it named in all (those it can't be are left out of ``closer``; default: as many)."""
+        closer = list(closer)
+        if (len(closer) if named is None else named) >= self.k - 1:  # k nearest less the asker
+            self.full_answers += 1
         candidate = self._peers.get(peer)
         if candidate is not None and candidate.state is State.WAITING:
             candidate.state = State.QUERIED
@@ -172,6 +185,16 @@ class Lookup:
             return True
         return all(c.state is State.QUERIED for c in self._nearest_live(self.k))
 
+    @property
+    def saw_whole_network(self) -> bool:
+        """Done having asked every peer it heard of, each answer naming fewer than k - 1 peers, and
+        fewer than k answering (see the module docstring): they are every DHT server to be found."""
+        if self.stopped or self._forgot or self.full_answers or self.queries >= self.max_queries:
+            return False
+        if any(c.state in (State.HEARD, State.WAITING) for c in self._peers.values()):
+            return False
+        return 0 < self._count(State.QUERIED) < self.k
+
     def closest(self, count: int | None = None) -> list[bytes]:
         """The nearest peers that answered, nearest first (the result of a closest-peers lookup)."""
         answered = [c for c in self._sorted() if c.state is State.QUERIED]
@@ -205,4 +228,5 @@ class Lookup:
                 break
             if candidate.state is State.HEARD:
                 del self._peers[candidate.peer]
+                self._forgot = True
                 excess -= 1

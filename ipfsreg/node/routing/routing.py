@@ -69,6 +69,9 @@ class DHTStat:
     requests_out: int
     violations: int
     last_refresh: float | None  # trio clock
+    # Servers a lookup found to be the whole DHT (fewer than k: see Lookup.saw_whole_network), while
+    # that stands for the next announcements; None when it is not known to be that small.
+    whole_network: int | None = None
 
 
 @dataclass(frozen=True)
@@ -480,6 +483,7 @@ class Routing:
                     d.stats.requests_out,
                     d.stats.violations,
                     d.last_refresh,
+                    d.whole_network_size(),
                 )
                 for d in self.dhts
             ],
